@@ -1,0 +1,18 @@
+//! GGUF reading and writing, ggml quant block layouts and validated model configs.
+//!
+//! This crate has no I/O policy and does no arithmetic on weights: it tells where every tensor's
+//! bytes are and what they mean. GGUF files are untrusted input: every count, length and
+//! offset is checked before use, and a malformed file is a [`FormatError`], never a panic.
+
+#![warn(missing_docs)]
+
+pub mod blocks;
+pub mod config;
+mod error;
+pub mod gguf;
+mod ggml_type;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{FormatError, Result};
+pub use ggml_type::GgmlType;
+pub use gguf::{Array, GgufModel, Metadata, TensorInfo, Value, ValueType};

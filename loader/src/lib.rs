@@ -1,0 +1,1 @@
+//! flashstream-loader (see ARCHITECTURE.md).

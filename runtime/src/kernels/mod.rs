@@ -1,0 +1,193 @@
+//! Quantized kernels: dequantization, activation quantization, dot products, matvec/matmul.
+//!
+//! Every kernel has a scalar reference in [`scalar`]; [`avx2`] (x86-64, AVX2+FMA+F16C detected
+//! at run time) and [`neon`] (aarch64, with `dotprod` where present) are tested against it.
+//!
+//! Kernels borrow weight bytes (a slot, an mmap, a test buffer); they never own or load them.
+//! The dispatch unit is a [`DotKernel`]: for a weight type, the function that quantizes a row
+//! of activations to the paired type ([`GgmlType::vec_dot_type`]) and the function that dots a
+//! weight row with it, both over raw bytes.
+
+use flashstream_formats::GgmlType;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+pub mod scalar;
+
+/// Errors of the kernel layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// No kernel exists for this type.
+    #[error("tensor type {0} is not supported for computation (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)")]
+    UnsupportedType(GgmlType),
+    /// The requested instruction set is not available on this CPU.
+    #[error("instruction set {0:?} is not available on this CPU")]
+    IsaUnavailable(Isa),
+    /// A length that is not a whole number of blocks, or buffers that disagree.
+    #[error("{0}")]
+    BadLength(String),
+}
+
+/// An instruction set a kernel is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable scalar reference.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// aarch64 NEON (without the dot-product extension).
+    Neon,
+    /// aarch64 NEON with `sdot`/`udot` (ARMv8.2 dotprod).
+    NeonDotprod,
+}
+
+impl Isa {
+    /// Whether this CPU can run kernels of this instruction set.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The best instruction set of this CPU.
+    pub fn detect() -> Isa {
+        [Isa::NeonDotprod, Isa::Neon, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// Every instruction set this CPU can run, scalar first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDotprod]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+}
+
+/// Dots one weight row (`w`: raw bytes of `n` weights) with one activation row already
+/// quantized to the paired type (`a`: raw bytes of `n` values, 8-byte aligned).
+pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+
+/// Quantizes `x` into `out`, the raw bytes of `x.len()` values of the paired activation type.
+/// `out` is 8-byte aligned and exactly `act_type.row_bytes(x.len())` long.
+pub type QuantizeFn = fn(x: &[f32], out: &mut [u8]);
+
+/// The kernels for one weight type on one instruction set.
+#[derive(Clone, Copy)]
+pub struct DotKernel {
+    /// The weight type.
+    pub weight_type: GgmlType,
+    /// The paired activation type.
+    pub act_type: GgmlType,
+    /// Activation quantizer.
+    pub quantize: QuantizeFn,
+    /// Dot product.
+    pub dot: DotFn,
+    /// The instruction set.
+    pub isa: Isa,
+}
+
+impl std::fmt::Debug for DotKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DotKernel")
+            .field("weight_type", &self.weight_type)
+            .field("act_type", &self.act_type)
+            .field("isa", &self.isa)
+            .finish()
+    }
+}
+
+/// The kernels for weight type `ty` on `isa`.
+///
+/// An instruction set without its own version of a kernel uses the scalar one.
+pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
+    if !isa.is_available() {
+        return Err(KernelError::IsaUnavailable(isa));
+    }
+    let act_type = ty.vec_dot_type();
+    let (dot, quantize) = match isa {
+        Isa::Scalar => (None, None),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (avx2::dot_fn(ty), avx2::quantize_fn(act_type)),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => (neon::dot_fn(ty, false), neon::quantize_fn(act_type)),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => (neon::dot_fn(ty, true), neon::quantize_fn(act_type)),
+        #[allow(unreachable_patterns)]
+        _ => (None, None),
+    };
+    let dot = match dot {
+        Some(d) => d,
+        None => scalar::dot_fn(ty).ok_or(KernelError::UnsupportedType(ty))?,
+    };
+    let quantize = match quantize {
+        Some(q) => q,
+        None => scalar::quantize_fn(act_type).ok_or(KernelError::UnsupportedType(ty))?,
+    };
+    Ok(DotKernel {
+        weight_type: ty,
+        act_type,
+        quantize,
+        dot,
+        isa,
+    })
+}
+
+/// A byte buffer aligned to 64 bytes (activation rows, scratch).
+#[derive(Clone, Default)]
+pub struct AlignedBuf {
+    words: Vec<Align64>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Align64([u8; 64]);
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBuf {
+            words: vec![Align64([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// Resizes to `len` bytes (contents unspecified afterwards).
+    pub fn resize(&mut self, len: usize) {
+        self.words.resize(len.div_ceil(64), Align64([0; 64]));
+        self.len = len;
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: Align64 is 64 plain bytes; the vector holds at least `len` bytes.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+
+    /// The bytes, mutably.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and we hold the unique borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
+    }
+}

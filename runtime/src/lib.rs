@@ -1,0 +1,8 @@
+//! The compute side of flashstream: kernels, ops, architectures, KV cache, tokenizer, sampler.
+//!
+//! Architecture invariant: the runtime never opens a file or issues a read. It asks the
+//! scheduler for weights and gets a lease that borrows a slot.
+
+#![warn(missing_docs)]
+
+pub mod kernels;

@@ -1,0 +1,1 @@
+//! flashstream-scheduler (see ARCHITECTURE.md).

@@ -1,0 +1,10 @@
+//! flashstream: run language models far larger than memory by streaming weights from flash.
+//!
+//! This facade re-exports the member crates; see ARCHITECTURE.md for the code map.
+
+#![warn(missing_docs)]
+
+pub use flashstream_formats as formats;
+pub use flashstream_loader as loader;
+pub use flashstream_runtime as runtime;
+pub use flashstream_scheduler as scheduler;
