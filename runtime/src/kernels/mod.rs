@@ -15,6 +15,8 @@ pub mod avx2;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
+#[doc(hidden)]
+pub mod testutil;
 
 /// Errors of the kernel layer.
 #[derive(Debug, thiserror::Error)]
