@@ -1,12 +1,645 @@
-//! Typed, validated model configs. SKELETON.
+//! Typed, validated model configs.
+//!
+//! [`ModelConfig::from_model`] reads the hyperparameters an architecture needs from GGUF
+//! metadata (`{arch}.block_count`, `{arch}.attention.head_count`, ...), fills documented
+//! defaults, checks them against each other and against the tensor table, and names the key at
+//! fault when something is missing or inconsistent.
 
-/// A supported architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::gguf::{GgufModel, Metadata, Value};
+use crate::{FormatError, Result};
+
+/// An architecture flashstream runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Architecture {
-    /// llama
+    /// Llama 2/3, SmolLM, Mistral; with `expert_count` set, Mixtral-style MoE.
     Llama,
+    /// Qwen2: llama with q/k/v biases.
+    Qwen2,
+    /// Qwen3: per-head q/k RMS norms.
+    Qwen3,
+    /// Gemma 3: embedding scaling, extra norms, GELU, interleaved sliding-window attention.
+    Gemma3,
+    /// Qwen2-MoE: experts plus a sigmoid-gated shared expert, q/k/v biases.
+    Qwen2Moe,
+    /// Qwen3-MoE: experts with renormalised top-k weights, per-head q/k norms.
+    Qwen3Moe,
 }
 
-/// The config.
-#[derive(Debug, Clone)]
-pub struct ModelConfig;
+impl Architecture {
+    /// Every supported architecture.
+    pub const ALL: [Architecture; 6] = [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+        Architecture::Gemma3,
+        Architecture::Qwen2Moe,
+        Architecture::Qwen3Moe,
+    ];
+
+    /// The `general.architecture` string.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3",
+            Architecture::Qwen2Moe => "qwen2moe",
+            Architecture::Qwen3Moe => "qwen3moe",
+        }
+    }
+
+    /// Parses a `general.architecture` string; an unknown one is an error naming it.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| FormatError::UnsupportedArchitecture(name.to_string()))
+    }
+
+    /// How this architecture rotates query/key pairs (llama.cpp's `llama_model_rope_type`).
+    pub const fn rope_style(self) -> RopeStyle {
+        match self {
+            Architecture::Llama => RopeStyle::Normal,
+            _ => RopeStyle::Neox,
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which elements RoPE pairs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)` (llama).
+    Normal,
+    /// Halves `(i, i + d/2)` (GPT-NeoX, Qwen, Gemma).
+    Neox,
+}
+
+/// RoPE frequency scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// None.
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        /// The factor.
+        factor: f32,
+    },
+    /// YaRN (read so it can be rejected clearly or supported later).
+    Yarn {
+        /// The factor.
+        factor: f32,
+        /// Context length the model was trained on before scaling.
+        original_context: usize,
+    },
+}
+
+/// Rotary position embedding parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    /// Pairing.
+    pub style: RopeStyle,
+    /// Rotated dimensions per head (`rope.dimension_count`, default the key head size).
+    pub dims: usize,
+    /// Base frequency (`rope.freq_base`, default 10000).
+    pub freq_base: f32,
+    /// Base frequency of sliding-window layers (Gemma 3: 10000).
+    pub freq_base_swa: Option<f32>,
+    /// Scaling.
+    pub scaling: RopeScaling,
+}
+
+/// Mixture-of-experts parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts per layer (`expert_count`).
+    pub n_expert: usize,
+    /// Experts used per token (`expert_used_count`).
+    pub n_expert_used: usize,
+    /// Hidden size of one expert (`expert_feed_forward_length`, default `feed_forward_length`).
+    pub n_ff_expert: usize,
+    /// Hidden size of the shared expert, if any (`expert_shared_feed_forward_length`).
+    pub n_ff_shared: Option<usize>,
+    /// Whether the selected experts' weights are renormalised to sum to one.
+    pub norm_top_k: bool,
+}
+
+/// Sliding-window attention layout (Gemma 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindow {
+    /// Window length in tokens.
+    pub window: usize,
+    /// Every `pattern`-th layer (the last of each group) uses global attention.
+    pub pattern: usize,
+}
+
+impl SlidingWindow {
+    /// Whether layer `il` uses the sliding window.
+    pub fn is_swa_layer(&self, il: usize) -> bool {
+        self.pattern == 0 || (il + 1) % self.pattern != 0
+    }
+}
+
+/// A model's validated hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The architecture.
+    pub arch: Architecture,
+    /// `general.name`, if present.
+    pub name: Option<String>,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Hidden size.
+    pub n_embd: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_head_kv: usize,
+    /// Key (and query) head size.
+    pub head_dim_k: usize,
+    /// Value head size.
+    pub head_dim_v: usize,
+    /// Dense feed-forward hidden size (0 for MoE models without a dense FFN).
+    pub n_ff: usize,
+    /// Vocabulary size (rows of `token_embd.weight`).
+    pub n_vocab: usize,
+    /// Context length the model was trained with.
+    pub n_ctx_train: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// RoPE.
+    pub rope: RopeConfig,
+    /// MoE parameters, for models with experts.
+    pub moe: Option<MoeConfig>,
+    /// Sliding-window attention, where the architecture has it.
+    pub sliding_window: Option<SlidingWindow>,
+    /// Attention logit soft-capping (`attn_logit_softcapping`), where present.
+    pub attn_softcap: Option<f32>,
+    /// Final logit soft-capping (`final_logit_softcapping`), where present.
+    pub final_softcap: Option<f32>,
+    /// Whether the output head reuses `token_embd.weight` (no `output.weight`).
+    pub tied_output: bool,
+}
+
+struct Keys<'a> {
+    meta: &'a Metadata,
+    arch: &'a str,
+}
+
+impl Keys<'_> {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}.{}", self.arch, suffix)
+    }
+
+    fn usize_opt(&self, suffix: &str) -> Result<Option<usize>> {
+        let key = self.key(suffix);
+        match self.meta.get(&key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                // Per-layer arrays are accepted when every layer agrees.
+                let mut first = None;
+                for i in 0..a.len() {
+                    let v = a
+                        .get(i)
+                        .and_then(|v| v.as_u64())
+                        .ok_or_else(|| bad(&key, "expected an array of non-negative integers"))?;
+                    match first {
+                        None => first = Some(v),
+                        Some(f) if f != v => {
+                            return Err(bad(
+                                &key,
+                                "per-layer values that differ between layers are not supported",
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                let v = first.ok_or_else(|| bad(&key, "empty array"))?;
+                to_usize(&key, v).map(Some)
+            }
+            Some(v) => {
+                let v = v
+                    .as_u64()
+                    .ok_or_else(|| bad(&key, "expected a non-negative integer"))?;
+                to_usize(&key, v).map(Some)
+            }
+        }
+    }
+
+    fn usize_req(&self, suffix: &str) -> Result<usize> {
+        self.usize_opt(suffix)?
+            .ok_or_else(|| FormatError::MissingKey(self.key(suffix)))
+    }
+
+    fn f32_opt(&self, suffix: &str) -> Result<Option<f32>> {
+        let key = self.key(suffix);
+        match self.meta.get(&key) {
+            None => Ok(None),
+            Some(v) => {
+                let f = v.as_f64().ok_or_else(|| bad(&key, "expected a number"))? as f32;
+                if !f.is_finite() {
+                    return Err(bad(&key, "must be finite"));
+                }
+                Ok(Some(f))
+            }
+        }
+    }
+}
+
+fn bad(key: &str, reason: &str) -> FormatError {
+    FormatError::BadKey {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn to_usize(key: &str, v: u64) -> Result<usize> {
+    // Hyperparameters beyond 2^31 are corrupt in any model; this also keeps products sane.
+    if v > (1 << 31) {
+        return Err(bad(key, &format!("value {v} is implausibly large")));
+    }
+    Ok(v as usize)
+}
+
+fn positive(key: &str, v: usize) -> Result<usize> {
+    if v == 0 {
+        Err(bad(key, "must be greater than zero"))
+    } else {
+        Ok(v)
+    }
+}
+
+impl ModelConfig {
+    /// Reads and validates the config of `model` (metadata and tensor shapes).
+    pub fn from_model(model: &GgufModel) -> Result<Self> {
+        let cfg = Self::from_metadata(&model.metadata)?;
+        cfg.check_tensors(model)
+    }
+
+    /// Reads and validates the config from metadata alone; `n_vocab` comes from the
+    /// tokenizer's token list (or `{arch}.vocab_size`) and `tied_output` is left `false`.
+    pub fn from_metadata(meta: &Metadata) -> Result<Self> {
+        let arch_name = meta.get_str("general.architecture")?;
+        let arch = Architecture::from_name(arch_name)?;
+        let k = Keys {
+            meta,
+            arch: arch_name,
+        };
+
+        let n_layer = positive(&k.key("block_count"), k.usize_req("block_count")?)?;
+        let n_embd = positive(&k.key("embedding_length"), k.usize_req("embedding_length")?)?;
+        let n_head = positive(
+            &k.key("attention.head_count"),
+            k.usize_req("attention.head_count")?,
+        )?;
+        let n_head_kv = positive(
+            &k.key("attention.head_count_kv"),
+            k.usize_opt("attention.head_count_kv")?.unwrap_or(n_head),
+        )?;
+        if n_head % n_head_kv != 0 {
+            return Err(bad(
+                &k.key("attention.head_count_kv"),
+                &format!("{n_head_kv} does not divide the query head count {n_head}"),
+            ));
+        }
+        let default_head = if n_embd % n_head == 0 {
+            Some(n_embd / n_head)
+        } else {
+            None
+        };
+        let head_dim_k = match k.usize_opt("attention.key_length")? {
+            Some(v) => positive(&k.key("attention.key_length"), v)?,
+            None => default_head.ok_or_else(|| {
+                bad(
+                    &k.key("attention.key_length"),
+                    "absent, and embedding_length is not a multiple of head_count",
+                )
+            })?,
+        };
+        let head_dim_v = match k.usize_opt("attention.value_length")? {
+            Some(v) => positive(&k.key("attention.value_length"), v)?,
+            None => head_dim_k,
+        };
+        let n_ff = k.usize_opt("feed_forward_length")?.unwrap_or(0);
+        let n_ctx_train = positive(
+            &k.key("context_length"),
+            k.usize_opt("context_length")?.unwrap_or(4096),
+        )?;
+        let rms_eps = k
+            .f32_opt("attention.layer_norm_rms_epsilon")?
+            .unwrap_or(1e-5);
+        if rms_eps <= 0.0 {
+            return Err(bad(
+                &k.key("attention.layer_norm_rms_epsilon"),
+                "must be positive",
+            ));
+        }
+
+        let dims = k.usize_opt("rope.dimension_count")?.unwrap_or(head_dim_k);
+        if dims == 0 || dims > head_dim_k || dims % 2 != 0 {
+            return Err(bad(
+                &k.key("rope.dimension_count"),
+                &format!("{dims} must be even and in 2..={head_dim_k} (the key head size)"),
+            ));
+        }
+        let freq_base = k.f32_opt("rope.freq_base")?.unwrap_or(10000.0);
+        if freq_base <= 0.0 {
+            return Err(bad(&k.key("rope.freq_base"), "must be positive"));
+        }
+        let scaling = Self::rope_scaling(&k)?;
+
+        let n_expert = k.usize_opt("expert_count")?.unwrap_or(0);
+        let moe = if n_expert > 0 {
+            let used_key = k.key("expert_used_count");
+            let n_expert_used = positive(&used_key, k.usize_req("expert_used_count")?)?;
+            if n_expert_used > n_expert {
+                return Err(bad(
+                    &used_key,
+                    &format!("{n_expert_used} exceeds expert_count {n_expert}"),
+                ));
+            }
+            let n_ff_expert = match k.usize_opt("expert_feed_forward_length")? {
+                Some(v) => positive(&k.key("expert_feed_forward_length"), v)?,
+                None => positive(&k.key("feed_forward_length"), n_ff)?,
+            };
+            let n_ff_shared = k.usize_opt("expert_shared_feed_forward_length")?;
+            let norm_top_k = match meta.get(&k.key("expert_weights_norm")) {
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| bad(&k.key("expert_weights_norm"), "expected a bool"))?,
+                // llama.cpp: Mixtral and Qwen3-MoE renormalise, Qwen2-MoE does not.
+                None => arch != Architecture::Qwen2Moe,
+            };
+            Some(MoeConfig {
+                n_expert,
+                n_expert_used,
+                n_ff_expert,
+                n_ff_shared,
+                norm_top_k,
+            })
+        } else {
+            match arch {
+                Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
+                    return Err(FormatError::MissingKey(k.key("expert_count")))
+                }
+                _ => None,
+            }
+        };
+        if moe.is_none() {
+            positive(&k.key("feed_forward_length"), n_ff)
+                .map_err(|_| FormatError::MissingKey(k.key("feed_forward_length")))?;
+        }
+
+        let (sliding_window, freq_base_swa) = if arch == Architecture::Gemma3 {
+            let window = k.usize_opt("attention.sliding_window")?;
+            let pattern = k.usize_opt("attention.sliding_window_pattern")?.unwrap_or(6);
+            (
+                window.map(|window| SlidingWindow { window, pattern }),
+                Some(10000.0),
+            )
+        } else {
+            (None, None)
+        };
+
+        let n_vocab = match meta.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.len(),
+            _ => k.usize_opt("vocab_size")?.unwrap_or(0),
+        };
+
+        Ok(ModelConfig {
+            arch,
+            name: meta
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            n_ff,
+            n_vocab,
+            n_ctx_train,
+            rms_eps,
+            rope: RopeConfig {
+                style: arch.rope_style(),
+                dims,
+                freq_base,
+                freq_base_swa,
+                scaling,
+            },
+            moe,
+            sliding_window,
+            attn_softcap: k.f32_opt("attn_logit_softcapping")?,
+            final_softcap: k.f32_opt("final_logit_softcapping")?,
+            tied_output: false,
+        })
+    }
+
+    fn rope_scaling(k: &Keys<'_>) -> Result<RopeScaling> {
+        let ty_key = k.key("rope.scaling.type");
+        let ty = match k.meta.get(&ty_key) {
+            None => return Ok(RopeScaling::None),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| bad(&ty_key, "expected a string"))?,
+        };
+        let factor = k.f32_opt("rope.scaling.factor")?.unwrap_or(1.0);
+        match ty {
+            "none" => Ok(RopeScaling::None),
+            "linear" if factor > 0.0 => Ok(RopeScaling::Linear { factor }),
+            "yarn" if factor > 0.0 => Ok(RopeScaling::Yarn {
+                factor,
+                original_context: k
+                    .usize_opt("rope.scaling.original_context_length")?
+                    .unwrap_or(0),
+            }),
+            "linear" | "yarn" => Err(bad(
+                &k.key("rope.scaling.factor"),
+                "must be positive",
+            )),
+            other => Err(bad(
+                &ty_key,
+                &format!("unknown rope scaling type {other:?} (known: none, linear, yarn)"),
+            )),
+        }
+    }
+
+    /// Checks the config against the tensor table: the embedding's shape fixes `n_vocab`, the
+    /// attention and FFN shapes must agree with the head counts and sizes.
+    fn check_tensors(mut self, model: &GgufModel) -> Result<Self> {
+        let embd = model.require_tensor("token_embd.weight")?;
+        self.expect_shape(embd, &[self.n_embd as u64, 0])?;
+        let vocab = embd.shape.get(1).copied().unwrap_or(0) as usize;
+        if self.n_vocab != 0 && self.n_vocab != vocab {
+            return Err(bad(
+                "tokenizer.ggml.tokens",
+                &format!(
+                    "has {} tokens but token_embd.weight has {vocab} rows",
+                    self.n_vocab
+                ),
+            ));
+        }
+        self.n_vocab = vocab;
+        self.tied_output = model.tensor("output.weight").is_none();
+        if let Some(out) = model.tensor("output.weight") {
+            self.expect_shape(out, &[self.n_embd as u64, vocab as u64])?;
+        }
+        let q_out = (self.n_head * self.head_dim_k) as u64;
+        let kv_k = (self.n_head_kv * self.head_dim_k) as u64;
+        let kv_v = (self.n_head_kv * self.head_dim_v) as u64;
+        let e = self.n_embd as u64;
+        for il in 0..self.n_layer {
+            let name = |s: &str| format!("blk.{il}.{s}.weight");
+            self.expect_shape(model.require_tensor(&name("attn_q"))?, &[e, q_out])?;
+            self.expect_shape(model.require_tensor(&name("attn_k"))?, &[e, kv_k])?;
+            self.expect_shape(model.require_tensor(&name("attn_v"))?, &[e, kv_v])?;
+            self.expect_shape(
+                model.require_tensor(&name("attn_output"))?,
+                &[(self.n_head * self.head_dim_v) as u64, e],
+            )?;
+            match self.moe {
+                None => {
+                    let ff = self.n_ff as u64;
+                    self.expect_shape(model.require_tensor(&name("ffn_up"))?, &[e, ff])?;
+                    self.expect_shape(model.require_tensor(&name("ffn_down"))?, &[ff, e])?;
+                }
+                Some(m) => {
+                    let gate = model.require_tensor(&name("ffn_gate_inp"))?;
+                    self.expect_shape(gate, &[e, m.n_expert as u64])?;
+                    // Fused expert tensors; the older per-expert names are also accepted.
+                    if let Some(up) = model.tensor(&name("ffn_up_exps")) {
+                        self.expect_shape(
+                            up,
+                            &[e, m.n_ff_expert as u64, m.n_expert as u64],
+                        )?;
+                    } else {
+                        let n = format!("blk.{il}.ffn_up.0.weight");
+                        let up = model.tensor(&n).ok_or_else(|| {
+                            FormatError::MissingTensor(format!(
+                                "blk.{il}.ffn_up_exps.weight (or per-expert {n})"
+                            ))
+                        })?;
+                        self.expect_shape(up, &[e, m.n_ff_expert as u64])?;
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    fn expect_shape(&self, t: &crate::TensorInfo, want: &[u64]) -> Result<()> {
+        let ok = t.shape.len() == want.len()
+            && t
+                .shape
+                .iter()
+                .zip(want)
+                .all(|(&got, &w)| w == 0 || got == w);
+        if ok {
+            Ok(())
+        } else {
+            Err(FormatError::BadTensorShape {
+                name: t.name.clone(),
+                reason: format!(
+                    "shape {:?} does not match the config ({} expects {:?}, 0 = any)",
+                    t.shape, self.arch, want
+                ),
+            })
+        }
+    }
+
+    /// Whether layer `il` uses sliding-window attention.
+    pub fn is_swa_layer(&self, il: usize) -> bool {
+        self.sliding_window.is_some_and(|s| s.is_swa_layer(il))
+    }
+
+    /// Bytes of K and V cache per token over all layers, at `bytes_per_value` (2 for f16).
+    pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
+        self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) * bytes_per_value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(arch: &str) -> Metadata {
+        let mut m = Metadata::new();
+        m.insert("general.architecture", Value::String(arch.into()))
+            .unwrap();
+        for (k, v) in [
+            ("block_count", 4u32),
+            ("embedding_length", 256),
+            ("feed_forward_length", 512),
+            ("attention.head_count", 4),
+            ("attention.head_count_kv", 2),
+        ] {
+            m.insert(format!("{arch}.{k}"), Value::U32(v)).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn llama_defaults() {
+        let c = ModelConfig::from_metadata(&base("llama")).unwrap();
+        assert_eq!(c.arch, Architecture::Llama);
+        assert_eq!(c.head_dim_k, 64);
+        assert_eq!(c.rope.dims, 64);
+        assert_eq!(c.rope.style, RopeStyle::Normal);
+        assert_eq!(c.rope.freq_base, 10000.0);
+        assert!(c.moe.is_none());
+    }
+
+    #[test]
+    fn missing_and_bad_keys_are_named() {
+        let mut m = base("qwen3");
+        m.remove("qwen3.block_count");
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("qwen3.block_count"), "{e}");
+
+        let mut m = base("qwen3");
+        m.set("qwen3.attention.head_count_kv", Value::U32(3));
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("head_count_kv"), "{e}");
+
+        let m = base("qwen3moe");
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("qwen3moe.expert_count"), "{e}");
+
+        let m = base("mamba");
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("mamba"), "{e}");
+
+        let mut m = base("llama");
+        m.set("llama.block_count", Value::String("x".into()));
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("llama.block_count"), "{e}");
+    }
+
+    #[test]
+    fn moe_and_gemma() {
+        let mut m = base("qwen2moe");
+        m.insert("qwen2moe.expert_count", Value::U32(16)).unwrap();
+        m.insert("qwen2moe.expert_used_count", Value::U32(4)).unwrap();
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        let moe = c.moe.unwrap();
+        assert_eq!((moe.n_expert, moe.n_expert_used, moe.n_ff_expert), (16, 4, 512));
+        assert!(!moe.norm_top_k);
+        m.set("qwen2moe.expert_used_count", Value::U32(17));
+        assert!(ModelConfig::from_metadata(&m).is_err());
+
+        let mut g = base("gemma3");
+        g.insert("gemma3.attention.sliding_window", Value::U32(512))
+            .unwrap();
+        let c = ModelConfig::from_metadata(&g).unwrap();
+        assert!(c.is_swa_layer(0) && c.is_swa_layer(4) && !c.is_swa_layer(5));
+        assert_eq!(c.rope.style, RopeStyle::Neox);
+    }
+}
