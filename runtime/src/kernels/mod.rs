@@ -14,6 +14,7 @@ use flashstream_formats::GgmlType;
 pub mod avx2;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+pub mod matvec;
 pub mod scalar;
 #[doc(hidden)]
 pub mod testutil;

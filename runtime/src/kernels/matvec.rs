@@ -1,0 +1,133 @@
+//! Matrix-vector and matrix-matrix products of quantized weights, split over a worker pool.
+//!
+//! Weights are `rows` rows of `k` weights each, as raw bytes of the kernel's weight type,
+//! borrowed from wherever they live. Activations are first quantized to the paired type
+//! ([`quantize_rows`]); each weight row is then dotted with every activation row while it is
+//! hot in cache, so a prompt of many tokens costs one pass over the weights.
+
+use super::{AlignedBuf, DotKernel, KernelError};
+use crate::pool::{ChunkCounter, WorkerPool};
+
+/// Rows per unit of work handed to a thread.
+const ROWS_PER_CHUNK: usize = 16;
+
+/// Quantizes `n_rows` activation rows of `k` values (`x`, row-major) for `kernel` into `out`.
+/// Each quantized row starts at a multiple of [`act_row_stride`] bytes.
+pub fn quantize_rows(
+    kernel: &DotKernel,
+    x: &[f32],
+    k: usize,
+    out: &mut AlignedBuf,
+) -> Result<usize, KernelError> {
+    let stride = act_row_stride(kernel, k)?;
+    if k == 0 || x.len() % k != 0 {
+        return Err(KernelError::BadLength(format!(
+            "{} activations are not a whole number of rows of {k}",
+            x.len()
+        )));
+    }
+    let n_rows = x.len() / k;
+    let row_bytes = kernel.act_type.row_bytes(k as u64).unwrap_or(0) as usize;
+    out.resize(stride * n_rows);
+    let bytes = out.as_bytes_mut();
+    for (r, xr) in x.chunks_exact(k).enumerate() {
+        (kernel.quantize)(xr, &mut bytes[r * stride..r * stride + row_bytes]);
+    }
+    Ok(n_rows)
+}
+
+/// Byte distance between quantized activation rows of length `k` (row bytes rounded up to 64,
+/// so every row is aligned for any block type).
+pub fn act_row_stride(kernel: &DotKernel, k: usize) -> Result<usize, KernelError> {
+    let row = kernel.act_type.row_bytes(k as u64).ok_or_else(|| {
+        KernelError::BadLength(format!(
+            "row length {k} is not a whole number of {} blocks",
+            kernel.act_type
+        ))
+    })?;
+    Ok((row as usize).div_ceil(64) * 64)
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: threads write disjoint elements (distinct rows), and `run` joins them before the
+// borrow ends.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// `y[t * rows + r] = dot(w[r], x[t])` for every weight row `r` and activation row `t`.
+///
+/// `w` holds `rows` rows of `k` weights of `kernel.weight_type`; `xq` holds `n_tok` activation
+/// rows quantized by [`quantize_rows`]; `y` has room for `n_tok * rows` values.
+pub fn matmul(
+    pool: &WorkerPool,
+    kernel: &DotKernel,
+    w: &[u8],
+    k: usize,
+    xq: &AlignedBuf,
+    n_tok: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let w_row = kernel.weight_type.row_bytes(k as u64).ok_or_else(|| {
+        KernelError::BadLength(format!(
+            "row length {k} is not a whole number of {} blocks",
+            kernel.weight_type
+        ))
+    })? as usize;
+    if w_row == 0 || w.len() % w_row != 0 {
+        return Err(KernelError::BadLength(format!(
+            "{} weight bytes are not a whole number of rows of {w_row} bytes",
+            w.len()
+        )));
+    }
+    let rows = w.len() / w_row;
+    let stride = act_row_stride(kernel, k)?;
+    let a_row = kernel.act_type.row_bytes(k as u64).unwrap_or(0) as usize;
+    if xq.as_bytes().len() < n_tok * stride || y.len() != n_tok * rows {
+        return Err(KernelError::BadLength(format!(
+            "matmul of {rows}x{k} by {n_tok} rows: activations have {} bytes (need {}), output has {} values (need {})",
+            xq.as_bytes().len(),
+            n_tok * stride,
+            y.len(),
+            n_tok * rows
+        )));
+    }
+    let xb = xq.as_bytes();
+    let out = SyncPtr(y.as_mut_ptr());
+    let chunks = ChunkCounter::new(rows.div_ceil(ROWS_PER_CHUNK));
+    let dot = kernel.dot;
+    let work = |_thread: usize| {
+        let out = out;
+        while let Some(c) = chunks.next_chunk() {
+            let r0 = c * ROWS_PER_CHUNK;
+            let r1 = (r0 + ROWS_PER_CHUNK).min(rows);
+            for r in r0..r1 {
+                let wr = &w[r * w_row..(r + 1) * w_row];
+                for t in 0..n_tok {
+                    let v = dot(k, wr, &xb[t * stride..t * stride + a_row]);
+                    // SAFETY: (t, r) pairs are distinct across threads (rows are claimed once)
+                    // and t * rows + r < y.len() was checked above.
+                    unsafe { *out.0.add(t * rows + r) = v };
+                }
+            }
+        }
+    };
+    if rows * n_tok < 2 * ROWS_PER_CHUNK {
+        work(0);
+    } else {
+        pool.run(work);
+    }
+    Ok(())
+}
+
+/// `y[r] = dot(w[r], x)`: [`matmul`] with one activation row.
+pub fn matvec(
+    pool: &WorkerPool,
+    kernel: &DotKernel,
+    w: &[u8],
+    k: usize,
+    xq: &AlignedBuf,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul(pool, kernel, w, k, xq, 1, y)
+}
