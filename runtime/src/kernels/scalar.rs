@@ -10,3 +10,11 @@ pub fn dot_fn(_ty: GgmlType) -> Option<DotFn> {
 pub fn quantize_fn(_act: GgmlType) -> Option<QuantizeFn> {
     None
 }
+/// Dequantizes a row. SKELETON.
+pub fn dequantize_row(
+    ty: GgmlType,
+    _src: &[u8],
+    _dst: &mut [f32],
+) -> Result<(), super::KernelError> {
+    Err(super::KernelError::UnsupportedType(ty))
+}
