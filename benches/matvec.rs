@@ -29,6 +29,34 @@ const TYPES: [GgmlType; 15] = [
     GgmlType::IQ4_XS,
 ];
 
+/// The machine's own read bandwidth, in the same run: summing a buffer larger than the caches
+/// on one and two threads. Matvec GB/s divided by this is the efficiency figure.
+fn memory_read(c: &mut Criterion, pools: &[WorkerPool]) {
+    let words: usize = 64 << 20; // 512 MiB of u64
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut g = c.benchmark_group("memory_read");
+    g.throughput(Throughput::Bytes((words * 8) as u64));
+    g.sample_size(10);
+    for pool in pools {
+        let n = pool.n_threads();
+        g.bench_function(BenchmarkId::from_parameter(format!("{n}t")), |b| {
+            b.iter(|| {
+                let parts: Vec<std::sync::atomic::AtomicU64> =
+                    (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+                pool.run(|i| {
+                    let chunk = words.div_ceil(n);
+                    let s: u64 = buf[i * chunk..((i + 1) * chunk).min(words)]
+                        .iter()
+                        .fold(0u64, |a, &x| a.wrapping_add(x));
+                    parts[i].store(s, std::sync::atomic::Ordering::Relaxed);
+                });
+                criterion::black_box(parts)
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let k = 4096;
     let rows = 4096;
@@ -37,6 +65,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|&n| WorkerPool::new(n).expect("spawn worker threads"))
         .collect();
+    memory_read(c, &pools);
     let best = Isa::detect();
     for ty in TYPES {
         let w = random_weights(ty, k * rows, 7);
