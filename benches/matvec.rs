@@ -41,8 +41,9 @@ fn memory_read(c: &mut Criterion, pools: &[WorkerPool]) {
         let n = pool.n_threads();
         g.bench_function(BenchmarkId::from_parameter(format!("{n}t")), |b| {
             b.iter(|| {
-                let parts: Vec<std::sync::atomic::AtomicU64> =
-                    (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+                let parts: Vec<std::sync::atomic::AtomicU64> = (0..n)
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect();
                 pool.run(|i| {
                     let chunk = words.div_ceil(n);
                     let s: u64 = buf[i * chunk..((i + 1) * chunk).min(words)]

@@ -398,7 +398,9 @@ impl ModelConfig {
 
         let (sliding_window, freq_base_swa) = if arch == Architecture::Gemma3 {
             let window = k.usize_opt("attention.sliding_window")?;
-            let pattern = k.usize_opt("attention.sliding_window_pattern")?.unwrap_or(6);
+            let pattern = k
+                .usize_opt("attention.sliding_window_pattern")?
+                .unwrap_or(6);
             (
                 window.map(|window| SlidingWindow { window, pattern }),
                 Some(10000.0),
@@ -461,10 +463,7 @@ impl ModelConfig {
                     .usize_opt("rope.scaling.original_context_length")?
                     .unwrap_or(0),
             }),
-            "linear" | "yarn" => Err(bad(
-                &k.key("rope.scaling.factor"),
-                "must be positive",
-            )),
+            "linear" | "yarn" => Err(bad(&k.key("rope.scaling.factor"), "must be positive")),
             other => Err(bad(
                 &ty_key,
                 &format!("unknown rope scaling type {other:?} (known: none, linear, yarn)"),
@@ -516,10 +515,7 @@ impl ModelConfig {
                     self.expect_shape(gate, &[e, m.n_expert as u64])?;
                     // Fused expert tensors; the older per-expert names are also accepted.
                     if let Some(up) = model.tensor(&name("ffn_up_exps")) {
-                        self.expect_shape(
-                            up,
-                            &[e, m.n_ff_expert as u64, m.n_expert as u64],
-                        )?;
+                        self.expect_shape(up, &[e, m.n_ff_expert as u64, m.n_expert as u64])?;
                     } else {
                         let n = format!("blk.{il}.ffn_up.0.weight");
                         let up = model.tensor(&n).ok_or_else(|| {
@@ -537,8 +533,7 @@ impl ModelConfig {
 
     fn expect_shape(&self, t: &crate::TensorInfo, want: &[u64]) -> Result<()> {
         let ok = t.shape.len() == want.len()
-            && t
-                .shape
+            && t.shape
                 .iter()
                 .zip(want)
                 .all(|(&got, &w)| w == 0 || got == w);
@@ -627,10 +622,14 @@ mod tests {
     fn moe_and_gemma() {
         let mut m = base("qwen2moe");
         m.insert("qwen2moe.expert_count", Value::U32(16)).unwrap();
-        m.insert("qwen2moe.expert_used_count", Value::U32(4)).unwrap();
+        m.insert("qwen2moe.expert_used_count", Value::U32(4))
+            .unwrap();
         let c = ModelConfig::from_metadata(&m).unwrap();
         let moe = c.moe.unwrap();
-        assert_eq!((moe.n_expert, moe.n_expert_used, moe.n_ff_expert), (16, 4, 512));
+        assert_eq!(
+            (moe.n_expert, moe.n_expert_used, moe.n_ff_expert),
+            (16, 4, 512)
+        );
         assert!(!moe.norm_top_k);
         m.set("qwen2moe.expert_used_count", Value::U32(17));
         assert!(ModelConfig::from_metadata(&m).is_err());

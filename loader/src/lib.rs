@@ -72,13 +72,21 @@ impl ModelFiles {
 
     /// Reads exactly `buf.len()` bytes at `offset` of file `file` (short reads are continued,
     /// EINTR retried; reading past the end is an error).
-    pub fn read_exact_at(&self, file: usize, offset: u64, buf: &mut [u8]) -> Result<(), LoaderError> {
-        let (path, f, len) = self.files.get(file).ok_or_else(|| LoaderError::OutOfRange {
-            file,
-            offset,
-            len: buf.len() as u64,
-            reason: format!("the model has {} files", self.files.len()),
-        })?;
+    pub fn read_exact_at(
+        &self,
+        file: usize,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), LoaderError> {
+        let (path, f, len) = self
+            .files
+            .get(file)
+            .ok_or_else(|| LoaderError::OutOfRange {
+                file,
+                offset,
+                len: buf.len() as u64,
+                reason: format!("the model has {} files", self.files.len()),
+            })?;
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > *len) {
             return Err(LoaderError::OutOfRange {

@@ -6,4 +6,5 @@
 #![warn(missing_docs)]
 
 pub mod kernels;
+pub mod ops;
 pub mod pool;

@@ -60,9 +60,17 @@ fn inspect_json_describes_every_test_model() {
     for m in small_models() {
         let j = ok_json(&["inspect", m.to_str().unwrap(), "--json"]);
         let arch = j["metadata"]["general.architecture"].as_str().unwrap();
-        assert_eq!(j["config"]["architecture"].as_str(), Some(arch), "{m:?}: {}", j["config"]);
+        assert_eq!(
+            j["config"]["architecture"].as_str(),
+            Some(arch),
+            "{m:?}: {}",
+            j["config"]
+        );
         let tensors = j["tensors"].as_array().unwrap();
-        assert_eq!(tensors.len() as u64, j["totals"]["tensors"].as_u64().unwrap());
+        assert_eq!(
+            tensors.len() as u64,
+            j["totals"]["tensors"].as_u64().unwrap()
+        );
         // 4 layers; token_embd first, output last (layer order).
         assert_eq!(j["config"]["n_layer"].as_u64(), Some(4));
         assert_eq!(tensors[0]["name"], "token_embd.weight");
@@ -130,7 +138,14 @@ fn dump_matches_the_dequant_golden() {
         let name = g["tensor"].as_str().unwrap();
         let want = g["rows"].as_array().unwrap();
         let rows = want.len().to_string();
-        let j = ok_json(&["dump", model.to_str().unwrap(), name, "--rows", &rows, "--json"]);
+        let j = ok_json(&[
+            "dump",
+            model.to_str().unwrap(),
+            name,
+            "--rows",
+            &rows,
+            "--json",
+        ]);
         assert_eq!(j["name"], g["tensor"]);
         assert_eq!(j["type"], g["type"]);
         assert_eq!(j["shape"], g["shape"]);
@@ -141,7 +156,11 @@ fn dump_matches_the_dequant_golden() {
             assert_eq!(gr.len(), wr.len());
             for (i, (a, b)) in gr.iter().zip(wr).enumerate() {
                 let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-                assert!(close(a, b), "{name} ({}) row {r} [{i}]: {a} vs {b}", g["type"]);
+                assert!(
+                    close(a, b),
+                    "{name} ({}) row {r} [{i}]: {a} vs {b}",
+                    g["type"]
+                );
             }
         }
         checked += 1;
@@ -171,7 +190,12 @@ fn errors_are_clear() {
     assert!(e.contains("not a GGUF"), "{e}");
 
     let m = root().join("testdata/models/rand-llama-q4_0.gguf");
-    let e = err_line(&["dump", m.to_str().unwrap(), "blk.0.attn_qq.weight", "--json"]);
+    let e = err_line(&[
+        "dump",
+        m.to_str().unwrap(),
+        "blk.0.attn_qq.weight",
+        "--json",
+    ]);
     assert!(e.contains("blk.0.attn_qq.weight"), "{e}");
 
     let truncated = dir.join("t.gguf");
@@ -180,7 +204,13 @@ fn errors_are_clear() {
     let e = err_line(&["inspect", truncated.to_str().unwrap()]);
     assert!(e.contains("past the end") || e.contains("truncated"), "{e}");
 
-    let e = err_line(&["dump", m.to_str().unwrap(), "output.weight", "--rows", "many"]);
+    let e = err_line(&[
+        "dump",
+        m.to_str().unwrap(),
+        "output.weight",
+        "--rows",
+        "many",
+    ]);
     assert!(e.contains("--rows"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

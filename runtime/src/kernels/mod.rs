@@ -12,9 +12,9 @@ use flashstream_formats::GgmlType;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+pub mod matvec;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
-pub mod matvec;
 pub mod scalar;
 #[doc(hidden)]
 pub mod testutil;

@@ -32,12 +32,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .take(5)
             .collect();
         if similar.is_empty() {
-            bail!("no tensor {:?} in {} (see `flashstream inspect`)", a.tensor, a.model.display());
+            bail!(
+                "no tensor {:?} in {} (see `flashstream inspect`)",
+                a.tensor,
+                a.model.display()
+            );
         }
-        bail!("no tensor {:?} in {}; similar: {}", a.tensor, a.model.display(), similar.join(", "));
+        bail!(
+            "no tensor {:?} in {}; similar: {}",
+            a.tensor,
+            a.model.display(),
+            similar.join(", ")
+        );
     };
     if !t.ty.is_supported_for_compute() {
-        bail!("tensor {} has type {}, which flashstream cannot dequantize", t.name, t.ty);
+        bail!(
+            "tensor {} has type {}, which flashstream cannot dequantize",
+            t.name,
+            t.ty
+        );
     }
     let files = ModelFiles::open(&model)?;
     let bytes = files

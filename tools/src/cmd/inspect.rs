@@ -22,7 +22,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let model = super::open_model(&a.model)?;
     let config = ModelConfig::from_model(&model);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&model, &config))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&model, &config))?
+        );
     } else {
         print_text(&model, &config);
     }
@@ -148,7 +151,10 @@ fn totals(model: &GgufModel) -> Totals {
     Totals { by_type, by_layer }
 }
 
-fn to_json(model: &GgufModel, config: &Result<ModelConfig, flashstream::formats::FormatError>) -> Json {
+fn to_json(
+    model: &GgufModel,
+    config: &Result<ModelConfig, flashstream::formats::FormatError>,
+) -> Json {
     let mut meta = Map::new();
     for (k, v) in model.metadata.iter() {
         meta.insert(k.to_string(), value_json(v));
@@ -175,8 +181,10 @@ fn to_json(model: &GgufModel, config: &Result<ModelConfig, flashstream::formats:
     let files: Vec<Json> = model
         .files
         .iter()
-        .map(|f| json!({"path": f.path.display().to_string(), "bytes": f.len, "version": f.version,
-                        "alignment": f.alignment, "data_offset": f.data_offset}))
+        .map(|f| {
+            json!({"path": f.path.display().to_string(), "bytes": f.len, "version": f.version,
+                        "alignment": f.alignment, "data_offset": f.data_offset})
+        })
         .collect();
     json!({
         "files": files,

@@ -1,0 +1,197 @@
+//! Element-wise and row operations of the forward pass, on f32 activations.
+//!
+//! Each follows the arithmetic of llama.cpp's CPU backend where that matters for matching its
+//! logits (e.g. RMSNorm accumulates the sum of squares in f64, as ggml does).
+
+/// `out = x / rms(x) * w`, with the sum of squares accumulated in f64 as ggml does.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert!(x.len() == w.len() && x.len() == out.len());
+    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// [`rms_norm`] in place.
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    debug_assert!(x.len() == w.len());
+    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = *v * scale * g;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SiLU: `x * sigmoid(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (as ggml's `gelu`).
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF * x * x)).tanh())
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `gate[i] = gelu(gate[i]) * up[i]` (GeGLU).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = gelu(*g) * u;
+    }
+}
+
+/// `y += x`.
+pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// `y *= s`.
+pub fn scale(y: &mut [f32], s: f32) {
+    for a in y.iter_mut() {
+        *a *= s;
+    }
+}
+
+/// `x = cap * tanh(x / cap)` (logit soft-capping).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    for v in x.iter_mut() {
+        *v = cap * (*v / cap).tanh();
+    }
+}
+
+/// Rotary position embedding tables for one position: `cos`/`sin` of `pos * theta_i` for
+/// `i in 0..dims/2`, `theta_i = base^(-2i/dims) / freq_scale`.
+pub fn rope_cache(
+    pos: usize,
+    dims: usize,
+    base: f32,
+    freq_scale: f32,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    let theta_scale = base.powf(-2.0 / dims as f32);
+    let mut theta = pos as f32 * freq_scale;
+    for i in 0..dims / 2 {
+        cos[i] = theta.cos();
+        sin[i] = theta.sin();
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates the first `dims` elements of each head of `x` (heads of `head_dim`) in place.
+/// `neox` pairs element `i` with `i + dims/2`; otherwise adjacent pairs `(2i, 2i+1)`.
+pub fn rope_apply(
+    x: &mut [f32],
+    head_dim: usize,
+    dims: usize,
+    neox: bool,
+    cos: &[f32],
+    sin: &[f32],
+) {
+    for head in x.chunks_exact_mut(head_dim) {
+        if neox {
+            let half = dims / 2;
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = a * sin[i] + b * cos[i];
+            }
+        } else {
+            for i in 0..dims / 2 {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * cos[i] - b * sin[i];
+                head[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rms() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.37).collect();
+        let w = vec![1.0; 64];
+        let mut out = vec![0.0; 64];
+        rms_norm(&x, &w, 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 64.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-5, "{rms}");
+        let mut y = x.clone();
+        rms_norm_inplace(&mut y, &w, 0.0);
+        assert_eq!(y, out);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = vec![1.0, 2.0, 3.0, -1000.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0] && x[3] == 0.0);
+    }
+
+    #[test]
+    fn activations() {
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
+        assert_eq!(silu(0.0), 0.0);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norm() {
+        let dims = 8;
+        let mut cos = vec![0.0; dims / 2];
+        let mut sin = vec![0.0; dims / 2];
+        rope_cache(3, dims, 10000.0, 1.0, &mut cos, &mut sin);
+        // theta_0 = pos for the first pair.
+        assert!((cos[0] - 3f32.cos()).abs() < 1e-6);
+        for neox in [false, true] {
+            let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.5).collect();
+            let mut y = x.clone();
+            rope_apply(&mut y, 8, dims, neox, &cos, &sin);
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            let n1: f32 = y.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4);
+            assert_ne!(x, y);
+        }
+        // Position 0 is the identity.
+        rope_cache(0, dims, 10000.0, 1.0, &mut cos, &mut sin);
+        let x: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let mut y = x.clone();
+        rope_apply(&mut y, 8, dims, true, &cos, &sin);
+        assert_eq!(x, y);
+    }
+}
