@@ -8,3 +8,4 @@
 pub mod kernels;
 pub mod ops;
 pub mod pool;
+pub mod sampler;
