@@ -5,6 +5,10 @@
 
 #![warn(missing_docs)]
 
+mod buffer;
+
+pub use buffer::{AlignedBuffer, ALIGN};
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 

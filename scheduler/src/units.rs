@@ -1,0 +1,204 @@
+//! Units: what is read in one go, and where each tensor's bytes lie inside one.
+//!
+//! A dense model's unit is a layer (all `blk.N.*` tensors). In a MoE model a layer's
+//! always-needed part (attention, norms, router, shared expert) is one unit and each expert
+//! (its slices of the fused `ffn_{gate,up,down}_exps` tensors, or its own
+//! `blk.N.ffn_{gate,up,down}.E.weight` tensors) is another. The output head (`output_norm`,
+//! `output`, and other tensors outside the layers) is one unit; the token embedding is its own
+//! unit, from which single rows can also be read.
+
+use std::collections::HashMap;
+
+use flashstream_formats::{GgmlType, GgufModel};
+
+use crate::SchedulerError;
+
+/// Identifies a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnitId {
+    /// `token_embd.weight`.
+    Embedding,
+    /// Layer `N`'s tensors (for MoE, all but the experts).
+    Layer(usize),
+    /// One expert of one layer.
+    Expert {
+        /// Layer index.
+        layer: usize,
+        /// Expert index.
+        expert: usize,
+    },
+    /// Everything outside the layers but the embedding: `output_norm`, `output`, ...
+    Head,
+}
+
+/// One tensor, or one expert's slice of a fused expert tensor, inside a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The tensor's name (for a slice: the fused tensor's name).
+    pub name: String,
+    /// Element type.
+    pub ty: GgmlType,
+    /// Shape of this part in GGUF order (a slice drops the expert dimension).
+    pub shape: Vec<u64>,
+    /// File index.
+    pub file: usize,
+    /// Absolute offset in that file.
+    pub offset: u64,
+    /// Byte length.
+    pub len: u64,
+}
+
+/// A unit: its parts, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// Its id.
+    pub id: UnitId,
+    /// Its parts.
+    pub parts: Vec<Part>,
+}
+
+impl Unit {
+    /// Total bytes of its parts.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.len).sum()
+    }
+
+    /// Index of the part called `name`.
+    pub fn part_index(&self, name: &str) -> Option<usize> {
+        self.parts.iter().position(|p| p.name == name)
+    }
+}
+
+/// Every unit of a model.
+#[derive(Debug, Clone, Default)]
+pub struct UnitTable {
+    units: Vec<Unit>,
+    index: HashMap<UnitId, usize>,
+    n_layer: usize,
+    n_expert: usize,
+}
+
+/// `blk.N.ffn_{gate,up,down}.E.weight` → (layer, expert).
+fn per_expert(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let rest = ["ffn_gate.", "ffn_up.", "ffn_down."]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))?;
+    let (expert, rest) = rest.split_once('.')?;
+    (rest == "weight").then_some(())?;
+    Some((layer.parse().ok()?, expert.parse().ok()?))
+}
+
+fn is_fused_experts(name: &str) -> bool {
+    name.contains("_exps.")
+}
+
+impl UnitTable {
+    /// Groups the tensors of `model` into units.
+    pub fn from_model(model: &GgufModel) -> Result<Self, SchedulerError> {
+        let mut units: Vec<Unit> = Vec::new();
+        let mut index: HashMap<UnitId, usize> = HashMap::new();
+        let mut n_layer = 0;
+        let mut n_expert = 0;
+        let mut push = |id: UnitId, part: Part, units: &mut Vec<Unit>| {
+            let i = *index.entry(id).or_insert_with(|| {
+                units.push(Unit {
+                    id,
+                    parts: Vec::new(),
+                });
+                units.len() - 1
+            });
+            units[i].parts.push(part);
+        };
+        for t in &model.tensors {
+            let whole = Part {
+                name: t.name.clone(),
+                ty: t.ty,
+                shape: t.shape.clone(),
+                file: t.file,
+                offset: t.offset,
+                len: t.n_bytes,
+            };
+            match t.layer() {
+                None if t.name == "token_embd.weight" => push(UnitId::Embedding, whole, &mut units),
+                None => push(UnitId::Head, whole, &mut units),
+                Some(layer) => {
+                    n_layer = n_layer.max(layer + 1);
+                    if let Some((_, expert)) = per_expert(&t.name) {
+                        n_expert = n_expert.max(expert + 1);
+                        push(UnitId::Expert { layer, expert }, whole, &mut units);
+                    } else if is_fused_experts(&t.name) && t.shape.len() == 3 {
+                        let n = t.shape[2];
+                        if n == 0 || t.n_bytes % n != 0 {
+                            return Err(SchedulerError::BadModel(format!(
+                                "{}: {} bytes do not split into {n} experts",
+                                t.name, t.n_bytes
+                            )));
+                        }
+                        n_expert = n_expert.max(n as usize);
+                        let each = t.n_bytes / n;
+                        for e in 0..n {
+                            push(
+                                UnitId::Expert {
+                                    layer,
+                                    expert: e as usize,
+                                },
+                                Part {
+                                    shape: t.shape[..2].to_vec(),
+                                    offset: t.offset + e * each,
+                                    len: each,
+                                    ..whole.clone()
+                                },
+                                &mut units,
+                            );
+                        }
+                    } else {
+                        push(UnitId::Layer(layer), whole, &mut units);
+                    }
+                }
+            }
+        }
+        for u in &mut units {
+            u.parts.sort_by_key(|p| (p.file, p.offset));
+        }
+        units.sort_by_key(|u| u.id);
+        let index = units.iter().enumerate().map(|(i, u)| (u.id, i)).collect();
+        Ok(UnitTable {
+            units,
+            index,
+            n_layer,
+            n_expert,
+        })
+    }
+
+    /// Position of unit `id` in [`UnitTable::iter`] order.
+    pub fn position(&self, id: UnitId) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    /// The unit `id`.
+    pub fn get(&self, id: UnitId) -> Option<&Unit> {
+        self.index.get(&id).map(|&i| &self.units[i])
+    }
+
+    /// Every unit, ordered: Embedding, the layers, the experts (by layer, then expert), Head.
+    pub fn iter(&self) -> impl Iterator<Item = &Unit> {
+        self.units.iter()
+    }
+
+    /// Number of layers.
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+
+    /// Experts per layer (0 for dense models).
+    pub fn n_expert(&self) -> usize {
+        self.n_expert
+    }
+
+    /// Total bytes of all units.
+    pub fn total_bytes(&self) -> u64 {
+        self.units.iter().map(Unit::bytes).sum()
+    }
+}
