@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn blocks_borrow_from_unaligned_bytes() {
-        let buf = vec![0u8; 18 * 3 + 1];
+        let buf = [0u8; 18 * 3 + 1];
         let b: &[BlockQ4_0] = as_blocks(&buf[1..]).unwrap();
         assert_eq!(b.len(), 3);
         assert!(as_blocks::<BlockQ4_0>(&buf[..20]).is_err());

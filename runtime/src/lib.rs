@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod pool;
 pub mod sampler;

@@ -55,6 +55,13 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    // A method (not field access) so closures capture the whole Sync wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `y[t * rows + r] = dot(w[r], x[t])` for every weight row `r` and activation row `t`.
 ///
 /// `w` holds `rows` rows of `k` weights of `kernel.weight_type`; `xq` holds `n_tok` activation
@@ -97,7 +104,6 @@ pub fn matmul(
     let chunks = ChunkCounter::new(rows.div_ceil(ROWS_PER_CHUNK));
     let dot = kernel.dot;
     let work = |_thread: usize| {
-        let out = out;
         while let Some(c) = chunks.next_chunk() {
             let r0 = c * ROWS_PER_CHUNK;
             let r1 = (r0 + ROWS_PER_CHUNK).min(rows);
@@ -107,7 +113,7 @@ pub fn matmul(
                     let v = dot(k, wr, &xb[t * stride..t * stride + a_row]);
                     // SAFETY: (t, r) pairs are distinct across threads (rows are claimed once)
                     // and t * rows + r < y.len() was checked above.
-                    unsafe { *out.0.add(t * rows + r) = v };
+                    unsafe { *out.get().add(t * rows + r) = v };
                 }
             }
         }

@@ -1,0 +1,341 @@
+//! Transformer forward pass over weights leased from a [`WeightSource`].
+//!
+//! [`Model`] validates a model's tensors against its architecture's table ([`arch`]) once, and
+//! remembers where each weight lives (unit and part); [`Session`] holds a KV cache and runs
+//! [`Session::eval`]: all the tokens given are processed together, layer by layer (a prompt is
+//! one matrix per weight, so a streamed layer is read once for the whole prompt), and logits
+//! come back for the last position or for all of them.
+
+pub mod arch;
+mod forward;
+pub mod kv;
+
+use std::collections::HashMap;
+
+use flashstream_formats::{Architecture, GgmlType, GgufModel, ModelConfig};
+use flashstream_scheduler::{UnitId, WeightSource};
+
+use crate::kernels::{Isa, KernelError};
+use crate::pool::WorkerPool;
+pub use arch::Role;
+pub use forward::{LogitsWanted, Session};
+
+/// Errors of the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The model file is malformed or its config invalid.
+    #[error(transparent)]
+    Format(#[from] flashstream_formats::FormatError),
+    /// Weights could not be provided.
+    #[error(transparent)]
+    Scheduler(#[from] flashstream_scheduler::SchedulerError),
+    /// A kernel refused its inputs.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// A tensor the architecture needs is absent.
+    #[error("{arch} model is missing tensor {name:?}")]
+    MissingTensor {
+        /// The architecture.
+        arch: Architecture,
+        /// The tensor.
+        name: String,
+    },
+    /// A tensor has a type or shape the runtime cannot use.
+    #[error("tensor {name:?}: {reason}")]
+    BadTensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The context is full.
+    #[error("context full: {needed} positions needed but the context holds {n_ctx} (raise --ctx, at most the model's {n_ctx_train})")]
+    ContextFull {
+        /// Positions needed.
+        needed: usize,
+        /// Context size.
+        n_ctx: usize,
+        /// The model's training context.
+        n_ctx_train: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary of {n_vocab}")]
+    BadToken {
+        /// The token.
+        token: u32,
+        /// Vocabulary size.
+        n_vocab: usize,
+    },
+    /// Memory for the KV cache or activations could not be had.
+    #[error("cannot allocate {what}")]
+    OutOfMemory {
+        /// For what.
+        what: String,
+    },
+    /// Invalid options.
+    #[error("{0}")]
+    Invalid(String),
+    /// Worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Threads(#[source] std::io::Error),
+}
+
+/// Where a weight is: unit, part index in it, type and shape.
+#[derive(Debug, Clone)]
+pub(crate) struct WeightRef {
+    pub unit: UnitId,
+    pub part: usize,
+    pub ty: GgmlType,
+    pub shape: Vec<u64>,
+    pub name: String,
+}
+
+impl WeightRef {
+    /// Row length.
+    pub fn k(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1) as usize
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.shape.iter().skip(1).product::<u64>() as usize
+    }
+}
+
+/// The weights of one layer, by role.
+#[derive(Debug, Default)]
+pub(crate) struct LayerWeights {
+    pub w: HashMap<Role, WeightRef>,
+}
+
+impl LayerWeights {
+    pub fn get(&self, r: Role) -> Option<&WeightRef> {
+        self.w.get(&r)
+    }
+}
+
+/// Options for loading a model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Threads for kernels (the caller's thread counts as one).
+    pub threads: usize,
+    /// Instruction set; `None` picks the best this CPU has.
+    pub isa: Option<Isa>,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            isa: None,
+        }
+    }
+}
+
+/// A loaded model: config, where every weight lives, kernels and threads.
+pub struct Model {
+    config: ModelConfig,
+    source: Box<dyn WeightSource>,
+    layers: Vec<LayerWeights>,
+    embd: WeightRef,
+    output_norm: WeightRef,
+    output: WeightRef,
+    rope_freqs: Option<WeightRef>,
+    isa: Isa,
+    pool: WorkerPool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("arch", &self.config.arch)
+            .field("isa", &self.isa)
+            .field("threads", &self.pool.n_threads())
+            .finish()
+    }
+}
+
+fn find(
+    source: &dyn WeightSource,
+    arch: Architecture,
+    unit: UnitId,
+    name: &str,
+) -> Result<Option<WeightRef>, RuntimeError> {
+    let Some(u) = source.units().get(unit) else {
+        return Ok(None);
+    };
+    let Some(part) = u.part_index(name) else {
+        return Ok(None);
+    };
+    let p = &u.parts[part];
+    if !p.ty.is_supported_for_compute() {
+        return Err(RuntimeError::BadTensor {
+            name: name.to_string(),
+            reason: format!(
+                "type {} is not supported for computation ({arch} model)",
+                p.ty
+            ),
+        });
+    }
+    Ok(Some(WeightRef {
+        unit,
+        part,
+        ty: p.ty,
+        shape: p.shape.clone(),
+        name: name.to_string(),
+    }))
+}
+
+impl Model {
+    /// Validates `gguf` against its architecture and prepares to run it with weights from
+    /// `source`.
+    pub fn new(
+        gguf: &GgufModel,
+        source: Box<dyn WeightSource>,
+        opts: &ModelOptions,
+    ) -> Result<Self, RuntimeError> {
+        let config = ModelConfig::from_model(gguf)?;
+        let arch = config.arch;
+        let isa = match opts.isa {
+            Some(i) if !i.is_available() => return Err(KernelError::IsaUnavailable(i).into()),
+            Some(i) => i,
+            None => Isa::detect(),
+        };
+        let src = source.as_ref();
+        let spec = arch::layer_spec(arch, config.moe.is_some());
+        let mut layers = Vec::with_capacity(config.n_layer);
+        for il in 0..config.n_layer {
+            let mut lw = LayerWeights::default();
+            for (&role, required) in spec
+                .required
+                .iter()
+                .map(|r| (r, true))
+                .chain(spec.optional.iter().map(|r| (r, false)))
+            {
+                let name = role.tensor_name(il);
+                let expert0 = UnitId::Expert {
+                    layer: il,
+                    expert: 0,
+                };
+                let found = match role {
+                    Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps => {
+                        match find(src, arch, expert0, &name)? {
+                            Some(w) => Some(w),
+                            // Older files: one tensor per expert, blk.N.ffn_gate.E.weight.
+                            None => {
+                                let base = match role {
+                                    Role::FfnGateExps => "ffn_gate",
+                                    Role::FfnUpExps => "ffn_up",
+                                    _ => "ffn_down",
+                                };
+                                find(src, arch, expert0, &format!("blk.{il}.{base}.0.weight"))?
+                            }
+                        }
+                    }
+                    _ => find(src, arch, UnitId::Layer(il), &name)?,
+                };
+                match found {
+                    Some(w) => {
+                        lw.w.insert(role, w);
+                    }
+                    None if required => return Err(RuntimeError::MissingTensor { arch, name }),
+                    None => {}
+                }
+            }
+            layers.push(lw);
+        }
+        let need = |unit, name: &str| -> Result<WeightRef, RuntimeError> {
+            find(src, arch, unit, name)?.ok_or_else(|| RuntimeError::MissingTensor {
+                arch,
+                name: name.to_string(),
+            })
+        };
+        let embd = need(UnitId::Embedding, "token_embd.weight")?;
+        let output_norm = need(UnitId::Head, "output_norm.weight")?;
+        let output = match find(src, arch, UnitId::Head, "output.weight")? {
+            Some(o) => o,
+            None => embd.clone(),
+        };
+        let rope_freqs = find(src, arch, UnitId::Head, "rope_freqs.weight")?;
+        let model = Model {
+            pool: WorkerPool::new(opts.threads).map_err(RuntimeError::Threads)?,
+            config,
+            source,
+            layers,
+            embd,
+            output_norm,
+            output,
+            rope_freqs,
+            isa,
+        };
+        model.check_small_tensors()?;
+        Ok(model)
+    }
+
+    /// Norm weights and biases must be F32 vectors of the right length.
+    fn check_small_tensors(&self) -> Result<(), RuntimeError> {
+        let c = &self.config;
+        let check = |w: &WeightRef, len: usize| -> Result<(), RuntimeError> {
+            if w.ty != GgmlType::F32 || w.shape.iter().product::<u64>() != len as u64 {
+                return Err(RuntimeError::BadTensor {
+                    name: w.name.clone(),
+                    reason: format!(
+                        "expected F32 of {len} values, found {} of shape {:?}",
+                        w.ty, w.shape
+                    ),
+                });
+            }
+            Ok(())
+        };
+        check(&self.output_norm, c.n_embd)?;
+        for lw in &self.layers {
+            for (role, len) in [
+                (Role::AttnNorm, c.n_embd),
+                (Role::FfnNorm, c.n_embd),
+                (Role::PostAttnNorm, c.n_embd),
+                (Role::PostFfwNorm, c.n_embd),
+                (Role::AttnQNorm, c.head_dim_k),
+                (Role::AttnKNorm, c.head_dim_k),
+                (Role::AttnQBias, c.n_head * c.head_dim_k),
+                (Role::AttnKBias, c.n_head_kv * c.head_dim_k),
+                (Role::AttnVBias, c.n_head_kv * c.head_dim_v),
+            ] {
+                if let Some(w) = lw.get(role) {
+                    check(w, len)?;
+                }
+            }
+            if let Some(w) = lw.get(Role::FfnRouterShexp) {
+                check(w, c.n_embd)?;
+            }
+        }
+        if let Some(w) = &self.rope_freqs {
+            check(w, c.rope.dims / 2)?;
+        }
+        Ok(())
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The instruction set the kernels use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Threads used by kernels.
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// The weight source.
+    pub fn source(&self) -> &dyn WeightSource {
+        self.source.as_ref()
+    }
+
+    /// A session with room for `n_ctx` positions (at most the model's training context).
+    pub fn session(&self, n_ctx: usize) -> Result<Session<'_>, RuntimeError> {
+        Session::new(self, n_ctx)
+    }
+}
