@@ -1062,11 +1062,3 @@ pub fn quantize_fn(act: GgmlType) -> Option<QuantizeFn> {
         _ => return None,
     })
 }
-/// Dequantizes a row. SKELETON.
-pub fn dequantize_row(
-    ty: GgmlType,
-    _src: &[u8],
-    _dst: &mut [f32],
-) -> Result<(), super::KernelError> {
-    Err(super::KernelError::UnsupportedType(ty))
-}
