@@ -1,0 +1,93 @@
+//! matvec/matmul split over the worker pool: same numbers as a plain loop over the dot kernel,
+//! bit for bit, whatever the thread count; bad shapes are errors.
+
+use flashstream_formats::GgmlType;
+use flashstream_runtime::kernels::matvec::{act_row_stride, matmul, matvec, quantize_rows};
+use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
+use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
+use flashstream_runtime::pool::WorkerPool;
+
+const TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+#[test]
+fn matmul_equals_plain_loop_on_any_thread_count() {
+    let pools = [
+        WorkerPool::new(1).unwrap(),
+        WorkerPool::new(2).unwrap(),
+        WorkerPool::new(3).unwrap(),
+    ];
+    let (k, rows) = (512, 37);
+    for isa in Isa::available() {
+        for ty in TYPES {
+            let kernel = dot_kernel(isa, ty).unwrap();
+            let w = random_weights(ty, k * rows, 11);
+            for n_tok in [1usize, 3] {
+                let x = random_activations(k * n_tok, 5);
+                let mut xq = AlignedBuf::default();
+                assert_eq!(quantize_rows(&kernel, &x, k, &mut xq).unwrap(), n_tok);
+                let stride = act_row_stride(&kernel, k).unwrap();
+                let wrow = ty.row_bytes(k as u64).unwrap() as usize;
+                let arow = kernel.act_type.row_bytes(k as u64).unwrap() as usize;
+                let mut want = vec![0f32; n_tok * rows];
+                for t in 0..n_tok {
+                    for r in 0..rows {
+                        want[t * rows + r] = (kernel.dot)(
+                            k,
+                            &w[r * wrow..(r + 1) * wrow],
+                            &xq.as_bytes()[t * stride..t * stride + arow],
+                        );
+                    }
+                }
+                assert!(want.iter().all(|v| v.is_finite()), "{ty}");
+                for pool in &pools {
+                    let mut y = vec![f32::NAN; n_tok * rows];
+                    matmul(pool, &kernel, &w, k, &xq, n_tok, &mut y).unwrap();
+                    assert_eq!(
+                        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} {ty} {n_tok} tokens on {} threads",
+                        pool.n_threads()
+                    );
+                    if n_tok == 1 {
+                        let mut y1 = vec![0f32; rows];
+                        matvec(pool, &kernel, &w, k, &xq, &mut y1).unwrap();
+                        assert_eq!(y1, y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let pool = WorkerPool::new(2).unwrap();
+    let kernel = dot_kernel(Isa::Scalar, GgmlType::Q4_0).unwrap();
+    let mut xq = AlignedBuf::default();
+    // 33 is not a whole number of Q8_0 blocks.
+    assert!(quantize_rows(&kernel, &vec![0.0; 33], 33, &mut xq).is_err());
+    assert!(quantize_rows(&kernel, &vec![0.0; 70], 64, &mut xq).is_err());
+    quantize_rows(&kernel, &vec![0.5; 64], 64, &mut xq).unwrap();
+    let w = random_weights(GgmlType::Q4_0, 64 * 4, 1);
+    let mut y = vec![0f32; 3];
+    assert!(matvec(&pool, &kernel, &w, 64, &xq, &mut y).is_err());
+    assert!(matvec(&pool, &kernel, &w[..50], 64, &xq, &mut vec![0f32; 4]).is_err());
+    let mut y = vec![0f32; 4];
+    matvec(&pool, &kernel, &w, 64, &xq, &mut y).unwrap();
+}
