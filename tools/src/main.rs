@@ -20,6 +20,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Print the first rows of a tensor, dequantized to f32.
     Dump(cmd::dump::Args),
+    /// Teacher-forced logits of a token sequence.
+    Logits(cmd::logits::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Dump(a) => cmd::dump::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

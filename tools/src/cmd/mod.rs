@@ -1,7 +1,9 @@
 //! Subcommands.
 
+pub mod common;
 pub mod dump;
 pub mod inspect;
+pub mod logits;
 
 use std::path::Path;
 
