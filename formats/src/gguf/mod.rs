@@ -14,9 +14,12 @@ use std::path::PathBuf;
 
 use crate::{FormatError, GgmlType, Result};
 
-pub use read::{parse_header, GgufHeader, Limits};
-pub use split::split_paths;
-pub use write::{GgufWriter, TensorDataWriter};
+pub use read::{parse_header, GgufHeader, Limits, ALIGNMENT_KEY, HARD_MAX_ARRAY_DEPTH};
+pub use split::{
+    parse_split_path, split_info, split_paths, SplitInfo, SPLIT_COUNT_KEY, SPLIT_NO_KEY,
+    SPLIT_TENSORS_COUNT_KEY,
+};
+pub use write::{GgufWriter, TensorDataWriter, WRITE_VERSION};
 
 /// The GGUF magic bytes.
 pub const MAGIC: [u8; 4] = *b"GGUF";
