@@ -157,20 +157,31 @@ fn a_changed_quant_changes_the_dot() {
     if !have_avx2() {
         return;
     }
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q3_K] {
+    // (type, offset of a quant byte inside a block)
+    for (ty, off) in [
+        (GgmlType::Q4_0, 10),
+        (GgmlType::Q4_K, 100),
+        (GgmlType::Q6_K, 50),
+        (GgmlType::Q3_K, 40),
+    ] {
         let n = 512;
         let mut w = random_weights(ty, n, 5);
         let x = random_activations(n, 6);
         let a = quantize_scalar(ty.vec_dot_type(), &x);
         let dot = avx2::dot_fn(ty).unwrap();
         let before = dot(n, &w, a.as_bytes());
-        // Flip a byte in the quants of the last block, away from the scale fields.
+        // Flip a byte in the quants of the last block.
         let last = w.len() - ty.block_bytes();
-        w[last + 20] ^= 0x5a;
+        w[last + off] ^= 0x5a;
         let after = dot(n, &w, a.as_bytes());
         let want = vec_dot(ty, n, &w, a.as_bytes()).unwrap();
         assert_ne!(before, after, "{ty}");
-        check_close(&format!("{ty} flipped"), after, want, bound(ty, &w, a.as_bytes(), n));
+        check_close(
+            &format!("{ty} flipped"),
+            after,
+            want,
+            bound(ty, &w, a.as_bytes(), n),
+        );
     }
 }
 
@@ -196,7 +207,13 @@ fn quantizer_inputs() -> Vec<Vec<f32>> {
     // Ties for Q8_K: iscale = -127 / max = 1 with max = -127.
     rows.push(
         (0..256)
-            .map(|k| if k == 5 { -127.0 } else { (k % 100) as f32 * 0.5 - 25.0 })
+            .map(|k| {
+                if k == 5 {
+                    -127.0
+                } else {
+                    (k % 100) as f32 * 0.5 - 25.0
+                }
+            })
             .collect(),
     );
     // A zero block between non-zero ones, and extremes of both signs (first one wins in Q8_K).
@@ -230,7 +247,9 @@ fn quantizers_are_bit_exact_with_scalar() {
             let want = quantize_scalar(act, x);
             let mut got = AlignedBuf::zeroed(want.as_bytes().len());
             q(x, got.as_bytes_mut());
-            if let Some(i) = (0..want.as_bytes().len()).find(|&i| got.as_bytes()[i] != want.as_bytes()[i]) {
+            if let Some(i) =
+                (0..want.as_bytes().len()).find(|&i| got.as_bytes()[i] != want.as_bytes()[i])
+            {
                 panic!("{act} row {r}: first differing byte {i}");
             }
         }
@@ -325,7 +344,10 @@ fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
         let (w, a) = (&w[..], a.as_bytes());
         assert!(dot(n, w, a).is_finite(), "{ty}");
         assert!(dot(n, &w[..w.len() - 1], a).is_nan(), "{ty} short weights");
-        assert!(dot(n, w, &a[..a.len() - 2]).is_nan(), "{ty} short activations");
+        assert!(
+            dot(n, w, &a[..a.len() - 2]).is_nan(),
+            "{ty} short activations"
+        );
         assert!(dot(n - 1, w, a).is_nan(), "{ty} n not matching");
         if ty.block_size() > 1 {
             assert!(dot(n + 1, w, a).is_nan(), "{ty} partial block");
@@ -337,11 +359,17 @@ fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
         let good = act.row_bytes(512).unwrap() as usize;
         let mut out = AlignedBuf::zeroed(good + 8);
         q(&x, &mut out.as_bytes_mut()[..good - 2]);
-        assert!(out.as_bytes()[..good - 2].iter().all(|&b| b == 0xff), "{act} short output");
+        assert!(
+            out.as_bytes()[..good - 2].iter().all(|&b| b == 0xff),
+            "{act} short output"
+        );
         if act.block_size() > 1 {
             let mut out = AlignedBuf::zeroed(good);
             q(&x[..511], out.as_bytes_mut());
-            assert!(out.as_bytes().iter().all(|&b| b == 0xff), "{act} partial block");
+            assert!(
+                out.as_bytes().iter().all(|&b| b == 0xff),
+                "{act} partial block"
+            );
         }
     }
 }

@@ -210,7 +210,7 @@ fn wq_bf16(x: &[f32], out: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn h2f(h: F16Le) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes(h.0) as i32,
+        u16::from_le_bytes(h.0) as i32
     )))
 }
 
@@ -260,7 +260,12 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
 unsafe fn bits32(bits: u32) -> __m256i {
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
-        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
     );
     let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select)
@@ -939,18 +944,26 @@ unsafe fn amax32(p: *const f32) -> f32 {
     hmax_ps(m)
 }
 
-/// `v` rounded to the nearest integer, halfway cases away from zero (C `roundf`), as i32.
+/// `v` rounded to the nearest integer, halfway cases away from zero, then converted as Rust's
+/// `as i8` does (saturating to -128..=127, NaN to 0): the scalar reference's
+/// `(x * id).round() as i8`. Out-of-range values only arise when `1 / d` overflows to
+/// infinity (a block whose largest magnitude is below ~3.7e-37, whose f16 scale is then 0).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_away(v: __m256) -> __m256i {
-    // NaN (from an infinite input times a zero inverse scale) becomes 0, as in the reference.
-    let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+unsafe fn round_away_i8(v: __m256) -> __m256i {
     let sign = _mm256_set1_ps(-0.0);
     let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
     let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
     let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
     let step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
-    _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(up, step)))
+    let r = _mm256_add_ps(t, _mm256_and_ps(up, step));
+    // max/min return their second operand for NaN: NaN → -128 → 127, so clear NaN after.
+    let r = _mm256_min_ps(
+        _mm256_max_ps(r, _mm256_set1_ps(-128.0)),
+        _mm256_set1_ps(127.0),
+    );
+    let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+    _mm256_cvttps_epi32(r)
 }
 
 /// Packs 32 i32 (in -128..=127) from four vectors into 32 i8 in order.
@@ -973,7 +986,7 @@ unsafe fn q8_block(p: *const f32) -> (f32, [__m256i; 4]) {
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
     let mut q = [_mm256_setzero_si256(); 4];
     for (k, qk) in q.iter_mut().enumerate() {
-        *qk = round_away(_mm256_mul_ps(_mm256_loadu_ps(p.add(8 * k)), id));
+        *qk = round_away_i8(_mm256_mul_ps(_mm256_loadu_ps(p.add(8 * k)), id));
     }
     (d, q)
 }
@@ -1059,23 +1072,22 @@ pub unsafe fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
         let iscale = -127.0 / xb[first];
         let vs = _mm256_set1_ps(iscale);
         let cap = _mm256_set1_epi32(127);
+        let inf = _mm256_set1_ps(f32::INFINITY);
         let mut sums = [_mm256_setzero_si256(); 16];
         for g in 0..QK_K / 32 {
             let mut q = [_mm256_setzero_si256(); 4];
             for (k, qk) in q.iter_mut().enumerate() {
                 // cvtps rounds with MXCSR's mode, which Rust leaves at nearest-even.
                 let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(32 * g + 8 * k)), vs);
-                // NaN (a NaN input, or infinity times a zero scale) becomes 0, as ggml's
-                // `nearest_int` makes a default NaN.
-                let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+                // Infinities and NaN (only when -127 / max overflows, or for NaN input)
+                // become 0, as the reference's `nearest_int` makes them.
+                let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), inf);
+                let v = _mm256_and_ps(v, finite);
                 *qk = _mm256_min_epi32(_mm256_cvtps_epi32(v), cap);
             }
             sums[2 * g] = _mm256_add_epi32(q[0], q[1]);
             sums[2 * g + 1] = _mm256_add_epi32(q[2], q[3]);
-            _mm256_storeu_si256(
-                yb.qs.as_mut_ptr().add(32 * g) as *mut __m256i,
-                pack32(q),
-            );
+            _mm256_storeu_si256(yb.qs.as_mut_ptr().add(32 * g) as *mut __m256i, pack32(q));
         }
         // Horizontal sums of the 16 groups, four at a time.
         let mut bs = [_mm_setzero_si128(); 4];
@@ -1100,9 +1112,8 @@ pub unsafe fn quantize_row_f16(x: &[f32], out: *mut u8) {
     let n = x.len();
     let mut i = 0;
     while i + 8 <= n {
-        let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm256_loadu_ps(
-            x.as_ptr().add(i),
-        ));
+        let h =
+            _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm256_loadu_ps(x.as_ptr().add(i)));
         _mm_storeu_si128(out.add(2 * i) as *mut __m128i, h);
         i += 8;
     }
