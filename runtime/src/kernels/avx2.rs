@@ -249,9 +249,11 @@ unsafe fn hmax_ps(v: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles32(p: *const u8) -> __m256i {
-    let lo = _mm_loadu_si128(p as *const __m128i);
-    let hi = _mm_srli_epi16::<4>(lo);
-    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0f))
+    // Broadcasting the 16 bytes to both halves is a pure load; one variable shift then moves
+    // the high half's high nibbles down (bits crossing into the byte below are masked off).
+    let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+    let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
 /// 32 bytes, byte `k` 0xFF if bit `k` of `bits` is set, else 0.
@@ -364,156 +366,196 @@ unsafe fn split_scales16(sc: __m128i) -> (__m256i, __m256i) {
     )
 }
 
-/// Dot-product loop over the blocks of a 32-weight type with two interleaved accumulators:
-/// `$body` (evaluated with `$i` as the block index) yields `(scale, int sums as f32)`.
+/// Four f16 values packed into a u64 (lane k in bits 16k..16k+16).
+#[inline(always)]
+fn pack4(h: [F16Le; 4]) -> u64 {
+    h.iter().enumerate().fold(0, |acc, (k, v)| {
+        acc | (u16::from_le_bytes(v.0) as u64) << (16 * k)
+    })
+}
+
+/// `[a0·b0, a1·b1, a2·b2, a3·b3]` for four f16 values packed in `a` and four in `b`: one F16C
+/// conversion for the scales of four blocks instead of eight scalar ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_f16x4(a: u64, b: u64) -> __m128 {
+    let f = _mm256_cvtph_ps(_mm_set_epi64x(b as i64, a as i64));
+    _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps::<1>(f))
+}
+
+/// The lane sums of four i32 vectors, as `[Σs0, Σs1, Σs2, Σs3]` split over the two halves:
+/// lane k of the low half plus lane k of the high half is Σs_k.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum4_epi32(s: [__m256i; 4]) -> __m256i {
+    _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]))
+}
+
+/// Dot-product loop over the blocks of a 32-weight type, four blocks per step.
+///
+/// `$isum` (with `$bx`, `$by` bound to a block pair) yields the block's exact integer dot as
+/// 8 partial i32 sums. Per four blocks, the eight f16 scales are converted at once, the four
+/// integer sums reduced together, and one FMA adds `d_x · d_y · sum` for all four. With
+/// `mins`, `Σ m_x · s_y` (Q4_1/Q5_1 against Q8_1) is added as well. Leftover blocks (fewer
+/// than four) are done one by one.
 macro_rules! blocks32 {
-    ($nb:expr, $i:ident => $body:expr) => {{
-        let nb = $nb;
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut $i = 0usize;
-        while $i + 1 < nb {
-            let (d, q) = $body;
-            acc0 = _mm256_fmadd_ps(d, q, acc0);
-            $i += 1;
-            let (d, q) = $body;
-            acc1 = _mm256_fmadd_ps(d, q, acc1);
-            $i += 1;
+    ($x:expr, $y:expr, |$bx:ident, $by:ident| $isum:expr) => {
+        blocks32!(@ $x, $y, |$bx, $by| $isum, false)
+    };
+    ($x:expr, $y:expr, |$bx:ident, $by:ident| $isum:expr, mins) => {
+        blocks32!(@ $x, $y, |$bx, $by| $isum, true)
+    };
+    (@ $x:expr, $y:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt) => {{
+        let (x, y) = ($x, $y);
+        if x.len() != y.len() {
+            return f32::NAN;
         }
-        if $i < nb {
-            let (d, q) = $body;
-            acc0 = _mm256_fmadd_ps(d, q, acc0);
+        let mut acc = _mm256_setzero_ps();
+        #[allow(unused_mut)] // only the `mins` variant adds to it
+        let mut acc_m = _mm_setzero_ps();
+        let (xq, yq) = (x.chunks_exact(4), y.chunks_exact(4));
+        let (xr, yr) = (xq.remainder(), yq.remainder());
+        for (x4, y4) in xq.zip(yq) {
+            let mut s = [_mm256_setzero_si256(); 4];
+            for (k, sk) in s.iter_mut().enumerate() {
+                let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
+                *sk = $isum;
+            }
+            let d = mul_f16x4(
+                pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]),
+                pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]),
+            );
+            let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
+            acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc);
+            blocks32!(@mins $mins, acc_m, x4, y4);
         }
-        hsum_ps(_mm256_add_ps(acc0, acc1))
+        let mut tail = 0.0f32;
+        for ($bx, $by) in xr.iter().zip(yr) {
+            tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
+            blocks32!(@min1 $mins, tail, $bx, $by);
+        }
+        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+        let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+        hsum_ps(acc) + m + tail
     }};
+    (@mins false, $acc_m:ident, $x4:ident, $y4:ident) => {};
+    (@mins true, $acc_m:ident, $x4:ident, $y4:ident) => {
+        $acc_m = _mm_add_ps(
+            $acc_m,
+            mul_f16x4(
+                pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]),
+                pack4([$y4[0].s, $y4[1].s, $y4[2].s, $y4[3].s]),
+            ),
+        );
+    };
+    (@min1 false, $t:ident, $bx:ident, $by:ident) => {};
+    (@min1 true, $t:ident, $bx:ident, $by:ident) => {
+        $t += h2f($bx.m) * h2f($by.s);
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
 // 32-weight block types
 // ---------------------------------------------------------------------------------------------
 
-/// Q4_0 · Q8_0 over `x.len()` blocks.
-///
-/// Returns NaN if `x` and `y` differ in length.
+/// Q4_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    if x.len() != y.len() {
-        return f32::NAN;
-    }
     let eight = _mm256_set1_epi8(8);
-    blocks32!(x.len(), i => {
-        let (bx, by) = (x.get_unchecked(i), y.get_unchecked(i));
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), eight);
+    blocks32!(x, y, |bx, by| {
+        // Σ (q - 8) · y = Σ q · y - Σ 8 · y, both exact in i16 pairs (q ≤ 15, |y| ≤ 127).
         let qy = load256(by.qs.as_ptr() as *const u8);
-        (d, _mm256_cvtepi32_ps(dot_i8i8(qx, qy)))
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(nibbles32(bx.qs.as_ptr()), qy),
+            _mm256_maddubs_epi16(eight, qy),
+        );
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
     })
 }
 
-/// Q4_1 · Q8_1 over `x.len()` blocks.
+/// Q4_1 · Q8_1 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
 ///
 /// # Safety
-/// As [`vec_dot_q4_0_q8_0`].
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    if x.len() != y.len() {
-        return f32::NAN;
-    }
-    let mut mins = 0.0f32;
-    let s = blocks32!(x.len(), i => {
-        let (bx, by) = (x.get_unchecked(i), y.get_unchecked(i));
-        mins += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = nibbles32(bx.qs.as_ptr());
-        let qy = load256(by.qs.as_ptr() as *const u8);
-        (d, _mm256_cvtepi32_ps(dot_u8i8(qx, qy)))
-    });
-    s + mins
+    blocks32!(
+        x,
+        y,
+        |bx, by| dot_u8i8(
+            nibbles32(bx.qs.as_ptr()),
+            load256(by.qs.as_ptr() as *const u8)
+        ),
+        mins
+    )
 }
 
-/// Q5_0 · Q8_0 over `x.len()` blocks.
+/// Q5_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
 ///
 /// # Safety
-/// As [`vec_dot_q4_0_q8_0`].
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    if x.len() != y.len() {
-        return f32::NAN;
-    }
-    let high = _mm256_set1_epi8(0xf0u8 as i8);
-    blocks32!(x.len(), i => {
-        let (bx, by) = (x.get_unchecked(i), y.get_unchecked(i));
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        // q - 16 as i8: the nibble when the fifth bit is set, else nibble | 0xF0 (nibble - 16).
-        let hb = _mm256_andnot_si256(bits32(u32::from_le_bytes(bx.qh)), high);
-        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
-        let qy = load256(by.qs.as_ptr() as *const u8);
-        (d, _mm256_cvtepi32_ps(dot_i8i8(qx, qy)))
-    })
-}
-
-/// Q5_1 · Q8_1 over `x.len()` blocks.
-///
-/// # Safety
-/// As [`vec_dot_q4_0_q8_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    if x.len() != y.len() {
-        return f32::NAN;
-    }
     let sixteen = _mm256_set1_epi8(0x10);
-    let mut mins = 0.0f32;
-    let s = blocks32!(x.len(), i => {
-        let (bx, by) = (x.get_unchecked(i), y.get_unchecked(i));
-        mins += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+    blocks32!(x, y, |bx, by| {
+        // Σ (q - 16) · y = Σ q · y - Σ 16 · y with q = nibble | fifth bit << 4 in 0..32.
         let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
         let qy = load256(by.qs.as_ptr() as *const u8);
-        (d, _mm256_cvtepi32_ps(dot_u8i8(qx, qy)))
-    });
-    s + mins
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(qx, qy),
+            _mm256_maddubs_epi16(sixteen, qy),
+        );
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    })
 }
 
-/// Q8_0 · Q8_0 over `x.len()` blocks.
+/// Q5_1 · Q8_1 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
 ///
 /// # Safety
-/// As [`vec_dot_q4_0_q8_0`].
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let sixteen = _mm256_set1_epi8(0x10);
+    blocks32!(
+        x,
+        y,
+        |bx, by| {
+            let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
+            let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
+            dot_u8i8(qx, load256(by.qs.as_ptr() as *const u8))
+        },
+        mins
+    )
+}
+
+/// Q8_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    if x.len() != y.len() {
-        return f32::NAN;
-    }
-    blocks32!(x.len(), i => {
-        let (bx, by) = (x.get_unchecked(i), y.get_unchecked(i));
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = load256(bx.qs.as_ptr() as *const u8);
-        let qy = load256(by.qs.as_ptr() as *const u8);
-        (d, _mm256_cvtepi32_ps(dot_i8i8(qx, qy)))
-    })
+    blocks32!(x, y, |bx, by| dot_i8i8(
+        load256(bx.qs.as_ptr() as *const u8),
+        load256(by.qs.as_ptr() as *const u8)
+    ))
 }
 
-/// IQ4_NL · Q8_0 over `x.len()` blocks.
+/// IQ4_NL · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
 ///
 /// # Safety
-/// As [`vec_dot_q4_0_q8_0`].
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
-    if x.len() != y.len() {
-        return f32::NAN;
-    }
     let table =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));
-    blocks32!(x.len(), i => {
-        let (bx, by) = (x.get_unchecked(i), y.get_unchecked(i));
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = _mm256_shuffle_epi8(table, nibbles32(bx.qs.as_ptr()));
-        let qy = load256(by.qs.as_ptr() as *const u8);
-        (d, _mm256_cvtepi32_ps(dot_i8i8(qx, qy)))
-    })
+    blocks32!(x, y, |bx, by| dot_i8i8(
+        _mm256_shuffle_epi8(table, nibbles32(bx.qs.as_ptr())),
+        load256(by.qs.as_ptr() as *const u8)
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
