@@ -218,11 +218,22 @@ mod tests {
         assert_eq!(Bf16Le([0x80, 0x3f]).to_f32(), 1.0);
         assert_eq!(Bf16Le::from_f32(1.0).0, [0x80, 0x3f]);
         // Ties go to the even neighbour; anything above a tie rounds up.
-        assert_eq!(Bf16Le::from_f32(f32::from_bits(0x3f80_8000)).0, [0x80, 0x3f]);
-        assert_eq!(Bf16Le::from_f32(f32::from_bits(0x3f81_8000)).0, [0x82, 0x3f]);
-        assert_eq!(Bf16Le::from_f32(f32::from_bits(0x3f80_8001)).0, [0x81, 0x3f]);
+        assert_eq!(
+            Bf16Le::from_f32(f32::from_bits(0x3f80_8000)).0,
+            [0x80, 0x3f]
+        );
+        assert_eq!(
+            Bf16Le::from_f32(f32::from_bits(0x3f81_8000)).0,
+            [0x82, 0x3f]
+        );
+        assert_eq!(
+            Bf16Le::from_f32(f32::from_bits(0x3f80_8001)).0,
+            [0x81, 0x3f]
+        );
         // Overflow to infinity; NaN stays NaN (quiet).
         assert_eq!(Bf16Le::from_f32(f32::MAX).to_f32(), f32::INFINITY);
-        assert!(Bf16Le::from_f32(f32::from_bits(0x7f80_0001)).to_f32().is_nan());
+        assert!(Bf16Le::from_f32(f32::from_bits(0x7f80_0001))
+            .to_f32()
+            .is_nan());
     }
 }
