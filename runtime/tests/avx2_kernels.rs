@@ -454,3 +454,41 @@ proptest! {
         }
     }
 }
+
+/// Rows cut from real GGUF models (`testdata/golden/dequant_rows.jsonl`: Q8_0, Q4_1, Q5_0,
+/// Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, F16, F32), dotted with random activations: real scale and
+/// quant distributions, not just random bytes.
+#[test]
+fn real_model_rows_match_scalar() {
+    if !have_avx2() {
+        return;
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/golden/dequant_rows.jsonl"
+    );
+    let text = std::fs::read_to_string(path).expect("testdata/golden/dequant_rows.jsonl");
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ty = GgmlType::from_name(rec["type"].as_str().unwrap()).unwrap();
+        let n = rec["row_len"].as_u64().unwrap() as usize;
+        let row_bytes = rec["row_bytes"].as_u64().unwrap() as usize;
+        let hex = rec["hex"].as_str().unwrap().as_bytes();
+        let bytes: Vec<u8> = hex
+            .chunks_exact(2)
+            .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+            .collect();
+        let dot = avx2::dot_fn(ty).unwrap();
+        for (r, w) in bytes.chunks_exact(row_bytes).enumerate() {
+            let x = random_activations(n, r as u64 + 5);
+            let a = quantize_scalar(ty.vec_dot_type(), &x);
+            let want = vec_dot(ty, n, w, a.as_bytes()).unwrap();
+            let got = dot(n, w, a.as_bytes());
+            let what = format!("{} {} row {r}", rec["model"], rec["tensor"]);
+            check_close(&what, got, want, bound(ty, w, a.as_bytes(), n));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} rows checked");
+}
