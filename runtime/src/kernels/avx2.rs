@@ -13,13 +13,18 @@
 //! only in the order in which per-block float products are accumulated (several vector lanes and
 //! accumulators, summed at the end). The quantizers follow ggml's reference quantizers
 //! (`quantize_row_q8_0_ref` etc.) bit for bit: Q8_0/Q8_1 round half away from zero with
-//! `id = 1/d`, Q8_K rounds half to even with `iscale = -127/max` and caps at 127.
+//! `id = 1/d`, Q8_K rounds half to even with `iscale = -127/max` and caps at 127; this
+//! includes infinities and blocks so tiny that `1/d` overflows. The one known difference is NaN
+//! input to Q8_0/Q8_1: here a NaN never becomes the block maximum, while the reference's C-style
+//! `MAX` fold lets a NaN reset it (the block's values are meaningless either way).
 //!
 //! # Activation precondition
 //! The `i8 × i8` products use the sign trick (`|x| · sign(y, x)` with `maddubs`), which is exact
-//! as long as the *activation* quants are never -128. Every quantizer here and in the scalar
-//! reference produces quants in -127..=127 for finite input; hand-built activations holding
-//! -128 give a wrong (but memory-safe) result.
+//! as long as the *activation* quants are never -128 (weights may be). The quantizers produce
+//! quants in -127..=127 for finite input, except in a block whose largest magnitude is below
+//! ~3.7e-37 (where `1/d` overflows, as in the reference) and whose f16 scale is then 0, so the
+//! block contributes 0 either way. Hand-built activations holding -128 give a wrong (but
+//! memory-safe) result.
 
 use core::arch::x86_64::*;
 use std::borrow::Cow;
