@@ -212,4 +212,28 @@ mod tests {
         assert_eq!(F16Le::from_f32(1.5).to_f32(), 1.5);
         assert_eq!(F16Le([0x00, 0x3c]).to_f32(), 1.0);
     }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(Bf16Le([0x80, 0x3f]).to_f32(), 1.0);
+        assert_eq!(Bf16Le::from_f32(1.0).0, [0x80, 0x3f]);
+        // Ties go to the even neighbour; anything above a tie rounds up.
+        assert_eq!(
+            Bf16Le::from_f32(f32::from_bits(0x3f80_8000)).0,
+            [0x80, 0x3f]
+        );
+        assert_eq!(
+            Bf16Le::from_f32(f32::from_bits(0x3f81_8000)).0,
+            [0x82, 0x3f]
+        );
+        assert_eq!(
+            Bf16Le::from_f32(f32::from_bits(0x3f80_8001)).0,
+            [0x81, 0x3f]
+        );
+        // Overflow to infinity; NaN stays NaN (quiet).
+        assert_eq!(Bf16Le::from_f32(f32::MAX).to_f32(), f32::INFINITY);
+        assert!(Bf16Le::from_f32(f32::from_bits(0x7f80_0001))
+            .to_f32()
+            .is_nan());
+    }
 }

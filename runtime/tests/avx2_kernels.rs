@@ -1,0 +1,494 @@
+//! The AVX2 kernels against the scalar reference.
+//!
+//! - Quantizers (Q8_0, Q8_1, Q8_K, F16, BF16): bit-exact with the scalar ones, which follow
+//!   ggml's reference quantizers (so no tie tolerance is needed: the AVX2 code rounds exactly as
+//!   the references do). NaN inputs are excluded, see `avx2.rs`.
+//! - Dot products, on the *same* quantized activations: `|avx2 - scalar| <= 1e-5 * B`, where
+//!   `B = Σ_i |w_i| · |a_i|` (in f64; for types with a min term, `|w_i|` is replaced by
+//!   `|scale part| + |min part|`, because the kernels sum those two separately). Block sums are
+//!   exact integers on both sides, so the kernels differ only in how the per-block f32 products
+//!   are accumulated: the measured gap is ~1e-7 · B, while a wrong nibble, bit or scale moves
+//!   the result by a sizeable fraction of B.
+//! - The same through [`dot_kernel`] end to end (each ISA quantizing its own activations).
+//!
+//! Every test prints a message and passes when the CPU lacks AVX2/FMA/F16C.
+
+use flashstream_formats::GgmlType;
+use flashstream_runtime::kernels::scalar::{dequantize_row, quantize_row, vec_dot};
+use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
+use flashstream_runtime::kernels::{avx2, dot_kernel, AlignedBuf, Isa};
+use proptest::prelude::*;
+
+const WEIGHT_TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
+];
+
+const ACT_TYPES: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q8_K,
+    GgmlType::F16,
+    GgmlType::BF16,
+];
+
+const REL_TOL: f64 = 1e-5;
+
+fn have_avx2() -> bool {
+    let ok = Isa::Avx2.is_available();
+    if !ok {
+        println!("skipping: this CPU lacks AVX2+FMA+F16C");
+    }
+    ok
+}
+
+/// Lengths tried: one block, odd block counts, 4096; for float types also ragged tails.
+fn lengths(ty: GgmlType) -> Vec<usize> {
+    match ty.block_size() {
+        256 => vec![256, 768, 1792, 4096],
+        32 => vec![32, 96, 224, 1056, 4096],
+        _ => vec![1, 7, 8, 31, 33, 100, 1000, 4096, 4099],
+    }
+}
+
+fn quantize_scalar(act: GgmlType, x: &[f32]) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(act.row_bytes(x.len() as u64).unwrap() as usize);
+    quantize_row(act, x, buf.as_bytes_mut()).unwrap();
+    buf
+}
+
+fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f64> {
+    let mut out = vec![0f32; n];
+    dequantize_row(ty, bytes, &mut out).unwrap();
+    out.into_iter().map(f64::from).collect()
+}
+
+/// Byte offsets of (scale, min) f16 fields, for weight types with a min term.
+fn scale_min_fields(ty: GgmlType) -> Option<(usize, usize)> {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => Some((0, 2)),
+        GgmlType::Q2_K => Some((80, 82)),
+        _ => None,
+    }
+}
+
+/// `|w_i|` for the error bound: for types with a min, `|scale part| + |min part|`, got by
+/// dequantizing copies with the min or the scale zeroed.
+fn abs_weights(ty: GgmlType, w: &[u8], n: usize) -> Vec<f64> {
+    match scale_min_fields(ty) {
+        None => dequant(ty, w, n).into_iter().map(f64::abs).collect(),
+        Some((d_off, m_off)) => {
+            let bb = ty.block_bytes();
+            let zeroed = |off: usize| {
+                let mut c = w.to_vec();
+                for b in c.chunks_exact_mut(bb) {
+                    b[off..off + 2].copy_from_slice(&[0, 0]);
+                }
+                dequant(ty, &c, n)
+            };
+            let scale_part = zeroed(m_off);
+            let min_part = zeroed(d_off);
+            scale_part
+                .iter()
+                .zip(&min_part)
+                .map(|(s, m)| s.abs() + m.abs())
+                .collect()
+        }
+    }
+}
+
+/// The error bound `B` of the module docs.
+fn bound(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f64 {
+    let aw = abs_weights(ty, w, n);
+    let act = dequant(ty.vec_dot_type(), a, n);
+    aw.iter().zip(&act).map(|(w, a)| w * a.abs()).sum()
+}
+
+fn check_close(what: &str, got: f32, want: f32, b: f64) {
+    let diff = (got as f64 - want as f64).abs();
+    assert!(
+        got.is_finite() && want.is_finite() && diff <= REL_TOL * b + 1e-30,
+        "{what}: avx2 {got} vs scalar {want} (diff {diff:e}, allowed {:e})",
+        REL_TOL * b
+    );
+}
+
+#[test]
+fn dot_products_match_scalar_on_same_activations() {
+    if !have_avx2() {
+        return;
+    }
+    let mut worst = 0.0f64;
+    for ty in WEIGHT_TYPES {
+        let dot = avx2::dot_fn(ty).unwrap_or_else(|| panic!("no AVX2 dot for {ty}"));
+        for n in lengths(ty) {
+            for seed in 1..=4u64 {
+                let w = random_weights(ty, n, seed);
+                let x = random_activations(n, seed * 31 + 7);
+                let a = quantize_scalar(ty.vec_dot_type(), &x);
+                let want = vec_dot(ty, n, &w, a.as_bytes()).unwrap();
+                let got = dot(n, &w, a.as_bytes());
+                let b = bound(ty, &w, a.as_bytes(), n);
+                check_close(&format!("{ty} n={n} seed={seed}"), got, want, b);
+                worst = worst.max((got as f64 - want as f64).abs() / b);
+            }
+        }
+    }
+    println!("worst |avx2 - scalar| / B = {worst:e}");
+}
+
+/// Weights that differ from the scalar kernel's view would be caught: flipping one quant byte
+/// of one block changes the AVX2 result (the test above can fail).
+#[test]
+fn a_changed_quant_changes_the_dot() {
+    if !have_avx2() {
+        return;
+    }
+    // (type, offset of a quant byte inside a block)
+    for (ty, off) in [
+        (GgmlType::Q4_0, 10),
+        (GgmlType::Q4_K, 100),
+        (GgmlType::Q6_K, 50),
+        (GgmlType::Q3_K, 40),
+    ] {
+        let n = 512;
+        let mut w = random_weights(ty, n, 5);
+        let x = random_activations(n, 6);
+        let a = quantize_scalar(ty.vec_dot_type(), &x);
+        let dot = avx2::dot_fn(ty).unwrap();
+        let before = dot(n, &w, a.as_bytes());
+        // Flip a byte in the quants of the last block.
+        let last = w.len() - ty.block_bytes();
+        w[last + off] ^= 0x5a;
+        let after = dot(n, &w, a.as_bytes());
+        let want = vec_dot(ty, n, &w, a.as_bytes()).unwrap();
+        assert_ne!(before, after, "{ty}");
+        check_close(
+            &format!("{ty} flipped"),
+            after,
+            want,
+            bound(ty, &w, a.as_bytes(), n),
+        );
+    }
+}
+
+/// Inputs for the quantizer tests: random rows plus rows built to hit the edge cases (ties at
+/// .5 after scaling, zero blocks, repeated extremes of both signs, tiny, huge and infinite
+/// values).
+fn quantizer_inputs() -> Vec<Vec<f32>> {
+    let mut rows = Vec::new();
+    for (n, seed) in [(256, 1), (768, 2), (4096, 3), (1024, 4)] {
+        rows.push(random_activations(n, seed));
+    }
+    // Ties: with amax = 127, d = 1 and every half-integer is a tie.
+    let mut ties = Vec::new();
+    for k in 0..512 {
+        let v = if k % 32 == 0 {
+            127.0
+        } else {
+            (k % 127) as f32 - 63.5
+        };
+        ties.push(if k % 3 == 0 { -v } else { v });
+    }
+    rows.push(ties);
+    // Ties for Q8_K: iscale = -127 / max = 1 with max = -127.
+    rows.push(
+        (0..256)
+            .map(|k| {
+                if k == 5 {
+                    -127.0
+                } else {
+                    (k % 100) as f32 * 0.5 - 25.0
+                }
+            })
+            .collect(),
+    );
+    // A zero block between non-zero ones, and extremes of both signs (first one wins in Q8_K).
+    let mut z = vec![0f32; 768];
+    z[3] = -2.0;
+    z[40] = 2.0;
+    z[300] = 2.0;
+    z[301] = -2.0;
+    z[600] = 1e-40;
+    z[700] = -1e-38;
+    rows.push(z);
+    // Huge and infinite values.
+    let mut h = random_activations(512, 9);
+    h[10] = 3e38;
+    h[300] = f32::INFINITY;
+    h[301] = f32::NEG_INFINITY;
+    rows.push(h);
+    let mut rng = Rng::new(77);
+    rows.push((0..2048).map(|_| rng.uniform(-1e-3, 1e-3)).collect());
+    rows
+}
+
+#[test]
+fn quantizers_are_bit_exact_with_scalar() {
+    if !have_avx2() {
+        return;
+    }
+    for act in ACT_TYPES {
+        let q = avx2::quantize_fn(act).unwrap_or_else(|| panic!("no AVX2 quantizer for {act}"));
+        for (r, x) in quantizer_inputs().iter().enumerate() {
+            let want = quantize_scalar(act, x);
+            let mut got = AlignedBuf::zeroed(want.as_bytes().len());
+            q(x, got.as_bytes_mut());
+            if let Some(i) =
+                (0..want.as_bytes().len()).find(|&i| got.as_bytes()[i] != want.as_bytes()[i])
+            {
+                panic!("{act} row {r}: first differing byte {i}");
+            }
+        }
+    }
+    // Ragged lengths for the float conversions.
+    for act in [GgmlType::F16, GgmlType::BF16] {
+        let q = avx2::quantize_fn(act).unwrap();
+        for n in [0, 1, 7, 15, 16, 17, 33, 1001] {
+            let x = random_activations(n, n as u64);
+            let want = quantize_scalar(act, &x);
+            let mut got = AlignedBuf::zeroed(2 * n);
+            q(&x, got.as_bytes_mut());
+            assert_eq!(got.as_bytes(), want.as_bytes(), "{act} n={n}");
+        }
+    }
+}
+
+#[test]
+fn float_conversions_keep_special_values() {
+    if !have_avx2() {
+        return;
+    }
+    let mut x = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-45,
+        65504.0,
+        65520.0,
+        1.0 + f32::EPSILON,
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        f32::from_bits(0x7f7f_ffff),
+    ];
+    x.extend(random_activations(16, 3));
+    for act in [GgmlType::F16, GgmlType::BF16] {
+        let q = avx2::quantize_fn(act).unwrap();
+        let want = quantize_scalar(act, &x);
+        let mut got = AlignedBuf::zeroed(2 * x.len());
+        q(&x, got.as_bytes_mut());
+        assert_eq!(got.as_bytes(), want.as_bytes(), "{act}");
+    }
+}
+
+#[test]
+fn dot_kernel_avx2_matches_scalar_end_to_end() {
+    if !have_avx2() {
+        return;
+    }
+    for ty in WEIGHT_TYPES {
+        let k_avx = dot_kernel(Isa::Avx2, ty).unwrap();
+        let k_ref = dot_kernel(Isa::Scalar, ty).unwrap();
+        assert_eq!(k_avx.act_type, k_ref.act_type);
+        for n in lengths(ty) {
+            for seed in [11u64, 12] {
+                let w = random_weights(ty, n, seed);
+                let x = random_activations(n, seed + 100);
+                let bytes = k_ref.act_type.row_bytes(n as u64).unwrap() as usize;
+                let (mut a_avx, mut a_ref) = (AlignedBuf::zeroed(bytes), AlignedBuf::zeroed(bytes));
+                (k_avx.quantize)(&x, a_avx.as_bytes_mut());
+                (k_ref.quantize)(&x, a_ref.as_bytes_mut());
+                assert_eq!(a_avx.as_bytes(), a_ref.as_bytes(), "{ty} n={n} activations");
+                let got = (k_avx.dot)(n, &w, a_avx.as_bytes());
+                let want = (k_ref.dot)(n, &w, a_ref.as_bytes());
+                check_close(
+                    &format!("{ty} n={n} seed={seed} via dot_kernel"),
+                    got,
+                    want,
+                    bound(ty, &w, a_ref.as_bytes(), n),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
+    if !have_avx2() {
+        return;
+    }
+    for ty in WEIGHT_TYPES {
+        let dot = avx2::dot_fn(ty).unwrap();
+        let n = 512;
+        let w = random_weights(ty, n, 1);
+        let a = quantize_scalar(ty.vec_dot_type(), &random_activations(n, 2));
+        let (w, a) = (&w[..], a.as_bytes());
+        assert!(dot(n, w, a).is_finite(), "{ty}");
+        assert!(dot(n, &w[..w.len() - 1], a).is_nan(), "{ty} short weights");
+        assert!(
+            dot(n, w, &a[..a.len() - 2]).is_nan(),
+            "{ty} short activations"
+        );
+        assert!(dot(n - 1, w, a).is_nan(), "{ty} n not matching");
+        if ty.block_size() > 1 {
+            assert!(dot(n + 1, w, a).is_nan(), "{ty} partial block");
+        }
+    }
+    for act in ACT_TYPES {
+        let q = avx2::quantize_fn(act).unwrap();
+        let x = random_activations(512, 3);
+        let good = act.row_bytes(512).unwrap() as usize;
+        let mut out = AlignedBuf::zeroed(good + 8);
+        q(&x, &mut out.as_bytes_mut()[..good - 2]);
+        assert!(
+            out.as_bytes()[..good - 2].iter().all(|&b| b == 0xff),
+            "{act} short output"
+        );
+        if act.block_size() > 1 {
+            let mut out = AlignedBuf::zeroed(good);
+            q(&x[..511], out.as_bytes_mut());
+            assert!(
+                out.as_bytes().iter().all(|&b| b == 0xff),
+                "{act} partial block"
+            );
+        }
+    }
+}
+
+#[test]
+fn misaligned_q8k_activations_are_copied_not_rejected() {
+    if !have_avx2() {
+        return;
+    }
+    let ty = GgmlType::Q4_K;
+    let n = 1024;
+    let w = random_weights(ty, n, 8);
+    let a = quantize_scalar(GgmlType::Q8_K, &random_activations(n, 9));
+    let mut shifted = AlignedBuf::zeroed(a.as_bytes().len() + 1);
+    shifted.as_bytes_mut()[1..].copy_from_slice(a.as_bytes());
+    let dot = avx2::dot_fn(ty).unwrap();
+    let aligned = dot(n, &w, a.as_bytes());
+    let unaligned = dot(n, &w, &shifted.as_bytes()[1..]);
+    assert_eq!(aligned.to_bits(), unaligned.to_bits());
+}
+
+/// Random blocks with *any* quant bytes (and the activation pattern drawn by proptest),
+/// against the scalar reference.
+fn prop_dot(ty: GgmlType, blocks: usize, seed: u64, x: &[f32]) -> Result<(), TestCaseError> {
+    let n = blocks * ty.block_size();
+    let w = random_weights(ty, n, seed);
+    let x: Vec<f32> = x.iter().cycle().take(n).copied().collect();
+    let a = quantize_scalar(ty.vec_dot_type(), &x);
+    let want = vec_dot(ty, n, &w, a.as_bytes()).unwrap();
+    let got = avx2::dot_fn(ty).unwrap()(n, &w, a.as_bytes());
+    let b = bound(ty, &w, a.as_bytes(), n);
+    let diff = (got as f64 - want as f64).abs();
+    prop_assert!(
+        diff <= REL_TOL * b + 1e-30,
+        "{} blocks={} seed={}: {} vs {}",
+        ty,
+        blocks,
+        seed,
+        got,
+        want
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn prop_q4_0_q5_1_iq4_nl(blocks in 1usize..40, seed in any::<u64>(),
+                             x in prop::collection::vec(-50f32..50f32, 1..300)) {
+        if Isa::Avx2.is_available() {
+            prop_dot(GgmlType::Q4_0, blocks, seed, &x)?;
+            prop_dot(GgmlType::Q5_1, blocks, seed, &x)?;
+            prop_dot(GgmlType::IQ4_NL, blocks, seed, &x)?;
+        }
+    }
+
+    #[test]
+    fn prop_k_quants(blocks in 1usize..6, seed in any::<u64>(),
+                     x in prop::collection::vec(-50f32..50f32, 1..600)) {
+        if Isa::Avx2.is_available() {
+            for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
+                       GgmlType::Q6_K, GgmlType::IQ4_XS] {
+                prop_dot(ty, blocks, seed, &x)?;
+            }
+        }
+    }
+
+    #[test]
+    fn prop_quantizers_bit_exact(x in prop::collection::vec(
+        prop_oneof![-1e4f32..1e4f32, -1f32..1f32, Just(0.0f32), (-200i32..200).prop_map(|v| v as f32 * 0.5)],
+        1..600)) {
+        if Isa::Avx2.is_available() {
+            for act in ACT_TYPES {
+                let bs = act.block_size();
+                let m = x.len() / bs * bs;
+                let want = quantize_scalar(act, &x[..m]);
+                let mut got = AlignedBuf::zeroed(want.as_bytes().len());
+                avx2::quantize_fn(act).unwrap()(&x[..m], got.as_bytes_mut());
+                prop_assert_eq!(got.as_bytes(), want.as_bytes(), "{}", act);
+            }
+        }
+    }
+}
+
+/// Rows cut from real GGUF models (`testdata/golden/dequant_rows.jsonl`: Q8_0, Q4_1, Q5_0,
+/// Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, F16, F32), dotted with random activations: real scale and
+/// quant distributions, not just random bytes.
+#[test]
+fn real_model_rows_match_scalar() {
+    if !have_avx2() {
+        return;
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/golden/dequant_rows.jsonl"
+    );
+    let text = std::fs::read_to_string(path).expect("testdata/golden/dequant_rows.jsonl");
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ty = GgmlType::from_name(rec["type"].as_str().unwrap()).unwrap();
+        let n = rec["row_len"].as_u64().unwrap() as usize;
+        let row_bytes = rec["row_bytes"].as_u64().unwrap() as usize;
+        let hex = rec["hex"].as_str().unwrap().as_bytes();
+        let bytes: Vec<u8> = hex
+            .chunks_exact(2)
+            .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+            .collect();
+        let dot = avx2::dot_fn(ty).unwrap();
+        for (r, w) in bytes.chunks_exact(row_bytes).enumerate() {
+            let x = random_activations(n, r as u64 + 5);
+            let a = quantize_scalar(ty.vec_dot_type(), &x);
+            let want = vec_dot(ty, n, w, a.as_bytes()).unwrap();
+            let got = dot(n, w, a.as_bytes());
+            let what = format!("{} {} row {r}", rec["model"], rec["tensor"]);
+            check_close(&what, got, want, bound(ty, w, a.as_bytes(), n));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} rows checked");
+}
