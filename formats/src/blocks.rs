@@ -40,6 +40,37 @@ impl std::fmt::Debug for F16Le {
     }
 }
 
+/// A little-endian bfloat16 stored as two bytes (alignment 1).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(transparent)]
+pub struct Bf16Le(pub [u8; 2]);
+
+impl Bf16Le {
+    /// The value as f32 (exact: the 16 bits are the top half of an f32).
+    #[inline(always)]
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((u16::from_le_bytes(self.0) as u32) << 16)
+    }
+    /// Rounds `v` to the nearest bfloat16, ties to even, as ggml's `ggml_compute_fp32_to_bf16`
+    /// does (a NaN stays a NaN, made quiet).
+    #[inline(always)]
+    pub fn from_f32(v: f32) -> Self {
+        let bits = v.to_bits();
+        let h = if bits & 0x7fff_ffff > 0x7f80_0000 {
+            (bits >> 16) | 0x40
+        } else {
+            bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16
+        };
+        Bf16Le((h as u16).to_le_bytes())
+    }
+}
+
+impl std::fmt::Debug for Bf16Le {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_f32())
+    }
+}
+
 /// A block type of a quantized format.
 pub trait QuantBlock: Pod {
     /// The ggml type whose blocks these are.
