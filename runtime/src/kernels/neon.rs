@@ -16,20 +16,26 @@
 //!
 //! The integer kernels are generic over [`I8Dot`], the 16-lane i8 dot primitive: [`Sdot`]
 //! (one `sdot`) or [`Mull`] (`smull`/`smull2` + `sadalp`, plain NEON). Both compute exact
-//! sums; they only group lanes differently, and every kernel reduces whole vectors, so their
-//! results agree exactly.
+//! sums and only group the products into lanes differently. The K-quant kernels reduce each
+//! super-block's integer sum before scaling it, so both variants give identical results; the
+//! 32-weight-block kernels scale the four i32 lanes separately (no horizontal add per block),
+//! so the variants may differ in the last bits.
+//!
+//! The safe entry points handed out by [`dot_fn`] / [`quantize_fn`] never panic: rows that are
+//! not exactly `n` values, or misaligned Q8_K activations, are passed to the scalar entry
+//! points, which return NaN (or fill the output with NaN-scale bytes) for bad lengths.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 use flashstream_formats::blocks::{
     as_blocks, k_scale_min, q3k_scales, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K,
-    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
-    BlockQ8_1, F16Le, QuantBlock, IQ4NL_VALUES, QK, QK_K,
+    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    F16Le, QuantBlock, IQ4NL_VALUES, QK, QK_K,
 };
 use flashstream_formats::GgmlType;
 
-use super::{DotFn, QuantizeFn};
+use super::{scalar, DotFn, QuantizeFn};
 
 // The raw f16/bf16/f32 rows are read as little-endian lanes.
 const _: () = assert!(
@@ -592,27 +598,31 @@ unsafe fn iq4_xs_q8_k<D: I8Dot>(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Safe byte-level entry points.
 
-/// Borrows `bytes` as the `B` blocks of an `n`-value row.
-///
-/// # Panics
-/// If the bytes are not exactly the row (a caller bug: rows are validated when models load).
-fn row<B: QuantBlock>(bytes: &[u8], n: usize) -> &[B] {
-    let blocks: &[B] = as_blocks(bytes).unwrap_or_else(|e| panic!("NEON dot: {e}"));
-    assert!(
-        n % B::WEIGHTS == 0 && blocks.len() == n / B::WEIGHTS,
-        "NEON dot: {} bytes are not a {} row of {n} values",
-        bytes.len(),
-        B::TYPE
-    );
-    blocks
+/// Borrows `bytes` as the `B` blocks of an `n`-value row, if they are exactly that (and, for
+/// naturally aligned blocks, aligned).
+fn row<B: QuantBlock>(bytes: &[u8], n: usize) -> Option<&[B]> {
+    let blocks: &[B] = as_blocks(bytes).ok()?;
+    (n % B::WEIGHTS == 0 && blocks.len() == n / B::WEIGHTS).then_some(blocks)
 }
 
-/// Defines the safe `DotFn` entry `$name::<SDOT>` for kernel `$kernel` over blocks `$w`·`$a`.
+/// The scalar kernel for `ty`, which handles (or rejects, with NaN) rows the NEON entry
+/// points do not take: wrong lengths or misaligned activations.
+#[cold]
+fn scalar_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    match scalar::dot_fn(ty) {
+        Some(f) => f(n, w, a),
+        None => f32::NAN,
+    }
+}
+
+/// Defines the safe `DotFn` entry `$name::<SDOT>` for weight type `$ty`: kernel `$kernel`
+/// over blocks `$w`·`$a`, with `sdot` if `SDOT` and the CPU has it.
 macro_rules! int_dot {
-    ($name:ident, $kernel:ident, $w:ty, $a:ty) => {
+    ($name:ident, $ty:ident, $kernel:ident, $w:ty, $a:ty) => {
         fn $name<const SDOT: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let x = row::<$w>(w, n);
-            let y = row::<$a>(a, n);
+            let (Some(x), Some(y)) = (row::<$w>(w, n), row::<$a>(a, n)) else {
+                return scalar_dot(GgmlType::$ty, n, w, a);
+            };
             #[target_feature(enable = "dotprod")]
             unsafe fn with_sdot(x: &[$w], y: &[$a]) -> f32 {
                 $kernel::<Sdot>(x, y)
@@ -629,37 +639,38 @@ macro_rules! int_dot {
     };
 }
 
-int_dot!(dot_q4_0, q4_0_q8_0, BlockQ4_0, BlockQ8_0);
-int_dot!(dot_q4_1, q4_1_q8_1, BlockQ4_1, BlockQ8_1);
-int_dot!(dot_q5_0, q5_0_q8_0, BlockQ5_0, BlockQ8_0);
-int_dot!(dot_q5_1, q5_1_q8_1, BlockQ5_1, BlockQ8_1);
-int_dot!(dot_q8_0, q8_0_q8_0, BlockQ8_0, BlockQ8_0);
-int_dot!(dot_iq4_nl, iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
-int_dot!(dot_q2_k, q2_k_q8_k, BlockQ2K, BlockQ8K);
-int_dot!(dot_q3_k, q3_k_q8_k, BlockQ3K, BlockQ8K);
-int_dot!(dot_q4_k, q4_k_q8_k, BlockQ4K, BlockQ8K);
-int_dot!(dot_q5_k, q5_k_q8_k, BlockQ5K, BlockQ8K);
-int_dot!(dot_q6_k, q6_k_q8_k, BlockQ6K, BlockQ8K);
-int_dot!(dot_iq4_xs, iq4_xs_q8_k, BlockIQ4XS, BlockQ8K);
+int_dot!(dot_q4_0, Q4_0, q4_0_q8_0, BlockQ4_0, BlockQ8_0);
+int_dot!(dot_q4_1, Q4_1, q4_1_q8_1, BlockQ4_1, BlockQ8_1);
+int_dot!(dot_q5_0, Q5_0, q5_0_q8_0, BlockQ5_0, BlockQ8_0);
+int_dot!(dot_q5_1, Q5_1, q5_1_q8_1, BlockQ5_1, BlockQ8_1);
+int_dot!(dot_q8_0, Q8_0, q8_0_q8_0, BlockQ8_0, BlockQ8_0);
+int_dot!(dot_iq4_nl, IQ4_NL, iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
+int_dot!(dot_q2_k, Q2_K, q2_k_q8_k, BlockQ2K, BlockQ8K);
+int_dot!(dot_q3_k, Q3_K, q3_k_q8_k, BlockQ3K, BlockQ8K);
+int_dot!(dot_q4_k, Q4_K, q4_k_q8_k, BlockQ4K, BlockQ8K);
+int_dot!(dot_q5_k, Q5_K, q5_k_q8_k, BlockQ5K, BlockQ8K);
+int_dot!(dot_q6_k, Q6_K, q6_k_q8_k, BlockQ6K, BlockQ8K);
+int_dot!(dot_iq4_xs, IQ4_XS, iq4_xs_q8_k, BlockIQ4XS, BlockQ8K);
 
-/// Checks that `w` and `a` are both `n` elements of `size` bytes.
-fn check_float_rows(n: usize, w: &[u8], a: &[u8], size: usize, what: &str) {
-    assert!(
-        w.len() == n * size && a.len() == n * size,
-        "NEON {what} dot: rows of {} and {} bytes for {n} values",
-        w.len(),
-        a.len()
-    );
+/// Whether `w` and `a` are both `n` elements of `size` bytes.
+fn float_rows_ok(n: usize, w: &[u8], a: &[u8], size: usize) -> bool {
+    n.checked_mul(size)
+        .is_some_and(|b| w.len() == b && a.len() == b)
 }
 
 /// Sums four f32 accumulators and their lanes.
 #[inline(always)]
 unsafe fn hsum4(acc: [float32x4_t; 4]) -> f32 {
-    vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
+    vaddvq_f32(vaddq_f32(
+        vaddq_f32(acc[0], acc[1]),
+        vaddq_f32(acc[2], acc[3]),
+    ))
 }
 
 fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    check_float_rows(n, w, a, 4, "F32");
+    if !float_rows_ok(n, w, a, 4) {
+        return scalar_dot(GgmlType::F32, n, w, a);
+    }
     // SAFETY: every 16-byte load starts at `16*i` with `16*i + 16 <= 4n`, inside both slices.
     unsafe {
         let (wp, ap) = (w.as_ptr(), a.as_ptr());
@@ -679,7 +690,8 @@ fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         let mut s = hsum4(acc);
         for j in 4 * vecs..n {
-            let f = |b: &[u8]| f32::from_le_bytes([b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]]);
+            let f =
+                |b: &[u8]| f32::from_le_bytes([b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]]);
             s += f(w) * f(a);
         }
         s
@@ -726,13 +738,17 @@ unsafe fn dot_16bit(
 }
 
 fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    check_float_rows(n, w, a, 2, "F16");
+    if !float_rows_ok(n, w, a, 2) {
+        return scalar_dot(GgmlType::F16, n, w, a);
+    }
     // SAFETY: loads cover bytes `16*i..16*i+16` with `i < n/8`, inside both `2n`-byte slices.
     unsafe { dot_16bit(n, w, a, |v| (h2f_low(v), h2f_high(v)), h2f) }
 }
 
 fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    check_float_rows(n, w, a, 2, "BF16");
+    if !float_rows_ok(n, w, a, 2) {
+        return scalar_dot(GgmlType::BF16, n, w, a);
+    }
     // A bf16 is the high half of an f32: widening each lane by a 16-bit left shift is exact.
     let widen = |v: uint16x8_t| {
         // SAFETY: register-only NEON arithmetic (baseline).
@@ -748,9 +764,11 @@ fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Activation quantizers. Each reproduces the scalar reference exactly: the same f32 scale
-// computations, the same products, the same rounding (round-half-away for Q8_0/Q8_1 like C's
-// `roundf`; round-half-even for Q8_K like ggml's `nearest_int`).
+// Activation quantizers. Each reproduces the scalar reference bit for bit: the same f32 scale
+// computations, the same products, the same rounding (half away from zero for Q8_0/Q8_1 like
+// C's `roundf`; ggml's `nearest_int` trick, half to even, for Q8_K), the same saturation.
+// The one exception: a Q8_0/Q8_1 block containing a NaN, where the scalar code keeps C's
+// order-dependent `MAX` and NEON ignores the NaN when taking the block maximum.
 
 /// Loads 32 floats.
 #[inline(always)]
@@ -763,7 +781,7 @@ unsafe fn load8x4(x: &[f32]) -> [float32x4_t; 8] {
     v
 }
 
-/// Max |x| over 32 floats (NaNs ignored, as `f32::max` does).
+/// Max |x| over 32 floats (NaNs ignored).
 #[inline(always)]
 unsafe fn amax32(v: &[float32x4_t; 8]) -> f32 {
     let mut m = vabsq_f32(v[0]);
@@ -792,10 +810,12 @@ unsafe fn round_store_32(v: &[float32x4_t; 8], id: f32, out: &mut [i8; 32]) -> i
 
 /// Quantizes `x` to Q8_0 blocks (`d = amax/127`, `q = round(x/d)`), with NEON.
 ///
-/// # Panics
-/// If `x.len() != 32 * y.len()`.
+/// `x.len()` must be `32 * y.len()`; otherwise, as the scalar quantizer does, every block of
+/// `y` gets a NaN scale.
 pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
-    assert_eq!(x.len(), QK * y.len(), "Q8_0 quantize: length mismatch");
+    if x.len() != QK * y.len() {
+        return scalar::quantize_row_q8_0(x, y);
+    }
     for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
         // SAFETY: `xb` holds 32 floats; the stores go to the 32-byte `yb.qs`.
         unsafe {
@@ -810,10 +830,12 @@ pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
 
 /// Quantizes `x` to Q8_1 blocks (as Q8_0, plus `s = d * Σq`), with NEON.
 ///
-/// # Panics
-/// If `x.len() != 32 * y.len()`.
+/// `x.len()` must be `32 * y.len()`; otherwise, as the scalar quantizer does, every block of
+/// `y` gets a NaN scale.
 pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
-    assert_eq!(x.len(), QK * y.len(), "Q8_1 quantize: length mismatch");
+    if x.len() != QK * y.len() {
+        return scalar::quantize_row_q8_1(x, y);
+    }
     for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
         // SAFETY: as for Q8_0.
         unsafe {
@@ -828,13 +850,15 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
 }
 
 /// Quantizes `x` to Q8_K blocks, with NEON: the first value of largest magnitude, `max`,
-/// maps to -127 (`iscale = -127/max`, `q = min(127, round_half_even(iscale*x))`,
+/// maps to -127 (`iscale = -127/max`, `q = min(127, nearest_int(iscale*x))`,
 /// `d = 1/iscale`); an all-zero block gets `d = 0` and zero quants and sums.
 ///
-/// # Panics
-/// If `x.len() != 256 * y.len()`.
+/// `x.len()` must be `256 * y.len()`; otherwise, as the scalar quantizer does, every block
+/// of `y` gets a NaN scale.
 pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
-    assert_eq!(x.len(), QK_K * y.len(), "Q8_K quantize: length mismatch");
+    if x.len() != QK_K * y.len() {
+        return scalar::quantize_row_q8_k(x, y);
+    }
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
         // SAFETY: all loads are within the 256 floats of `xb`, all stores within `yb`.
         unsafe {
@@ -853,15 +877,24 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
                 }
             };
             let iscale = -127.0 / max;
+            // ggml's `nearest_int`, lane-wise: add 1.5·2^23 and take the low mantissa bits.
+            // Round-half-even like `vcvtnq`, and identical to the scalar trick even where
+            // `iscale * x` is not finite (a block of subnormals makes `iscale` infinite).
+            let magic = vdupq_n_f32(12_582_912.0);
+            let mant = vdupq_n_s32(0x007f_ffff);
+            let bias = vdupq_n_s32(0x0040_0000);
             let lim = vdupq_n_s32(127);
             for g in 0..QK_K / 16 {
                 let i: [int32x4_t; 4] = std::array::from_fn(|k| {
                     let v = vmulq_n_f32(vld1q_f32(p.add(16 * g + 4 * k)), iscale);
-                    vminq_s32(vcvtnq_s32_f32(v), lim)
+                    let bits = vreinterpretq_s32_f32(vaddq_f32(v, magic));
+                    vminq_s32(vsubq_s32(vandq_s32(bits, mant), bias), lim)
                 });
-                let a = vcombine_s16(vqmovn_s32(i[0]), vqmovn_s32(i[1]));
-                let b = vcombine_s16(vqmovn_s32(i[2]), vqmovn_s32(i[3]));
-                let q = vcombine_s8(vqmovn_s16(a), vqmovn_s16(b));
+                // Truncating narrows, as the scalar `as i8` (all values are in -127..=127
+                // unless the block is degenerate).
+                let a = vcombine_s16(vmovn_s32(i[0]), vmovn_s32(i[1]));
+                let b = vcombine_s16(vmovn_s32(i[2]), vmovn_s32(i[3]));
+                let q = vcombine_s8(vmovn_s16(a), vmovn_s16(b));
                 vst1q_s8(yb.qs.as_mut_ptr().add(16 * g), q);
                 yb.bsums[g] = vaddlvq_s8(q);
             }
@@ -870,27 +903,24 @@ pub fn quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]) {
     }
 }
 
-/// Casts an activation buffer to blocks, checking it is exactly the row for `n` values.
-fn out_blocks<B: QuantBlock>(out: &mut [u8], n: usize) -> &mut [B] {
-    let len = out.len();
-    let blocks: &mut [B] = bytemuck::try_cast_slice_mut(out)
-        .unwrap_or_else(|e| panic!("NEON quantize: {len}-byte buffer: {e:?}"));
-    assert!(
-        n % B::WEIGHTS == 0 && blocks.len() == n / B::WEIGHTS,
-        "NEON quantize: {len} bytes are not a {} row of {n} values",
-        B::TYPE
-    );
-    blocks
+/// Defines the `QuantizeFn` entry `$name` for activation type `$ty` over blocks `$b`:
+/// quantizes with `$typed`, or leaves a buffer that is not exactly the row to the scalar
+/// quantizer (which fills it with NaN-scale bytes).
+macro_rules! quantize_entry {
+    ($name:ident, $ty:ident, $typed:ident, $b:ty) => {
+        fn $name(x: &[f32], out: &mut [u8]) {
+            let n = x.len();
+            match bytemuck::try_cast_slice_mut::<u8, $b>(out) {
+                Ok(y) if y.len() * <$b>::WEIGHTS == n => $typed(x, y),
+                _ => match scalar::quantize_fn(GgmlType::$ty) {
+                    Some(f) => f(x, out),
+                    None => out.fill(0xff),
+                },
+            }
+        }
+    };
 }
 
-fn quantize_q8_0_bytes(x: &[f32], out: &mut [u8]) {
-    quantize_row_q8_0(x, out_blocks(out, x.len()));
-}
-
-fn quantize_q8_1_bytes(x: &[f32], out: &mut [u8]) {
-    quantize_row_q8_1(x, out_blocks(out, x.len()));
-}
-
-fn quantize_q8_k_bytes(x: &[f32], out: &mut [u8]) {
-    quantize_row_q8_k(x, out_blocks(out, x.len()));
-}
+quantize_entry!(quantize_q8_0_bytes, Q8_0, quantize_row_q8_0, BlockQ8_0);
+quantize_entry!(quantize_q8_1_bytes, Q8_1, quantize_row_q8_1, BlockQ8_1);
+quantize_entry!(quantize_q8_k_bytes, Q8_K, quantize_row_q8_k, BlockQ8K);
