@@ -12,7 +12,8 @@
 //! Arithmetic contract, shared with the scalar reference: every block's integer dot product is
 //! exact (i32), and only the per-block float scaling and the final sum are rounded, in a
 //! different order than the scalar code. The activation quantizers reproduce the scalar
-//! quantizers bit for bit (same f32 operations, same rounding mode).
+//! quantizers bit for bit (same f32 operations, same rounding mode), except for Q8_0/Q8_1
+//! blocks that contain a NaN.
 //!
 //! The integer kernels are generic over [`I8Dot`], the 16-lane i8 dot primitive: [`Sdot`]
 //! (one `sdot`) or [`Mull`] (`smull`/`smull2` + `sadalp`, plain NEON). Both compute exact
