@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod kernels;
 pub mod model;
 pub mod ops;

@@ -74,7 +74,10 @@ fn inspect_json_describes_every_test_model() {
         // 4 layers; token_embd first, output last (layer order).
         assert_eq!(j["config"]["n_layer"].as_u64(), Some(4));
         assert_eq!(tensors[0]["name"], "token_embd.weight");
-        assert!(tensors.last().unwrap()["name"].as_str().unwrap().starts_with("output"));
+        assert!(tensors.last().unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("output"));
         let sum: u64 = tensors.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
         assert_eq!(sum, j["totals"]["bytes"].as_u64().unwrap());
         let by_layer: u64 = j["totals"]["by_layer"]
