@@ -49,6 +49,14 @@ pub enum FormatError {
     /// An unknown tensor type id.
     #[error("unknown ggml tensor type id {0}")]
     UnknownTensorType(u32),
+    /// A tensor info with an unknown ggml type id.
+    #[error("tensor {name:?}: unknown ggml tensor type id {type_id}")]
+    UnknownTensorTypeOf {
+        /// The tensor.
+        name: String,
+        /// The type id found.
+        type_id: u32,
+    },
     /// A count, length or size beyond a sanity limit or beyond what the file can hold.
     #[error("{what} is {value}, more than the limit {limit}")]
     LimitExceeded {
@@ -123,6 +131,16 @@ pub enum FormatError {
     /// Inconsistent split metadata.
     #[error("split model: {0}")]
     Split(String),
+    /// A part of a split model that is not where its name says it should be.
+    #[error("split model: part {part} of {count} is missing: {path} does not exist")]
+    MissingSplitPart {
+        /// The path where the part was looked for.
+        path: String,
+        /// The 1-based part number.
+        part: u32,
+        /// The number of parts.
+        count: u32,
+    },
     /// A required metadata key is absent.
     #[error("missing metadata key {0:?}")]
     MissingKey(String),

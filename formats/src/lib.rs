@@ -9,8 +9,8 @@
 pub mod blocks;
 pub mod config;
 mod error;
-pub mod gguf;
 mod ggml_type;
+pub mod gguf;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{FormatError, Result};

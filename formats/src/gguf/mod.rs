@@ -14,9 +14,12 @@ use std::path::PathBuf;
 
 use crate::{FormatError, GgmlType, Result};
 
-pub use read::{parse_header, GgufHeader, Limits};
-pub use split::split_paths;
-pub use write::{GgufWriter, TensorDataWriter};
+pub use read::{parse_header, GgufHeader, Limits, ALIGNMENT_KEY, HARD_MAX_ARRAY_DEPTH};
+pub use split::{
+    parse_split_path, split_info, split_paths, SplitInfo, SPLIT_COUNT_KEY, SPLIT_NO_KEY,
+    SPLIT_TENSORS_COUNT_KEY,
+};
+pub use write::{GgufWriter, TensorDataWriter, WRITE_VERSION};
 
 /// The GGUF magic bytes.
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -389,7 +392,9 @@ impl Metadata {
 
     /// A string value, or an error naming the key if absent or not a string.
     pub fn get_str(&self, key: &str) -> Result<&str> {
-        self.require(key)?.as_str().ok_or_else(|| bad(key, "expected a string"))
+        self.require(key)?
+            .as_str()
+            .ok_or_else(|| bad(key, "expected a string"))
     }
 
     /// An unsigned integer value, or an error naming the key.
@@ -604,7 +609,10 @@ mod tests {
         m.insert("a", Value::U32(3)).unwrap();
         m.insert("s", Value::String("x".into())).unwrap();
         assert_eq!(m.get_u64("a").unwrap(), 3);
-        assert!(matches!(m.insert("a", Value::U8(1)), Err(FormatError::DuplicateKey(_))));
+        assert!(matches!(
+            m.insert("a", Value::U8(1)),
+            Err(FormatError::DuplicateKey(_))
+        ));
         let e = m.get_u64("s").unwrap_err().to_string();
         assert!(e.contains("\"s\""), "{e}");
         let e = m.get_u64("missing").unwrap_err().to_string();
