@@ -330,7 +330,7 @@ enum Engine {
         pre: pretokenize::PreTokenizer,
         /// `"left right"` → rank (first occurrence wins).
         ranks: HashMap<Box<str>, u32>,
-        bytes: ByteMap,
+        bytes: Box<ByteMap>,
     },
     Spm {
         /// The token of each byte for byte fallback.
@@ -639,7 +639,7 @@ impl Tokenizer {
                 Engine::Bpe {
                     pre,
                     ranks,
-                    bytes: ByteMap::new(),
+                    bytes: Box::new(ByteMap::new()),
                 }
             }
         };
@@ -705,9 +705,9 @@ impl Tokenizer {
         }
 
         // llama.cpp recognises unnamed special tokens by their text and makes them control
-        // tokens. Where several texts match, llama.cpp takes the first in its hash map's order;
-        // we take the lowest id.
-        let find = |list: &[&str]| list.iter().filter_map(|t| by_text.get(*t).copied()).min();
+        // tokens. Where several texts match (e.g. both `<|im_end|>` and `<|endoftext|>`),
+        // llama.cpp takes whichever its hash map yields first; we take the first in list order.
+        let find = |list: &[&str]| list.iter().find_map(|t| by_text.get(*t).copied());
         for (slot, list) in [
             (EOT, EOT_TEXTS),
             (EOM, EOM_TEXTS),

@@ -197,11 +197,10 @@ impl PreTokenizer {
         let mut byte_at: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
         byte_at.push(text.len());
 
-        let mut segments: Vec<Range<usize>> = if chars.is_empty() {
-            Vec::new()
-        } else {
-            vec![0..chars.len()]
-        };
+        let mut segments: Vec<Range<usize>> = Vec::new();
+        if !chars.is_empty() {
+            segments.push(0..chars.len());
+        }
         let mut collapsed: Option<Mapped> = None;
         let mut wide: Option<Mapped> = None;
         for splitter in &self.splitters {
