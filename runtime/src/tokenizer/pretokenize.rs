@@ -665,4 +665,24 @@ mod tests {
         }
         assert!(PreTokenizer::new("no-such-pre").unwrap().is_none());
     }
+
+    /// Long runs of one kind of character stay within the regex engine's backtracking limit.
+    #[test]
+    fn long_runs_split_without_regex_failure() {
+        let inputs = [
+            format!("{}x", " ".repeat(20_000)),
+            "A".repeat(20_000),
+            "a".repeat(20_000),
+            format!("{}!", "\t \n".repeat(6_000)),
+            "1".repeat(20_000),
+            "é".repeat(10_000),
+        ];
+        for name in SUPPORTED.split(',').map(str::trim) {
+            let p = PreTokenizer::new(name).unwrap().unwrap();
+            for text in &inputs {
+                let r = p.split(text);
+                assert!(r.is_ok(), "{name}: {r:?}");
+            }
+        }
+    }
 }

@@ -43,3 +43,9 @@ fn byte_vocab_encodes_bytes() {
     assert!(tok.is_eog(256));
     assert!(!tok.is_eog(257));
 }
+
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
+}
