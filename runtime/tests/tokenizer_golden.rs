@@ -199,6 +199,12 @@ fn smollm2_special_tokens() {
     );
     assert!(tok.is_eog(tok.token_id("<reponame>").unwrap()));
     assert!(!tok.is_eog(im_start) && !tok.is_eog(1) && !tok.is_eog(u32::MAX));
+    let heap = tok.heap_bytes();
+    eprintln!("smollm2 tokenizer holds about {heap} bytes");
+    assert!(
+        heap > 49_152 * 8 && heap < (49_152 + 48_900) * 100,
+        "{heap}"
+    );
     // parse_special off: the markers are plain text.
     let plain = tok.encode("<|im_start|>user", false, false).unwrap();
     assert!(!plain.contains(&im_start), "{plain:?}");
@@ -224,6 +230,10 @@ fn gemma3_special_tokens() {
     assert_eq!(tok.eot(), Some(end_of_turn));
     assert!(tok.is_eog(end_of_turn) && tok.is_eog(1));
     assert!(!tok.is_eog(tok.token_id("<start_of_turn>").unwrap()));
+    // A compact vocabulary: well under 100 bytes a token.
+    let heap = tok.heap_bytes();
+    eprintln!("gemma3 tokenizer holds about {heap} bytes");
+    assert!(heap > 262_144 * 8 && heap < 262_144 * 100, "{heap}");
     // Byte fallback and the empty text.
     assert_eq!(tok.encode("", true, true).unwrap(), vec![2]);
     assert_eq!(tok.encode("", false, true).unwrap(), Vec::<u32>::new());

@@ -23,14 +23,17 @@ mod merge;
 mod pretokenize;
 mod special;
 mod stream;
+mod strtable;
 mod unicode;
 mod unicode_table;
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use flashstream_formats::gguf::{Array, Metadata, Value};
 
 use special::{Fragment, SpecialToken, SpecialTokens};
+use strtable::StrTable;
 use unicode::ByteMap;
 
 pub use stream::StreamDecoder;
@@ -328,8 +331,10 @@ const SPACE_MARK: char = '\u{2581}';
 enum Engine {
     Bpe {
         pre: pretokenize::PreTokenizer,
-        /// `"left right"` → rank (first occurrence wins).
-        ranks: HashMap<Box<str>, u32>,
+        /// The merges `"left right"`, by rank (a repeated merge keeps its first rank).
+        ranks: StrTable,
+        /// Rank of each entry of `ranks`.
+        rank_of: Vec<u32>,
         bytes: Box<ByteMap>,
     },
     Spm {
@@ -342,14 +347,12 @@ enum Engine {
 /// vocabulary takes a fraction of a second, so build it once per model.
 pub struct Tokenizer {
     engine: Engine,
-    texts: Vec<Box<str>>,
+    /// Token texts by id, and ids by text.
+    vocab: StrTable,
     scores: Vec<f32>,
     types: Vec<TokenType>,
     attrs: Vec<u16>,
-    by_text: HashMap<Box<str>, u32>,
     special: SpecialTokens,
-    /// `token_to_piece` with special tokens rendered, per id.
-    pieces: Vec<Box<[u8]>>,
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
@@ -540,25 +543,26 @@ impl Tokenizer {
         };
         let mut attrs: Vec<u16> = types.iter().map(|&t| attr_of(t)).collect();
 
-        let mut texts: Vec<Box<str>> = Vec::with_capacity(n_vocab);
-        let mut by_text: HashMap<Box<str>, u32> = HashMap::with_capacity(n_vocab);
+        let too_large = |_| bad(keys::TOKENS, "the vocabulary's text is too large");
+        let mut vocab = StrTable::with_capacity(n_vocab, texts_in.iter().map(String::len).sum());
         for (i, t) in texts_in.iter().enumerate() {
             // llama.cpp names empty tokens rather than leaving them empty.
-            let text: Box<str> = if t.is_empty() {
-                format!("[EMPTY_{i}]").into()
+            let named;
+            let text = if t.is_empty() {
+                named = format!("[EMPTY_{i}]");
+                &named
             } else {
-                t.as_str().into()
+                t
             };
-            if let Some(&first) = by_text.get(&text) {
+            if let Err(first) = vocab.push(text).map_err(too_large)? {
                 return Err(TokenizerError::DuplicateToken {
-                    text: text.into(),
+                    text: text.clone(),
                     first,
                     second: i as u32,
                 });
             }
-            by_text.insert(text.clone(), i as u32);
-            texts.push(text);
         }
+        let by_text = |t: &str| vocab.find(t);
 
         // Kind-specific defaults and engine.
         let mut add_space_prefix;
@@ -574,13 +578,11 @@ impl Tokenizer {
                 let mut byte_tokens = Box::new([None; 256]);
                 for (b, slot) in byte_tokens.iter_mut().enumerate() {
                     let hex = format!("<0x{b:02X}>");
-                    *slot = by_text.get(hex.as_str()).copied().or_else(|| {
+                    *slot = by_text(&hex).or_else(|| {
                         // Fallback: the byte itself as a one-byte text (ASCII only in UTF-8).
                         let b = u8::try_from(b).ok().filter(u8::is_ascii)?;
                         let mut buf = [0u8; 4];
-                        by_text
-                            .get(char::from(b).encode_utf8(&mut buf) as &str)
-                            .copied()
+                        by_text(char::from(b).encode_utf8(&mut buf))
                     });
                 }
                 Engine::Spm { byte_tokens }
@@ -603,7 +605,9 @@ impl Tokenizer {
                     Some(_) => return Err(bad(keys::MERGES, "expected an array of strings")),
                     None => return Err(TokenizerError::MissingKey(keys::MERGES.into())),
                 };
-                let mut ranks: HashMap<Box<str>, u32> = HashMap::with_capacity(merges.len());
+                let mut ranks =
+                    StrTable::with_capacity(merges.len(), merges.iter().map(String::len).sum());
+                let mut rank_of = Vec::with_capacity(merges.len());
                 for (i, m) in merges.iter().enumerate() {
                     // The separator is the first space after the first byte (a part may itself
                     // start with a space in some vocabularies).
@@ -625,9 +629,16 @@ impl Tokenizer {
                             entry: m.clone(),
                         });
                     }
-                    let rank =
-                        u32::try_from(i).map_err(|_| bad(keys::MERGES, "too many merges"))?;
-                    ranks.entry(m.as_str().into()).or_insert(rank);
+                    let too_many = |_| bad(keys::MERGES, "too many merges");
+                    let rank = u32::try_from(i).map_err(too_many)?;
+                    // A repeated merge keeps its first rank.
+                    if ranks
+                        .push(m)
+                        .map_err(|_| bad(keys::MERGES, "too large"))?
+                        .is_ok()
+                    {
+                        rank_of.push(rank);
+                    }
                 }
                 add_space_prefix = false;
                 add_bos = pre.options.add_bos;
@@ -639,6 +650,7 @@ impl Tokenizer {
                 Engine::Bpe {
                     pre,
                     ranks,
+                    rank_of,
                     bytes: Box::new(ByteMap::new()),
                 }
             }
@@ -707,7 +719,7 @@ impl Tokenizer {
         // llama.cpp recognises unnamed special tokens by their text and makes them control
         // tokens. Where several texts match (e.g. both `<|im_end|>` and `<|endoftext|>`),
         // llama.cpp takes whichever its hash map yields first; we take the first in list order.
-        let find = |list: &[&str]| list.iter().find_map(|t| by_text.get(*t).copied());
+        let find = |list: &[&str]| list.iter().find_map(|t| by_text(t));
         for (slot, list) in [
             (EOT, EOT_TEXTS),
             (EOM, EOM_TEXTS),
@@ -728,9 +740,9 @@ impl Tokenizer {
         let (eot, eom, pad) = (ids[EOT], ids[EOM], ids[PAD]);
 
         // Control tokens named "...unused..." are unused slots.
-        for (i, t) in texts.iter().enumerate() {
-            if attrs[i] & ATTR_CONTROL != 0 && t.contains("unused") {
-                attrs[i] |= ATTR_UNUSED;
+        for (i, a) in attrs.iter_mut().enumerate() {
+            if *a & ATTR_CONTROL != 0 && vocab.get(i).is_some_and(|t| t.contains("unused")) {
+                *a |= ATTR_UNUSED;
             }
         }
 
@@ -740,19 +752,18 @@ impl Tokenizer {
             .flatten()
             .collect();
         for t in EOG_TEXTS {
-            if let Some(&id) = by_text.get(*t) {
+            if let Some(id) = by_text(t) {
                 eog.insert(id);
                 attrs[id as usize] |= ATTR_CONTROL;
             }
         }
         for t in ALWAYS_RENDERED {
-            if let Some(&id) = by_text.get(*t) {
+            if let Some(id) = by_text(t) {
                 attrs[id as usize] = ATTR_USER_DEFINED;
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
-        let eog_id =
-            |eog: &BTreeSet<u32>, t: &str| by_text.get(t).copied().filter(|id| eog.contains(id));
+        let eog_id = |eog: &BTreeSet<u32>, t: &str| by_text(t).filter(|id| eog.contains(id));
         // gpt-oss (harmony) and solar-open end turns with <|return|>/<|call|> or
         // <|calls|>/<|flush|>, and use <|end|> mid-stream.
         if let Some(end) = eog_id(&eog, "<|end|>") {
@@ -782,11 +793,11 @@ impl Tokenizer {
             for a in attrs.iter_mut().filter(|a| is_special(**a)) {
                 *a |= ATTR_RSTRIP;
             }
-            if let Some(&id) = by_text.get("</s>") {
+            if let Some(id) = by_text("</s>") {
                 attrs[id as usize] |= ATTR_RSTRIP;
             }
             for t in ["<unk>", "<s>", "<|endoftext|>"] {
-                if let Some(&id) = by_text.get(t) {
+                if let Some(id) = by_text(t) {
                     attrs[id as usize] &= !ATTR_RSTRIP;
                 }
             }
@@ -802,20 +813,18 @@ impl Tokenizer {
                         lstrip: a & ATTR_LSTRIP != 0,
                         rstrip: a & ATTR_RSTRIP != 0,
                     };
-                    (tok, texts[i].clone())
+                    (tok, vocab.get(i).unwrap_or_default().into())
                 })
                 .collect(),
         );
 
-        let mut tok = Tokenizer {
+        Ok(Tokenizer {
             engine,
-            texts,
+            vocab,
             scores,
             types,
             attrs,
-            by_text,
             special,
-            pieces: Vec::new(),
             bos,
             eos,
             eot,
@@ -826,23 +835,30 @@ impl Tokenizer {
             add_bos,
             add_eos,
             add_space_prefix,
-        };
-        tok.pieces = (0..n_vocab)
-            .map(|i| tok.render(i).into_boxed_slice())
-            .collect();
-        Ok(tok)
+        })
     }
 
-    /// Renders token `i` with special tokens shown (llama.cpp's `token_to_piece`, special = true).
-    fn render(&self, i: usize) -> Vec<u8> {
-        let attr = self.attrs[i];
-        let text: &str = &self.texts[i];
+    /// The id of the token whose text is `text`.
+    fn id_of(&self, text: &str) -> Option<u32> {
+        self.vocab.find(text)
+    }
+
+    /// Renders token `id` with special tokens shown (llama.cpp's `token_to_piece` with
+    /// `special = true`); empty for an id out of range.
+    fn render(&self, id: u32) -> Cow<'_, [u8]> {
+        let i = id as usize;
+        let (Some(&attr), Some(text)) = (self.attrs.get(i), self.vocab.get(i)) else {
+            return Cow::Borrowed(&[]);
+        };
         if attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED) != 0 {
-            return text.as_bytes().to_vec();
+            return Cow::Borrowed(text.as_bytes());
         }
         if attr & ATTR_NORMAL != 0 {
             return match &self.engine {
-                Engine::Spm { .. } => text.replace(SPACE_MARK, " ").into_bytes(),
+                Engine::Spm { .. } if text.contains(SPACE_MARK) => {
+                    Cow::Owned(text.replace(SPACE_MARK, " ").into_bytes())
+                }
+                Engine::Spm { .. } => Cow::Borrowed(text.as_bytes()),
                 Engine::Bpe { bytes, .. } => {
                     let mut out = Vec::with_capacity(text.len());
                     for c in text.chars() {
@@ -860,16 +876,18 @@ impl Tokenizer {
                             }
                         }
                     }
-                    out
+                    Cow::Owned(out)
                 }
             };
         }
         if attr & ATTR_BYTE != 0 {
-            return byte_of_token_text(text)
-                .map(|b| vec![b])
-                .unwrap_or_default();
+            return Cow::Owned(
+                byte_of_token_text(text)
+                    .map(|b| vec![b])
+                    .unwrap_or_default(),
+            );
         }
-        Vec::new()
+        Cow::Borrowed(&[])
     }
 
     /// Encodes `text`.
@@ -913,7 +931,12 @@ impl Tokenizer {
                     }
                 }
             }
-            Engine::Bpe { pre, ranks, bytes } => {
+            Engine::Bpe {
+                pre,
+                ranks,
+                rank_of,
+                bytes,
+            } => {
                 let mut word = String::new();
                 let mut key = String::new();
                 for frag in frags {
@@ -924,13 +947,9 @@ impl Tokenizer {
                             for w in pre.split(piece)? {
                                 word.clear();
                                 bytes.encode(piece[w].as_bytes(), &mut word);
-                                self.bpe_encode(
-                                    &word,
-                                    pre.options.ignore_merges,
-                                    ranks,
-                                    &mut key,
-                                    &mut out,
-                                );
+                                let merges = (ranks, rank_of.as_slice());
+                                let ignore = pre.options.ignore_merges;
+                                self.bpe_encode(&word, ignore, merges, &mut key, &mut out);
                             }
                         }
                     }
@@ -947,12 +966,12 @@ impl Tokenizer {
         &self,
         word: &str,
         ignore_merges: bool,
-        ranks: &HashMap<Box<str>, u32>,
+        (ranks, rank_of): (&StrTable, &[u32]),
         key: &mut String,
         out: &mut Vec<u32>,
     ) {
         if ignore_merges {
-            if let Some(&id) = self.by_text.get(word) {
+            if let Some(id) = self.id_of(word) {
                 out.push(id);
                 return;
             }
@@ -965,22 +984,20 @@ impl Tokenizer {
             key.push_str(l);
             key.push(' ');
             key.push_str(r);
-            ranks.get(key.as_str()).copied()
+            let i = ranks.find(key)?;
+            rank_of.get(i as usize).copied()
         };
         for (a, b) in merge::bpe(word, rank) {
             let sym = &word[a..b];
-            match self.by_text.get(sym) {
-                Some(&id) => out.push(id),
+            match self.id_of(sym) {
+                Some(id) => out.push(id),
                 None => {
                     // llama.cpp's fallback: each byte of the byte-level text as a one-byte
                     // token; only ASCII bytes can be one, others are dropped.
                     for &byte in sym.as_bytes() {
                         if byte.is_ascii() {
                             let mut buf = [0u8; 4];
-                            if let Some(&id) = self
-                                .by_text
-                                .get(char::from(byte).encode_utf8(&mut buf) as &str)
-                            {
+                            if let Some(id) = self.id_of(char::from(byte).encode_utf8(&mut buf)) {
                                 out.push(id);
                             }
                         }
@@ -996,16 +1013,19 @@ impl Tokenizer {
         byte_tokens: &[Option<u32>; 256],
         out: &mut Vec<u32>,
     ) -> Result<(), TokenizerError> {
-        let score = |t: &str| self.by_text.get(t).map(|&id| self.scores[id as usize]);
+        let score = |t: &str| {
+            let id = self.id_of(t)?;
+            self.scores.get(id as usize).copied()
+        };
         for (a, b) in merge::spm(text, score) {
             let sym = &text[a..b];
-            match self.by_text.get(sym) {
-                Some(&id) => out.push(id),
+            match self.id_of(sym) {
+                Some(id) => out.push(id),
                 None => {
                     for &byte in sym.as_bytes() {
-                        out.push(
-                            byte_tokens[byte as usize].ok_or(TokenizerError::NoByteToken(byte))?,
-                        );
+                        let id =
+                            byte_tokens[byte as usize].ok_or(TokenizerError::NoByteToken(byte))?;
+                        out.push(id);
                     }
                 }
             }
@@ -1023,18 +1043,15 @@ impl Tokenizer {
     /// Like [`token_to_piece`](Self::token_to_piece), but control and unknown tokens render as
     /// their text when `render_special` is true.
     pub fn token_to_piece_with(&self, id: u32, render_special: bool) -> Vec<u8> {
-        self.piece(id, render_special).to_vec()
+        self.piece(id, render_special).into_owned()
     }
 
-    fn piece(&self, id: u32, render_special: bool) -> &[u8] {
-        let i = id as usize;
-        let Some(p) = self.pieces.get(i) else {
-            return &[];
-        };
-        if !render_special && self.attrs[i] & (ATTR_UNKNOWN | ATTR_CONTROL) != 0 {
-            return &[];
+    fn piece(&self, id: u32, render_special: bool) -> Cow<'_, [u8]> {
+        let hidden = ATTR_UNKNOWN | ATTR_CONTROL;
+        match self.attrs.get(id as usize) {
+            Some(a) if render_special || a & hidden == 0 => self.render(id),
+            _ => Cow::Borrowed(&[]),
         }
-        p
     }
 
     /// Decodes `ids` to text: the concatenated pieces ([`token_to_piece`](Self::token_to_piece)),
@@ -1048,7 +1065,7 @@ impl Tokenizer {
     pub fn decode_with(&self, ids: &[u32], render_special: bool) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
-            bytes.extend_from_slice(self.piece(id, render_special));
+            bytes.extend_from_slice(&self.piece(id, render_special));
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
@@ -1076,17 +1093,17 @@ impl Tokenizer {
 
     /// Number of tokens.
     pub fn n_vocab(&self) -> usize {
-        self.texts.len()
+        self.vocab.len()
     }
 
     /// The text of token `id` as stored in the vocabulary (byte-level or `▁` form), if in range.
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(|t| &**t)
+        self.vocab.get(id as usize)
     }
 
     /// The id of the token whose vocabulary text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.by_text.get(text).copied()
+        self.id_of(text)
     }
 
     /// The type of token `id` from the metadata, if in range.
@@ -1164,6 +1181,24 @@ impl Tokenizer {
     /// each special token).
     pub fn add_space_prefix(&self) -> bool {
         self.add_space_prefix
+    }
+
+    /// Approximate heap bytes this tokenizer holds (for memory budgets): about the vocabulary's
+    /// text plus 20 bytes a token, and the merges' text plus 16 bytes a merge.
+    pub fn heap_bytes(&self) -> usize {
+        let engine = match &self.engine {
+            Engine::Bpe { ranks, rank_of, .. } => {
+                ranks.heap_bytes() + 4 * rank_of.capacity() + std::mem::size_of::<ByteMap>()
+            }
+            Engine::Spm { .. } => 256 * std::mem::size_of::<Option<u32>>(),
+        };
+        self.vocab.heap_bytes()
+            + 4 * self.scores.capacity()
+            + std::mem::size_of::<TokenType>() * self.types.capacity()
+            + 2 * self.attrs.capacity()
+            + self.special.heap_bytes()
+            + 40 * self.eog.len()
+            + engine
     }
 
     /// Number of tokens matched literally before tokenization (control, user-defined and

@@ -76,6 +76,17 @@ impl SpecialTokens {
         }
     }
 
+    /// Approximate heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let texts: usize = self.texts.iter().map(|t| t.len() + 16).sum();
+        let nodes: usize = self
+            .trie
+            .iter()
+            .map(|n| 32 + 8 * n.children.capacity())
+            .sum();
+        texts + nodes + self.tokens.capacity() * std::mem::size_of::<SpecialToken>()
+    }
+
     /// Number of special tokens.
     pub(crate) fn len(&self) -> usize {
         self.tokens.len()
