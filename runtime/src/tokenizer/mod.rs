@@ -498,8 +498,9 @@ impl Tokenizer {
     ///
     /// Absent keys take llama.cpp's defaults: SentencePiece vocabularies add BOS (id 1) and a
     /// leading space, BPE ones add BOS only where the pre-tokenizer implies it (llama3 family)
-    /// or `add_bos_token` says so. A missing `tokenizer.ggml.pre` means `default` (with a
-    /// warning, as llama.cpp does); an unknown one is an error naming it.
+    /// or `add_bos_token` says so. A missing or empty `tokenizer.ggml.pre` means `default` (with
+    /// a warning, as llama.cpp does); an unknown one is an error naming it (llama.cpp refuses
+    /// it too).
     pub fn from_metadata(metadata: &Metadata) -> Result<Tokenizer, TokenizerError> {
         let md = Md(metadata);
         let model = md
@@ -589,8 +590,8 @@ impl Tokenizer {
             }
             VocabKind::Bpe => {
                 let pre_name = match md.str(keys::PRE)? {
-                    Some(p) => p,
-                    None => {
+                    Some(p) if !p.is_empty() => p,
+                    _ => {
                         tracing::warn!(
                             "tokenizer metadata has no {}: using 'default' (generation quality may suffer)",
                             keys::PRE
