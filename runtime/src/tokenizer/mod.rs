@@ -18,6 +18,13 @@
 //! Where llama.cpp is lenient with malformed metadata (it warns and carries on), this module
 //! refuses: arrays must have one entry per token, special token ids must be in range and every
 //! merge must be two parts separated by a space. Every error names the key.
+//!
+//! Where llama.cpp's result depends on an unspecified order, a fixed one is used: special tokens
+//! of equal length are tried by id, and when several texts could name the end-of-turn or a FIM
+//! token the first in llama.cpp's list wins. Not implemented: the other vocabulary kinds (`bert`,
+//! `t5`, `rwkv`, `plamo2`, `gemma4`), the pre-tokenizers outside [`SUPPORTED_PRE_TOKENIZERS`],
+//! llama.cpp's model-name rules other than Phi-3's, and the "clean up spaces" pass of
+//! `llama_detokenize`.
 
 mod merge;
 mod pretokenize;
@@ -1056,7 +1063,8 @@ impl Tokenizer {
     }
 
     /// Decodes `ids` to text: the concatenated pieces ([`token_to_piece`](Self::token_to_piece)),
-    /// invalid UTF-8 replaced by U+FFFD. Control tokens and ids out of range give nothing.
+    /// invalid UTF-8 replaced by U+FFFD. Control and unknown tokens and ids out of range give
+    /// nothing.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.decode_with(ids, false)
     }
