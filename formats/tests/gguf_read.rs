@@ -104,10 +104,7 @@ fn test_models_parse_with_known_facts() {
             m.metadata.get("tokenizer.ggml.bos_token_id"),
             Some(&Value::U32(256))
         );
-        assert_eq!(
-            m.metadata.get_bool("tokenizer.ggml.add_bos_token").unwrap(),
-            false
-        );
+        assert!(!m.metadata.get_bool("tokenizer.ggml.add_bos_token").unwrap());
         assert_eq!(m.metadata.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
         let Array::String(tokens) = m.metadata.get_array("tokenizer.ggml.tokens").unwrap() else {
             panic!("tokens are not strings");

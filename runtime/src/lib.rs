@@ -11,3 +11,4 @@ pub mod model;
 pub mod ops;
 pub mod pool;
 pub mod sampler;
+pub mod tokenizer;

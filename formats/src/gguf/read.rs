@@ -326,7 +326,7 @@ impl<R: Read> Source<'_, R> {
             None => MIN_NESTED_ARRAY_BYTES,
         };
         let what = || format!("array of {count} {ty:?} elements of metadata key {key:?}");
-        self.check(count.checked_mul(min_elem).unwrap_or(u64::MAX), &what)?;
+        self.check(count.saturating_mul(min_elem), &what)?;
         let n = to_usize(count, &what)?;
         Ok(match ty {
             ValueType::U8 => Array::U8(self.numeric(n, &what, u8::from_le_bytes)?),

@@ -1,0 +1,1221 @@
+//! Tokenizers built from a GGUF file's own metadata, giving exactly llama.cpp's token ids.
+//!
+//! Two vocabulary kinds are supported, chosen by `tokenizer.ggml.model`:
+//! - `gpt2`: byte-level BPE. The text is split into words by the pre-tokenizer that
+//!   `tokenizer.ggml.pre` names (see [`Tokenizer::pre`]), each word's bytes are mapped to
+//!   printable characters (GPT-2's byte↔unicode table) and merged by `tokenizer.ggml.merges` rank.
+//! - `llama`: SentencePiece BPE (LLaMA 1/2, Gemma): spaces become `▁`, adjacent pieces are merged
+//!   by the score of the resulting token, and characters left without a token fall back to
+//!   `<0xNN>` byte tokens.
+//!
+//! Before either runs, special tokens are cut out of the text: USER_DEFINED ones always,
+//! CONTROL and UNKNOWN ones when `parse_special` is asked for.
+//!
+//! Decoding renders each token as llama.cpp's `token_to_piece` does and concatenates the bytes
+//! (no clean-up of spaces around punctuation, no stripping of a leading space): what a streaming
+//! llama.cpp client prints. [`StreamDecoder`] does the same incrementally.
+//!
+//! Where llama.cpp is lenient with malformed metadata (it warns and carries on), this module
+//! refuses: arrays must have one entry per token, special token ids must be in range and every
+//! merge must be two parts separated by a space. Every error names the key.
+//!
+//! Where llama.cpp's result depends on an unspecified order, a fixed one is used: special tokens
+//! of equal length are tried by id, and when several texts could name the end-of-turn or a FIM
+//! token the first in llama.cpp's list wins. Not implemented: the other vocabulary kinds (`bert`,
+//! `t5`, `rwkv`, `plamo2`, `gemma4`), the pre-tokenizers outside [`SUPPORTED_PRE_TOKENIZERS`],
+//! llama.cpp's model-name rules other than Phi-3's, and the "clean up spaces" pass of
+//! `llama_detokenize`.
+
+mod merge;
+mod pretokenize;
+mod special;
+mod stream;
+mod strtable;
+mod unicode;
+mod unicode_table;
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use flashstream_formats::gguf::{Array, Metadata, Value};
+
+use special::{Fragment, SpecialToken, SpecialTokens};
+use strtable::StrTable;
+use unicode::ByteMap;
+
+pub use stream::StreamDecoder;
+
+/// The Unicode version of the character classes the pre-tokenizers use (llama.cpp's).
+pub const UNICODE_VERSION: &str = unicode_table::UNICODE_VERSION;
+
+/// The `tokenizer.ggml.pre` values this module implements, comma separated.
+pub const SUPPORTED_PRE_TOKENIZERS: &str = pretokenize::SUPPORTED;
+
+/// Metadata keys read by [`Tokenizer::from_metadata`].
+pub mod keys {
+    /// Vocabulary kind: `gpt2` or `llama`.
+    pub const MODEL: &str = "tokenizer.ggml.model";
+    /// Pre-tokenizer of a `gpt2` vocabulary.
+    pub const PRE: &str = "tokenizer.ggml.pre";
+    /// Token texts.
+    pub const TOKENS: &str = "tokenizer.ggml.tokens";
+    /// Token scores (SentencePiece merge priorities).
+    pub const SCORES: &str = "tokenizer.ggml.scores";
+    /// Token types (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+    pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+    /// BPE merges, `"left right"`, best first.
+    pub const MERGES: &str = "tokenizer.ggml.merges";
+    /// Beginning-of-sequence token id.
+    pub const BOS_ID: &str = "tokenizer.ggml.bos_token_id";
+    /// End-of-sequence token id.
+    pub const EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+    /// End-of-turn token id.
+    pub const EOT_ID: &str = "tokenizer.ggml.eot_token_id";
+    /// End-of-message token id.
+    pub const EOM_ID: &str = "tokenizer.ggml.eom_token_id";
+    /// Unknown token id.
+    pub const UNK_ID: &str = "tokenizer.ggml.unknown_token_id";
+    /// Padding token id.
+    pub const PAD_ID: &str = "tokenizer.ggml.padding_token_id";
+    /// Whether encoding with `add_special` prepends BOS.
+    pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    /// Whether encoding with `add_special` appends EOS.
+    pub const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
+    /// Whether SentencePiece text gets a leading space.
+    pub const ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+    /// Fill-in-the-middle prefix token id.
+    pub const FIM_PRE_ID: &str = "tokenizer.ggml.fim_pre_token_id";
+    /// Fill-in-the-middle suffix token id.
+    pub const FIM_SUF_ID: &str = "tokenizer.ggml.fim_suf_token_id";
+    /// Fill-in-the-middle middle token id.
+    pub const FIM_MID_ID: &str = "tokenizer.ggml.fim_mid_token_id";
+    /// Fill-in-the-middle padding token id.
+    pub const FIM_PAD_ID: &str = "tokenizer.ggml.fim_pad_token_id";
+    /// Fill-in-the-middle repository token id.
+    pub const FIM_REP_ID: &str = "tokenizer.ggml.fim_rep_token_id";
+    /// Fill-in-the-middle file separator token id.
+    pub const FIM_SEP_ID: &str = "tokenizer.ggml.fim_sep_token_id";
+    /// Deprecated name of [`FIM_PRE_ID`].
+    pub const PREFIX_ID: &str = "tokenizer.ggml.prefix_token_id";
+    /// Deprecated name of [`FIM_SUF_ID`].
+    pub const SUFFIX_ID: &str = "tokenizer.ggml.suffix_token_id";
+    /// Deprecated name of [`FIM_MID_ID`].
+    pub const MIDDLE_ID: &str = "tokenizer.ggml.middle_token_id";
+}
+
+/// Why a tokenizer could not be built, or a text not encoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TokenizerError {
+    /// A required key is absent.
+    #[error("tokenizer metadata: key {0:?} is missing")]
+    MissingKey(String),
+    /// A key has the wrong type or an unusable value.
+    #[error("tokenizer metadata: key {key:?}: {reason}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `tokenizer.ggml.model` names a vocabulary kind this module does not implement.
+    #[error("tokenizer metadata: key \"tokenizer.ggml.model\" = {0:?} is not supported (supported: gpt2, llama)")]
+    UnsupportedModel(String),
+    /// `tokenizer.ggml.pre` names a pre-tokenizer llama.cpp does not know, or this module does
+    /// not implement.
+    #[error("tokenizer metadata: key \"tokenizer.ggml.pre\" = {0:?} is not a known pre-tokenizer (supported: {list})", list = pretokenize::SUPPORTED)]
+    UnknownPreTokenizer(String),
+    /// An array has a different number of entries than `tokenizer.ggml.tokens`.
+    #[error("tokenizer metadata: key {key:?} has {len} entries, but the vocabulary has {n_vocab} tokens")]
+    LengthMismatch {
+        /// The key.
+        key: String,
+        /// Its number of entries.
+        len: usize,
+        /// Number of tokens.
+        n_vocab: usize,
+    },
+    /// A token id is outside the vocabulary.
+    #[error(
+        "tokenizer metadata: key {key:?} = {id} is out of range (vocabulary of {n_vocab} tokens)"
+    )]
+    IdOutOfRange {
+        /// The key.
+        key: String,
+        /// The id.
+        id: u64,
+        /// Number of tokens.
+        n_vocab: usize,
+    },
+    /// Two tokens have the same text.
+    #[error("tokenizer metadata: key \"tokenizer.ggml.tokens\": token {text:?} appears at ids {first} and {second}")]
+    DuplicateToken {
+        /// The text.
+        text: String,
+        /// First id.
+        first: u32,
+        /// Second id.
+        second: u32,
+    },
+    /// A merge is not `"left right"`.
+    #[error("tokenizer metadata: key \"tokenizer.ggml.merges\": entry {index} ({entry:?}) is not two parts separated by a space")]
+    BadMerge {
+        /// Index in the array.
+        index: usize,
+        /// The entry.
+        entry: String,
+    },
+    /// Adding a special token is asked for, but there is no such token.
+    #[error("tokenizer metadata: key {flag_key:?} is true, but {id_key:?} is not set")]
+    MissingSpecialToken {
+        /// The `add_*` key.
+        flag_key: String,
+        /// The key that should name the token.
+        id_key: String,
+    },
+    /// A pre-tokenizer regex failed (e.g. its backtracking limit on a pathological input).
+    #[error("pre-tokenizer {pre:?}: regex failure: {message}")]
+    Regex {
+        /// The `tokenizer.ggml.pre` value.
+        pre: String,
+        /// The regex engine's message.
+        message: String,
+    },
+    /// A SentencePiece byte fallback needs a byte token the vocabulary lacks.
+    #[error(
+        "the vocabulary has no token for byte 0x{0:02X} (neither <0x{0:02X}> nor the byte itself)"
+    )]
+    NoByteToken(u8),
+}
+
+/// The kind of vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
+    Bpe,
+    /// SentencePiece BPE (`tokenizer.ggml.model = "llama"`).
+    SentencePiece,
+}
+
+/// A token's type, from `tokenizer.ggml.token_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// 0 or any value not listed here.
+    Undefined,
+    /// 1: an ordinary piece of text.
+    Normal,
+    /// 2: the unknown token.
+    Unknown,
+    /// 3: a control token (BOS, EOS, chat markers); renders as nothing by default.
+    Control,
+    /// 4: a user-defined token, always matched literally in the input.
+    UserDefined,
+    /// 5: an unused slot.
+    Unused,
+    /// 6: a byte token `<0xNN>`.
+    Byte,
+}
+
+impl TokenType {
+    fn from_gguf(v: i64) -> TokenType {
+        match v {
+            1 => TokenType::Normal,
+            2 => TokenType::Unknown,
+            3 => TokenType::Control,
+            4 => TokenType::UserDefined,
+            5 => TokenType::Unused,
+            6 => TokenType::Byte,
+            _ => TokenType::Undefined,
+        }
+    }
+}
+
+// Token attributes, as llama.cpp derives them from the type (plus its adjustments by text).
+const ATTR_UNKNOWN: u16 = 1 << 0;
+const ATTR_UNUSED: u16 = 1 << 1;
+const ATTR_NORMAL: u16 = 1 << 2;
+const ATTR_CONTROL: u16 = 1 << 3;
+const ATTR_USER_DEFINED: u16 = 1 << 4;
+const ATTR_BYTE: u16 = 1 << 5;
+const ATTR_LSTRIP: u16 = 1 << 7;
+const ATTR_RSTRIP: u16 = 1 << 8;
+
+fn attr_of(t: TokenType) -> u16 {
+    match t {
+        TokenType::Undefined => 0,
+        TokenType::Normal => ATTR_NORMAL,
+        TokenType::Unknown => ATTR_UNKNOWN,
+        TokenType::Control => ATTR_CONTROL,
+        TokenType::UserDefined => ATTR_USER_DEFINED,
+        TokenType::Unused => ATTR_UNUSED,
+        TokenType::Byte => ATTR_BYTE,
+    }
+}
+
+// Texts llama.cpp recognises as special tokens when the metadata does not name them.
+const EOT_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>",
+    "<end_of_utterance>",
+];
+const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<\u{FF5C}fim\u{2581}begin\u{FF5C}>",
+    "<PRE>",
+    "\u{2581}<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<\u{FF5C}fim\u{2581}hole\u{FF5C}>",
+    "<SUF>",
+    "\u{2581}<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<\u{FF5C}fim\u{2581}end\u{FF5C}>",
+    "<MID>",
+    "\u{2581}<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>",
+    "[e~[",
+];
+/// Tokens llama.cpp always renders (gpt-oss's harmony format).
+const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
+
+const SPACE_MARK: char = '\u{2581}';
+
+/// What the vocabulary kind needs besides the shared tables.
+enum Engine {
+    Bpe {
+        pre: pretokenize::PreTokenizer,
+        /// The merges `"left right"`, by rank (a repeated merge keeps its first rank).
+        ranks: StrTable,
+        /// Rank of each entry of `ranks`.
+        rank_of: Vec<u32>,
+        bytes: Box<ByteMap>,
+    },
+    Spm {
+        /// The token of each byte for byte fallback.
+        byte_tokens: Box<[Option<u32>; 256]>,
+    },
+}
+
+/// A tokenizer built from GGUF metadata. Cheap to share (`Sync`); building one for a 262k-token
+/// vocabulary takes a fraction of a second, so build it once per model.
+pub struct Tokenizer {
+    engine: Engine,
+    /// Token texts by id, and ids by text.
+    vocab: StrTable,
+    scores: Vec<f32>,
+    types: Vec<TokenType>,
+    attrs: Vec<u16>,
+    special: SpecialTokens,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    eog: BTreeSet<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("pre", &self.pre())
+            .field("n_vocab", &self.n_vocab())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("eog", &self.eog)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Typed access to the metadata, with errors that name the key.
+struct Md<'a>(&'a Metadata);
+
+impl<'a> Md<'a> {
+    fn str(&self, key: &str) -> Result<Option<&'a str>, TokenizerError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(bad(key, "expected a string")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, TokenizerError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(bad(key, "expected a bool")),
+        }
+    }
+
+    fn id(&self, key: &str, n_vocab: usize) -> Result<Option<u32>, TokenizerError> {
+        let Some(v) = self.0.get(key) else {
+            return Ok(None);
+        };
+        let id = v
+            .as_u64()
+            .ok_or_else(|| bad(key, "expected a non-negative integer"))?;
+        if id >= n_vocab as u64 {
+            return Err(TokenizerError::IdOutOfRange {
+                key: key.to_string(),
+                id,
+                n_vocab,
+            });
+        }
+        Ok(Some(id as u32))
+    }
+
+    fn array(&self, key: &str) -> Result<Option<&'a Array>, TokenizerError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(_) => Err(bad(key, "expected an array")),
+        }
+    }
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> TokenizerError {
+    TokenizerError::BadKey {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn check_len(key: &str, len: usize, n_vocab: usize) -> Result<(), TokenizerError> {
+    if len != n_vocab {
+        return Err(TokenizerError::LengthMismatch {
+            key: key.to_string(),
+            len,
+            n_vocab,
+        });
+    }
+    Ok(())
+}
+
+fn int_array(key: &str, a: &Array) -> Result<Vec<i64>, TokenizerError> {
+    Ok(match a {
+        Array::I32(v) => v.iter().map(|&x| x as i64).collect(),
+        Array::U32(v) => v.iter().map(|&x| x as i64).collect(),
+        Array::I8(v) => v.iter().map(|&x| x as i64).collect(),
+        Array::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        Array::I16(v) => v.iter().map(|&x| x as i64).collect(),
+        Array::U16(v) => v.iter().map(|&x| x as i64).collect(),
+        Array::I64(v) => v.clone(),
+        Array::U64(v) => v.iter().map(|&x| i64::try_from(x).unwrap_or(-1)).collect(),
+        _ => {
+            return Err(bad(
+                key,
+                format!(
+                    "expected an integer array, found {:?} elements",
+                    a.element_type()
+                ),
+            ))
+        }
+    })
+}
+
+fn float_array(key: &str, a: &Array) -> Result<Vec<f32>, TokenizerError> {
+    Ok(match a {
+        Array::F32(v) => v.clone(),
+        Array::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        Array::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        _ => {
+            return Err(bad(
+                key,
+                format!(
+                    "expected a float array, found {:?} elements",
+                    a.element_type()
+                ),
+            ))
+        }
+    })
+}
+
+/// Parses the hex byte of a `<0xNN>` token text.
+fn byte_of_token_text(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by `metadata` (the `tokenizer.ggml.*` keys; `general.name`
+    /// is read for one llama.cpp model-specific rule).
+    ///
+    /// Absent keys take llama.cpp's defaults: SentencePiece vocabularies add BOS (id 1) and a
+    /// leading space, BPE ones add BOS only where the pre-tokenizer implies it (llama3 family)
+    /// or `add_bos_token` says so. A missing or empty `tokenizer.ggml.pre` means `default` (with
+    /// a warning, as llama.cpp does); an unknown one is an error naming it (llama.cpp refuses
+    /// it too).
+    pub fn from_metadata(metadata: &Metadata) -> Result<Tokenizer, TokenizerError> {
+        let md = Md(metadata);
+        let model = md
+            .str(keys::MODEL)?
+            .ok_or_else(|| TokenizerError::MissingKey(keys::MODEL.into()))?;
+        let kind = match model {
+            "gpt2" => VocabKind::Bpe,
+            "llama" => VocabKind::SentencePiece,
+            other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
+        };
+
+        // Token texts.
+        let texts_in = match md.array(keys::TOKENS)? {
+            Some(Array::String(v)) => v,
+            Some(_) => return Err(bad(keys::TOKENS, "expected an array of strings")),
+            None => return Err(TokenizerError::MissingKey(keys::TOKENS.into())),
+        };
+        let n_vocab = texts_in.len();
+        if n_vocab == 0 {
+            return Err(bad(keys::TOKENS, "the vocabulary is empty"));
+        }
+        if n_vocab > i32::MAX as usize {
+            return Err(bad(keys::TOKENS, "too many tokens"));
+        }
+        let scores = match md.array(keys::SCORES)? {
+            Some(a) => {
+                check_len(keys::SCORES, a.len(), n_vocab)?;
+                float_array(keys::SCORES, a)?
+            }
+            None => vec![0.0; n_vocab],
+        };
+        let types: Vec<TokenType> = match md.array(keys::TOKEN_TYPE)? {
+            Some(a) => {
+                check_len(keys::TOKEN_TYPE, a.len(), n_vocab)?;
+                int_array(keys::TOKEN_TYPE, a)?
+                    .into_iter()
+                    .map(TokenType::from_gguf)
+                    .collect()
+            }
+            None => vec![TokenType::Normal; n_vocab],
+        };
+        let mut attrs: Vec<u16> = types.iter().map(|&t| attr_of(t)).collect();
+
+        let too_large = |_| bad(keys::TOKENS, "the vocabulary's text is too large");
+        let mut vocab = StrTable::with_capacity(n_vocab, texts_in.iter().map(String::len).sum());
+        for (i, t) in texts_in.iter().enumerate() {
+            // llama.cpp names empty tokens rather than leaving them empty.
+            let named;
+            let text = if t.is_empty() {
+                named = format!("[EMPTY_{i}]");
+                &named
+            } else {
+                t
+            };
+            if let Err(first) = vocab.push(text).map_err(too_large)? {
+                return Err(TokenizerError::DuplicateToken {
+                    text: text.clone(),
+                    first,
+                    second: i as u32,
+                });
+            }
+        }
+        let by_text = |t: &str| vocab.find(t);
+
+        // Kind-specific defaults and engine.
+        let mut add_space_prefix;
+        let mut add_bos;
+        let add_eos_default;
+        let (mut bos, mut eos, mut unk);
+        let engine = match kind {
+            VocabKind::SentencePiece => {
+                add_space_prefix = true;
+                add_bos = true;
+                add_eos_default = false;
+                (bos, eos, unk) = (Some(1u32), Some(2u32), Some(0u32));
+                let mut byte_tokens = Box::new([None; 256]);
+                for (b, slot) in byte_tokens.iter_mut().enumerate() {
+                    let hex = format!("<0x{b:02X}>");
+                    *slot = by_text(&hex).or_else(|| {
+                        // Fallback: the byte itself as a one-byte text (ASCII only in UTF-8).
+                        let b = u8::try_from(b).ok().filter(u8::is_ascii)?;
+                        let mut buf = [0u8; 4];
+                        by_text(char::from(b).encode_utf8(&mut buf))
+                    });
+                }
+                Engine::Spm { byte_tokens }
+            }
+            VocabKind::Bpe => {
+                let pre_name = match md.str(keys::PRE)? {
+                    Some(p) if !p.is_empty() => p,
+                    _ => {
+                        tracing::warn!(
+                            "tokenizer metadata has no {}: using 'default' (generation quality may suffer)",
+                            keys::PRE
+                        );
+                        "default"
+                    }
+                };
+                let pre = pretokenize::PreTokenizer::new(pre_name)?
+                    .ok_or_else(|| TokenizerError::UnknownPreTokenizer(pre_name.to_string()))?;
+                let merges = match md.array(keys::MERGES)? {
+                    Some(Array::String(v)) => v,
+                    Some(_) => return Err(bad(keys::MERGES, "expected an array of strings")),
+                    None => return Err(TokenizerError::MissingKey(keys::MERGES.into())),
+                };
+                let mut ranks =
+                    StrTable::with_capacity(merges.len(), merges.iter().map(String::len).sum());
+                let mut rank_of = Vec::with_capacity(merges.len());
+                for (i, m) in merges.iter().enumerate() {
+                    // The separator is the first space after the first byte (a part may itself
+                    // start with a space in some vocabularies).
+                    let sep = m
+                        .as_bytes()
+                        .iter()
+                        .skip(1)
+                        .position(|&b| b == b' ')
+                        .map(|p| p + 1);
+                    let Some(sep) = sep else {
+                        return Err(TokenizerError::BadMerge {
+                            index: i,
+                            entry: m.clone(),
+                        });
+                    };
+                    if sep + 1 >= m.len() {
+                        return Err(TokenizerError::BadMerge {
+                            index: i,
+                            entry: m.clone(),
+                        });
+                    }
+                    let too_many = |_| bad(keys::MERGES, "too many merges");
+                    let rank = u32::try_from(i).map_err(too_many)?;
+                    // A repeated merge keeps its first rank.
+                    if ranks
+                        .push(m)
+                        .map_err(|_| bad(keys::MERGES, "too large"))?
+                        .is_ok()
+                    {
+                        rank_of.push(rank);
+                    }
+                }
+                add_space_prefix = false;
+                add_bos = pre.options.add_bos;
+                add_eos_default = false;
+                (bos, eos, unk) = (Some(11u32), Some(11u32), None);
+                if pre.options.no_default_bos {
+                    bos = None;
+                }
+                Engine::Bpe {
+                    pre,
+                    ranks,
+                    rank_of,
+                    bytes: Box::new(ByteMap::new()),
+                }
+            }
+        };
+        let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n_vocab);
+        (bos, eos, unk) = (in_range(bos), in_range(eos), in_range(unk));
+        if let Some(v) = md.bool(keys::ADD_SPACE_PREFIX)? {
+            add_space_prefix = v;
+        }
+
+        // Special token ids named by the metadata, in llama.cpp's order (the deprecated FIM keys
+        // come last and win).
+        const BOS: usize = 0;
+        const EOS: usize = 1;
+        const EOT: usize = 2;
+        const EOM: usize = 3;
+        const UNK: usize = 4;
+        const PAD: usize = 5;
+        const FIM_PRE: usize = 6;
+        const FIM_SUF: usize = 7;
+        const FIM_MID: usize = 8;
+        const FIM_PAD: usize = 9;
+        const FIM_REP: usize = 10;
+        const FIM_SEP: usize = 11;
+        let mut ids: [Option<u32>; 12] = [None; 12];
+        (ids[BOS], ids[EOS], ids[UNK]) = (bos, eos, unk);
+        for (key, slot) in [
+            (keys::BOS_ID, BOS),
+            (keys::EOS_ID, EOS),
+            (keys::EOT_ID, EOT),
+            (keys::EOM_ID, EOM),
+            (keys::UNK_ID, UNK),
+            (keys::PAD_ID, PAD),
+            (keys::FIM_PRE_ID, FIM_PRE),
+            (keys::FIM_SUF_ID, FIM_SUF),
+            (keys::FIM_MID_ID, FIM_MID),
+            (keys::FIM_PAD_ID, FIM_PAD),
+            (keys::FIM_REP_ID, FIM_REP),
+            (keys::FIM_SEP_ID, FIM_SEP),
+            (keys::PREFIX_ID, FIM_PRE),
+            (keys::SUFFIX_ID, FIM_SUF),
+            (keys::MIDDLE_ID, FIM_MID),
+        ] {
+            if let Some(id) = md.id(key, n_vocab)? {
+                ids[slot] = Some(id);
+            }
+        }
+        (bos, eos, unk) = (ids[BOS], ids[EOS], ids[UNK]);
+        if let Some(v) = md.bool(keys::ADD_BOS)? {
+            add_bos = v;
+        }
+        let add_eos = md.bool(keys::ADD_EOS)?.unwrap_or(add_eos_default);
+        if add_bos && bos.is_none() {
+            return Err(TokenizerError::MissingSpecialToken {
+                flag_key: keys::ADD_BOS.into(),
+                id_key: keys::BOS_ID.into(),
+            });
+        }
+        if add_eos && eos.is_none() {
+            return Err(TokenizerError::MissingSpecialToken {
+                flag_key: keys::ADD_EOS.into(),
+                id_key: keys::EOS_ID.into(),
+            });
+        }
+
+        // llama.cpp recognises unnamed special tokens by their text and makes them control
+        // tokens. Where several texts match (e.g. both `<|im_end|>` and `<|endoftext|>`),
+        // llama.cpp takes whichever its hash map yields first; we take the first in list order.
+        let find = |list: &[&str]| list.iter().find_map(|t| by_text(t));
+        for (slot, list) in [
+            (EOT, EOT_TEXTS),
+            (EOM, EOM_TEXTS),
+            (FIM_PRE, FIM_PRE_TEXTS),
+            (FIM_SUF, FIM_SUF_TEXTS),
+            (FIM_MID, FIM_MID_TEXTS),
+            (FIM_PAD, FIM_PAD_TEXTS),
+            (FIM_REP, FIM_REP_TEXTS),
+            (FIM_SEP, FIM_SEP_TEXTS),
+        ] {
+            if ids[slot].is_none() {
+                if let Some(id) = find(list) {
+                    ids[slot] = Some(id);
+                    attrs[id as usize] |= ATTR_CONTROL;
+                }
+            }
+        }
+        let (eot, eom, pad) = (ids[EOT], ids[EOM], ids[PAD]);
+
+        // Control tokens named "...unused..." are unused slots.
+        for (i, a) in attrs.iter_mut().enumerate() {
+            if *a & ATTR_CONTROL != 0 && vocab.get(i).is_some_and(|t| t.contains("unused")) {
+                *a |= ATTR_UNUSED;
+            }
+        }
+
+        // End-of-generation tokens.
+        let mut eog: BTreeSet<u32> = [ids[FIM_PAD], ids[FIM_REP], ids[FIM_SEP]]
+            .into_iter()
+            .flatten()
+            .collect();
+        for t in EOG_TEXTS {
+            if let Some(id) = by_text(t) {
+                eog.insert(id);
+                attrs[id as usize] |= ATTR_CONTROL;
+            }
+        }
+        for t in ALWAYS_RENDERED {
+            if let Some(id) = by_text(t) {
+                attrs[id as usize] = ATTR_USER_DEFINED;
+            }
+        }
+        eog.extend([eos, eot, eom].into_iter().flatten());
+        let eog_id = |eog: &BTreeSet<u32>, t: &str| by_text(t).filter(|id| eog.contains(id));
+        // gpt-oss (harmony) and solar-open end turns with <|return|>/<|call|> or
+        // <|calls|>/<|flush|>, and use <|end|> mid-stream.
+        if let Some(end) = eog_id(&eog, "<|end|>") {
+            let has = |t: &str| eog_id(&eog, t).is_some();
+            let call = has("<|call|>") || has("<|calls|>");
+            if call && (has("<|return|>") || has("<|flush|>")) {
+                eog.remove(&end);
+                attrs[end as usize] = ATTR_USER_DEFINED;
+            }
+        }
+        // Gemma 4 uses </s> inside tool responses.
+        if let (Some(s), Some(_)) = (eog_id(&eog, "</s>"), eog_id(&eog, "<|tool_response>")) {
+            eog.remove(&s);
+            attrs[s as usize] = ATTR_NORMAL;
+        }
+
+        // Phi-3 strips whitespace after its special tokens (llama.cpp keys this on the name).
+        let name = md
+            .str("general.name")
+            .ok()
+            .flatten()
+            .unwrap_or("")
+            .to_lowercase();
+        let phi3 = name.contains("phi-3") || name.contains("phi3");
+        let is_special = |a: u16| a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN) != 0;
+        if phi3 {
+            for a in attrs.iter_mut().filter(|a| is_special(**a)) {
+                *a |= ATTR_RSTRIP;
+            }
+            if let Some(id) = by_text("</s>") {
+                attrs[id as usize] |= ATTR_RSTRIP;
+            }
+            for t in ["<unk>", "<s>", "<|endoftext|>"] {
+                if let Some(id) = by_text(t) {
+                    attrs[id as usize] &= !ATTR_RSTRIP;
+                }
+            }
+        }
+        let special = SpecialTokens::new(
+            (0..n_vocab)
+                .filter(|&i| is_special(attrs[i]))
+                .map(|i| {
+                    let a = attrs[i];
+                    let tok = SpecialToken {
+                        id: i as u32,
+                        needs_parse_special: a & (ATTR_CONTROL | ATTR_UNKNOWN) != 0,
+                        lstrip: a & ATTR_LSTRIP != 0,
+                        rstrip: a & ATTR_RSTRIP != 0,
+                    };
+                    (tok, vocab.get(i).unwrap_or_default().into())
+                })
+                .collect(),
+        );
+
+        Ok(Tokenizer {
+            engine,
+            vocab,
+            scores,
+            types,
+            attrs,
+            special,
+            bos,
+            eos,
+            eot,
+            eom,
+            unk,
+            pad,
+            eog,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+        })
+    }
+
+    /// The id of the token whose text is `text`.
+    fn id_of(&self, text: &str) -> Option<u32> {
+        self.vocab.find(text)
+    }
+
+    /// Renders token `id` with special tokens shown (llama.cpp's `token_to_piece` with
+    /// `special = true`); empty for an id out of range.
+    fn render(&self, id: u32) -> Cow<'_, [u8]> {
+        let i = id as usize;
+        let (Some(&attr), Some(text)) = (self.attrs.get(i), self.vocab.get(i)) else {
+            return Cow::Borrowed(&[]);
+        };
+        if attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED) != 0 {
+            return Cow::Borrowed(text.as_bytes());
+        }
+        if attr & ATTR_NORMAL != 0 {
+            return match &self.engine {
+                Engine::Spm { .. } if text.contains(SPACE_MARK) => {
+                    Cow::Owned(text.replace(SPACE_MARK, " ").into_bytes())
+                }
+                Engine::Spm { .. } => Cow::Borrowed(text.as_bytes()),
+                Engine::Bpe { bytes, .. } => {
+                    let mut out = Vec::with_capacity(text.len());
+                    for c in text.chars() {
+                        match bytes.byte_of(c) {
+                            Some(b) => out.push(b),
+                            None => {
+                                // llama.cpp's marker for a character outside the byte table.
+                                let mut buf = [0u8; 4];
+                                out.extend_from_slice(b"[UNK_BYTE_0x");
+                                for b in c.encode_utf8(&mut buf).bytes() {
+                                    out.extend_from_slice(format!("{b:02x}").as_bytes());
+                                }
+                                out.extend_from_slice(text.as_bytes());
+                                out.push(b']');
+                            }
+                        }
+                    }
+                    Cow::Owned(out)
+                }
+            };
+        }
+        if attr & ATTR_BYTE != 0 {
+            return Cow::Owned(
+                byte_of_token_text(text)
+                    .map(|b| vec![b])
+                    .unwrap_or_default(),
+            );
+        }
+        Cow::Borrowed(&[])
+    }
+
+    /// Encodes `text`.
+    ///
+    /// With `add_special`, BOS and EOS are added as the model's `add_bos_token` /
+    /// `add_eos_token` say. With `parse_special`, control tokens written in the text (e.g.
+    /// `<|im_start|>`, `<start_of_turn>`) become those tokens; without it they are encoded as
+    /// plain text. User-defined tokens are always matched.
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let frags = self.special.partition(text, parse_special);
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special && self.add_bos {
+            out.extend(self.bos);
+        }
+        match &self.engine {
+            Engine::Spm { byte_tokens } => {
+                let mut prev_special = true;
+                let mut buf = String::new();
+                for frag in frags {
+                    match frag {
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            prev_special = true;
+                        }
+                        Fragment::Text(r) => {
+                            buf.clear();
+                            if self.add_space_prefix && prev_special {
+                                buf.push(SPACE_MARK);
+                            }
+                            for c in text[r].chars() {
+                                buf.push(if c == ' ' { SPACE_MARK } else { c });
+                            }
+                            self.spm_encode(&buf, byte_tokens, &mut out)?;
+                            prev_special = false;
+                        }
+                    }
+                }
+            }
+            Engine::Bpe {
+                pre,
+                ranks,
+                rank_of,
+                bytes,
+            } => {
+                let mut word = String::new();
+                let mut key = String::new();
+                for frag in frags {
+                    match frag {
+                        Fragment::Token(id) => out.push(id),
+                        Fragment::Text(r) => {
+                            let piece = &text[r];
+                            for w in pre.split(piece)? {
+                                word.clear();
+                                bytes.encode(piece[w].as_bytes(), &mut word);
+                                let merges = (ranks, rank_of.as_slice());
+                                let ignore = pre.options.ignore_merges;
+                                self.bpe_encode(&word, ignore, merges, &mut key, &mut out);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if add_special && self.add_eos {
+            out.extend(self.eos);
+        }
+        Ok(out)
+    }
+
+    fn bpe_encode(
+        &self,
+        word: &str,
+        ignore_merges: bool,
+        (ranks, rank_of): (&StrTable, &[u32]),
+        key: &mut String,
+        out: &mut Vec<u32>,
+    ) {
+        if ignore_merges {
+            if let Some(id) = self.id_of(word) {
+                out.push(id);
+                return;
+            }
+        }
+        let rank = |l: &str, r: &str| {
+            if l.contains(' ') || r.contains(' ') {
+                return None;
+            }
+            key.clear();
+            key.push_str(l);
+            key.push(' ');
+            key.push_str(r);
+            let i = ranks.find(key)?;
+            rank_of.get(i as usize).copied()
+        };
+        for (a, b) in merge::bpe(word, rank) {
+            let sym = &word[a..b];
+            match self.id_of(sym) {
+                Some(id) => out.push(id),
+                None => {
+                    // llama.cpp's fallback: each byte of the byte-level text as a one-byte
+                    // token; only ASCII bytes can be one, others are dropped.
+                    for &byte in sym.as_bytes() {
+                        if byte.is_ascii() {
+                            let mut buf = [0u8; 4];
+                            if let Some(id) = self.id_of(char::from(byte).encode_utf8(&mut buf)) {
+                                out.push(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn spm_encode(
+        &self,
+        text: &str,
+        byte_tokens: &[Option<u32>; 256],
+        out: &mut Vec<u32>,
+    ) -> Result<(), TokenizerError> {
+        let score = |t: &str| {
+            let id = self.id_of(t)?;
+            self.scores.get(id as usize).copied()
+        };
+        for (a, b) in merge::spm(text, score) {
+            let sym = &text[a..b];
+            match self.id_of(sym) {
+                Some(id) => out.push(id),
+                None => {
+                    for &byte in sym.as_bytes() {
+                        let id =
+                            byte_tokens[byte as usize].ok_or(TokenizerError::NoByteToken(byte))?;
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes token `id` stands for, as llama.cpp renders it: byte-level BPE tokens give
+    /// their bytes, SentencePiece `▁` gives a space and `<0xNN>` its byte, user-defined tokens
+    /// their text; control and unknown tokens give nothing. An id out of range gives nothing.
+    pub fn token_to_piece(&self, id: u32) -> Vec<u8> {
+        self.token_to_piece_with(id, false)
+    }
+
+    /// Like [`token_to_piece`](Self::token_to_piece), but control and unknown tokens render as
+    /// their text when `render_special` is true.
+    pub fn token_to_piece_with(&self, id: u32, render_special: bool) -> Vec<u8> {
+        self.piece(id, render_special).into_owned()
+    }
+
+    fn piece(&self, id: u32, render_special: bool) -> Cow<'_, [u8]> {
+        let hidden = ATTR_UNKNOWN | ATTR_CONTROL;
+        match self.attrs.get(id as usize) {
+            Some(a) if render_special || a & hidden == 0 => self.render(id),
+            _ => Cow::Borrowed(&[]),
+        }
+    }
+
+    /// Decodes `ids` to text: the concatenated pieces ([`token_to_piece`](Self::token_to_piece)),
+    /// invalid UTF-8 replaced by U+FFFD. Control and unknown tokens and ids out of range give
+    /// nothing.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.decode_with(ids, false)
+    }
+
+    /// Like [`decode`](Self::decode), rendering control tokens as their text when
+    /// `render_special` is true.
+    pub fn decode_with(&self, ids: &[u32], render_special: bool) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend_from_slice(&self.piece(id, render_special));
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A streaming decoder over this vocabulary.
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder::new(self)
+    }
+
+    /// The vocabulary kind.
+    pub fn kind(&self) -> VocabKind {
+        match self.engine {
+            Engine::Bpe { .. } => VocabKind::Bpe,
+            Engine::Spm { .. } => VocabKind::SentencePiece,
+        }
+    }
+
+    /// The pre-tokenizer name of a BPE vocabulary (`default` when the metadata has none).
+    pub fn pre(&self) -> Option<&str> {
+        match &self.engine {
+            Engine::Bpe { pre, .. } => Some(pre.name()),
+            Engine::Spm { .. } => None,
+        }
+    }
+
+    /// Number of tokens.
+    pub fn n_vocab(&self) -> usize {
+        self.vocab.len()
+    }
+
+    /// The text of token `id` as stored in the vocabulary (byte-level or `▁` form), if in range.
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.vocab.get(id as usize)
+    }
+
+    /// The id of the token whose vocabulary text is exactly `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.id_of(text)
+    }
+
+    /// The type of token `id` from the metadata, if in range.
+    pub fn token_type(&self, id: u32) -> Option<TokenType> {
+        self.types.get(id as usize).copied()
+    }
+
+    /// The score of token `id`, if in range (0 when the metadata has no scores).
+    pub fn token_score(&self, id: u32) -> Option<f32> {
+        self.scores.get(id as usize).copied()
+    }
+
+    /// Whether token `id` is treated as a control token (rendered as nothing, matched in text
+    /// only with `parse_special`).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.attrs
+            .get(id as usize)
+            .is_some_and(|a| a & ATTR_CONTROL != 0)
+    }
+
+    /// Beginning-of-sequence token.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence token.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// End-of-turn token (named by the metadata or recognised by its text, e.g. `<|im_end|>`,
+    /// `<end_of_turn>`, `<|eot_id|>`).
+    pub fn eot(&self) -> Option<u32> {
+        self.eot
+    }
+
+    /// End-of-message token (`<|eom_id|>`).
+    pub fn eom(&self) -> Option<u32> {
+        self.eom
+    }
+
+    /// Unknown token.
+    pub fn unk(&self) -> Option<u32> {
+        self.unk
+    }
+
+    /// Padding token.
+    pub fn pad(&self) -> Option<u32> {
+        self.pad
+    }
+
+    /// Whether generation should stop at token `id`: EOS, EOT, EOM and the tokens llama.cpp
+    /// treats as ending generation (`<|im_end|>`, `<end_of_turn>`, `<|endoftext|>`, FIM
+    /// padding/repository/separator tokens, ...). False for ids out of range.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// All end-of-generation tokens, ascending.
+    pub fn eog_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        self.eog.iter().copied()
+    }
+
+    /// Whether encoding with `add_special` prepends BOS.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether encoding with `add_special` appends EOS.
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+
+    /// Whether SentencePiece text gets a leading space (after BOS, at the start, and after
+    /// each special token).
+    pub fn add_space_prefix(&self) -> bool {
+        self.add_space_prefix
+    }
+
+    /// Approximate heap bytes this tokenizer holds (for memory budgets): about the vocabulary's
+    /// text plus 20 bytes a token, and the merges' text plus 16 bytes a merge.
+    pub fn heap_bytes(&self) -> usize {
+        let engine = match &self.engine {
+            Engine::Bpe { ranks, rank_of, .. } => {
+                ranks.heap_bytes() + 4 * rank_of.capacity() + std::mem::size_of::<ByteMap>()
+            }
+            Engine::Spm { .. } => 256 * std::mem::size_of::<Option<u32>>(),
+        };
+        self.vocab.heap_bytes()
+            + 4 * self.scores.capacity()
+            + std::mem::size_of::<TokenType>() * self.types.capacity()
+            + 2 * self.attrs.capacity()
+            + self.special.heap_bytes()
+            + 40 * self.eog.len()
+            + engine
+    }
+
+    /// Number of tokens matched literally before tokenization (control, user-defined and
+    /// unknown tokens).
+    pub fn n_special(&self) -> usize {
+        self.special.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;
