@@ -81,13 +81,13 @@ fn bad_shapes_are_errors() {
     let kernel = dot_kernel(Isa::Scalar, GgmlType::Q4_0).unwrap();
     let mut xq = AlignedBuf::default();
     // 33 is not a whole number of Q8_0 blocks.
-    assert!(quantize_rows(&kernel, &vec![0.0; 33], 33, &mut xq).is_err());
+    assert!(quantize_rows(&kernel, &[0.0; 33], 33, &mut xq).is_err());
     assert!(quantize_rows(&kernel, &vec![0.0; 70], 64, &mut xq).is_err());
     quantize_rows(&kernel, &vec![0.5; 64], 64, &mut xq).unwrap();
     let w = random_weights(GgmlType::Q4_0, 64 * 4, 1);
     let mut y = vec![0f32; 3];
     assert!(matvec(&pool, &kernel, &w, 64, &xq, &mut y).is_err());
-    assert!(matvec(&pool, &kernel, &w[..50], 64, &xq, &mut vec![0f32; 4]).is_err());
+    assert!(matvec(&pool, &kernel, &w[..50], 64, &xq, &mut [0f32; 4]).is_err());
     let mut y = vec![0f32; 4];
     matvec(&pool, &kernel, &w, 64, &xq, &mut y).unwrap();
 }
