@@ -1,12 +1,14 @@
 //! Files, aligned buffers and read backends.
 //!
-//! For now this holds the plain positional reader that tools use to look at tensor bytes;
-//! the streaming backends (io_uring, pread pool, mmap) build on the same [`ModelFiles`].
+//! [`ModelFiles`] is the plain positional reader that tools use to look at tensor bytes;
+//! [`ReadBackend`] is the asynchronous interface the scheduler streams weights through.
 
 #![warn(missing_docs)]
 
+mod backend;
 mod buffer;
 
+pub use backend::{BackendOptions, Completion, IoKind, ReadBackend, ReadOp};
 pub use buffer::{AlignedBuffer, ALIGN};
 
 use std::fs::File;
@@ -36,6 +38,27 @@ pub enum LoaderError {
         offset: u64,
         /// Length.
         len: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A file is shorter than the model needs: it was truncated (or replaced) while open.
+    #[error("{path} ended at byte {file_len} but {required} bytes at offset {offset} are needed: the model file was truncated or replaced while open; restore it and restart")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the read.
+        offset: u64,
+        /// Bytes the read needed.
+        required: u64,
+        /// Where the file ended.
+        file_len: u64,
+    },
+    /// A backend cannot be used here (io_uring refused by the kernel or a seccomp profile,
+    /// `O_DIRECT` unsupported by the file system, ...).
+    #[error("I/O backend {kind} is unavailable: {reason}")]
+    Unavailable {
+        /// The backend.
+        kind: IoKind,
         /// Why.
         reason: String,
     },
