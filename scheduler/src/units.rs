@@ -3,9 +3,10 @@
 //! A dense model's unit is a layer (all `blk.N.*` tensors). In a MoE model a layer's
 //! always-needed part (attention, norms, router, shared expert) is one unit and each expert
 //! (its slices of the fused `ffn_{gate,up,down}_exps` tensors, or its own
-//! `blk.N.ffn_{gate,up,down}.E.weight` tensors) is another. The output head (`output_norm`,
-//! `output`, and other tensors outside the layers) is one unit; the token embedding is its own
-//! unit, from which single rows can also be read.
+//! `blk.N.ffn_{gate,up,down}.E.weight` tensors) is another. The output head (`output.weight`)
+//! is one unit; the token embedding is its own unit, from which single rows can also be read;
+//! every other tensor outside the layers (`output_norm`, `rope_freqs`, ...) is small, used at
+//! any time, and lives in the [`UnitId::Globals`] unit, which is always resident.
 
 use std::collections::HashMap;
 
@@ -27,8 +28,10 @@ pub enum UnitId {
         /// Expert index.
         expert: usize,
     },
-    /// Everything outside the layers but the embedding: `output_norm`, `output`, ...
+    /// The output projection `output.weight` (tied models have none: they use the embedding).
     Head,
+    /// Small tensors outside the layers, used at any time: `output_norm`, `rope_freqs`, ...
+    Globals,
 }
 
 /// One tensor, or one expert's slice of a fused expert tensor, inside a unit.
@@ -122,7 +125,8 @@ impl UnitTable {
             };
             match t.layer() {
                 None if t.name == "token_embd.weight" => push(UnitId::Embedding, whole, &mut units),
-                None => push(UnitId::Head, whole, &mut units),
+                None if t.name == "output.weight" => push(UnitId::Head, whole, &mut units),
+                None => push(UnitId::Globals, whole, &mut units),
                 Some(layer) => {
                     n_layer = n_layer.max(layer + 1);
                     if let Some((_, expert)) = per_expert(&t.name) {
@@ -182,7 +186,8 @@ impl UnitTable {
         self.index.get(&id).map(|&i| &self.units[i])
     }
 
-    /// Every unit, ordered: Embedding, the layers, the experts (by layer, then expert), Head.
+    /// Every unit, ordered: Embedding, the layers, the experts (by layer, then expert), Head,
+    /// Globals.
     pub fn iter(&self) -> impl Iterator<Item = &Unit> {
         self.units.iter()
     }

@@ -228,16 +228,14 @@ impl<'m> Session<'m> {
             LogitsWanted::Last => &x[(n - 1) * e..],
         };
         let n_out = rows.len() / e;
-        let head = m.source.lease(UnitId::Head)?;
-        rms_rows(rows, f32s(&head, &m.output_norm)?, c.rms_eps, &mut cur);
-        let mut logits = Vec::new();
-        if m.output.unit == UnitId::Head {
-            self.linear(&head, &m.output, &cur, n_out, false, &mut logits)?;
-        } else {
-            drop(head);
-            let embd = m.source.lease(m.output.unit)?;
-            self.linear(&embd, &m.output, &cur, n_out, false, &mut logits)?;
+        {
+            let globals = m.source.lease(UnitId::Globals)?;
+            rms_rows(rows, f32s(&globals, &m.output_norm)?, c.rms_eps, &mut cur);
         }
+        let mut logits = Vec::new();
+        let head = m.source.lease(m.output.unit)?;
+        self.linear(&head, &m.output, &cur, n_out, false, &mut logits)?;
+        drop(head);
         if let Some(cap) = c.final_softcap {
             ops::softcap(&mut logits, cap);
         }
@@ -322,7 +320,7 @@ impl<'m> Session<'m> {
         let head_lease;
         let freq_factors: Option<&[f32]> = match &m.rope_freqs {
             Some(w) => {
-                head_lease = m.source.lease(UnitId::Head)?;
+                head_lease = m.source.lease(UnitId::Globals)?;
                 Some(f32s(&head_lease, w)?)
             }
             None => None,

@@ -251,12 +251,12 @@ impl Model {
             })
         };
         let embd = need(UnitId::Embedding, "token_embd.weight")?;
-        let output_norm = need(UnitId::Head, "output_norm.weight")?;
+        let output_norm = need(UnitId::Globals, "output_norm.weight")?;
         let output = match find(src, arch, UnitId::Head, "output.weight")? {
             Some(o) => o,
             None => embd.clone(),
         };
-        let rope_freqs = find(src, arch, UnitId::Head, "rope_freqs.weight")?;
+        let rope_freqs = find(src, arch, UnitId::Globals, "rope_freqs.weight")?;
         let model = Model {
             pool: WorkerPool::new(opts.threads).map_err(RuntimeError::Threads)?,
             config,
