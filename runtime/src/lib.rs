@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod pool;

@@ -6,15 +6,24 @@
 //! reuse the memory. The scheduler moves bytes and decides residency; it never does arithmetic
 //! on weights.
 //!
-//! [`ResidentSource`] keeps every unit in RAM (for models that fit); the streaming source
-//! implements the same trait over a bounded ring of slots.
+//! [`ResidentSource`] keeps every unit in RAM (for models that fit); [`StreamingSource`]
+//! implements the same trait over what a [`Plan`] pins, a bounded ring of slots and an expert
+//! cache, filled by a dedicated I/O thread.
 
 #![warn(missing_docs)]
 
+pub mod layout;
+pub mod plan;
 mod resident;
+mod stream;
+#[cfg(unix)]
+#[doc(hidden)]
+pub mod testing;
 mod units;
 
+pub use plan::{BudgetItem, Plan, PlanRequest, RuntimeNeeds};
 pub use resident::ResidentSource;
+pub use stream::{StreamingSource, CHUNK_BYTES};
 pub use units::{Part, Unit, UnitId, UnitTable};
 
 /// Errors of the scheduler.
@@ -46,6 +55,86 @@ pub enum SchedulerError {
         /// For what.
         what: String,
     },
+    /// The budget cannot hold the minimum this model needs.
+    #[error("memory budget of {} is below the minimum of {} this model needs ({breakdown}); raise --mem to at least {}", fmt_bytes(*budget), fmt_bytes(*minimum), fmt_bytes(*minimum))]
+    BudgetTooSmall {
+        /// The budget.
+        budget: u64,
+        /// The minimum.
+        minimum: u64,
+        /// What the minimum is made of.
+        breakdown: String,
+    },
+    /// A request that cannot be planned or served (bad context length, wrong plan, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A unit the plan does not keep or stream as a whole (e.g. an embedding read by rows).
+    #[error("unit {0:?} is not resident in this plan (it is read piecewise)")]
+    NotResident(UnitId),
+    /// A read failed; every later lease fails the same way.
+    #[error("{0}")]
+    ReadFailed(String),
+    /// The I/O thread could not be started.
+    #[error("cannot start the I/O thread: {0}")]
+    Thread(String),
+}
+
+/// `bytes` as MiB or GiB with one decimal, for messages.
+pub fn fmt_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+/// Expert-cache counters of one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerExpertStats {
+    /// Expert leases.
+    pub leases: u64,
+    /// Leases served from the cache without waiting.
+    pub hits: u64,
+}
+
+/// What a weight source has done so far (cumulative; take differences for a span of time).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceStats {
+    /// Bytes read from the model files since the start (after the initial load).
+    pub bytes_read: u64,
+    /// Reads completed since the start (after the initial load).
+    pub reads: u64,
+    /// Seconds during which at least one read was in flight.
+    pub io_busy_s: f64,
+    /// Seconds leases (and embedding-row reads) waited for bytes.
+    pub stall_s: f64,
+    /// Bytes read up front (pinned units).
+    pub load_bytes: u64,
+    /// Seconds the up-front read took.
+    pub load_s: f64,
+    /// Leases of ring units.
+    pub ring_leases: u64,
+    /// Ring units skipped because a lease asked for a later one (a pass cut short).
+    pub ring_skips: u64,
+    /// Expert leases.
+    pub expert_leases: u64,
+    /// Expert leases served from the cache at once.
+    pub expert_hits: u64,
+    /// Expert leases that were not in the cache (read on demand).
+    pub expert_misses: u64,
+    /// Expert leases whose predicted read had started but not finished.
+    pub expert_late: u64,
+    /// Expert bytes read (aligned), misses and predictions.
+    pub expert_bytes_read: u64,
+    /// Predicted experts read.
+    pub prefetch_issued: u64,
+    /// Predicted experts that were leased before being evicted.
+    pub prefetch_used: u64,
+    /// Predicted experts evicted without being leased.
+    pub prefetch_wasted: u64,
+    /// Per-layer expert counters (empty without an expert cache).
+    pub expert_layers: Vec<LayerExpertStats>,
 }
 
 /// Gives the runtime a guard when the lease is dropped (streaming sources free the slot).
@@ -143,4 +232,9 @@ pub trait WeightSource: Send + Sync {
 
     /// Copies the embedding rows of `tokens` into `out` (`tokens.len()` rows of raw bytes).
     fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError>;
+
+    /// Counters so far.
+    fn stats(&self) -> SourceStats {
+        SourceStats::default()
+    }
 }

@@ -1,0 +1,1054 @@
+//! The streaming weight source: pinned units, a slot ring for the per-token units that do not
+//! fit, an expert cache, and a dedicated I/O thread that keeps reads in flight.
+//!
+//! Memory: everything is allocated once, in [`StreamingSource::new`], exactly as the [`Plan`]
+//! counted it: one buffer per pinned unit, `n_slots` ring slots, the expert-cache slots and the
+//! embedding-row scratch. Nothing is allocated per token.
+//!
+//! The ring: per-token units are used in a fixed cyclic order (the plan's `cycle`: the
+//! streamed layers, then the output head). Read number `k` of the run holds unit
+//! `cycle[k % len]` in slot `k % n_slots`; the I/O thread issues read `k` as soon as the slot's
+//! previous occupant (read `k - n_slots`) has been leased and its lease dropped, so it always
+//! runs up to `n_slots - 1` units ahead of compute, across token boundaries. A lease of a unit
+//! that is not the next in the cycle (a pass cut short by an error) skips forward to it.
+//!
+//! The expert cache: a lease of an expert that is not cached is a miss, read at once (ahead of
+//! queued ring and prefetch reads) into the least recently used slot that is neither leased,
+//! loading, nor protected; [`WeightSource::prefetch`] of experts reads predicted experts into
+//! the cache in the background and protects them (and already cached ones) from eviction
+//! until they have been leased or two newer predictions have come.
+//!
+//! Errors: a failed read (EIO, a truncated file) fails every later lease with the same
+//! message; the weights are never handed out half-read.
+
+use std::collections::{HashMap, VecDeque};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use flashstream_formats::GgufModel;
+use flashstream_loader::{AlignedBuffer, Completion, IoKind, ReadBackend, ReadOp};
+
+use crate::layout::UnitLayout;
+use crate::plan::Plan;
+use crate::{
+    LayerExpertStats, Lease, Release, SchedulerError, SourceStats, UnitId, UnitTable, WeightSource,
+};
+
+/// Largest single read submitted to the backend.
+pub const CHUNK_BYTES: u64 = 4 << 20;
+
+/// A region of memory owned by the source (one of its buffers).
+#[derive(Clone, Copy)]
+struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: regions point into buffers the source owns for its whole life; who may touch them
+// when is governed by the slot state machine under `Shared::st`.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn of(buf: &mut AlignedBuffer) -> Region {
+        let s = buf.as_mut_slice();
+        Region {
+            len: s.len(),
+            ptr: NonNull::new(s.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+        }
+    }
+
+    /// # Safety
+    /// Nobody may be writing the region for the lifetime of the slice.
+    unsafe fn slice<'a>(self) -> &'a [u8] {
+        std::slice::from_raw_parts(self.ptr.as_ptr(), self.len)
+    }
+
+    fn at(self, offset: u64) -> NonNull<u8> {
+        debug_assert!(offset as usize <= self.len);
+        // SAFETY: offsets come from layouts that fit the region (checked when built).
+        unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(offset as usize)) }
+    }
+}
+
+/// Where embedding rows are in the file.
+#[derive(Debug, Clone, Copy)]
+struct EmbdInfo {
+    file: usize,
+    offset: u64,
+    row_bytes: u64,
+    n_rows: u64,
+    /// Position of the Embedding unit (for pinned copies).
+    pos: usize,
+}
+
+/// What never changes after construction; shared with the I/O thread.
+struct Static {
+    cycle: Vec<UnitId>,
+    ring: Vec<Region>,
+    cache: Vec<Region>,
+    row_scratch: Region,
+    /// Row footprint in the scratch.
+    row_foot: u64,
+    layouts: Vec<UnitLayout>,
+    units: UnitTable,
+    chunk: u64,
+    align: u64,
+    embd: Option<EmbdInfo>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RingSlot {
+    seq: Option<u64>,
+    loading: usize,
+    ready: bool,
+    leases: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct CacheSlot {
+    unit: Option<UnitId>,
+    loading: usize,
+    ready: bool,
+    leases: usize,
+    last_use: u64,
+    /// Prefetch epoch that last protected it (0: never).
+    protect: u64,
+    /// Loaded by a prediction and not leased since.
+    by_prefetch: bool,
+}
+
+#[derive(Debug)]
+struct RowJob {
+    ops: Vec<ReadOp>,
+    issued: bool,
+    outstanding: usize,
+}
+
+struct State {
+    ring: Vec<RingSlot>,
+    next_read: u64,
+    next_lease: u64,
+    cache: Vec<CacheSlot>,
+    cache_of: HashMap<UnitId, usize>,
+    demand: VecDeque<UnitId>,
+    predicted: VecDeque<UnitId>,
+    epoch: u64,
+    clock: u64,
+    rows: Option<RowJob>,
+    failed: Option<String>,
+    shutdown: bool,
+    stats: SourceStats,
+}
+
+impl State {
+    fn protected(&self, slot: usize) -> bool {
+        let p = self.cache[slot].protect;
+        p != 0 && p + 1 >= self.epoch
+    }
+
+    /// The slot to (re)use for a new expert: empty first, then the least recently used among
+    /// those neither leased nor loading, unprotected first unless `allow_protected`.
+    fn victim(&self, allow_protected: bool) -> Option<usize> {
+        let free = |i: usize| {
+            let s = &self.cache[i];
+            s.leases == 0 && s.loading == 0
+        };
+        if let Some(i) = (0..self.cache.len()).find(|&i| free(i) && self.cache[i].unit.is_none()) {
+            return Some(i);
+        }
+        let best = |prot: bool| {
+            (0..self.cache.len())
+                .filter(|&i| free(i) && (prot || !self.protected(i)))
+                .min_by_key(|&i| self.cache[i].last_use)
+        };
+        best(false).or_else(|| if allow_protected { best(true) } else { None })
+    }
+
+    fn ring_slot_free(&self, slot: usize) -> bool {
+        let s = &self.ring[slot];
+        s.leases == 0 && s.loading == 0 && s.seq.is_none_or(|q| q < self.next_lease)
+    }
+}
+
+struct Shared {
+    st: Mutex<State>,
+    /// Wakes the I/O thread (new work, a slot released, shutdown).
+    work: Condvar,
+    /// Wakes lease waiters (a read completed, an error).
+    done: Condvar,
+}
+
+/// What a read in flight belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Ring { slot: usize, seq: u64 },
+    Cache { slot: usize },
+    Rows,
+}
+
+/// A [`WeightSource`] that streams what the [`Plan`] does not pin.
+pub struct StreamingSource {
+    st: Arc<Static>,
+    shared: Arc<Shared>,
+    io: Option<JoinHandle<()>>,
+    plan: Plan,
+    kind: IoKind,
+    /// Pinned region of each unit (by position), if pinned.
+    pinned: Vec<Option<Region>>,
+    cycle_pos: HashMap<UnitId, usize>,
+    row_lock: Mutex<()>,
+    _buffers: Vec<AlignedBuffer>,
+}
+
+impl std::fmt::Debug for StreamingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingSource")
+            .field("io", &self.kind)
+            .field("pinned", &self.plan.pinned.len())
+            .field("cycle", &self.plan.cycle.len())
+            .field("slots", &self.plan.n_slots)
+            .field("expert_slots", &self.plan.expert_slots)
+            .finish()
+    }
+}
+
+fn alloc(bytes: u64, what: &str) -> Result<AlignedBuffer, SchedulerError> {
+    usize::try_from(bytes)
+        .ok()
+        .and_then(AlignedBuffer::zeroed)
+        .ok_or_else(|| SchedulerError::OutOfMemory {
+            bytes,
+            what: what.to_string(),
+        })
+}
+
+/// The reads of `layout` into `region`, in chunks of at most `chunk` bytes.
+fn unit_ops(layout: &UnitLayout, region: Region, chunk: u64, tag: u64, out: &mut Vec<ReadOp>) {
+    for e in &layout.extents {
+        let mut at = 0;
+        while at < e.len {
+            let len = chunk.min(e.len - at);
+            out.push(ReadOp {
+                file: e.file,
+                offset: e.offset + at,
+                len: len as usize,
+                required: e.required.saturating_sub(at).min(len) as usize,
+                dst: region.at(e.buf_offset + at),
+                tag,
+            });
+            at += len;
+        }
+    }
+}
+
+impl StreamingSource {
+    /// Allocates what `plan` counted, reads the pinned units through `backend` and starts the
+    /// I/O thread, which owns the backend from then on. `chunk_bytes` is the largest single
+    /// read ([`CHUNK_BYTES`] is a good default).
+    pub fn with_backend(
+        model: &GgufModel,
+        plan: Plan,
+        mut backend: Box<dyn ReadBackend>,
+        chunk_bytes: u64,
+    ) -> Result<Self, SchedulerError> {
+        let _span = tracing::info_span!("streaming_source").entered();
+        let units = UnitTable::from_model(model)?;
+        if plan.layouts.len() != units.iter().count() {
+            return Err(SchedulerError::BadRequest(
+                "the plan was made for another model".into(),
+            ));
+        }
+        let align = plan.align;
+        if align == 0
+            || !align.is_power_of_two()
+            || (backend.alignment() as u64) > align
+            || align % backend.alignment() as u64 != 0
+        {
+            return Err(SchedulerError::BadRequest(format!(
+                "the plan's reads are {align}-byte aligned but the {} backend needs {}",
+                backend.kind(),
+                backend.alignment()
+            )));
+        }
+        let kind = backend.kind();
+        let chunk = (chunk_bytes.max(align) / align) * align;
+
+        let mut buffers = Vec::new();
+        let mut pinned = vec![None; plan.layouts.len()];
+        for &id in &plan.pinned {
+            let Some(pos) = units.position(id) else {
+                continue;
+            };
+            let mut b = alloc(plan.layouts[pos].bytes, &format!("pinned unit {id:?}"))?;
+            pinned[pos] = Some(Region::of(&mut b));
+            buffers.push(b);
+        }
+        let mut ring = Vec::with_capacity(plan.n_slots);
+        for i in 0..plan.n_slots {
+            let mut b = alloc(plan.slot_bytes, &format!("ring slot {i}"))?;
+            ring.push(Region::of(&mut b));
+            buffers.push(b);
+        }
+        let mut cache = Vec::with_capacity(plan.expert_slots);
+        for i in 0..plan.expert_slots {
+            let mut b = alloc(plan.expert_slot_bytes, &format!("expert slot {i}"))?;
+            cache.push(Region::of(&mut b));
+            buffers.push(b);
+        }
+        let mut scratch = alloc(plan.row_scratch_bytes, "embedding-row scratch")?;
+        let row_scratch = Region::of(&mut scratch);
+        buffers.push(scratch);
+        // Every unit that can land in a slot must fit it.
+        for (pos, u) in units.iter().enumerate() {
+            let need = plan.layouts[pos].bytes;
+            let cap = match u.id {
+                UnitId::Expert { .. } if plan.expert_slots > 0 => plan.expert_slot_bytes,
+                id if plan.cycle.contains(&id) => plan.slot_bytes,
+                _ => need,
+            };
+            if need > cap {
+                return Err(SchedulerError::BadRequest(format!(
+                    "unit {:?} needs {need} bytes but its slots hold {cap}",
+                    u.id
+                )));
+            }
+        }
+
+        let embd = match (
+            units.position(UnitId::Embedding),
+            model.tensor("token_embd.weight"),
+        ) {
+            (Some(pos), Some(t)) => Some(EmbdInfo {
+                file: t.file,
+                offset: t.offset,
+                row_bytes: t.row_bytes(),
+                n_rows: t.n_rows(),
+                pos,
+            }),
+            _ => None,
+        };
+        let row_foot = embd.map_or(0, |e| e.row_bytes.div_ceil(align) * align + align);
+        if plan.embedding_on_demand && (row_foot == 0 || (plan.row_scratch_bytes) < row_foot) {
+            return Err(SchedulerError::BadRequest(
+                "the plan reads embedding rows on demand but has no room for one".into(),
+            ));
+        }
+
+        // Read the pinned units now.
+        let t0 = Instant::now();
+        let mut ops = Vec::new();
+        for &id in &plan.pinned {
+            if let Some(pos) = units.position(id) {
+                if let Some(r) = pinned[pos] {
+                    unit_ops(&plan.layouts[pos], r, chunk, pos as u64, &mut ops);
+                }
+            }
+        }
+        let load_bytes = read_all(backend.as_mut(), &ops, &units)?;
+        let load_s = t0.elapsed().as_secs_f64();
+        tracing::debug!(load_bytes, load_s, backend = %kind, "pinned units loaded");
+
+        let n_layer = units.n_layer();
+        let stat = Arc::new(Static {
+            cycle: plan.cycle.clone(),
+            ring,
+            cache,
+            row_scratch,
+            row_foot,
+            layouts: plan.layouts.clone(),
+            units: units.clone(),
+            chunk,
+            align,
+            embd,
+        });
+        let stats = SourceStats {
+            load_bytes,
+            load_s,
+            expert_layers: vec![
+                LayerExpertStats::default();
+                if plan.expert_slots > 0 { n_layer } else { 0 }
+            ],
+            ..SourceStats::default()
+        };
+        let shared = Arc::new(Shared {
+            st: Mutex::new(State {
+                ring: vec![RingSlot::default(); plan.n_slots],
+                next_read: 0,
+                next_lease: 0,
+                cache: vec![CacheSlot::default(); plan.expert_slots],
+                cache_of: HashMap::new(),
+                demand: VecDeque::new(),
+                predicted: VecDeque::new(),
+                epoch: 1,
+                clock: 0,
+                rows: None,
+                failed: None,
+                shutdown: false,
+                stats,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let io = {
+            let (stat, shared) = (Arc::clone(&stat), Arc::clone(&shared));
+            std::thread::Builder::new()
+                .name("fs-io".into())
+                .spawn(move || io_thread(backend, &stat, &shared))
+                .map_err(|e| SchedulerError::Thread(e.to_string()))?
+        };
+        let cycle_pos = plan
+            .cycle
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| (u, i))
+            .collect();
+        Ok(StreamingSource {
+            st: stat,
+            shared,
+            io: Some(io),
+            plan,
+            kind,
+            pinned,
+            cycle_pos,
+            row_lock: Mutex::new(()),
+            _buffers: buffers,
+        })
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The backend in use (after `auto` resolved).
+    pub fn io_kind(&self) -> IoKind {
+        self.kind
+    }
+
+    fn fail_check(st: &State) -> Result<(), SchedulerError> {
+        match &st.failed {
+            Some(m) => Err(SchedulerError::ReadFailed(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn lease_ring(&self, id: UnitId, pos: usize) -> Result<Lease<'_>, SchedulerError> {
+        let s = &self.st;
+        let (n, len) = (s.ring.len() as u64, s.cycle.len() as u64);
+        let unit = s.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
+        let offsets = &s.layouts[pos].part_offsets;
+        let mut st = self.shared.st.lock();
+        let mut waited: Option<Instant> = None;
+        // A second lease of the unit leased last, still held: share its slot.
+        if st.next_lease > 0 {
+            let prev = st.next_lease - 1;
+            let slot = (prev % n) as usize;
+            if s.cycle[(prev % len) as usize] == id
+                && st.ring[slot].seq == Some(prev)
+                && st.ring[slot].leases > 0
+            {
+                st.ring[slot].leases += 1;
+                // SAFETY: the slot is leased and ready: nobody writes it.
+                let data = unsafe { s.ring[slot].slice() };
+                return Ok(Lease::new(unit, data, offsets, Some((self, slot))));
+            }
+        }
+        let c = self.cycle_pos[&id] as u64;
+        let cur = st.next_lease;
+        let skip = (c + len - cur % len) % len;
+        if skip > 0 {
+            st.next_lease += skip;
+            st.stats.ring_skips += skip;
+            if st.next_read < st.next_lease {
+                st.next_read = st.next_lease;
+            }
+            self.shared.work.notify_one();
+        }
+        let seq = st.next_lease;
+        let slot = (seq % n) as usize;
+        loop {
+            Self::fail_check(&st)?;
+            let rs = &st.ring[slot];
+            if rs.seq == Some(seq) && rs.ready {
+                st.ring[slot].leases += 1;
+                st.next_lease = seq + 1;
+                st.stats.ring_leases += 1;
+                if let Some(t) = waited {
+                    st.stats.stall_s += t.elapsed().as_secs_f64();
+                }
+                self.shared.work.notify_one();
+                // SAFETY: the slot is ready and leased: the I/O thread does not write it until
+                // the lease is dropped and its sequence has been passed.
+                let data = unsafe { s.ring[slot].slice() };
+                return Ok(Lease::new(unit, data, offsets, Some((self, slot))));
+            }
+            waited.get_or_insert_with(Instant::now);
+            self.shared.work.notify_one();
+            self.shared.done.wait(&mut st);
+        }
+    }
+
+    fn lease_expert(
+        &self,
+        id: UnitId,
+        pos: usize,
+        layer: usize,
+    ) -> Result<Lease<'_>, SchedulerError> {
+        let s = &self.st;
+        let unit = s.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
+        let offsets = &s.layouts[pos].part_offsets;
+        let mut st = self.shared.st.lock();
+        let mut first = true;
+        let mut waited: Option<Instant> = None;
+        loop {
+            Self::fail_check(&st)?;
+            if let Some(&slot) = st.cache_of.get(&id) {
+                if st.cache[slot].ready {
+                    let clock = st.clock + 1;
+                    st.clock = clock;
+                    let cs = &mut st.cache[slot];
+                    cs.leases += 1;
+                    cs.last_use = clock;
+                    cs.protect = 0;
+                    let by_prefetch = std::mem::take(&mut cs.by_prefetch);
+                    let stats = &mut st.stats;
+                    stats.expert_leases += 1;
+                    if by_prefetch {
+                        stats.prefetch_used += 1;
+                    }
+                    if first {
+                        stats.expert_hits += 1;
+                        if let Some(l) = stats.expert_layers.get_mut(layer) {
+                            l.hits += 1;
+                        }
+                    }
+                    if let Some(l) = stats.expert_layers.get_mut(layer) {
+                        l.leases += 1;
+                    }
+                    if let Some(t) = waited {
+                        stats.stall_s += t.elapsed().as_secs_f64();
+                    }
+                    // SAFETY: ready and leased: not written until released and evicted.
+                    let data = unsafe { s.cache[slot].slice() };
+                    return Ok(Lease::new(
+                        unit,
+                        data,
+                        offsets,
+                        Some((self, s.ring.len() + slot)),
+                    ));
+                }
+                if first {
+                    // Predicted and still loading: the prefetch was late.
+                    st.stats.expert_late += 1;
+                }
+            } else {
+                if first {
+                    st.stats.expert_misses += 1;
+                }
+                if !st.demand.contains(&id) {
+                    st.demand.push_back(id);
+                }
+            }
+            first = false;
+            waited.get_or_insert_with(Instant::now);
+            self.shared.work.notify_one();
+            self.shared.done.wait(&mut st);
+        }
+    }
+}
+
+/// Reads `ops` to completion with as many in flight as the backend wants; returns bytes read.
+fn read_all(
+    backend: &mut dyn ReadBackend,
+    ops: &[ReadOp],
+    units: &UnitTable,
+) -> Result<u64, SchedulerError> {
+    let qd = backend.queue_depth().max(1);
+    let mut next = 0;
+    let mut bytes = 0u64;
+    let mut comps = Vec::new();
+    let mut first_err: Option<SchedulerError> = None;
+    while next < ops.len() || backend.in_flight() > 0 {
+        while first_err.is_none() && next < ops.len() && backend.in_flight() < qd {
+            // SAFETY: every op points into a distinct region of a buffer the caller owns and
+            // does not touch until this function returns (which waits for every op).
+            if let Err(e) = unsafe { backend.submit(ops[next]) } {
+                first_err = Some(e.into());
+            }
+            next += 1;
+        }
+        if first_err.is_some() && backend.in_flight() == 0 {
+            break;
+        }
+        backend.wait(&mut comps)?;
+        for c in comps.drain(..) {
+            match c.result {
+                Ok(n) => bytes += n as u64,
+                Err(e) => {
+                    if first_err.is_none() {
+                        let unit = units.iter().nth(c.tag as usize).map(|u| u.id);
+                        first_err =
+                            Some(SchedulerError::ReadFailed(format!("reading {unit:?}: {e}")));
+                    }
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(bytes),
+    }
+}
+
+impl Release for StreamingSource {
+    fn release(&self, slot: usize) {
+        let mut st = self.shared.st.lock();
+        let n = st.ring.len();
+        if slot < n {
+            st.ring[slot].leases = st.ring[slot].leases.saturating_sub(1);
+        } else if let Some(c) = st.cache.get_mut(slot - n) {
+            c.leases = c.leases.saturating_sub(1);
+        }
+        self.shared.work.notify_one();
+    }
+}
+
+impl WeightSource for StreamingSource {
+    fn units(&self) -> &UnitTable {
+        &self.st.units
+    }
+
+    fn lease(&self, id: UnitId) -> Result<Lease<'_>, SchedulerError> {
+        let pos = self
+            .st
+            .units
+            .position(id)
+            .ok_or(SchedulerError::NoSuchUnit(id))?;
+        if let Some(r) = self.pinned[pos] {
+            let unit = self
+                .st
+                .units
+                .get(id)
+                .ok_or(SchedulerError::NoSuchUnit(id))?;
+            // SAFETY: pinned regions are written once, before the source is returned.
+            let data = unsafe { r.slice() };
+            return Ok(Lease::new(
+                unit,
+                data,
+                &self.st.layouts[pos].part_offsets,
+                None,
+            ));
+        }
+        if self.cycle_pos.contains_key(&id) {
+            return self.lease_ring(id, pos);
+        }
+        if let UnitId::Expert { layer, .. } = id {
+            if !self.st.cache.is_empty() {
+                return self.lease_expert(id, pos, layer);
+            }
+        }
+        Err(SchedulerError::NotResident(id))
+    }
+
+    fn prefetch(&self, upcoming: &[UnitId]) {
+        if self.st.cache.is_empty() {
+            return;
+        }
+        let mut st = self.shared.st.lock();
+        st.epoch += 1;
+        let epoch = st.epoch;
+        let mut any = false;
+        for &id in upcoming {
+            if !matches!(id, UnitId::Expert { .. }) {
+                continue;
+            }
+            if let Some(&slot) = st.cache_of.get(&id) {
+                st.cache[slot].protect = epoch;
+            } else if !st.predicted.contains(&id) && !st.demand.contains(&id) {
+                st.predicted.push_back(id);
+                any = true;
+            }
+        }
+        // Stale predictions beyond what the cache could hold are dropped.
+        let cap = st.cache.len();
+        while st.predicted.len() > cap {
+            st.predicted.pop_front();
+        }
+        if any {
+            self.shared.work.notify_one();
+        }
+    }
+
+    fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
+        let e = self
+            .st
+            .embd
+            .ok_or(SchedulerError::NoSuchUnit(UnitId::Embedding))?;
+        let rb = e.row_bytes as usize;
+        if out.len() < tokens.len() * rb {
+            return Err(SchedulerError::BadRequest(format!(
+                "{} bytes of room for {} embedding rows of {rb} bytes",
+                out.len(),
+                tokens.len()
+            )));
+        }
+        for &t in tokens {
+            if u64::from(t) >= e.n_rows {
+                return Err(SchedulerError::TokenOutOfRange {
+                    token: t,
+                    n_vocab: e.n_rows,
+                });
+            }
+        }
+        if let Some(r) = self.pinned[e.pos] {
+            // SAFETY: pinned regions are immutable after construction.
+            let table = unsafe { r.slice() };
+            let base = self.st.layouts[e.pos].part_offsets[0];
+            for (&t, dst) in tokens.iter().zip(out.chunks_exact_mut(rb)) {
+                let o = base + t as usize * rb;
+                dst.copy_from_slice(&table[o..o + rb]);
+            }
+            return Ok(());
+        }
+        let _one = self.row_lock.lock();
+        let s = &self.st;
+        let per = (s.row_scratch.len as u64 / s.row_foot.max(1)).max(1) as usize;
+        for (chunk_i, chunk) in tokens.chunks(per).enumerate() {
+            let mut ops = Vec::with_capacity(chunk.len());
+            let mut inner = Vec::with_capacity(chunk.len());
+            for (i, &t) in chunk.iter().enumerate() {
+                let start = e.offset + u64::from(t) * e.row_bytes;
+                let a = start / s.align * s.align;
+                let end = start + e.row_bytes;
+                let len = end.div_ceil(s.align) * s.align - a;
+                let dst_off = i as u64 * s.row_foot;
+                ops.push(ReadOp {
+                    file: e.file,
+                    offset: a,
+                    len: len as usize,
+                    required: (end - a) as usize,
+                    dst: s.row_scratch.at(dst_off),
+                    tag: 0,
+                });
+                inner.push((dst_off + (start - a)) as usize);
+            }
+            {
+                let mut st = self.shared.st.lock();
+                Self::fail_check(&st)?;
+                st.rows = Some(RowJob {
+                    outstanding: ops.len(),
+                    ops,
+                    issued: false,
+                });
+                self.shared.work.notify_one();
+                let t0 = Instant::now();
+                loop {
+                    Self::fail_check(&st)?;
+                    if st
+                        .rows
+                        .as_ref()
+                        .is_some_and(|j| j.issued && j.outstanding == 0)
+                    {
+                        break;
+                    }
+                    self.shared.done.wait(&mut st);
+                }
+                st.rows = None;
+                st.stats.stall_s += t0.elapsed().as_secs_f64();
+            }
+            // SAFETY: the row job is complete and the row lock is held: nobody writes the
+            // scratch now.
+            let scratch = unsafe { s.row_scratch.slice() };
+            for (i, &o) in inner.iter().enumerate() {
+                let dst = &mut out[(chunk_i * per + i) * rb..(chunk_i * per + i + 1) * rb];
+                dst.copy_from_slice(&scratch[o..o + rb]);
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.shared.st.lock().stats.clone()
+    }
+}
+
+impl Drop for StreamingSource {
+    fn drop(&mut self) {
+        self.shared.st.lock().shutdown = true;
+        self.shared.work.notify_all();
+        if let Some(h) = self.io.take() {
+            // The thread waits for every read in flight before it returns, so the buffers are
+            // free to go afterwards.
+            let _ = h.join();
+        }
+    }
+}
+
+/// Turns the state into reads: rows first, then expert misses, then the ring, then
+/// predictions.
+fn plan_work(
+    s: &Static,
+    st: &mut State,
+    slab: &mut Slab,
+    urgent: &mut VecDeque<ReadOp>,
+    background: &mut VecDeque<ReadOp>,
+) {
+    let mut ops = Vec::new();
+    if let Some(job) = st.rows.as_mut() {
+        if !job.issued {
+            job.issued = true;
+            let tag = slab.insert(Target::Rows);
+            for mut op in job.ops.drain(..) {
+                op.tag = tag;
+                urgent.push_back(op);
+            }
+            slab.add_refs(tag, job.outstanding);
+        }
+    }
+    while let Some(&id) = st.demand.front() {
+        if st.cache_of.contains_key(&id) {
+            st.demand.pop_front();
+            continue;
+        }
+        let Some(slot) = st.victim(true) else { break };
+        st.demand.pop_front();
+        start_expert(s, st, slab, slot, id, false, &mut ops);
+        urgent.extend(ops.drain(..));
+    }
+    let n = st.ring.len() as u64;
+    while n > 0 && !s.cycle.is_empty() && st.next_read < st.next_lease + n {
+        let seq = st.next_read;
+        let slot = (seq % n) as usize;
+        if !st.ring_slot_free(slot) {
+            break;
+        }
+        let id = s.cycle[(seq % s.cycle.len() as u64) as usize];
+        let Some(pos) = s.units.position(id) else {
+            break;
+        };
+        let tag = slab.insert(Target::Ring { slot, seq });
+        unit_ops(&s.layouts[pos], s.ring[slot], s.chunk, tag, &mut ops);
+        slab.add_refs(tag, ops.len());
+        st.ring[slot] = RingSlot {
+            seq: Some(seq),
+            loading: ops.len(),
+            ready: ops.is_empty(),
+            leases: 0,
+        };
+        st.next_read += 1;
+        background.extend(ops.drain(..));
+    }
+    while let Some(&id) = st.predicted.front() {
+        if st.cache_of.contains_key(&id) {
+            st.predicted.pop_front();
+            continue;
+        }
+        let Some(slot) = st.victim(false) else { break };
+        st.predicted.pop_front();
+        let epoch = st.epoch;
+        start_expert(s, st, slab, slot, id, true, &mut ops);
+        st.cache[slot].protect = epoch;
+        st.stats.prefetch_issued += 1;
+        background.extend(ops.drain(..));
+    }
+}
+
+fn start_expert(
+    s: &Static,
+    st: &mut State,
+    slab: &mut Slab,
+    slot: usize,
+    id: UnitId,
+    by_prefetch: bool,
+    ops: &mut Vec<ReadOp>,
+) {
+    if let Some(old) = st.cache[slot].unit.take() {
+        st.cache_of.remove(&old);
+        if st.cache[slot].by_prefetch {
+            st.stats.prefetch_wasted += 1;
+        }
+    }
+    let Some(pos) = s.units.position(id) else {
+        return;
+    };
+    let tag = slab.insert(Target::Cache { slot });
+    unit_ops(&s.layouts[pos], s.cache[slot], s.chunk, tag, ops);
+    slab.add_refs(tag, ops.len());
+    st.stats.expert_bytes_read += s.layouts[pos].bytes;
+    st.cache[slot] = CacheSlot {
+        unit: Some(id),
+        loading: ops.len(),
+        ready: ops.is_empty(),
+        leases: 0,
+        last_use: st.clock,
+        protect: 0,
+        by_prefetch,
+    };
+    st.cache_of.insert(id, slot);
+}
+
+/// Targets of reads in flight, by tag, with the number of ops still out for each.
+#[derive(Default)]
+struct Slab {
+    entries: Vec<Option<(Target, usize)>>,
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn insert(&mut self, t: Target) -> u64 {
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some((t, 0));
+                i as u64
+            }
+            None => {
+                self.entries.push(Some((t, 0)));
+                (self.entries.len() - 1) as u64
+            }
+        }
+    }
+
+    fn add_refs(&mut self, tag: u64, n: usize) {
+        if let Some(Some(e)) = self.entries.get_mut(tag as usize) {
+            e.1 += n;
+            if e.1 == 0 {
+                self.entries[tag as usize] = None;
+                self.free.push(tag as usize);
+            }
+        }
+    }
+
+    /// One op of `tag` finished: its target.
+    fn finish(&mut self, tag: u64) -> Option<Target> {
+        let e = self.entries.get_mut(tag as usize)?.as_mut()?;
+        let t = e.0;
+        e.1 -= 1;
+        if e.1 == 0 {
+            self.entries[tag as usize] = None;
+            self.free.push(tag as usize);
+        }
+        Some(t)
+    }
+}
+
+fn apply(s: &Static, st: &mut State, slab: &mut Slab, c: Completion) {
+    let Some(t) = slab.finish(c.tag) else { return };
+    match c.result {
+        Ok(n) => {
+            st.stats.bytes_read += n as u64;
+            st.stats.reads += 1;
+        }
+        Err(e) => {
+            if st.failed.is_none() {
+                let what = match t {
+                    Target::Ring { seq, .. } => {
+                        format!("{:?}", s.cycle[(seq % s.cycle.len() as u64) as usize])
+                    }
+                    Target::Cache { slot } => format!("{:?}", st.cache[slot].unit),
+                    Target::Rows => "embedding rows".to_string(),
+                };
+                st.failed = Some(format!("reading {what}: {e}"));
+            }
+        }
+    }
+    match t {
+        Target::Ring { slot, seq } => {
+            let rs = &mut st.ring[slot];
+            if rs.seq == Some(seq) {
+                rs.loading -= 1;
+                rs.ready = rs.loading == 0;
+            }
+        }
+        Target::Cache { slot } => {
+            let cs = &mut st.cache[slot];
+            cs.loading -= 1;
+            cs.ready = cs.loading == 0;
+        }
+        Target::Rows => {
+            if let Some(j) = st.rows.as_mut() {
+                j.outstanding -= 1;
+            }
+        }
+    }
+}
+
+fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
+    let _span = tracing::debug_span!("io_thread", backend = %backend.kind()).entered();
+    let qd = backend.queue_depth().max(1);
+    let mut slab = Slab::default();
+    let mut urgent: VecDeque<ReadOp> = VecDeque::new();
+    let mut background: VecDeque<ReadOp> = VecDeque::new();
+    let mut comps: Vec<Completion> = Vec::new();
+    let mut busy_since: Option<Instant> = None;
+    loop {
+        {
+            let mut st = shared.st.lock();
+            loop {
+                if st.shutdown && backend.in_flight() == 0 {
+                    return;
+                }
+                if !st.shutdown && st.failed.is_none() {
+                    plan_work(s, &mut st, &mut slab, &mut urgent, &mut background);
+                }
+                if st.shutdown || st.failed.is_some() {
+                    // Nothing new goes out; what is queued is dropped.
+                    for op in urgent.drain(..).chain(background.drain(..)) {
+                        slab.finish(op.tag);
+                    }
+                }
+                if !urgent.is_empty() || !background.is_empty() || backend.in_flight() > 0 {
+                    break;
+                }
+                if let Some(t) = busy_since.take() {
+                    st.stats.io_busy_s += t.elapsed().as_secs_f64();
+                }
+                shared.work.wait(&mut st);
+            }
+        }
+        while backend.in_flight() < qd {
+            let Some(op) = urgent.pop_front().or_else(|| background.pop_front()) else {
+                break;
+            };
+            busy_since.get_or_insert_with(Instant::now);
+            // SAFETY: `op.dst` points into a slot that the state machine reserved for this
+            // read: it is neither leased nor handed to another read until the completion has
+            // been applied, and the buffers outlive this thread (the source joins it first).
+            if let Err(e) = unsafe { backend.submit(op) } {
+                comps.push(Completion {
+                    tag: op.tag,
+                    result: Err(e),
+                });
+            }
+        }
+        if backend.in_flight() > 0 {
+            if let Err(e) = backend.wait(&mut comps) {
+                // Fatal: dropping the backend waits for the reads still in flight.
+                shared
+                    .st
+                    .lock()
+                    .failed
+                    .get_or_insert_with(|| format!("read backend failed: {e}"));
+                shared.done.notify_all();
+                return;
+            }
+        }
+        if !comps.is_empty() {
+            let mut st = shared.st.lock();
+            for c in comps.drain(..) {
+                apply(s, &mut st, &mut slab, c);
+            }
+            if backend.in_flight() == 0 && urgent.is_empty() && background.is_empty() {
+                if let Some(t) = busy_since.take() {
+                    st.stats.io_busy_s += t.elapsed().as_secs_f64();
+                }
+            }
+            drop(st);
+            shared.done.notify_all();
+        }
+    }
+}
