@@ -22,6 +22,8 @@ enum Command {
     Dump(cmd::dump::Args),
     /// Teacher-forced logits of a token sequence.
     Logits(cmd::logits::Args),
+    /// Write random-weight models of a given size, or upcycle a dense model to a MoE.
+    Mkmodel(cmd::mkmodel::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Dump(a) => cmd::dump::run(a),
         Command::Logits(a) => cmd::logits::run(a),
+        Command::Mkmodel(a) => cmd::mkmodel::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

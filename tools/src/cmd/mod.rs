@@ -4,6 +4,8 @@ pub mod common;
 pub mod dump;
 pub mod inspect;
 pub mod logits;
+pub mod mkmodel;
+pub mod size;
 
 use std::path::Path;
 

@@ -1,0 +1,811 @@
+//! `flashstream mkmodel`: random-weight models of a requested size, and MoE upcycling.
+//!
+//! - `mkmodel dense OUT --size 4GiB [--type q4_0]`: a `llama` model with a byte-level
+//!   257-token vocabulary (every byte is a token, id 256 is `<|endoftext|>`), shapes chosen
+//!   from the size (or given), weights random but well-scaled (finite, unit-ish activations).
+//! - `mkmodel moe OUT --arch qwen3moe --size 20GiB --experts 128 --top-k 8`: the same for a
+//!   mixture of experts (`qwen3moe`, `qwen2moe` with a shared expert, or Mixtral-style
+//!   `llama`), fused `*_exps` tensors.
+//! - `mkmodel upcycle DENSE OUT --experts N --top-k K`: a Mixtral-style MoE whose N experts
+//!   are exact copies of each layer's dense FFN, with a random router. The top-k weights are
+//!   renormalised to one, so it computes the dense model's function while every token routes.
+//!
+//! Everything is written through the GGUF writer in one streaming pass (the data is generated
+//! chunk by chunk on a second thread), then flushed and dropped from the page cache so that a
+//! benchmark right after does not read it from RAM.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use super::size::parse_size;
+use flashstream::formats::gguf::GgufWriter;
+use flashstream::formats::{Array, GgmlType, Value};
+use flashstream::loader::ModelFiles;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    kind: Kind,
+}
+
+#[derive(clap::Subcommand)]
+enum Kind {
+    /// A random-weight dense llama model of about the requested size.
+    Dense(DenseArgs),
+    /// A random-weight mixture-of-experts model of about the requested size.
+    Moe(MoeArgs),
+    /// A Mixtral-style MoE whose experts are copies of a dense llama model's FFN.
+    Upcycle(UpcycleArgs),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Output GGUF file.
+    out: PathBuf,
+    /// Target file size (e.g. 4GiB); the layer count is chosen to come close.
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    /// Weight type of the matrices: q4_0, q8_0, f16, q4_k or q6_k.
+    #[arg(long = "type", default_value = "q4_0", value_parser = parse_type)]
+    ty: GgmlType,
+    /// Seed of the random weights (the same seed gives the same file).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Hidden size (default: chosen from the size).
+    #[arg(long)]
+    embd: Option<usize>,
+    /// Number of layers (default: what reaches the size).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Context length written into the model.
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DenseArgs {
+    #[command(flatten)]
+    c: Common,
+    /// FFN hidden size (default: about 3.5x the hidden size).
+    #[arg(long)]
+    ff: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct MoeArgs {
+    #[command(flatten)]
+    c: Common,
+    /// Architecture: qwen3moe, qwen2moe (with a shared expert) or llama (Mixtral-style).
+    #[arg(long, default_value = "qwen3moe")]
+    arch: String,
+    /// Experts per layer.
+    #[arg(long, default_value_t = 64)]
+    experts: usize,
+    /// Experts used per token.
+    #[arg(long, default_value_t = 8)]
+    top_k: usize,
+    /// Hidden size of one expert (default: 3/8 of the hidden size).
+    #[arg(long)]
+    expert_ff: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct UpcycleArgs {
+    /// The dense llama GGUF.
+    dense: PathBuf,
+    /// Output GGUF file.
+    out: PathBuf,
+    /// Experts per layer.
+    #[arg(long)]
+    experts: usize,
+    /// Experts used per token.
+    #[arg(long)]
+    top_k: usize,
+    /// Seed of the random router.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_type(s: &str) -> Result<GgmlType, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "q4_0" => Ok(GgmlType::Q4_0),
+        "q8_0" => Ok(GgmlType::Q8_0),
+        "f16" => Ok(GgmlType::F16),
+        "q4_k" => Ok(GgmlType::Q4_K),
+        "q6_k" => Ok(GgmlType::Q6_K),
+        _ => Err(format!(
+            "unsupported weight type {s:?} for mkmodel (use q4_0, q8_0, f16, q4_k or q6_k)"
+        )),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    match a.kind {
+        Kind::Dense(d) => dense(d),
+        Kind::Moe(m) => moe(m),
+        Kind::Upcycle(u) => upcycle(u),
+    }
+}
+
+/// Deterministic fast random numbers (xorshift64*).
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, stream: u64) -> Self {
+        // SplitMix64 of (seed, stream) so streams are independent.
+        let mut z = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(stream.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+            .wrapping_add(0x94D0_49BB_1331_11EB);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [-1, 1).
+    fn sym(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let v = self.next().to_le_bytes();
+        let n = rest.len();
+        rest.copy_from_slice(&v[..n]);
+    }
+}
+
+/// Where a block keeps its f16 scale(s), and the scale that gives weights of standard
+/// deviation about `1/sqrt(k)` when every other byte is random.
+struct BlockRecipe {
+    bytes: usize,
+    /// (offset of an f16 field, value = factor / sqrt(k)).
+    fields: &'static [(usize, f32)],
+}
+
+fn recipe(ty: GgmlType) -> Option<BlockRecipe> {
+    // Standard deviations of random codes: a 4-bit nibble minus 8 ~ 4.6, an int8 ~ 73.6, a
+    // 6-bit code minus 32 ~ 18.5; K-quant sub-block scales (6 bit) ~ 36 on average.
+    Some(match ty {
+        GgmlType::Q4_0 => BlockRecipe {
+            bytes: 18,
+            fields: &[(0, 1.0 / 4.6)],
+        },
+        GgmlType::Q8_0 => BlockRecipe {
+            bytes: 34,
+            fields: &[(0, 1.0 / 73.6)],
+        },
+        // d, then dmin: w = d*sc*q - dmin*m with q ~ U(0,15), sc, m ~ U(0,63).
+        GgmlType::Q4_K => BlockRecipe {
+            bytes: 144,
+            fields: &[(0, 1.0 / (4.6 * 36.0)), (2, 7.5 / (4.6 * 36.0))],
+        },
+        // ql, qh, int8 scales, then d at 208.
+        GgmlType::Q6_K => BlockRecipe {
+            bytes: 210,
+            fields: &[(208, 1.0 / (18.5 * 73.6))],
+        },
+        _ => return None,
+    })
+}
+
+/// Generates the bytes of a random `ty` tensor of `n` weights with rows of `k`, chunk by chunk.
+fn random_tensor(
+    ty: GgmlType,
+    k: usize,
+    n: u64,
+    rng: &mut Rng,
+    chunk: usize,
+    mut emit: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let scale = 1.0 / (k as f32).sqrt();
+    match ty {
+        GgmlType::F32 | GgmlType::F16 => {
+            let width = if ty == GgmlType::F32 { 4 } else { 2 };
+            let mut left = n;
+            let mut buf = vec![0u8; chunk / width * width];
+            while left > 0 {
+                let m = (left as usize).min(buf.len() / width);
+                for v in buf[..m * width].chunks_exact_mut(width) {
+                    // Uniform with standard deviation `scale`.
+                    let x = rng.sym() * scale * 1.732;
+                    if width == 4 {
+                        v.copy_from_slice(&x.to_le_bytes());
+                    } else {
+                        v.copy_from_slice(&half::f16::from_f32(x).to_le_bytes());
+                    }
+                }
+                emit(&buf[..m * width])?;
+                left -= m as u64;
+            }
+        }
+        _ => {
+            let r = recipe(ty).context("no random recipe for this type")?;
+            let per_block = ty.block_size() as u64;
+            let blocks = n / per_block;
+            let mut left = blocks;
+            let per_chunk = (chunk / r.bytes).max(1);
+            let mut buf = vec![0u8; per_chunk * r.bytes];
+            let fields: Vec<(usize, [u8; 2])> = r
+                .fields
+                .iter()
+                .map(|&(o, f)| (o, half::f16::from_f32(f * scale).to_le_bytes()))
+                .collect();
+            while left > 0 {
+                let m = (left as usize).min(per_chunk);
+                let b = &mut buf[..m * r.bytes];
+                rng.fill(b);
+                for blk in b.chunks_exact_mut(r.bytes) {
+                    for (o, v) in &fields {
+                        blk[*o..*o + 2].copy_from_slice(v);
+                    }
+                    if ty == GgmlType::Q4_0 {
+                        // Nibble 0 (weight -8d) becomes 8 (weight 0): codes symmetric
+                        // around zero, so matrices have no common-mode bias.
+                        for q in &mut blk[2..] {
+                            if *q & 0x0f == 0 {
+                                *q |= 0x08;
+                            }
+                            if *q & 0xf0 == 0 {
+                                *q |= 0x80;
+                            }
+                        }
+                    }
+                }
+                emit(b)?;
+                left -= m as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// GPT-2's byte-to-character map: printable bytes are themselves, the rest 256 + n.
+fn byte_token(b: u8) -> String {
+    let printable = |c: u32| {
+        (0x21..=0x7e).contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c)
+    };
+    if printable(b as u32) {
+        return char::from_u32(b as u32)
+            .map(String::from)
+            .unwrap_or_default();
+    }
+    let n = (0..b as u32).filter(|&c| !printable(c)).count() as u32;
+    char::from_u32(256 + n)
+        .map(String::from)
+        .unwrap_or_default()
+}
+
+/// Tokenizer keys of a 257-token byte-level vocabulary.
+fn byte_vocab(w: &mut GgufWriter) -> anyhow::Result<()> {
+    let mut tokens: Vec<String> = (0..=255u8).map(byte_token).collect();
+    tokens.push("<|endoftext|>".into());
+    let mut types = vec![1i32; 256];
+    types.push(3);
+    w.set("tokenizer.ggml.model", Value::String("gpt2".into()))?;
+    w.set("tokenizer.ggml.pre", Value::String("default".into()))?;
+    w.set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))?;
+    w.set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))?;
+    w.set(
+        "tokenizer.ggml.merges",
+        Value::Array(Array::String(vec!["Ġ Ġ".into()])),
+    )?;
+    w.set("tokenizer.ggml.bos_token_id", Value::U32(256))?;
+    w.set("tokenizer.ggml.eos_token_id", Value::U32(256))?;
+    w.set("tokenizer.ggml.add_bos_token", Value::Bool(false))?;
+    Ok(())
+}
+
+/// One tensor to generate.
+struct Spec {
+    name: String,
+    ty: GgmlType,
+    shape: Vec<u64>,
+    /// Norm weights: all ones (plus a little noise) rather than random around zero.
+    norm: bool,
+}
+
+impl Spec {
+    fn new(name: impl Into<String>, ty: GgmlType, shape: &[u64]) -> Self {
+        Spec {
+            name: name.into(),
+            ty,
+            shape: shape.to_vec(),
+            norm: false,
+        }
+    }
+    fn norm(name: impl Into<String>, len: u64) -> Self {
+        Spec {
+            norm: true,
+            ..Spec::new(name, GgmlType::F32, &[len])
+        }
+    }
+    fn bytes(&self) -> u64 {
+        let rows: u64 = self.shape.iter().skip(1).product();
+        self.ty.row_bytes(self.shape[0]).unwrap_or(0) * rows
+    }
+}
+
+const CHUNK: usize = 8 << 20;
+
+/// Writes `specs` as random tensors under the metadata already in `w`.
+fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow::Result<u64> {
+    let mut data = w
+        .create(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let file_len = data.file_len();
+    // A generator thread produces chunks; this thread writes them.
+    let (tx, rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(2);
+    let specs_ref = specs;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let gen = scope.spawn(move || -> anyhow::Result<()> {
+            for (i, s) in specs_ref.iter().enumerate() {
+                let mut rng = Rng::new(seed, i as u64);
+                let n: u64 = s.shape.iter().product();
+                if s.norm {
+                    let v: Vec<u8> = (0..n)
+                        .flat_map(|_| (1.0 + 0.05 * rng.sym()).to_le_bytes())
+                        .collect();
+                    tx.send((i, v)).ok();
+                    continue;
+                }
+                random_tensor(s.ty, s.shape[0] as usize, n, &mut rng, CHUNK, |b| {
+                    tx.send((i, b.to_vec()))
+                        .map_err(|_| anyhow::anyhow!("writer stopped"))
+                })?;
+            }
+            Ok(())
+        });
+        for (i, chunk) in rx.iter() {
+            data.write_chunk(&specs[i].name, &chunk)?;
+        }
+        gen.join()
+            .map_err(|_| anyhow::anyhow!("the generator thread panicked"))??;
+        Ok(())
+    })?;
+    finish_file(data.finish()?, out)?;
+    Ok(file_len)
+}
+
+/// Flushes the file to disk and drops it from the page cache.
+fn finish_file(w: std::io::BufWriter<std::fs::File>, out: &Path) -> anyhow::Result<()> {
+    let f = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing {}: {}", out.display(), e.error()))?;
+    f.sync_all()
+        .with_context(|| format!("flushing {}", out.display()))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open fd; fadvise only drops clean cached pages.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    Ok(())
+}
+
+/// Shapes of a llama-like model from a parameter budget.
+struct Dims {
+    embd: usize,
+    ff: usize,
+    heads: usize,
+    kv_heads: usize,
+}
+
+fn dims_for(params: f64, embd: Option<usize>) -> Dims {
+    let embd = embd.unwrap_or(if params < 0.6e9 {
+        1024
+    } else if params < 2.5e9 {
+        2048
+    } else if params < 14e9 {
+        4096
+    } else {
+        8192
+    });
+    let heads = (embd / 128).max(1);
+    let kv_heads = if heads >= 8 { 8 } else { heads };
+    // llama's 8/3 x, rounded to a multiple of 256: ~3.5x at the sizes above.
+    let ff = (embd * 7 / 2).div_ceil(256) * 256;
+    Dims {
+        embd,
+        ff,
+        heads,
+        kv_heads,
+    }
+}
+
+fn check_dims(c: &Common, d: &Dims) -> anyhow::Result<()> {
+    let bs = c.ty.block_size();
+    if d.embd % bs != 0 || d.ff % bs != 0 || d.embd % d.heads != 0 {
+        bail!(
+            "hidden size {} / FFN size {} must be multiples of {}'s block size {bs}, and of the head count {}",
+            d.embd,
+            d.ff,
+            c.ty,
+            d.heads
+        );
+    }
+    if c.ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    Ok(())
+}
+
+fn common_keys(
+    w: &mut GgufWriter,
+    arch: &str,
+    c: &Common,
+    d: &Dims,
+    layers: usize,
+) -> anyhow::Result<()> {
+    let key = |k: &str| format!("{arch}.{k}");
+    w.set("general.architecture", Value::String(arch.into()))?;
+    w.set(
+        "general.name",
+        Value::String(format!("flashstream mkmodel {arch} seed {}", c.seed)),
+    )?;
+    w.set(key("block_count"), Value::U32(layers as u32))?;
+    w.set(key("context_length"), Value::U32(c.ctx as u32))?;
+    w.set(key("embedding_length"), Value::U32(d.embd as u32))?;
+    w.set(key("feed_forward_length"), Value::U32(d.ff as u32))?;
+    w.set(key("attention.head_count"), Value::U32(d.heads as u32))?;
+    w.set(
+        key("attention.head_count_kv"),
+        Value::U32(d.kv_heads as u32),
+    )?;
+    w.set(key("rope.freq_base"), Value::F32(10000.0))?;
+    w.set(key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))?;
+    w.set("general.quantization_version", Value::U32(2))?;
+    byte_vocab(w)
+}
+
+/// Attention tensors of layer `l` (and qwen extras).
+fn attn_specs(l: usize, arch: &str, ty: GgmlType, d: &Dims, out: &mut Vec<Spec>) {
+    let e = d.embd as u64;
+    let hd = (d.embd / d.heads) as u64;
+    let kv = d.kv_heads as u64 * hd;
+    let b = |s: &str| format!("blk.{l}.{s}");
+    out.push(Spec::norm(b("attn_norm.weight"), e));
+    out.push(Spec::new(b("attn_q.weight"), ty, &[e, e]));
+    out.push(Spec::new(b("attn_k.weight"), ty, &[e, kv]));
+    out.push(Spec::new(b("attn_v.weight"), ty, &[e, kv]));
+    out.push(Spec::new(b("attn_output.weight"), ty, &[e, e]));
+    match arch {
+        "qwen3moe" => {
+            out.push(Spec::norm(b("attn_q_norm.weight"), hd));
+            out.push(Spec::norm(b("attn_k_norm.weight"), hd));
+        }
+        "qwen2moe" => {
+            out.push(Spec::new(b("attn_q.bias"), GgmlType::F32, &[e]));
+            out.push(Spec::new(b("attn_k.bias"), GgmlType::F32, &[kv]));
+            out.push(Spec::new(b("attn_v.bias"), GgmlType::F32, &[kv]));
+        }
+        _ => {}
+    }
+    out.push(Spec::norm(b("ffn_norm.weight"), e));
+}
+
+fn summary(out: &Path, json: bool, fields: serde_json::Value) -> anyhow::Result<()> {
+    if json {
+        println!("{fields}");
+    } else {
+        let mut s = std::io::stdout().lock();
+        writeln!(s, "wrote {}", out.display())?;
+        if let Some(m) = fields.as_object() {
+            for (k, v) in m {
+                writeln!(s, "  {k:<16} {v}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dense(a: DenseArgs) -> anyhow::Result<()> {
+    let c = &a.c;
+    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
+    let mut d = dims_for(c.size as f64 / bpw, c.embd);
+    if let Some(ff) = a.ff {
+        d.ff = ff;
+    }
+    check_dims(c, &d)?;
+    let e = d.embd as u64;
+    let hd = (d.embd / d.heads) as u64;
+    let kv = d.kv_heads as u64 * hd;
+    let per_layer_w = 2 * e * e + 2 * e * kv + 3 * e * d.ff as u64;
+    let per_layer = (per_layer_w as f64 * bpw) as u64 + 8 * e;
+    let vocab = 257u64;
+    let fixed = 2 * vocab * e * 2 + 4 * e;
+    let layers = c
+        .layers
+        .unwrap_or_else(|| {
+            ((c.size.saturating_sub(fixed)) as f64 / per_layer as f64).round() as usize
+        })
+        .max(1);
+    let mut w = GgufWriter::new();
+    common_keys(&mut w, "llama", c, &d, layers)?;
+    w.set("general.file_type", Value::U32(file_type(c.ty)))?;
+    let mut specs = vec![Spec::new("token_embd.weight", GgmlType::F16, &[e, vocab])];
+    for l in 0..layers {
+        attn_specs(l, "llama", c.ty, &d, &mut specs);
+        let b = |s: &str| format!("blk.{l}.{s}");
+        specs.push(Spec::new(b("ffn_gate.weight"), c.ty, &[e, d.ff as u64]));
+        specs.push(Spec::new(b("ffn_up.weight"), c.ty, &[e, d.ff as u64]));
+        specs.push(Spec::new(b("ffn_down.weight"), c.ty, &[d.ff as u64, e]));
+    }
+    specs.push(Spec::norm("output_norm.weight", e));
+    specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
+    for s in &specs {
+        w.add_tensor(&s.name, s.ty, &s.shape)?;
+    }
+    let params: u64 = specs.iter().map(|s| s.shape.iter().product::<u64>()).sum();
+    let len = write_random(w, &specs, &c.out, c.seed)?;
+    summary(
+        &c.out,
+        c.json,
+        json!({"path": c.out, "architecture": "llama", "bytes": len, "params": params,
+               "layers": layers, "embd": d.embd, "ff": d.ff, "heads": d.heads,
+               "kv_heads": d.kv_heads, "type": c.ty.to_string(),
+               "layer_bytes": specs.iter().filter(|s| s.name.starts_with("blk.0.")).map(Spec::bytes).sum::<u64>()}),
+    )
+}
+
+fn file_type(ty: GgmlType) -> u32 {
+    // llama.cpp's LLAMA_FTYPE values (informational).
+    match ty {
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q4_K => 15,
+        GgmlType::Q6_K => 18,
+        _ => 0,
+    }
+}
+
+fn moe(a: MoeArgs) -> anyhow::Result<()> {
+    let c = &a.c;
+    let arch = a.arch.as_str();
+    if !matches!(arch, "qwen3moe" | "qwen2moe" | "llama") {
+        bail!("unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe or llama)");
+    }
+    if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
+        bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
+    }
+    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
+    let mut d = dims_for(
+        c.size as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
+        c.embd,
+    );
+    let eff = a.expert_ff.unwrap_or_else(|| {
+        (d.embd * 3 / 8).div_ceil(c.ty.block_size().max(32)) * c.ty.block_size().max(32)
+    });
+    d.ff = eff;
+    check_dims(c, &d)?;
+    let e = d.embd as u64;
+    let hd = (d.embd / d.heads) as u64;
+    let kv = d.kv_heads as u64 * hd;
+    let shared_ff = if arch == "qwen2moe" {
+        eff as u64 * 2
+    } else {
+        0
+    };
+    let nx = a.experts as u64;
+    let attn_w = 2 * e * e + 2 * e * kv;
+    let per_layer_w = attn_w + 3 * e * eff as u64 * nx + 3 * e * shared_ff;
+    let per_layer = (per_layer_w as f64 * bpw) as u64 + 4 * e * nx + 8 * e;
+    let vocab = 257u64;
+    let fixed = 2 * vocab * e * 2;
+    let layers = c
+        .layers
+        .unwrap_or_else(|| {
+            ((c.size.saturating_sub(fixed)) as f64 / per_layer as f64).round() as usize
+        })
+        .max(1);
+    let mut w = GgufWriter::new();
+    common_keys(&mut w, arch, c, &d, layers)?;
+    let key = |k: &str| format!("{arch}.{k}");
+    w.set(key("expert_count"), Value::U32(a.experts as u32))?;
+    w.set(key("expert_used_count"), Value::U32(a.top_k as u32))?;
+    w.set(key("expert_feed_forward_length"), Value::U32(eff as u32))?;
+    if arch == "qwen2moe" {
+        w.set(
+            key("expert_shared_feed_forward_length"),
+            Value::U32(shared_ff as u32),
+        )?;
+    }
+    if arch == "qwen3moe" {
+        w.set(key("attention.key_length"), Value::U32(hd as u32))?;
+        w.set(key("attention.value_length"), Value::U32(hd as u32))?;
+    }
+    w.set("general.file_type", Value::U32(file_type(c.ty)))?;
+    let mut specs = vec![Spec::new("token_embd.weight", GgmlType::F16, &[e, vocab])];
+    for l in 0..layers {
+        attn_specs(l, arch, c.ty, &d, &mut specs);
+        let b = |s: &str| format!("blk.{l}.{s}");
+        specs.push(Spec::new(b("ffn_gate_inp.weight"), GgmlType::F32, &[e, nx]));
+        specs.push(Spec::new(
+            b("ffn_gate_exps.weight"),
+            c.ty,
+            &[e, eff as u64, nx],
+        ));
+        specs.push(Spec::new(
+            b("ffn_up_exps.weight"),
+            c.ty,
+            &[e, eff as u64, nx],
+        ));
+        specs.push(Spec::new(
+            b("ffn_down_exps.weight"),
+            c.ty,
+            &[eff as u64, e, nx],
+        ));
+        if arch == "qwen2moe" {
+            specs.push(Spec::new(
+                b("ffn_gate_inp_shexp.weight"),
+                GgmlType::F32,
+                &[e],
+            ));
+            specs.push(Spec::new(b("ffn_gate_shexp.weight"), c.ty, &[e, shared_ff]));
+            specs.push(Spec::new(b("ffn_up_shexp.weight"), c.ty, &[e, shared_ff]));
+            specs.push(Spec::new(b("ffn_down_shexp.weight"), c.ty, &[shared_ff, e]));
+        }
+    }
+    specs.push(Spec::norm("output_norm.weight", e));
+    specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
+    for s in &specs {
+        w.add_tensor(&s.name, s.ty, &s.shape)?;
+    }
+    let params: u64 = specs.iter().map(|s| s.shape.iter().product::<u64>()).sum();
+    let expert_bytes: u64 = specs
+        .iter()
+        .filter(|s| s.name.starts_with("blk.0.") && s.name.contains("_exps."))
+        .map(|s| s.bytes() / nx)
+        .sum();
+    let len = write_random(w, &specs, &c.out, c.seed)?;
+    summary(
+        &c.out,
+        c.json,
+        json!({"path": c.out, "architecture": arch, "bytes": len, "params": params,
+               "layers": layers, "embd": d.embd, "expert_ff": eff, "experts": a.experts,
+               "top_k": a.top_k, "expert_bytes": expert_bytes, "type": c.ty.to_string(),
+               "active_params_per_token": params - (layers as u64) * 3 * e * eff as u64 * (nx - a.top_k as u64)}),
+    )
+}
+
+fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
+    if a.experts < 1 || a.top_k < 1 || a.top_k > a.experts {
+        bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
+    }
+    let src = super::open_model(&a.dense)?;
+    let arch = src.architecture()?.to_string();
+    if arch != "llama" {
+        bail!(
+            "upcycle needs a dense llama model; {} is {arch:?}",
+            a.dense.display()
+        );
+    }
+    if src
+        .metadata
+        .get("llama.expert_count")
+        .is_some_and(|v| v.as_u64().unwrap_or(0) > 0)
+    {
+        bail!("{} already has experts", a.dense.display());
+    }
+    let n_embd = src.metadata.get_u64("llama.embedding_length")?;
+    let files = ModelFiles::open(&src)?;
+    let nx = a.experts as u64;
+    let mut w = GgufWriter::new();
+    w.copy_metadata(&src.metadata)?;
+    w.set("llama.expert_count", Value::U32(a.experts as u32))?;
+    w.set("llama.expert_used_count", Value::U32(a.top_k as u32))?;
+    if let Some(Value::String(n)) = src.metadata.get("general.name") {
+        w.set(
+            "general.name",
+            Value::String(format!(
+                "{n} upcycled to {} experts top-{}",
+                a.experts, a.top_k
+            )),
+        )?;
+    }
+    // What each output tensor is made of: a source tensor (copied `times` times), or a router.
+    enum From {
+        Copy { src: usize, times: u64 },
+        Router,
+    }
+    let mut plan: Vec<(String, GgmlType, Vec<u64>, From)> = Vec::new();
+    for (i, t) in src.tensors.iter().enumerate() {
+        let l = t.layer();
+        let fused =
+            |base: &str| l.and_then(|l| (t.name == format!("blk.{l}.{base}.weight")).then_some(l));
+        if let Some(l) = fused("ffn_gate") {
+            plan.push((
+                format!("blk.{l}.ffn_gate_inp.weight"),
+                GgmlType::F32,
+                vec![n_embd, nx],
+                From::Router,
+            ));
+        }
+        let renamed = ["ffn_gate", "ffn_up", "ffn_down"]
+            .iter()
+            .find_map(|b| fused(b).map(|l| format!("blk.{l}.{b}_exps.weight")));
+        match renamed {
+            Some(name) => {
+                let mut shape = t.shape.clone();
+                shape.push(nx);
+                plan.push((name, t.ty, shape, From::Copy { src: i, times: nx }));
+            }
+            None => plan.push((
+                t.name.clone(),
+                t.ty,
+                t.shape.clone(),
+                From::Copy { src: i, times: 1 },
+            )),
+        }
+    }
+    for (name, ty, shape, _) in &plan {
+        w.add_tensor(name, *ty, shape)?;
+    }
+    let mut data = w
+        .create(&a.out)
+        .with_context(|| format!("creating {}", a.out.display()))?;
+    let file_len = data.file_len();
+    let mut buf = Vec::new();
+    for (layer_router, (name, _, shape, from)) in plan.iter().enumerate() {
+        match from {
+            From::Copy { src: i, times } => {
+                let t = &src.tensors[*i];
+                // Expert e's slice is a whole copy of the source tensor: write it `times`
+                // times, reading it in pieces.
+                for _ in 0..*times {
+                    let mut at = 0u64;
+                    while at < t.n_bytes {
+                        let n = (CHUNK as u64).min(t.n_bytes - at) as usize;
+                        buf.resize(n, 0);
+                        files.read_exact_at(t.file, t.offset + at, &mut buf)?;
+                        data.write_chunk(name, &buf)?;
+                        at += n as u64;
+                    }
+                }
+            }
+            From::Router => {
+                let mut rng = Rng::new(a.seed, layer_router as u64);
+                let n: u64 = shape.iter().product();
+                // Router logits of a few units: tokens spread over all experts.
+                let v: Vec<u8> = (0..n)
+                    .flat_map(|_| (rng.sym() * 3.0 / (n_embd as f32).sqrt() * 4.0).to_le_bytes())
+                    .collect();
+                data.write_chunk(name, &v)?;
+            }
+        }
+    }
+    finish_file(data.finish()?, &a.out)?;
+    summary(
+        &a.out,
+        a.json,
+        json!({"path": a.out, "architecture": "llama", "bytes": file_len, "experts": a.experts,
+               "top_k": a.top_k, "source": a.dense}),
+    )
+}
