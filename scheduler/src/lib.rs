@@ -16,6 +16,7 @@ pub mod layout;
 pub mod plan;
 mod resident;
 mod stream;
+pub mod sysmem;
 #[cfg(unix)]
 #[doc(hidden)]
 pub mod testing;
