@@ -138,6 +138,44 @@ pub struct SourceStats {
     pub expert_layers: Vec<LayerExpertStats>,
 }
 
+impl SourceStats {
+    /// The counters accumulated since `earlier` (a snapshot of the same source); the
+    /// up-front load figures are kept as they are.
+    pub fn since(&self, earlier: &SourceStats) -> SourceStats {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        SourceStats {
+            bytes_read: d(self.bytes_read, earlier.bytes_read),
+            reads: d(self.reads, earlier.reads),
+            io_busy_s: (self.io_busy_s - earlier.io_busy_s).max(0.0),
+            stall_s: (self.stall_s - earlier.stall_s).max(0.0),
+            load_bytes: self.load_bytes,
+            load_s: self.load_s,
+            ring_leases: d(self.ring_leases, earlier.ring_leases),
+            ring_skips: d(self.ring_skips, earlier.ring_skips),
+            expert_leases: d(self.expert_leases, earlier.expert_leases),
+            expert_hits: d(self.expert_hits, earlier.expert_hits),
+            expert_misses: d(self.expert_misses, earlier.expert_misses),
+            expert_late: d(self.expert_late, earlier.expert_late),
+            expert_bytes_read: d(self.expert_bytes_read, earlier.expert_bytes_read),
+            prefetch_issued: d(self.prefetch_issued, earlier.prefetch_issued),
+            prefetch_used: d(self.prefetch_used, earlier.prefetch_used),
+            prefetch_wasted: d(self.prefetch_wasted, earlier.prefetch_wasted),
+            expert_layers: self
+                .expert_layers
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let y = earlier.expert_layers.get(i).copied().unwrap_or_default();
+                    LayerExpertStats {
+                        leases: d(x.leases, y.leases),
+                        hits: d(x.hits, y.hits),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Gives the runtime a guard when the lease is dropped (streaming sources free the slot).
 pub trait Release: Sync {
     /// Called once when the lease holding `slot` is dropped.
