@@ -147,7 +147,7 @@ pub trait ReadBackend: Send {
     }
 }
 
-/// Options for [`open_backend`].
+/// Options for [`open_backend`](crate::open_backend).
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
     /// Which backend.

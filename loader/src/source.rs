@@ -97,6 +97,9 @@ impl Identity {
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
+    /// `path` made absolute when opened (symlinks kept), for the replacement check: a later
+    /// change of the working directory does not matter.
+    check_path: PathBuf,
     file: File,
     direct: AtomicBool,
     identity: Identity,
@@ -131,6 +134,7 @@ impl FileSource {
         let meta = file.metadata().map_err(|e| io_err(path, e))?;
         let src = FileSource {
             path: path.to_path_buf(),
+            check_path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             file,
             direct: AtomicBool::new(direct),
             identity: Identity::of(&meta),
@@ -334,7 +338,7 @@ impl ReadSource for FileSource {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            match std::fs::metadata(&self.path) {
+            match std::fs::metadata(&self.check_path) {
                 Ok(m) if (m.dev(), m.ino()) == (id.dev, id.ino) => {}
                 Ok(_) => return Err("the path now names a different file (it was replaced)".into()),
                 Err(e) => {
