@@ -58,12 +58,10 @@ pub use backend::{BackendOptions, Completion, IoKind, ReadBackend, ReadOp};
 pub use buffer::{AlignedBuffer, ALIGN};
 pub use common::CHUNK_BYTES;
 pub use mmap::DEFAULT_MMAP_THREADS;
-pub use open::{open_backend, DISABLE_URING_ENV};
+pub use open::{open_backend, DEFAULT_URING_DEPTH, DISABLE_URING_ENV};
 pub use pool::{PreadBackend, DEFAULT_PREAD_THREADS};
 pub use probe::{probe_read_bandwidth, BandwidthProbe, PROBE_SCRATCH_BYTES};
 pub use source::{FileSource, ReadSource};
-#[cfg(target_os = "linux")]
-pub use uring::DEFAULT_URING_DEPTH;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

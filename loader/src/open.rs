@@ -7,6 +7,10 @@ use crate::{
     ReadOp, ALIGN,
 };
 
+/// Default io_uring queue depth: reads of up to [`CHUNK_BYTES`](crate::CHUNK_BYTES) in the
+/// kernel at once.
+pub const DEFAULT_URING_DEPTH: usize = 16;
+
 /// Environment variable that makes io_uring unavailable (set it to `1`): `uring` fails with
 /// [`LoaderError::Unavailable`] and `auto` picks pread, as when a kernel or a seccomp profile
 /// refuses io_uring. Any value but empty or `0` counts. Meant for tests and for machines where

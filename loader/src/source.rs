@@ -391,3 +391,41 @@ pub(crate) fn pread(_f: &File, _buf: &mut [MaybeUninit<u8>], _offset: u64) -> io
         "positional reads are not implemented on this platform",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_vec(src: &dyn ReadSource, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = crate::AlignedBuffer::zeroed(len).unwrap();
+        // SAFETY: viewing initialised bytes as MaybeUninit is always sound.
+        let mu =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_slice().as_mut_ptr().cast(), len) };
+        let n = src.read_at(mu, offset)?;
+        Ok(buf.as_slice()[..n].to_vec())
+    }
+
+    #[test]
+    fn buffered_fallback_reads_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let src = FileSource::open(&path, true).unwrap();
+        assert_eq!(src.len_at_open(), 20_000);
+        if cfg!(any(target_os = "linux", target_os = "android")) && src.is_direct() {
+            assert_eq!(src.read_alignment(), crate::ALIGN);
+            assert_eq!(read_vec(&src, 4096, 8192).unwrap(), bytes[4096..12288]);
+            // What the EINVAL fallback does: O_DIRECT off on the open descriptor.
+            assert!(src.disable_direct("test"));
+            assert!(!src.disable_direct("test"), "only once");
+            assert!(!src.is_direct() && !src.bypasses_cache());
+            assert_eq!(src.read_alignment(), 1);
+        }
+        // Buffered now (or from the start): any offset and length.
+        assert_eq!(read_vec(&src, 1001, 333).unwrap(), bytes[1001..1334]);
+        assert_eq!(read_vec(&src, 19_990, 100).unwrap(), bytes[19_990..]);
+        src.release(0, 20_000);
+        assert!(src.check_unchanged().is_ok());
+    }
+}

@@ -21,13 +21,10 @@ use flashstream_formats::GgufModel;
 use io_uring::{opcode, types, IoUring};
 
 use crate::common::{backoff, chunks, Files, OpMeta, OpOutcome, Progress, Step, CHUNK_BYTES};
-use crate::open::{uring_disabled_by_env, DISABLE_URING_ENV};
+use crate::open::{uring_disabled_by_env, DEFAULT_URING_DEPTH, DISABLE_URING_ENV};
 use crate::pool::open_model_files;
 use crate::source::{FileSource, ReadSource};
 use crate::{BackendOptions, Completion, IoKind, LoaderError, ReadBackend, ReadOp, ALIGN};
-
-/// Default io_uring queue depth (reads of up to [`CHUNK_BYTES`] in the kernel at once).
-pub const DEFAULT_URING_DEPTH: usize = 16;
 
 /// Largest queue depth accepted.
 const MAX_DEPTH: usize = 4096;
@@ -304,7 +301,13 @@ impl ReadBackend for UringBackend {
                 at: start,
             });
         }
-        self.pump()
+        // The op is accepted (in flight) whatever happens now: were `io_uring_enter` to fail,
+        // its reads may sit in the submission queue, so the caller must keep the memory until
+        // `wait` (which enters again and reports the failure) or drop.
+        if let Err(e) = self.pump() {
+            tracing::debug!(error = %e, "io_uring: submit deferred to wait");
+        }
+        Ok(())
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>) -> Result<(), LoaderError> {
@@ -409,14 +412,7 @@ impl Drop for UringBackend {
         // Chunks not yet in the kernel are simply forgotten; the kernel's must land first.
         self.pending.clear();
         let mut logged = false;
-        while self.in_kernel() > 0 {
-            if let Err(e) = self.enter(1) {
-                if !logged {
-                    tracing::debug!(error = %e, "io_uring: waiting for reads in flight");
-                    logged = true;
-                }
-                backoff();
-            }
+        loop {
             let cqes: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
             for ud in cqes {
                 if let Some(s) = self.slots.get_mut(ud as usize) {
@@ -424,6 +420,21 @@ impl Drop for UringBackend {
                         self.free_slots.push(ud as usize);
                     }
                 }
+            }
+            // Entries still in the submission queue were never seen by the kernel: they go
+            // away with the ring.
+            let unsubmitted = self.ring.submission().len();
+            if self.in_kernel() <= unsubmitted {
+                break;
+            }
+            if let Err(e) = self.enter(1) {
+                if !logged {
+                    tracing::debug!(error = %e, "io_uring: waiting for reads in flight");
+                    logged = true;
+                }
+                // Completions still arrive without a working enter (task work runs on any
+                // return to user space): poll.
+                backoff();
             }
         }
     }

@@ -374,6 +374,9 @@ fn a_file_changed_before_open_is_refused() {
         )
         .err()
         .unwrap_or_else(|| panic!("{kind} opened a truncated model"));
+        if kind == IoKind::Uring && matches!(e, LoaderError::Unavailable { .. }) {
+            continue; // no io_uring here: the ring is refused before the files are opened
+        }
         assert!(matches!(e, LoaderError::Truncated { .. }), "{kind}: {e}");
     }
     f.set_len(model.files[0].len + 10).unwrap();
@@ -475,6 +478,9 @@ fn bandwidth_probe_reads_what_it_says() {
     let dir = tempfile::tempdir().unwrap();
     let (_, model) = random_file(dir.path(), "gen.bin", GEN_LEN, 12);
     for kind in IoKind::ALL {
+        if kind == IoKind::Uring && open(&model, kind, None).is_none() {
+            continue;
+        }
         let opts = BackendOptions {
             kind,
             queue_depth: None,
@@ -495,4 +501,39 @@ fn bandwidth_probe_reads_what_it_says() {
     assert_eq!(p.bytes, GEN_LEN as u64 + 100_000);
     let e = probe_read_bandwidth(&model, &BackendOptions::default(), 0).unwrap_err();
     assert!(matches!(e, LoaderError::InvalidRequest(_)), "{e}");
+}
+
+#[test]
+fn dropping_with_ops_in_flight_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, model) = random_file(dir.path(), "gen.bin", GEN_LEN, 14);
+    let bytes = std::fs::read(&path).unwrap();
+    for mut b in all_backends(&model) {
+        let kind = b.kind();
+        let plans = random_plans(0, GEN_LEN as u64, b.alignment(), 40, 2 * CHUNK_BYTES, 15);
+        for p in &plans {
+            // SAFETY: the buffers outlive the backend, dropped below before them.
+            unsafe { b.submit(p.op) }.unwrap();
+        }
+        // Take one completion, leave the rest in flight.
+        let mut out = Vec::new();
+        b.wait(&mut out).unwrap();
+        assert!(!out.is_empty());
+        drop(b);
+        // Whatever completed is right; nothing writes into the buffers any more.
+        let snapshot: Vec<Vec<u8>> = plans.iter().map(|p| p.buf.as_slice().to_vec()).collect();
+        for c in out {
+            let p = &plans[c.tag as usize];
+            let n = c.result.unwrap();
+            let off = p.op.offset as usize;
+            assert!(p.buf.as_slice()[..n] == bytes[off..off + n], "{kind}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        for (p, s) in plans.iter().zip(&snapshot) {
+            assert!(
+                p.buf.as_slice() == &s[..],
+                "{kind}: a buffer changed after drop"
+            );
+        }
+    }
 }
