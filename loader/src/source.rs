@@ -413,7 +413,8 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let src = FileSource::open(&path, true).unwrap();
         assert_eq!(src.len_at_open(), 20_000);
-        if cfg!(any(target_os = "linux", target_os = "android")) && src.is_direct() {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if src.is_direct() {
             assert_eq!(src.read_alignment(), crate::ALIGN);
             assert_eq!(read_vec(&src, 4096, 8192).unwrap(), bytes[4096..12288]);
             // What the EINVAL fallback does: O_DIRECT off on the open descriptor.
