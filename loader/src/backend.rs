@@ -25,7 +25,8 @@ pub enum IoKind {
     Uring,
     /// A pool of threads doing positional reads (`O_DIRECT` on Linux, `F_NOCACHE` on Apple).
     Pread,
-    /// Copies out of a memory map of the file (for models that fit; uses the page cache).
+    /// Copies out of a memory map of the file (for models that fit; reads go through the page
+    /// cache, whose pages are dropped behind the copy).
     Mmap,
 }
 
@@ -112,7 +113,10 @@ pub trait ReadBackend: Send {
     fn in_flight(&self) -> usize;
 
     /// Queues `op`. An op the backend refuses outright (bad file index, misaligned) may be
-    /// an `Err` here or an error completion.
+    /// an `Err` here or an error completion. (This crate's backends refuse with an `Err`:
+    /// [`LoaderError::OutOfRange`], [`LoaderError::Misaligned`],
+    /// [`LoaderError::InvalidRequest`], or [`LoaderError::FileChanged`] once a file was found
+    /// changed; a refused op is not in flight.)
     ///
     /// # Safety
     /// `op.dst` must be valid for writes of `op.len` bytes and must not be read or written by
@@ -122,6 +126,9 @@ pub trait ReadBackend: Send {
 
     /// Blocks until at least one op in flight has completed (returns at once when none is in
     /// flight) and appends every completion available to `out`.
+    ///
+    /// An `Err` means the backend itself failed (an io_uring syscall, the read threads gone),
+    /// not one read: ops may still be in flight; drop the backend (which waits for them).
     fn wait(&mut self, out: &mut Vec<Completion>) -> Result<(), LoaderError>;
 
     /// Registers memory that later ops will read into (io_uring fixed buffers); a no-op for
@@ -132,9 +139,15 @@ pub trait ReadBackend: Send {
     unsafe fn register_buffers(&mut self, _regions: &[(NonNull<u8>, usize)]) -> bool {
         false
     }
+
+    /// Whether every read bypasses the page cache (`O_DIRECT` / `F_NOCACHE` in effect on every
+    /// file). False for mmap, and where a file system refused `O_DIRECT`.
+    fn bypasses_cache(&self) -> bool {
+        false
+    }
 }
 
-/// Options for [`open_backend`].
+/// Options for [`open_backend`](crate::open_backend).
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
     /// Which backend.

@@ -1,15 +1,67 @@
 //! Files, aligned buffers and read backends.
 //!
 //! [`ModelFiles`] is the plain positional reader that tools use to look at tensor bytes;
-//! [`ReadBackend`] is the asynchronous interface the scheduler streams weights through.
+//! [`ReadBackend`] is the asynchronous interface the scheduler streams weights through, and
+//! [`open_backend`] opens one over a model's files.
+//!
+//! # The backends (`--io`)
+//!
+//! | kind | how | alignment | page cache | where |
+//! |------|-----|-----------|------------|-------|
+//! | `uring` | io_uring, `O_DIRECT`, up to the queue depth (default 16) reads of ≤ [`CHUNK_BYTES`] in the kernel, driven by the caller's thread; fixed buffers (`READ_FIXED`) after [`ReadBackend::register_buffers`] | 4096 | bypassed | Linux |
+//! | `pread` | [`PreadBackend`]: N threads (default 8) doing `pread`, ops split into ≤ [`CHUNK_BYTES`] chunks; `O_DIRECT` on Linux, `F_NOCACHE` + `F_RDADVISE` on Apple | 4096 | bypassed | everywhere |
+//! | `mmap` | N threads (default 4) copying out of a read-only map, `madvise(WILLNEED)` at submit, `madvise(DONTNEED)` + `posix_fadvise(DONTNEED)` behind each chunk | 1 | used, then dropped | everywhere |
+//! | `auto` | `uring` if the ring can be created and a test read works, else `pread` | | | |
+//!
+//! Which to pick: `auto` (io_uring where it works: fewest threads and syscalls per byte;
+//! pread otherwise) for streaming a model bigger than memory. `pread` where io_uring is
+//! refused or misbehaves, and on Apple/other platforms. `mmap` only for a model that fits (the
+//! reads transit the page cache, and a file truncated under a mapping can fault the process);
+//! it needs no alignment. Where a file system refuses `O_DIRECT` (`EINVAL`), `uring` and
+//! `pread` read buffered and drop the pages behind each read
+//! ([`ReadBackend::bypasses_cache`] then says false).
+//!
+//! # Faults
+//!
+//! Every backend continues short reads, retries `EINTR`/`EAGAIN` (a chunk that makes no
+//! progress for 10 000 attempts fails), and ends an op with an error completion on anything
+//! else: [`LoaderError::Truncated`] when the file ended before the op's `required` bytes,
+//! [`LoaderError::Io`] naming the path otherwise; never a silently short buffer.
+//!
+//! Files replaced or modified while open: each [`ReadBackend::wait`] checks every file that
+//! has a completion in the batch it returns (`fstat` of the open file: size and modification
+//! time against those at open; `stat` of the path: same device and inode). A change turns
+//! that batch's successful completions on the file into [`LoaderError::FileChanged`] and
+//! makes later submits on it fail. Cost: two syscalls per file per `wait`.
+//!
+//! The pool backends read through [`ReadSource`], the pluggable syscall layer
+//! ([`FileSource`] is the real one), so tests inject faults under the real retry logic with
+//! [`PreadBackend::from_sources`]. [`DISABLE_URING_ENV`] forces io_uring's refusal.
+//!
+//! [`probe_read_bandwidth`] measures the device's sequential read bandwidth on the model's
+//! files (for `flashstream bench`).
 
 #![warn(missing_docs)]
 
 mod backend;
 mod buffer;
+mod common;
+mod mmap;
+mod open;
+mod pool;
+mod probe;
+mod source;
+#[cfg(target_os = "linux")]
+mod uring;
 
 pub use backend::{BackendOptions, Completion, IoKind, ReadBackend, ReadOp};
 pub use buffer::{AlignedBuffer, ALIGN};
+pub use common::CHUNK_BYTES;
+pub use mmap::DEFAULT_MMAP_THREADS;
+pub use open::{open_backend, DEFAULT_URING_DEPTH, DISABLE_URING_ENV};
+pub use pool::{PreadBackend, DEFAULT_PREAD_THREADS};
+pub use probe::{probe_read_bandwidth, BandwidthProbe, PROBE_SCRATCH_BYTES};
+pub use source::{FileSource, ReadSource};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -52,6 +104,32 @@ pub enum LoaderError {
         required: u64,
         /// Where the file ended.
         file_len: u64,
+    },
+    /// An op whose offset, length or destination is not a multiple of the backend's
+    /// alignment (round the range out to [`ReadBackend::alignment`] and point inside it).
+    #[error("read of {len} bytes at offset {offset} of file #{file} into {dst:#x} is not aligned to {alignment} bytes (offset, len and dst must all be multiples of the backend's alignment: round the range out)")]
+    Misaligned {
+        /// File index.
+        file: usize,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+        /// Destination address.
+        dst: usize,
+        /// The backend's alignment.
+        alignment: usize,
+    },
+    /// A request that makes no sense (e.g. `required > len`, a zero-byte probe).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A model file was modified or replaced while open (detected by the backend's checks).
+    #[error("{path} changed while open: {what}; the bytes read from it cannot be trusted, restart with the file left alone")]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        what: String,
     },
     /// A backend cannot be used here (io_uring refused by the kernel or a seccomp profile,
     /// `O_DIRECT` unsupported by the file system, ...).
