@@ -60,7 +60,9 @@ pub use common::CHUNK_BYTES;
 pub use mmap::DEFAULT_MMAP_THREADS;
 pub use open::{open_backend, DEFAULT_URING_DEPTH, DISABLE_URING_ENV};
 pub use pool::{PreadBackend, DEFAULT_PREAD_THREADS};
-pub use probe::{probe_read_bandwidth, BandwidthProbe, PROBE_SCRATCH_BYTES};
+pub use probe::{
+    probe_ranges, probe_read_bandwidth, BandwidthProbe, PROBE_SCRATCH_BYTES, PROBE_STREAMS,
+};
 pub use source::{FileSource, ReadSource};
 
 use std::fs::File;

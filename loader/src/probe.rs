@@ -11,6 +11,9 @@ use crate::{open_backend, AlignedBuffer, BackendOptions, Completion, IoKind, Loa
 /// Most scratch memory the probe allocates, whatever the file size.
 pub const PROBE_SCRATCH_BYTES: usize = 64 << 20;
 
+/// Sequential streams the probe reads at once.
+pub const PROBE_STREAMS: usize = 4;
+
 /// What [`probe_read_bandwidth`] measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BandwidthProbe {
@@ -27,11 +30,15 @@ pub struct BandwidthProbe {
     pub bypasses_cache: bool,
 }
 
-/// Measures sequential read bandwidth on the model's own files: reads them from the start,
-/// file after file, up to `max_bytes` (rounded up to the backend's alignment), through the
+/// Measures sequential read bandwidth on the model's own files: reads the first `max_bytes`
+/// of them (rounded up to the backend's alignment, files taken in order) as
+/// [`PROBE_STREAMS`] sequential streams over consecutive parts of that range, their reads
+/// interleaved (virtual and striped devices serve parallel streams faster than one; a
+/// weight-streaming engine reads several units at different offsets at once), through the
 /// backend `opts` names (`mmap` is replaced by `auto`: the probe wants direct reads), with
-/// [`CHUNK_BYTES`]-sized reads, twice the backend's queue depth of them in flight (at most
-/// [`PROBE_SCRATCH_BYTES`] of scratch, reused round-robin, whatever the file size).
+/// [`CHUNK_BYTES`]-sized reads, twice the backend's queue depth of them in flight into
+/// registered buffers where the backend supports them (at most [`PROBE_SCRATCH_BYTES`] of
+/// scratch, reused, whatever the file size).
 ///
 /// The figure is the device's only when the reads really bypass the page cache
 /// ([`BandwidthProbe::bypasses_cache`]; `O_DIRECT` refused by the file system means buffered
@@ -48,6 +55,48 @@ pub fn probe_read_bandwidth(
             "the bandwidth probe needs max_bytes > 0".into(),
         ));
     }
+    let ranges: Vec<(usize, u64, u64)> = model
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i, 0, f.len))
+        .collect();
+    probe_chunks(model, opts, &ranges, max_bytes)
+}
+
+/// [`probe_read_bandwidth`] over given byte ranges `(file, offset, len)` of the model's files
+/// instead of their starts: e.g. exactly what a plan streams, so that the device is measured
+/// on the bytes the engine will read (offsets are rounded down and lengths up to the
+/// backend's alignment; ranges past the end of a file are cut there).
+pub fn probe_ranges(
+    model: &GgufModel,
+    opts: &BackendOptions,
+    ranges: &[(usize, u64, u64)],
+) -> Result<BandwidthProbe, LoaderError> {
+    let _span = tracing::debug_span!("probe_ranges", n = ranges.len()).entered();
+    for &(file, offset, len) in ranges {
+        let f = model.files.get(file).ok_or_else(|| {
+            LoaderError::InvalidRequest(format!(
+                "probe range in file #{file}, but the model has {} files",
+                model.files.len()
+            ))
+        })?;
+        if offset >= f.len || len == 0 {
+            return Err(LoaderError::InvalidRequest(format!(
+                "probe range of {len} bytes at {offset} is outside file #{file} ({} bytes)",
+                f.len
+            )));
+        }
+    }
+    probe_chunks(model, opts, ranges, u64::MAX)
+}
+
+fn probe_chunks(
+    model: &GgufModel,
+    opts: &BackendOptions,
+    ranges: &[(usize, u64, u64)],
+    max_bytes: u64,
+) -> Result<BandwidthProbe, LoaderError> {
     if model.files.iter().all(|f| f.len == 0) {
         return Err(LoaderError::InvalidRequest(
             "the bandwidth probe needs a model with a non-empty file".into(),
@@ -58,7 +107,7 @@ pub fn probe_read_bandwidth(
         opts.kind = IoKind::Auto;
     }
     let depth_hint = opts.queue_depth.unwrap_or(16).clamp(2, 32);
-    let total: u64 = model.files.iter().map(|f| f.len).sum();
+    let total: u64 = ranges.iter().map(|r| r.2).sum();
     let reads = total.min(max_bytes).div_ceil(CHUNK_BYTES as u64);
     let slots = (2 * depth_hint)
         .min(PROBE_SCRATCH_BYTES / CHUNK_BYTES)
@@ -78,13 +127,42 @@ pub fn probe_read_bandwidth(
     let align = backend.alignment() as u64;
     let slots = slots.min(backend.queue_depth().saturating_mul(2)).max(1);
 
-    // The reads, in order: (file, offset, len, required).
-    let mut left = max_bytes.div_ceil(align) * align;
-    let mut plan = model.files.iter().enumerate().flat_map(|(i, f)| {
-        (0..f.len)
-            .step_by(CHUNK_BYTES)
-            .map(move |off| (i, off, f.len - off))
-    });
+    // SAFETY: the scratch outlives the backend (declared before it).
+    unsafe {
+        backend.register_buffers(&[(
+            NonNull::new(base).expect("live allocation"),
+            slots * CHUNK_BYTES,
+        )])
+    };
+
+    // The reads: (file, offset, bytes left in the file), the range cut into streams whose
+    // reads alternate.
+    let mut left = max_bytes.div_ceil(align).saturating_mul(align);
+    let mut chunks: Vec<(usize, u64, u64)> = Vec::new();
+    let mut budget = left;
+    'ranges: for &(i, start, len) in ranges {
+        let flen = model.files[i].len;
+        let mut off = start / align * align;
+        let end = start.saturating_add(len).min(flen);
+        while off < end {
+            if budget == 0 {
+                break 'ranges;
+            }
+            chunks.push((i, off, flen - off));
+            budget = budget.saturating_sub(CHUNK_BYTES as u64);
+            off += CHUNK_BYTES as u64;
+        }
+    }
+    let per = chunks.len().div_ceil(PROBE_STREAMS).max(1);
+    let mut order = Vec::with_capacity(chunks.len());
+    for j in 0..per {
+        for s in 0..PROBE_STREAMS {
+            if let Some(&c) = chunks.get(s * per + j) {
+                order.push(c);
+            }
+        }
+    }
+    let mut plan = order.into_iter();
     let mut free: Vec<usize> = (0..slots).rev().collect();
     let mut done: Vec<Completion> = Vec::new();
     let mut bytes = 0u64;

@@ -54,7 +54,8 @@ fn act_row_bytes(k: usize) -> u64 {
     worst.div_ceil(64) * 64
 }
 
-/// The runtime's fixed allocations for `c` (named, for the plan's budget lines) and its
+/// The runtime's fixed allocations for `c` (named, for the plan's budget lines; the first is
+/// the batch-dependent activations and scratch) and its
 /// KV-cache cost per position.
 pub fn runtime_needs(c: &ModelConfig, o: &NeedsOptions) -> RuntimeNeeds {
     let n = o.max_batch.max(1) as u64;

@@ -339,6 +339,24 @@ impl StreamingSource {
             ));
         }
 
+        // The slots are read into over and over: register them with the backend (io_uring
+        // fixed buffers, where the kernel and memlock limit allow; a no-op elsewhere).
+        let regions: Vec<(NonNull<u8>, usize)> = ring
+            .iter()
+            .chain(&cache)
+            .chain(std::iter::once(&row_scratch))
+            .filter(|r| r.len > 0)
+            .map(|r| (r.ptr, r.len))
+            .collect();
+        // SAFETY: the regions live in `buffers`, which the source keeps until after the I/O
+        // thread (which owns the backend) has been joined.
+        let registered = unsafe { backend.register_buffers(&regions) };
+        tracing::debug!(
+            registered,
+            regions = regions.len(),
+            "slot memory registration"
+        );
+
         // Read the pinned units now.
         let t0 = Instant::now();
         let mut ops = Vec::new();

@@ -244,4 +244,5 @@ fn the_ring_reads_ahead_across_passes() {
     let st = s.stats();
     assert_eq!(st.ring_leases, plan.cycle.len() as u64);
     assert_eq!(st.ring_skips, 0);
+    assert!(st.io_busy_s > 0.0, "{st:?}");
 }

@@ -22,6 +22,10 @@ enum Command {
     Dump(cmd::dump::Args),
     /// Teacher-forced logits of a token sequence.
     Logits(cmd::logits::Args),
+    /// Show the residency plan of a model under a memory budget.
+    Plan(cmd::plan::Args),
+    /// Measure device read bandwidth, then prompt and decode speed under a budget.
+    Bench(cmd::bench::Args),
     /// Write random-weight models of a given size, or upcycle a dense model to a MoE.
     Mkmodel(cmd::mkmodel::Args),
 }
@@ -40,6 +44,8 @@ fn main() -> ExitCode {
         Command::Dump(a) => cmd::dump::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Mkmodel(a) => cmd::mkmodel::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,13 @@
 //! Subcommands.
 
+pub mod bench;
 pub mod common;
 pub mod dump;
+pub mod engine;
 pub mod inspect;
 pub mod logits;
 pub mod mkmodel;
+pub mod plan;
 pub mod size;
 
 use std::path::Path;

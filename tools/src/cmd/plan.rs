@@ -1,0 +1,217 @@
+//! `flashstream plan MODEL --mem SIZE [--json]`: the residency plan and what it implies.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::engine::{budget, describe_plan, make_plan, MemArgs, Shape};
+use flashstream::formats::ModelConfig;
+use flashstream::loader::{probe_read_bandwidth, BackendOptions, IoKind};
+use flashstream::scheduler::{fmt_bytes, Plan, SchedulerError, UnitId};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The GGUF file (the first part of a split model).
+    model: PathBuf,
+    #[command(flatten)]
+    mem: MemArgs,
+    /// Context length (default: what the budget leaves room for, at most 4096).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Compute threads (they size the attention scratch).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Device read bandwidth in GB/s for the predicted tokens/s (default: measure it with a
+    /// short O_DIRECT read of the model file).
+    #[arg(long)]
+    bandwidth: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// "0-3,7,9-12" for a sorted list of layer indices.
+fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+fn layers_of(ids: &[UnitId]) -> Vec<usize> {
+    ids.iter()
+        .filter_map(|u| match u {
+            UnitId::Layer(l) => Some(*l),
+            _ => None,
+        })
+        .collect()
+}
+
+fn others_of(ids: &[UnitId]) -> Vec<String> {
+    ids.iter()
+        .filter(|u| !matches!(u, UnitId::Layer(_)))
+        .map(|u| format!("{u:?}").to_lowercase())
+        .collect()
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let gguf = super::open_model(&a.model)?;
+    let config = ModelConfig::from_model(&gguf)
+        .with_context(|| format!("cannot run {}", a.model.display()))?;
+    if a.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let shape = Shape {
+        ctx: a.ctx,
+        min_ctx: 1,
+        logits_rows: 1,
+        threads,
+        max_batch: 512,
+        extra_bytes: 0,
+    };
+    let (plan, batch) = make_plan(&gguf, &config, &a.mem, &shape)?;
+    // The minimum: the same request with a budget of one byte.
+    let minimum = {
+        let mut tiny = a.mem.clone();
+        tiny.mem = Some(1);
+        match make_plan(&gguf, &config, &tiny, &shape) {
+            Err(e) => match e.downcast_ref::<SchedulerError>() {
+                Some(SchedulerError::BudgetTooSmall { minimum, .. }) => Some(*minimum),
+                _ => None,
+            },
+            Ok(_) => None,
+        }
+    };
+    let (gbps, measured) = match a.bandwidth {
+        Some(b) if b > 0.0 && b.is_finite() => (Some(b), false),
+        Some(b) => anyhow::bail!("--bandwidth {b} must be a positive number of GB/s"),
+        None if plan.streams() => {
+            let kind = if a.mem.io == IoKind::Mmap {
+                IoKind::Pread
+            } else {
+                a.mem.io
+            };
+            let p = probe_read_bandwidth(
+                &gguf,
+                &BackendOptions {
+                    kind,
+                    queue_depth: None,
+                },
+                1 << 30,
+            )
+            .context("measuring the read bandwidth (give --bandwidth GBPS to skip)")?;
+            (Some(p.gb_per_s), true)
+        }
+        None => (None, false),
+    };
+    let tps = gbps.and_then(|g| plan.predicted_tokens_per_s(g));
+    if a.json {
+        println!(
+            "{}",
+            plan_json(&plan, minimum, gbps, measured, tps, budget(&a.mem)?)
+        );
+        return Ok(());
+    }
+    println!("{}", describe_plan(&plan));
+    println!("prompt batches of up to {batch} tokens");
+    println!();
+    println!("budget items:");
+    for i in &plan.items {
+        println!("  {:<48} {:>12}", i.what, fmt_bytes(i.bytes));
+    }
+    println!("  {:<48} {:>12}", "total", fmt_bytes(plan.total_bytes()));
+    if let Some(m) = minimum {
+        println!(
+            "  {:<48} {:>12}",
+            "minimum budget for this model",
+            fmt_bytes(m)
+        );
+    }
+    println!();
+    let pl = layers_of(&plan.pinned);
+    let sl = layers_of(&plan.cycle);
+    println!(
+        "pinned:   layers [{}] {}",
+        ranges(&pl),
+        others_of(&plan.pinned).join(" ")
+    );
+    println!(
+        "streamed: layers [{}] {}",
+        ranges(&sl),
+        others_of(&plan.cycle).join(" ")
+    );
+    if plan.embedding_on_demand {
+        println!("embedding: rows read on demand");
+    }
+    println!(
+        "read per token: {} ring{}",
+        fmt_bytes(plan.ring_bytes_per_token),
+        if plan.expert_slots > 0 {
+            format!(
+                " + up to {} of routed experts ({:.0}% expected cache hits if routing were uniform)",
+                fmt_bytes(plan.expert_bytes_per_token_max),
+                plan.expert_hit_rate_uniform * 100.0
+            )
+        } else {
+            String::new()
+        }
+    );
+    match (gbps, tps) {
+        (Some(g), Some(t)) => println!(
+            "predicted decode: {t:.2} tokens/s at {g:.2} GB/s{} (if reads are the bottleneck)",
+            if measured { " (measured)" } else { "" }
+        ),
+        _ => println!("predicted decode: nothing is read per token (compute bound)"),
+    }
+    Ok(())
+}
+
+fn plan_json(
+    p: &Plan,
+    minimum: Option<u64>,
+    gbps: Option<f64>,
+    measured: bool,
+    tps: Option<f64>,
+    budget: u64,
+) -> serde_json::Value {
+    let ids = |v: &[UnitId]| -> Vec<String> { v.iter().map(|u| format!("{u:?}")).collect() };
+    json!({
+        "budget_bytes": budget,
+        "planned_bytes": p.total_bytes(),
+        "minimum_budget_bytes": minimum,
+        "items": p.items.iter().map(|i| json!({"what": i.what, "bytes": i.bytes})).collect::<Vec<_>>(),
+        "weight_bytes": p.weight_bytes,
+        "pinned": ids(&p.pinned),
+        "streamed": ids(&p.cycle),
+        "slot_bytes": p.slot_bytes,
+        "n_slots": p.n_slots,
+        "prefetch_depth": p.prefetch_depth,
+        "expert_slots": p.expert_slots,
+        "expert_slot_bytes": p.expert_slot_bytes,
+        "n_experts": p.n_experts_total,
+        "n_ctx": p.n_ctx,
+        "kv_bytes": p.kv_bytes,
+        "embedding_on_demand": p.embedding_on_demand,
+        "ring_bytes_per_token": p.ring_bytes_per_token,
+        "expert_bytes_per_token_max": p.expert_bytes_per_token_max,
+        "predicted_bytes_per_token": p.predicted_bytes_per_token(),
+        "device_read_gbps": gbps,
+        "bandwidth_measured": measured,
+        "predicted_tokens_per_s": tps,
+    })
+}
