@@ -3,15 +3,17 @@
 
 It accepts the command lines the harness sends (`run`, `bench`, `mkmodel`, `--version`) and
 prints JSON of the same shape as the real CLI, with made-up speeds. `run` streams the file
-through a buffer no larger than --mem (so it stays under the cgroup cap); `mkmodel` writes
-pseudo-random bytes of the requested size (not a GGUF: only the harness's own logic can use it).
-Never use its figures for anything.
+through a buffer no larger than --mem (so it stays under the cgroup cap). `mkmodel dense|moe`
+writes a real random-weight Q4_0 GGUF (llama, or qwen3moe with the given experts/top-k) with a
+257-token byte-level vocabulary, so that llama.cpp can run it: the whole benchmark can be tried
+before flashstream's own CLI exists. Never use its flashstream figures for anything.
 """
 
 import argparse
 import json
 import os
 import random
+import struct
 import sys
 import time
 
@@ -84,20 +86,134 @@ def cmd_bench(a):
                       "theoretical_tokens_per_s": gbps * 1e9 / size}))
 
 
+# --- a minimal GGUF v3 writer (random Q4_0 weights) -------------------------------------
+
+F32, Q4_0 = 0, 2
+
+
+def _s(x):
+    b = x.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv(key, vtype, payload):
+    return _s(key) + struct.pack("<I", vtype) + payload
+
+
+def _u32(key, v):
+    return _kv(key, 4, struct.pack("<I", v))
+
+
+def byte_vocab():
+    """GPT-2 byte-to-unicode alphabet: 256 byte tokens, then <|endoftext|> (id 256)."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    m = dict(zip(bs, cs))
+    return [chr(m[i]) for i in range(256)] + ["<|endoftext|>"]
+
+
+def tensor_bytes(dims, t):
+    n = 1
+    for x in dims:
+        n *= x
+    return n * 4 if t == F32 else n // 32 * 18
+
+
+def plan(kind, size, experts, top_k):
+    """Shapes for a model of about `size` bytes: returns (arch, hparams, tensors)."""
+    vocab = 257
+    if kind == "dense":
+        arch, d, ff, heads, kv_heads = "llama", 2048, 5632, 16, 4
+    else:
+        arch, d, ff, heads, kv_heads = "qwen3moe", 1024, 512, 16, 4
+    hd = d // heads
+    fixed = [("token_embd.weight", (d, vocab), Q4_0), ("output_norm.weight", (d,), F32),
+             ("output.weight", (d, vocab), Q4_0)]
+
+    def layer(i):
+        p = f"blk.{i}."
+        t = [(p + "attn_norm.weight", (d,), F32), (p + "attn_q.weight", (d, d), Q4_0),
+             (p + "attn_k.weight", (d, kv_heads * hd), Q4_0), (p + "attn_v.weight", (d, kv_heads * hd), Q4_0),
+             (p + "attn_output.weight", (d, d), Q4_0), (p + "ffn_norm.weight", (d,), F32)]
+        if kind == "dense":
+            t += [(p + "ffn_gate.weight", (d, ff), Q4_0), (p + "ffn_up.weight", (d, ff), Q4_0),
+                  (p + "ffn_down.weight", (ff, d), Q4_0)]
+        else:
+            t += [(p + "attn_q_norm.weight", (hd,), F32), (p + "attn_k_norm.weight", (hd,), F32),
+                  (p + "ffn_gate_inp.weight", (d, experts), F32),
+                  (p + "ffn_gate_exps.weight", (d, ff, experts), Q4_0),
+                  (p + "ffn_up_exps.weight", (d, ff, experts), Q4_0),
+                  (p + "ffn_down_exps.weight", (ff, d, experts), Q4_0)]
+        return t
+
+    per_layer = sum(tensor_bytes(dims, t) for _, dims, t in layer(0))
+    base = sum(tensor_bytes(dims, t) for _, dims, t in fixed)
+    n_layer = max(1, round((size - base) / per_layer))
+    tensors = fixed + [t for i in range(n_layer) for t in layer(i)]
+    hp = {"block_count": n_layer, "context_length": 4096, "embedding_length": d, "feed_forward_length": ff,
+          "attention.head_count": heads, "attention.head_count_kv": kv_heads}
+    if kind == "moe":
+        hp.update({"expert_count": experts, "expert_used_count": top_k, "expert_feed_forward_length": ff,
+                   "attention.key_length": hd, "attention.value_length": hd})
+    return arch, hp, tensors
+
+
+def write_gguf(out, kind, size, experts, top_k, seed):
+    arch, hp, tensors = plan(kind, size, experts, top_k)
+    rng = random.Random(seed)
+    vocab = byte_vocab()
+    kvs = [_kv("general.architecture", 8, _s(arch)), _kv("general.name", 8, _s(f"fake-flashstream random {kind}"))]
+    kvs += [_u32(f"{arch}.{k}", v) for k, v in hp.items()]
+    kvs += [_kv(f"{arch}.rope.freq_base", 6, struct.pack("<f", 10000.0)),
+            _kv(f"{arch}.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-6)),
+            _kv("tokenizer.ggml.model", 8, _s("gpt2")), _kv("tokenizer.ggml.pre", 8, _s("default")),
+            _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, len(vocab)) + b"".join(_s(t) for t in vocab)),
+            _kv("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, len(vocab))
+                + struct.pack(f"<{len(vocab)}i", *([1] * 256 + [3]))),
+            _kv("tokenizer.ggml.merges", 9, struct.pack("<IQ", 8, 1) + _s("\u0120 \u0120")),
+            _u32("tokenizer.ggml.bos_token_id", 256), _u32("tokenizer.ggml.eos_token_id", 256),
+            _kv("tokenizer.ggml.add_bos_token", 7, b"\x00"), _u32("general.file_type", 2),
+            _u32("general.quantization_version", 2)]
+    infos, off = [], 0
+    for name, dims, t in tensors:
+        infos.append(_s(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+                     + struct.pack("<IQ", t, off))
+        off += (tensor_bytes(dims, t) + 31) // 32 * 32
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + b"".join(infos)
+    head += b"\0" * (-len(head) % 32)
+    block = bytearray(rng.randbytes(18 * 65536))  # Q4_0 blocks: f16 scale + 16 bytes of nibbles
+    for j in range(0, len(block), 18):
+        block[j:j + 2] = struct.pack("<e", 0.004)
+    with open(out, "wb") as f:
+        f.write(head)
+        for name, dims, t in tensors:
+            nb = tensor_bytes(dims, t)
+            if t == F32 and "gate_inp" in name:  # random router, so tokens pick different experts
+                f.write(struct.pack(f"<{nb // 4}f", *[rng.gauss(0, 1) for _ in range(nb // 4)]))
+            elif t == F32:
+                f.write(struct.pack("<f", 1.0 if "norm" in name else 0.01) * (nb // 4))
+            else:
+                left = nb
+                while left:
+                    k = min(left, len(block))
+                    f.write(block[:k])
+                    left -= k
+            f.write(b"\0" * (-nb % 32))
+
+
 def cmd_mkmodel(a):
     if a.kind == "upcycle":
-        src, out = a.args
-        size = os.path.getsize(src) * a.experts // 2
-    else:
-        (out,) = a.args
-        size = parse_size(a.size)
-    rng = random.Random(a.seed)
-    with open(out, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(rng.randbytes(n))
-            left -= n
+        sys.exit("fake flashstream: mkmodel upcycle is not imitated; use the real flashstream binary")
+    if (a.type or "q4_0").lower() != "q4_0":
+        sys.exit(f"fake flashstream: only --type q4_0 is imitated, not {a.type}")
+    (out,) = a.args
+    write_gguf(out, a.kind, parse_size(a.size), a.experts, a.top_k or 2, a.seed)
 
 
 def main():

@@ -178,7 +178,11 @@ class Cgroups:
         elif "memory" in (read_text(self.V2 / "cgroup.controllers") or "").split():
             self.version = 2
             self.base = self.V2 / "flashstream-peer"
-            self._enable_v2()
+            try:
+                self._enable_v2()
+            except OSError as e:
+                raise HarnessError(f"cannot set up cgroup v2 memory control under {self.base} ({e}); "
+                                   "the memory controller must be delegable from the root cgroup") from e
         else:
             raise HarnessError(
                 "no memory cgroup controller found (neither /sys/fs/cgroup/memory/memory.limit_in_bytes "
@@ -755,8 +759,11 @@ class Bench:
             )
             if engine == "llama":
                 rec["llama_params"] = js.get("params")
-            if rec["peak_memory_bytes"] is None:
-                rec["peak_memory_bytes"] = st.get("peak_memory_bytes")
+        if rec["peak_memory_bytes"] is None:  # kernel without memory.peak: the process's own RSS peak
+            rec["peak_memory_bytes"] = pr["max_rss_bytes"]
+            rec["peak_source"] = "rusage max RSS (this kernel's cgroup has no peak counter; page cache not included)"
+        else:
+            rec["peak_source"] = "cgroup"
         if engine == "llama" and not a.fake_llama:
             rec["llama_log"] = llama_log_notes(err_p)
         shown = {k: rec.get(k) for k in ("prompt_tokens_per_s", "decode_tokens_per_s", "ttft_s")}
@@ -1202,6 +1209,8 @@ def main(argv=None):
     except HarnessError as e:
         print(f"peer: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `run.sh --dry-run | head`
+        return 0
     except KeyboardInterrupt:
         print("peer: interrupted; partial results are in results.json", file=sys.stderr)
         return 130
