@@ -738,7 +738,7 @@ class Bench:
         elif engine == "llama" and status == 3:
             rec.update(result="unsupported", error=(parse_json_stdout(out_p) or {}).get("unsupported"))
         elif status != 0:
-            rec.update(result="error", error=tail(err_p))
+            rec.update(result="error", error=tail(err_p) or f"exit status {status}, nothing on stderr")
         else:
             rec["result"] = "ok"
         rec["killed"] = rec["result"] == "killed"
