@@ -10,4 +10,5 @@ PY="${PYTHON:-python3}"
 command -v "$PY" >/dev/null 2>&1 || { echo "peer: error: $PY not found (Python 3.9+ needed)" >&2; exit 2; }
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' ||
     { echo "peer: error: $PY is older than 3.9" >&2; exit 2; }
+export PYTHONDONTWRITEBYTECODE=1
 exec "$PY" "$here/peer.py" "$@"
