@@ -65,13 +65,14 @@ pub fn probe_read_bandwidth(
 }
 
 /// [`probe_read_bandwidth`] over given byte ranges `(file, offset, len)` of the model's files
-/// instead of their starts: e.g. exactly what a plan streams, so that the device is measured
-/// on the bytes the engine will read (offsets are rounded down and lengths up to the
-/// backend's alignment; ranges past the end of a file are cut there).
+/// instead of their starts, at most `max_bytes` of them: e.g. what a plan streams, so that the
+/// device is measured on the bytes the engine will read (offsets are rounded down and lengths
+/// up to the backend's alignment; ranges past the end of a file are cut there).
 pub fn probe_ranges(
     model: &GgufModel,
     opts: &BackendOptions,
     ranges: &[(usize, u64, u64)],
+    max_bytes: u64,
 ) -> Result<BandwidthProbe, LoaderError> {
     let _span = tracing::debug_span!("probe_ranges", n = ranges.len()).entered();
     for &(file, offset, len) in ranges {
@@ -88,7 +89,12 @@ pub fn probe_ranges(
             )));
         }
     }
-    probe_chunks(model, opts, ranges, u64::MAX)
+    if max_bytes == 0 {
+        return Err(LoaderError::InvalidRequest(
+            "the bandwidth probe needs max_bytes > 0".into(),
+        ));
+    }
+    probe_chunks(model, opts, ranges, max_bytes)
 }
 
 fn probe_chunks(

@@ -34,8 +34,8 @@ pub struct Args {
     /// Context length (default: prompt + generated tokens).
     #[arg(long)]
     ctx: Option<usize>,
-    /// Bytes each bandwidth-probe pass reads of a MoE model's file (dense models: exactly
-    /// what the plan streams).
+    /// Most bytes each bandwidth-probe pass reads (of what the plan streams for dense models,
+    /// of the file for MoE models).
     #[arg(long, default_value = "8GiB", value_parser = parse_size)]
     probe_bytes: u64,
     /// Seed of the prompt's token ids.
@@ -111,7 +111,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if ranges.is_empty() {
             probe_read_bandwidth(&gguf, &probe_opts, a.probe_bytes)
         } else {
-            probe_ranges(&gguf, &probe_opts, &ranges)
+            probe_ranges(&gguf, &probe_opts, &ranges, a.probe_bytes)
         }
         .context("measuring the device read bandwidth")
     };
@@ -146,17 +146,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let model = &engine.model;
     // The engine's own read path without compute: every streamed unit leased and dropped in
-    // order, twice over. On this kind of machine (a virtual disk) it reads faster than the
+    // order, once. On this kind of machine (a virtual disk) it reads faster than the
     // loader's probe; both are the device read with O_DIRECT on this file now, so the faster
     // one is the device figure the ratios use.
     let stream_only = {
         let src = model.source();
         let before = src.stats();
         let t = Instant::now();
-        for _ in 0..2 {
-            for id in &engine.plan.cycle {
-                drop(src.lease(*id)?);
-            }
+        for id in &engine.plan.cycle {
+            drop(src.lease(*id)?);
         }
         let d = src.stats().since(&before);
         let secs = t.elapsed().as_secs_f64();
@@ -209,6 +207,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None
     };
     let decode_tps = n / decode_s;
+    // DESIGN.md: per token the ideal time is max(bytes read / device bandwidth, compute time);
+    // stall is what the run took beyond it.
+    let compute_s = (decode_s - dd.stall_s).max(0.0);
+    let io_s = if device_gbps > 0.0 {
+        dd.bytes_read as f64 / (device_gbps * 1e9)
+    } else {
+        0.0
+    };
+    let ideal_s = io_s.max(compute_s);
+    let stall_fraction = if decode_s > 0.0 {
+        ((decode_s - ideal_s) / decode_s).max(0.0)
+    } else {
+        0.0
+    };
     let mut stats = stats_json(&dd, a.n as u64, decode_s);
     let mut sorted = per_token.clone();
     sorted.sort_by(f64::total_cmp);
@@ -238,7 +250,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "plan_bytes_per_token": engine.plan.predicted_bytes_per_token(),
         "read_gbps": read_gbps,
         "io_efficiency": if device_gbps > 0.0 { read_gbps / device_gbps } else { 0.0 },
-        "stall_fraction": if decode_s > 0.0 { dd.stall_s / decode_s } else { 0.0 },
+        "stall_fraction": stall_fraction,
+        "wait_fraction": if decode_s > 0.0 { dd.stall_s / decode_s } else { 0.0 },
         "theoretical_tokens_per_s": theoretical,
         "decode_vs_theoretical": theoretical.map(|t| decode_tps / t),
         "peak_memory_bytes": sysmem::peak_rss(),
@@ -277,7 +290,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     if let Some(t) = theoretical {
         println!(
-            "theoretical {t:.3} tokens/s (device / bytes per token): {:.0}% of it; io_efficiency {:.2}, stall {:.0}%",
+            "theoretical {t:.3} tokens/s (device / bytes per token): {:.0}% of it; io_efficiency {:.2}, stall {:.0}% (beyond max(I/O, compute))",
             decode_tps / t * 100.0,
             read_gbps / device_gbps,
             g("stall_fraction").as_f64().unwrap_or(0.0) * 100.0
