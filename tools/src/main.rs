@@ -22,6 +22,10 @@ enum Command {
     Dump(cmd::dump::Args),
     /// Teacher-forced logits of a token sequence.
     Logits(cmd::logits::Args),
+    /// Token ids of a text, by the model's own tokenizer.
+    Tokenize(cmd::tokenize::Args),
+    /// Generate text from a prompt (streamed to stdout).
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Dump(a) => cmd::dump::run(a),
         Command::Logits(a) => cmd::logits::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

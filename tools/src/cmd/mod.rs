@@ -4,6 +4,8 @@ pub mod common;
 pub mod dump;
 pub mod inspect;
 pub mod logits;
+pub mod run;
+pub mod tokenize;
 
 use std::path::Path;
 
