@@ -48,6 +48,9 @@ pub struct Args {
     /// Apply the model's chat template: the prompt is one user message.
     #[arg(long)]
     chat: bool,
+    /// With `--chat`: a system message before the user's (the template's default otherwise).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Print one JSON object `{"prompt_tokens","tokens","text","stop_reason","stats"}` at
     /// the end instead of streaming text.
     #[arg(long)]
@@ -85,7 +88,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .get("tokenizer.chat_template")
             .and_then(|v| v.as_str());
         let t = ChatTemplate::new(template, arch, &bos, &eos);
-        let rendered = t.render(&[Message::new("user", &a.prompt)], true)?;
+        let mut messages = Vec::new();
+        if let Some(sys) = &a.system {
+            messages.push(Message::new("system", sys));
+        }
+        messages.push(Message::new("user", &a.prompt));
+        let rendered = t.render(&messages, true)?;
         // A template that writes BOS itself must not get a second one from the tokenizer.
         let has_bos = !bos.is_empty() && rendered.starts_with(&bos);
         (rendered, !has_bos)
