@@ -36,7 +36,30 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line: clap's first line names the flag and what is wrong with it.
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines()
+                    .next()
+                    .unwrap_or("error: bad arguments")
+                    .trim_end()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Dump(a) => cmd::dump::run(a),
