@@ -3,10 +3,10 @@
 //! Each follows the arithmetic of llama.cpp's CPU backend where that matters for matching its
 //! logits (e.g. RMSNorm accumulates the sum of squares in f64, as ggml does).
 
-/// `out = x / rms(x) * w`, with the sum of squares accumulated in f64 as ggml does.
+/// `out = x / rms(x) * w` as ggml computes it: each square in f32, summed in order in f64.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert!(x.len() == w.len() && x.len() == out.len());
-    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
@@ -17,7 +17,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// [`rms_norm`] in place.
 pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     debug_assert!(x.len() == w.len());
-    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for (v, &g) in x.iter_mut().zip(w) {
@@ -70,6 +70,27 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU as ggml's CPU backend computes it: the input rounded to f16 and looked up in a table
+/// of f16 results (`|x| >= 10` passes through: 0 below, `x` above).
+#[inline]
+pub fn gelu_f16_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let h = half::f16::from_f32(x).to_f32();
+        half::f16::from_f32(gelu(h)).to_f32()
+    }
+}
+
+/// [`geglu`] with [`gelu_f16_table`], as ggml's `geglu` on CPU.
+pub fn geglu_f16_table(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = gelu_f16_table(*g) * u;
+    }
+}
+
 /// `y += x`.
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
     for (a, &b) in y.iter_mut().zip(x) {
@@ -91,21 +112,26 @@ pub fn softcap(x: &mut [f32], cap: f32) {
     }
 }
 
-/// Rotary position embedding tables for one position: `cos`/`sin` of `pos * theta_i` for
-/// `i in 0..dims/2`, `theta_i = base^(-2i/dims) / freq_scale`.
+/// Rotary position embedding tables for one position: `cos`/`sin` of
+/// `theta_i = freq_scale * (pos * base^(-2i/dims) / factor_i)` for `i in 0..dims/2`, computed
+/// in the order ggml's rope cache uses (the per-pair factors, e.g. Llama 3's `rope_freqs`,
+/// divide the angle before the scale).
 pub fn rope_cache(
     pos: usize,
     dims: usize,
     base: f32,
     freq_scale: f32,
+    factors: Option<&[f32]>,
     cos: &mut [f32],
     sin: &mut [f32],
 ) {
     let theta_scale = base.powf(-2.0 / dims as f32);
-    let mut theta = pos as f32 * freq_scale;
+    let mut theta = pos as f32;
     for i in 0..dims / 2 {
-        cos[i] = theta.cos();
-        sin[i] = theta.sin();
+        let ff = factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+        let t = freq_scale * (theta / ff);
+        cos[i] = t.cos();
+        sin[i] = t.sin();
         theta *= theta_scale;
     }
 }
@@ -175,7 +201,7 @@ mod tests {
         let dims = 8;
         let mut cos = vec![0.0; dims / 2];
         let mut sin = vec![0.0; dims / 2];
-        rope_cache(3, dims, 10000.0, 1.0, &mut cos, &mut sin);
+        rope_cache(3, dims, 10000.0, 1.0, None, &mut cos, &mut sin);
         // theta_0 = pos for the first pair.
         assert!((cos[0] - 3f32.cos()).abs() < 1e-6);
         for neox in [false, true] {
@@ -188,7 +214,7 @@ mod tests {
             assert_ne!(x, y);
         }
         // Position 0 is the identity.
-        rope_cache(0, dims, 10000.0, 1.0, &mut cos, &mut sin);
+        rope_cache(0, dims, 10000.0, 1.0, None, &mut cos, &mut sin);
         let x: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let mut y = x.clone();
         rope_apply(&mut y, 8, dims, true, &cos, &sin);

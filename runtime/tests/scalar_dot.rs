@@ -258,11 +258,11 @@ fn q8_k_follows_ggml_reference_rules() {
 }
 
 #[test]
-fn q8_0_and_q8_1_follow_ggml_reference_rules() {
+fn q8_0_and_q8_1_follow_ggml_x86_rules() {
     let mut x = [0f32; QK];
     x[0] = 127.0;
-    x[1] = 2.5; // half away from zero -> 3
-    x[2] = -2.5; // -> -3
+    x[1] = 2.5; // ties to even -> 2
+    x[2] = -3.5; // -> -4
     x[3] = -127.0;
     x[4] = 0.49;
     let mut y = [flashstream_formats::blocks::BlockQ8_0 {
@@ -271,7 +271,7 @@ fn q8_0_and_q8_1_follow_ggml_reference_rules() {
     }];
     quantize_row_q8_0(&x, &mut y);
     assert_eq!(y[0].d.to_f32(), 1.0);
-    assert_eq!(&y[0].qs[..5], &[127, 3, -3, -127, 0]);
+    assert_eq!(&y[0].qs[..5], &[127, 2, -4, -127, 0]);
 
     let mut y1 = [BlockQ8_1 {
         d: Default::default(),
@@ -281,11 +281,11 @@ fn q8_0_and_q8_1_follow_ggml_reference_rules() {
     quantize_row_q8_1(&x, &mut y1);
     assert_eq!(y1[0].d.to_f32(), 1.0);
     assert_eq!(y1[0].qs, y[0].qs);
-    assert_eq!(y1[0].s.to_f32(), 0.0); // 127 + 3 - 3 - 127 + 0
+    assert_eq!(y1[0].s.to_f32(), -2.0); // 127 + 2 - 4 - 127 + 0
 
     x[5] = 100.0;
     quantize_row_q8_1(&x, &mut y1);
-    assert_eq!(y1[0].s.to_f32(), 100.0);
+    assert_eq!(y1[0].s.to_f32(), 98.0);
 
     // All zero: d = 0 and zero quants.
     quantize_row_q8_0(&[0.0; QK], &mut y);

@@ -5,9 +5,12 @@
 //! This is the only external check of Q5_1 and BF16, which the golden file lacks.
 //!
 //! - Dequantization of random blocks (`testutil::random_weights`): bit-equal.
-//! - Activation quantization (Q8_0, Q8_1, F16, BF16): byte-equal.
+//! - Activation quantization (F16, BF16): byte-equal. Q8_0/Q8_1: the same scales, and quants
+//!   within one step of ggml-quants' (which follows ggml's portable `_ref` quantizer: `x · 1/d`,
+//!   ties away from zero), while ours follow ggml's x86 quantizer (`x · 127/amax`, ties to
+//!   even), checked exactly against that rule written out here.
 //! - Dots: our `vec_dot_*` against the f64 sum of products of ggml-quants' dequantized weights
-//!   and its own quantized-then-dequantized activations, within `1e-6 * sum(|w_i * a_i|)`
+//!   and our quantized-then-dequantized activations, within `1e-6 * sum(|w_i * a_i|)`
 //!   (plus the Q8_1 `s` term, see `scalar_dot.rs`).
 
 use flashstream_formats::blocks::{as_blocks, Bf16Le, BlockQ8_0, BlockQ8_1, F16Le, QK};
@@ -167,8 +170,15 @@ fn activations(seed: u64, n: usize) -> Vec<f32> {
     x
 }
 
+/// ggml's x86 Q8_0/Q8_1 rule: `q = nearest(x · (127 / amax))`, ties to even.
+fn x86_rule(xb: &[f32; QK]) -> [i8; QK] {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    std::array::from_fn(|i| (xb[i] * id).round_ties_even() as i8)
+}
+
 #[test]
-fn activation_quantizers_equal_ggml_quants() {
+fn activation_quantizers_match_ggml_quants() {
     for seed in 0..30u64 {
         let n = 32 * 32;
         let x = activations(seed, n);
@@ -197,19 +207,22 @@ fn activation_quantizers_equal_ggml_quants() {
                 t0.delta.to_le_bytes(),
                 "Q8_0 d, seed {seed} block {i}"
             );
-            assert_eq!(q0[i].qs, t0.quants, "Q8_0 qs, seed {seed} block {i}");
+            let want = x86_rule(xb);
+            assert_eq!(q0[i].qs, want, "Q8_0 qs, seed {seed} block {i}");
+            for (a, b) in q0[i].qs.iter().zip(&t0.quants) {
+                assert!((*a as i32 - *b as i32).abs() <= 1, "seed {seed} block {i}");
+            }
             let t1 = <Q8_1 as Quantize<f32, QK>>::quantize(xb);
             assert_eq!(
                 q1[i].d.0,
                 t1.delta.to_le_bytes(),
                 "Q8_1 d, seed {seed} block {i}"
             );
-            assert_eq!(
-                q1[i].s.0,
-                t1.sum.to_le_bytes(),
-                "Q8_1 s, seed {seed} block {i}"
-            );
-            assert_eq!(q1[i].qs, t1.quants, "Q8_1 qs, seed {seed} block {i}");
+            let sum: i32 = want.iter().map(|&q| q as i32).sum();
+            let s_want =
+                F16Le::from_f32(sum as f32 * xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0);
+            assert_eq!(q1[i].s.0, s_want.0, "Q8_1 s, seed {seed} block {i}");
+            assert_eq!(q1[i].qs, want, "Q8_1 qs, seed {seed} block {i}");
         }
 
         // F16 and BF16 activations.
@@ -271,17 +284,19 @@ fn dots_match_ggml_quants_dequantized_products() {
             let mut magnitude = 0f64;
             for (bi, (wb, xb)) in wd.chunks_exact(QK).zip(x.chunks_exact(QK)).enumerate() {
                 let xb: &[f32; QK] = xb.try_into().unwrap();
+                let _ = xb;
                 let ad: [f32; QK] = if act == GgmlType::Q8_1 {
-                    let t = <Q8_1 as Quantize<f32, QK>>::quantize(xb);
+                    let t = &as_blocks::<BlockQ8_1>(a.as_bytes()).unwrap()[bi];
                     // ggml's dot uses the stored f16 `s = d*sum(q)` for the min term: add
                     // m * (s - d*sum(q)), with m the weight block's min (bytes 2..4).
-                    let sum: i32 = t.quants.iter().map(|&q| q as i32).sum();
-                    let exact = t.delta.to_f32() as f64 * sum as f64;
+                    let sum: i32 = t.qs.iter().map(|&q| q as i32).sum();
+                    let exact = t.d.to_f32() as f64 * sum as f64;
                     let m = h(&w[bi * ty.block_bytes() + 2..]).to_f32() as f64;
-                    expected += m * (t.sum.to_f32() as f64 - exact);
-                    t.dequantize()
+                    expected += m * (t.s.to_f32() as f64 - exact);
+                    std::array::from_fn(|i| t.d.to_f32() * t.qs[i] as f32)
                 } else {
-                    <Q8_0 as Quantize<f32, QK>>::quantize(xb).dequantize()
+                    let t = &as_blocks::<BlockQ8_0>(a.as_bytes()).unwrap()[bi];
+                    std::array::from_fn(|i| t.d.to_f32() * t.qs[i] as f32)
                 };
                 for (p, q) in wb.iter().zip(&ad) {
                     expected += *p as f64 * *q as f64;

@@ -19,8 +19,9 @@
 //!   expert cache (at least [`MIN_EXPERT_SLOTS`] slots);
 //! - the input embedding is read row by row on demand unless it is the tied output matrix, and
 //!   is pinned only with budget to spare;
-//! - without an explicit context length the KV cache gets [`DEFAULT_CTX`] positions (at most
-//!   the model's), shrunk to what the budget leaves room for.
+//! - without an explicit context length the KV cache gets the positions the command would
+//!   like ([`DEFAULT_CTX`] unless it says), at most the model's, shrunk to what the budget
+//!   leaves room for.
 
 use crate::layout::UnitLayout;
 use crate::{SchedulerError, UnitId, UnitTable};
@@ -57,6 +58,9 @@ pub struct PlanRequest {
     pub ctx: Option<usize>,
     /// The fewest positions the command needs (e.g. the length of a teacher-forced sequence).
     pub min_ctx: usize,
+    /// The context to aim for when `ctx` is `None` ([`DEFAULT_CTX`] by default; at most the
+    /// model's), shrunk to what the budget leaves room for, down to `min_ctx`.
+    pub default_ctx: usize,
     /// Whether the output matrix is the token embedding (tied output).
     pub tied_output: bool,
     /// Units read ahead of the one computing; `None`: [`DEFAULT_PREFETCH_DEPTH`] when the
@@ -73,6 +77,7 @@ impl PlanRequest {
             budget,
             ctx: None,
             min_ctx: 1,
+            default_ctx: DEFAULT_CTX,
             tied_output,
             prefetch_depth: None,
             align: 4096,
@@ -390,7 +395,7 @@ impl Plan {
             Some(c) => (c, c, true),
             None => (
                 req.min_ctx.max(1),
-                DEFAULT_CTX.min(n_ctx_max).max(req.min_ctx),
+                req.default_ctx.min(n_ctx_max).max(req.min_ctx),
                 false,
             ),
         };

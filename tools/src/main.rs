@@ -28,6 +28,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write random-weight models of a given size, or upcycle a dense model to a MoE.
     Mkmodel(cmd::mkmodel::Args),
+    /// Token ids of a text, by the model's own tokenizer.
+    Tokenize(cmd::tokenize::Args),
+    /// Generate text from a prompt (streamed to stdout).
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,7 +42,30 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line: clap's first line names the flag and what is wrong with it.
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines()
+                    .next()
+                    .unwrap_or("error: bad arguments")
+                    .trim_end()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Dump(a) => cmd::dump::run(a),
@@ -46,6 +73,8 @@ fn main() -> ExitCode {
         Command::Mkmodel(a) => cmd::mkmodel::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,10 +11,11 @@
 //! # Numerics
 //! Integer block sums are exact, exactly as in the scalar reference; the kernels differ from it
 //! only in the order in which per-block float products are accumulated (several vector lanes and
-//! accumulators, summed at the end). The quantizers follow ggml's reference quantizers
-//! (`quantize_row_q8_0_ref` etc.) bit for bit: Q8_0/Q8_1 round half away from zero with
-//! `id = 1/d`, Q8_K rounds half to even with `iscale = -127/max` and caps at 127; this
-//! includes infinities and blocks so tiny that `1/d` overflows. The one known difference is NaN
+//! accumulators, summed at the end). The quantizers equal the scalar ones bit for
+//! bit, which follow the quantizers of ggml's x86 build: Q8_0/Q8_1 round half to even with
+//! `id = 127/amax` (what llama.cpp's x86 build computes), Q8_K rounds half to even with
+//! `iscale = -127/max` and caps at 127; this includes infinities and blocks so tiny that the
+//! multiplier overflows. The one known difference is NaN
 //! input to Q8_0/Q8_1: here a NaN never becomes the block maximum, while the reference's C-style
 //! `MAX` fold lets a NaN reset it (the block's values are meaningless either way).
 //!
@@ -22,7 +23,7 @@
 //! The `i8 × i8` products use the sign trick (`|x| · sign(y, x)` with `maddubs`), which is exact
 //! as long as the *activation* quants are never -128 (weights may be). The quantizers produce
 //! quants in -127..=127 for finite input, except in a block whose largest magnitude is below
-//! ~3.7e-37 (where `1/d` overflows, as in the reference) and whose f16 scale is then 0, so the
+//! ~3.7e-37 (where the multiplier overflows, as in ggml) and whose f16 scale is then 0, so the
 //! block contributes 0 either way. Hand-built activations holding -128 give a wrong (but
 //! memory-safe) result.
 
@@ -991,28 +992,6 @@ unsafe fn amax32(p: *const f32) -> f32 {
     hmax_ps(m)
 }
 
-/// `v` rounded to the nearest integer, halfway cases away from zero, then converted as Rust's
-/// `as i8` does (saturating to -128..=127, NaN to 0): the scalar reference's
-/// `(x * id).round() as i8`. Out-of-range values only arise when `1 / d` overflows to
-/// infinity (a block whose largest magnitude is below ~3.7e-37, whose f16 scale is then 0).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_away_i8(v: __m256) -> __m256i {
-    let sign = _mm256_set1_ps(-0.0);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
-    let step = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
-    let r = _mm256_add_ps(t, _mm256_and_ps(up, step));
-    // max/min return their second operand for NaN: NaN → -128 → 127, so clear NaN after.
-    let r = _mm256_min_ps(
-        _mm256_max_ps(r, _mm256_set1_ps(-128.0)),
-        _mm256_set1_ps(127.0),
-    );
-    let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-    _mm256_cvttps_epi32(r)
-}
-
 /// Packs 32 i32 (in -128..=127) from four vectors into 32 i8 in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1023,22 +1002,38 @@ unsafe fn pack32(q: [__m256i; 4]) -> __m256i {
     _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
-/// Quantizes 32 values at `p` as ggml's Q8_0/Q8_1 reference does: `d = amax / 127`,
-/// `q = roundf(x · (1 / d))`. Returns `d` and the quants as 4 × 8 i32.
+/// `v` rounded to the nearest integer, halfway cases to even, then converted as Rust's
+/// `as i8` does (saturating to -128..=127, NaN to 0): the scalar reference's
+/// `(x * id).round_ties_even() as i8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_even_i8(v: __m256) -> __m256i {
+    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+    // max/min return their second operand for NaN: NaN → -128 → 127, so clear NaN after.
+    let r = _mm256_min_ps(
+        _mm256_max_ps(r, _mm256_set1_ps(-128.0)),
+        _mm256_set1_ps(127.0),
+    );
+    let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+    _mm256_cvttps_epi32(r)
+}
+
+/// Quantizes 32 values at `p` as ggml's x86 Q8_0/Q8_1 quantizers do: `d = amax / 127`,
+/// `q = nearest(x · (127 / amax))`, ties to even. Returns `d` and the quants as 4 × 8 i32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_block(p: *const f32) -> (f32, [__m256i; 4]) {
     let amax = amax32(p);
     let d = amax / 127.0;
-    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     let mut q = [_mm256_setzero_si256(); 4];
     for (k, qk) in q.iter_mut().enumerate() {
-        *qk = round_away_i8(_mm256_mul_ps(_mm256_loadu_ps(p.add(8 * k)), id));
+        *qk = round_even_i8(_mm256_mul_ps(_mm256_loadu_ps(p.add(8 * k)), id));
     }
     (d, q)
 }
 
-/// Quantizes `x` to Q8_0 blocks, bit-exact with ggml's `quantize_row_q8_0_ref`.
+/// Quantizes `x` to Q8_0 blocks, bit-exact with the scalar quantizer (ggml's x86 rule).
 ///
 /// If `x.len()` is not `32 * y.len()`, every byte of `y` is set to `0xff` (NaN scales).
 ///
@@ -1057,7 +1052,7 @@ pub unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
     }
 }
 
-/// Quantizes `x` to Q8_1 blocks, bit-exact with ggml's `quantize_row_q8_1_ref`.
+/// Quantizes `x` to Q8_1 blocks, bit-exact with the scalar quantizer (ggml's x86 rule).
 ///
 /// # Safety
 /// As [`quantize_row_q8_0`].

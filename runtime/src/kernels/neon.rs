@@ -766,8 +766,9 @@ fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 // ---------------------------------------------------------------------------------------------
 // Activation quantizers. Each reproduces the scalar reference bit for bit: the same f32 scale
-// computations, the same products, the same rounding (half away from zero for Q8_0/Q8_1 like
-// C's `roundf`; ggml's `nearest_int` trick, half to even, for Q8_K), the same saturation.
+// computations, the same products, the same rounding (half to even for Q8_0/Q8_1 with
+// `id = 127/amax`, as ggml's x86 quantizers; ggml's `nearest_int` trick, half to even, for
+// Q8_K), the same saturation.
 // The one exception: a Q8_0/Q8_1 block containing a NaN, where the scalar code keeps C's
 // order-dependent `MAX` and NEON ignores the NaN when taking the block maximum.
 
@@ -792,14 +793,14 @@ unsafe fn amax32(v: &[float32x4_t; 8]) -> f32 {
     vmaxnmvq_f32(m)
 }
 
-/// Rounds 32 floats times `id` half away from zero and stores them as i8 (saturating);
+/// Rounds 32 floats times `id` half to even and stores them as i8 (saturating);
 /// returns their sum.
 #[inline(always)]
 unsafe fn round_store_32(v: &[float32x4_t; 8], id: f32, out: &mut [i8; 32]) -> i32 {
     let mut sum = 0i32;
     for h in 0..2 {
         let i: [int32x4_t; 4] =
-            std::array::from_fn(|k| vcvtaq_s32_f32(vmulq_n_f32(v[4 * h + k], id)));
+            std::array::from_fn(|k| vcvtnq_s32_f32(vmulq_n_f32(v[4 * h + k], id)));
         let a = vcombine_s16(vqmovn_s32(i[0]), vqmovn_s32(i[1]));
         let b = vcombine_s16(vqmovn_s32(i[2]), vqmovn_s32(i[3]));
         let q = vcombine_s8(vqmovn_s16(a), vqmovn_s16(b));
@@ -809,7 +810,8 @@ unsafe fn round_store_32(v: &[float32x4_t; 8], id: f32, out: &mut [i8; 32]) -> i
     sum
 }
 
-/// Quantizes `x` to Q8_0 blocks (`d = amax/127`, `q = round(x/d)`), with NEON.
+/// Quantizes `x` to Q8_0 blocks (`d = amax/127`, `q = nearest(x · 127/amax)`, ties to even),
+/// with NEON.
 ///
 /// `x.len()` must be `32 * y.len()`; otherwise, as the scalar quantizer does, every block of
 /// `y` gets a NaN scale.
@@ -821,8 +823,9 @@ pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
         // SAFETY: `xb` holds 32 floats; the stores go to the 32-byte `yb.qs`.
         unsafe {
             let v = load8x4(xb);
-            let d = amax32(&v) / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let amax = amax32(&v);
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             yb.d = F16Le::from_f32(d);
             round_store_32(&v, id, &mut yb.qs);
         }
@@ -841,8 +844,9 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         // SAFETY: as for Q8_0.
         unsafe {
             let v = load8x4(xb);
-            let d = amax32(&v) / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let amax = amax32(&v);
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let sum = round_store_32(&v, id, &mut yb.qs);
             yb.d = F16Le::from_f32(d);
             yb.s = F16Le::from_f32(sum as f32 * d);

@@ -4,9 +4,10 @@
 //! - `dequantize_row` follows ggml's `dequantize_row_*` (f16 scales converted exactly to f32,
 //!   products formed in the same order, e.g. Q4_K is `(d*sc)*q - dmin*m`), so it is bit-exact
 //!   with ggml and gguf-py;
-//! - `quantize_row_q8_0/q8_1/q8_k` follow `quantize_row_q8_0_ref` / `_q8_1_ref` / `_q8_K_ref`
-//!   bit for bit (Q8_0/Q8_1 round half away from zero, Q8_K rounds half to even with
-//!   `iscale = -127/max`);
+//! - `quantize_row_q8_0/q8_1` follow ggml's x86 `quantize_row_q8_0/q8_1` (the quantizers
+//!   llama.cpp's products use there: `q = nearest(x · 127/amax)`, ties to even) and
+//!   `quantize_row_q8_k` follows `quantize_row_q8_K_ref` (ties to even, `iscale = -127/max`),
+//!   bit for bit;
 //! - the `vec_dot_*` functions follow the generic `ggml_vec_dot_*` of ggml-cpu: exact integer
 //!   sums inside a block, then f32 scaling and f32 accumulation in ggml's order (the K-quant
 //!   dots keep ggml's eight f32 lane accumulators; the float dots accumulate in f64).
@@ -71,8 +72,20 @@ const POISON_F16: F16Le = F16Le([0xff, 0xff]);
 // Activation quantization (typed references)
 // ------------------------------------------------------------------------------------------
 
-/// Quantizes `x` to Q8_0 blocks as ggml's `quantize_row_q8_0_ref`: `d = amax / 127`,
-/// `q = roundf(x / d)` (half away from zero).
+/// The scale of a Q8_0/Q8_1 block and the multiplier that quantizes it, as ggml's x86
+/// quantizers compute them: `d = amax / 127`, `id = 127 / amax` (0 for an all-zero block).
+#[inline]
+fn q8_scale(xb: &[f32]) -> (f32, f32) {
+    let amax = xb.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    (amax / 127.0, id)
+}
+
+/// Quantizes `x` to Q8_0 blocks as ggml's CPU backend does on x86 (`quantize_row_q8_0`, the
+/// one its matrix products use): `d = amax / 127`, `q = nearest(x · (127 / amax))`, ties to
+/// even. (ggml's portable `quantize_row_q8_0_ref` multiplies by `1/d` and rounds ties away
+/// from zero, which moves a quant by one step now and then; llama.cpp's logits follow the
+/// former.)
 ///
 /// `x.len()` must be `32 * y.len()`; otherwise every block of `y` gets a NaN scale.
 pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
@@ -86,18 +99,17 @@ pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
         return;
     }
     for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
-        let amax = xb.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (d, id) = q8_scale(xb);
         yb.d = F16Le::from_f32(d);
         for (q, v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
         }
     }
 }
 
-/// Quantizes `x` to Q8_1 blocks as ggml's `quantize_row_q8_1_ref`: as Q8_0, plus
-/// `s = d * sum(q)` (the sum converted to f32, the product rounded to f16).
+/// Quantizes `x` to Q8_1 blocks as ggml's x86 `quantize_row_q8_1`: as
+/// [`quantize_row_q8_0`], plus `s = d * sum(q)` (the sum converted to f32, the product rounded
+/// to f16).
 ///
 /// `x.len()` must be `32 * y.len()`; otherwise every block of `y` gets a NaN scale.
 pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
@@ -112,13 +124,11 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         return;
     }
     for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
-        let amax = xb.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (d, id) = q8_scale(xb);
         yb.d = F16Le::from_f32(d);
         let mut sum = 0i32;
         for (q, v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         yb.s = F16Le::from_f32(sum as f32 * d);

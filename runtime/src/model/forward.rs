@@ -1,11 +1,18 @@
 //! The forward pass.
+//!
+//! Arithmetic follows llama.cpp's CPU backend wherever the choice is visible in the logits:
+//! activations are quantized to the weight type's paired type before every product (as
+//! ggml's x86 quantizers do); attention over the f16 KV cache follows llama.cpp's CPU flash
+//! attention ([`attn`]: f16 Q and an f16 running sum for small batches and decode steps, f32
+//! tiles for large batches); GELU goes through an f16 table; norms sum squares in f64.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
-use flashstream_formats::Architecture;
+use flashstream_formats::config::{RopeScaling, RopeStyle};
+use flashstream_formats::{Architecture, GgmlType};
 use flashstream_scheduler::{Lease, UnitId};
 
+use super::attn;
 use super::kv::KvCache;
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
@@ -22,13 +29,43 @@ pub enum LogitsWanted {
     All,
 }
 
+/// Activations quantized for the last product, and the type they were quantized to (so the
+/// Q/K/V or gate/up products of one input share one quantization).
+#[derive(Default)]
+struct Quantized {
+    buf: AlignedBuf,
+    ty: Option<GgmlType>,
+}
+
+/// Scratch reused across layers, chunks and calls (sized by the largest batch seen).
+#[derive(Default)]
+struct Scratch {
+    xq: Quantized,
+    /// Residual stream, `n × n_embd`.
+    x: Vec<f32>,
+    /// Normed input of a block.
+    cur: Vec<f32>,
+    /// Block output before the residual add.
+    out: Vec<f32>,
+    tmp: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+    router: Vec<f32>,
+    xe: Vec<f32>,
+    emb_bytes: Vec<u8>,
+}
+
 /// A conversation with a model: a KV cache and scratch buffers.
 pub struct Session<'m> {
     model: &'m Model,
     kv: KvCache,
     pos: usize,
-    xq: AlignedBuf,
-    xq_key: Option<flashstream_formats::GgmlType>,
+    scratch: Scratch,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -61,6 +98,63 @@ fn add_bias(y: &mut [f32], b: &[f32]) {
     }
 }
 
+/// `out = x · Wᵀ` for `n` rows of `x`, with `w` from `lease`. The quantized `x` in `xq` is
+/// reused when `same_input` says `x` is the input of the previous call and the paired type
+/// is the same.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    m: &Model,
+    xq: &mut Quantized,
+    lease: &Lease<'_>,
+    w: &WeightRef,
+    x: &[f32],
+    n: usize,
+    same_input: bool,
+    out: &mut Vec<f32>,
+) -> Result<(), RuntimeError> {
+    let kernel = dot_kernel(m.isa, w.ty)?;
+    let k = w.k();
+    if x.len() != n * k {
+        return Err(RuntimeError::BadTensor {
+            name: w.name.clone(),
+            reason: format!(
+                "row length {k} does not match the input ({} values for {n} rows)",
+                x.len()
+            ),
+        });
+    }
+    if !(same_input && xq.ty == Some(kernel.act_type)) {
+        quantize_rows(&kernel, x, k, &mut xq.buf)?;
+        xq.ty = Some(kernel.act_type);
+    }
+    out.resize(n * w.rows(), 0.0);
+    matmul(&m.pool, &kernel, lease.part(w.part), k, &xq.buf, n, out)?;
+    Ok(())
+}
+
+/// `gate = act(x·Gᵀ) * (x·Uᵀ)`, `down = gate·Dᵀ` for `n` rows of `x`.
+#[allow(clippy::too_many_arguments)]
+fn dense_ffn(
+    m: &Model,
+    xq: &mut Quantized,
+    lease: &Lease<'_>,
+    (gate_w, up_w, down_w): (&WeightRef, &WeightRef, &WeightRef),
+    x: &[f32],
+    n: usize,
+    gate: &mut Vec<f32>,
+    up: &mut Vec<f32>,
+    down: &mut Vec<f32>,
+) -> Result<(), RuntimeError> {
+    linear(m, xq, lease, gate_w, x, n, false, gate)?;
+    linear(m, xq, lease, up_w, x, n, true, up)?;
+    if m.config.arch == Architecture::Gemma3 {
+        ops::geglu_f16_table(gate, up);
+    } else {
+        ops::swiglu(gate, up);
+    }
+    linear(m, xq, lease, down_w, gate, n, false, down)
+}
+
 impl<'m> Session<'m> {
     pub(super) fn new(model: &'m Model, n_ctx: usize) -> Result<Self, RuntimeError> {
         let c = &model.config;
@@ -70,29 +164,19 @@ impl<'m> Session<'m> {
                 c.n_ctx_train
             )));
         }
-        let kv = KvCache::new(
-            c.n_layer,
-            n_ctx,
-            c.n_head_kv * c.head_dim_k,
-            c.n_head_kv * c.head_dim_v,
-        )
-        .ok_or_else(|| RuntimeError::OutOfMemory {
-            what: format!(
-                "a KV cache of {} bytes for {n_ctx} positions",
-                KvCache::bytes_for(
-                    c.n_layer,
-                    n_ctx,
-                    c.n_head_kv * c.head_dim_k,
-                    c.n_head_kv * c.head_dim_v
-                )
-            ),
-        })?;
+        let (kd, vd) = (c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v);
+        let kv =
+            KvCache::new(c.n_layer, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
+                what: format!(
+                    "a KV cache of {} bytes for {n_ctx} positions",
+                    KvCache::bytes_for(c.n_layer, n_ctx, kd, vd)
+                ),
+            })?;
         Ok(Session {
             model,
             kv,
             pos: 0,
-            xq: AlignedBuf::default(),
-            xq_key: None,
+            scratch: Scratch::default(),
         })
     }
 
@@ -106,74 +190,73 @@ impl<'m> Session<'m> {
         self.kv.n_ctx()
     }
 
+    /// The model.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
     /// Forgets every position (the next eval starts at position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
     }
 
-    /// `out = x · Wᵀ` for `n` rows of `x`, with `w` from `lease`. The quantized `x` is reused
-    /// while consecutive calls pass the same input (`same_input`) with the same paired type.
-    fn linear(
-        &mut self,
-        lease: &Lease<'_>,
-        w: &WeightRef,
-        x: &[f32],
-        n: usize,
-        same_input: bool,
-        out: &mut Vec<f32>,
-    ) -> Result<(), RuntimeError> {
-        let m = self.model;
-        let kernel = dot_kernel(m.isa, w.ty)?;
-        let k = w.k();
-        if x.len() != n * k {
-            return Err(RuntimeError::BadTensor {
-                name: w.name.clone(),
-                reason: format!(
-                    "row length {k} does not match the input ({} values for {n} rows)",
-                    x.len()
-                ),
-            });
-        }
-        if !(same_input && self.xq_key == Some(kernel.act_type)) {
-            quantize_rows(&kernel, x, k, &mut self.xq)?;
-            self.xq_key = Some(kernel.act_type);
-        }
-        out.resize(n * w.rows(), 0.0);
-        matmul(&m.pool, &kernel, lease.part(w.part), k, &self.xq, n, out)?;
-        Ok(())
-    }
-
     /// Runs `tokens` (at positions `pos()..pos()+tokens.len()`) through the model and returns
     /// the logits of the last position (`n_vocab` values) or of every position
     /// (`tokens.len() * n_vocab`, row-major).
+    ///
+    /// At most the model's `max_batch` tokens go through the layers at a time; longer inputs
+    /// are processed in consecutive chunks (the result is the same up to float accumulation
+    /// order). If a chunk fails, the positions of the chunks before it stay in the cache.
     pub fn eval(&mut self, tokens: &[u32], want: LogitsWanted) -> Result<Vec<f32>, RuntimeError> {
-        let _span = tracing::debug_span!("eval", n = tokens.len(), pos = self.pos).entered();
-        let m = self.model;
-        let c = &m.config;
-        let n = tokens.len();
-        if n == 0 {
+        let c = &self.model.config;
+        if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        if self.pos + n > self.kv.n_ctx() {
+        if self.pos + tokens.len() > self.kv.n_ctx() {
             return Err(RuntimeError::ContextFull {
-                needed: self.pos + n,
+                needed: self.pos + tokens.len(),
                 n_ctx: self.kv.n_ctx(),
                 n_ctx_train: c.n_ctx_train,
             });
         }
-        for &t in tokens {
-            if t as usize >= c.n_vocab {
-                return Err(RuntimeError::BadToken {
-                    token: t,
-                    n_vocab: c.n_vocab,
-                });
-            }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(RuntimeError::BadToken {
+                token: t,
+                n_vocab: c.n_vocab,
+            });
         }
-        let e = c.n_embd;
-        let mut x = self.embed(tokens)?;
+        let max_batch = self.model.max_batch.max(1);
+        let n_chunks = tokens.len().div_ceil(max_batch);
+        let mut logits = Vec::new();
+        for (i, chunk) in tokens.chunks(max_batch).enumerate() {
+            let want = match want {
+                LogitsWanted::All => Some(LogitsWanted::All),
+                LogitsWanted::Last if i + 1 == n_chunks => Some(LogitsWanted::Last),
+                LogitsWanted::Last => None,
+            };
+            let mut s = std::mem::take(&mut self.scratch);
+            let r = self.eval_batch(&mut s, chunk, want, &mut logits);
+            self.scratch = s;
+            r?;
+        }
+        Ok(logits)
+    }
 
-        let mut cur = Vec::new();
-        let mut tmp = Vec::new();
+    /// One batch through every layer; appends the wanted logits to `logits`.
+    fn eval_batch(
+        &mut self,
+        s: &mut Scratch,
+        tokens: &[u32],
+        want: Option<LogitsWanted>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RuntimeError> {
+        let _span = tracing::debug_span!("eval", n = tokens.len(), pos = self.pos).entered();
+        let m = self.model;
+        let c = &m.config;
+        let n = tokens.len();
+        let e = c.n_embd;
+        self.embed(s, tokens)?;
+
         let n_layer = c.n_layer;
         for il in 0..n_layer {
             let _l = tracing::trace_span!("layer", il).entered();
@@ -181,7 +264,6 @@ impl<'m> Session<'m> {
             m.source.prefetch(&next);
             let lease = m.source.lease(UnitId::Layer(il))?;
             let lw = &m.layers[il];
-            let get = |r: Role| lw.get(r);
             let req = |r: Role| {
                 lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                     arch: c.arch,
@@ -190,85 +272,118 @@ impl<'m> Session<'m> {
             };
 
             // Attention block.
-            rms_rows(&x, f32s(&lease, req(Role::AttnNorm)?)?, c.rms_eps, &mut cur);
-            let attn = self.attention(il, &lease, &cur, n)?;
-            let mut out = Vec::new();
-            self.linear(&lease, req(Role::AttnOut)?, &attn, n, false, &mut out)?;
-            if let Some(w) = get(Role::PostAttnNorm) {
-                rms_rows(&out, f32s(&lease, w)?, c.rms_eps, &mut tmp);
-                std::mem::swap(&mut out, &mut tmp);
+            rms_rows(
+                &s.x,
+                f32s(&lease, req(Role::AttnNorm)?)?,
+                c.rms_eps,
+                &mut s.cur,
+            );
+            self.attention(s, il, &lease, n)?;
+            linear(
+                m,
+                &mut s.xq,
+                &lease,
+                req(Role::AttnOut)?,
+                &s.attn,
+                n,
+                false,
+                &mut s.out,
+            )?;
+            if let Some(w) = lw.get(Role::PostAttnNorm) {
+                rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
+                std::mem::swap(&mut s.out, &mut s.tmp);
             }
-            ops::add_assign(&mut x, &out);
+            ops::add_assign(&mut s.x, &s.out);
 
             // Feed-forward block.
-            rms_rows(&x, f32s(&lease, req(Role::FfnNorm)?)?, c.rms_eps, &mut cur);
-            let mut ffn = if c.moe.is_some() {
-                self.moe_ffn(il, &lease, &cur, n)?
+            rms_rows(
+                &s.x,
+                f32s(&lease, req(Role::FfnNorm)?)?,
+                c.rms_eps,
+                &mut s.cur,
+            );
+            if c.moe.is_some() {
+                self.moe_ffn(s, il, &lease, n)?;
             } else {
-                self.dense_ffn(
+                let w = (req(Role::FfnGate)?, req(Role::FfnUp)?, req(Role::FfnDown)?);
+                dense_ffn(
+                    m,
+                    &mut s.xq,
                     &lease,
-                    req(Role::FfnGate)?,
-                    req(Role::FfnUp)?,
-                    req(Role::FfnDown)?,
-                    &cur,
+                    w,
+                    &s.cur,
                     n,
-                )?
-            };
-            if let Some(w) = get(Role::PostFfwNorm) {
-                rms_rows(&ffn, f32s(&lease, w)?, c.rms_eps, &mut tmp);
-                std::mem::swap(&mut ffn, &mut tmp);
+                    &mut s.gate,
+                    &mut s.up,
+                    &mut s.out,
+                )?;
             }
-            ops::add_assign(&mut x, &ffn);
+            if let Some(w) = lw.get(Role::PostFfwNorm) {
+                rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
+                std::mem::swap(&mut s.out, &mut s.tmp);
+            }
+            ops::add_assign(&mut s.x, &s.out);
         }
         self.pos += n;
 
         // Output head on the rows whose logits are wanted.
         let rows: &[f32] = match want {
-            LogitsWanted::All => &x,
-            LogitsWanted::Last => &x[(n - 1) * e..],
+            None => return Ok(()),
+            Some(LogitsWanted::All) => &s.x,
+            Some(LogitsWanted::Last) => &s.x[(n - 1) * e..],
         };
         let n_out = rows.len() / e;
         {
             let globals = m.source.lease(UnitId::Globals)?;
-            rms_rows(rows, f32s(&globals, &m.output_norm)?, c.rms_eps, &mut cur);
+            rms_rows(rows, f32s(&globals, &m.output_norm)?, c.rms_eps, &mut s.cur);
         }
-        let mut logits = Vec::new();
         let head = m.source.lease(m.output.unit)?;
-        self.linear(&head, &m.output, &cur, n_out, false, &mut logits)?;
+        linear(
+            m, &mut s.xq, &head, &m.output, &s.cur, n_out, false, &mut s.tmp,
+        )?;
         drop(head);
         if let Some(cap) = c.final_softcap {
-            ops::softcap(&mut logits, cap);
+            ops::softcap(&mut s.tmp, cap);
         }
-        Ok(logits)
+        logits.extend_from_slice(&s.tmp);
+        Ok(())
     }
 
-    /// Embedding rows of `tokens`, dequantized (Gemma scales them by sqrt(n_embd)).
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+    /// Embedding rows of `tokens` into `s.x`, dequantized (Gemma scales them by sqrt(n_embd)).
+    fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<(), RuntimeError> {
         let m = self.model;
         let e = m.config.n_embd;
         let w = &m.embd;
-        let rb = w.ty.row_bytes(e as u64).unwrap_or(0) as usize;
-        let mut bytes = vec![0u8; rb * tokens.len()];
-        m.source.embedding_rows(tokens, &mut bytes)?;
-        let mut x = vec![0f32; e * tokens.len()];
-        for (src, dst) in bytes.chunks_exact(rb).zip(x.chunks_exact_mut(e)) {
+        let rb =
+            w.ty.row_bytes(e as u64)
+                .ok_or_else(|| RuntimeError::BadTensor {
+                    name: w.name.clone(),
+                    reason: format!("rows of {e} are not whole blocks of {}", w.ty),
+                })? as usize;
+        s.emb_bytes.clear();
+        s.emb_bytes.resize(rb * tokens.len(), 0);
+        m.source.embedding_rows(tokens, &mut s.emb_bytes)?;
+        s.x.clear();
+        s.x.resize(e * tokens.len(), 0.0);
+        for (src, dst) in s.emb_bytes.chunks_exact(rb).zip(s.x.chunks_exact_mut(e)) {
             scalar::dequantize_row(w.ty, src, dst)?;
         }
         if m.config.arch == Architecture::Gemma3 {
-            ops::scale(&mut x, (e as f32).sqrt());
+            ops::scale(&mut s.x, (e as f32).sqrt());
         }
-        Ok(x)
+        Ok(())
     }
 
-    /// Q/K/V projections, norms, RoPE, cache update and attention for `n` rows of `cur`;
-    /// returns the attention output (`n × n_head·head_dim_v`) before the output projection.
+    /// Q/K/V projections of `s.cur`, norms, RoPE, cache update and attention for `n` rows;
+    /// leaves the attention output (`n × n_head·head_dim_v`, before the output projection) in
+    /// `s.attn`.
     fn attention(
         &mut self,
+        s: &mut Scratch,
         il: usize,
         lease: &Lease<'_>,
-        cur: &[f32],
         n: usize,
-    ) -> Result<Vec<f32>, RuntimeError> {
+    ) -> Result<(), RuntimeError> {
         let m = self.model;
         let c = &m.config;
         let lw = &m.layers[il];
@@ -279,22 +394,46 @@ impl<'m> Session<'m> {
             })
         };
         let (hd, hdv, nh, nkv) = (c.head_dim_k, c.head_dim_v, c.n_head, c.n_head_kv);
-        let mut q = Vec::new();
-        let mut k = Vec::new();
-        let mut v = Vec::new();
-        self.linear(lease, req(Role::AttnQ)?, cur, n, false, &mut q)?;
-        self.linear(lease, req(Role::AttnK)?, cur, n, true, &mut k)?;
-        self.linear(lease, req(Role::AttnV)?, cur, n, true, &mut v)?;
+        linear(
+            m,
+            &mut s.xq,
+            lease,
+            req(Role::AttnQ)?,
+            &s.cur,
+            n,
+            false,
+            &mut s.q,
+        )?;
+        linear(
+            m,
+            &mut s.xq,
+            lease,
+            req(Role::AttnK)?,
+            &s.cur,
+            n,
+            true,
+            &mut s.k,
+        )?;
+        linear(
+            m,
+            &mut s.xq,
+            lease,
+            req(Role::AttnV)?,
+            &s.cur,
+            n,
+            true,
+            &mut s.v,
+        )?;
         for (role, y) in [
-            (Role::AttnQBias, &mut q),
-            (Role::AttnKBias, &mut k),
-            (Role::AttnVBias, &mut v),
+            (Role::AttnQBias, &mut s.q),
+            (Role::AttnKBias, &mut s.k),
+            (Role::AttnVBias, &mut s.v),
         ] {
             if let Some(b) = lw.get(role) {
                 add_bias(y, f32s(lease, b)?);
             }
         }
-        for (role, y) in [(Role::AttnQNorm, &mut q), (Role::AttnKNorm, &mut k)] {
+        for (role, y) in [(Role::AttnQNorm, &mut s.q), (Role::AttnKNorm, &mut s.k)] {
             if let Some(w) = lw.get(role) {
                 let w = f32s(lease, w)?;
                 for head in y.chunks_exact_mut(hd) {
@@ -303,20 +442,21 @@ impl<'m> Session<'m> {
             }
         }
 
-        // RoPE.
+        // RoPE: sliding-window layers have their own base (and no scaling) where the
+        // architecture says so.
         let swa = c.is_swa_layer(il);
         let (base, freq_scale) = match (swa, c.rope.freq_base_swa) {
             (true, Some(b)) => (b, 1.0),
             _ => (
                 c.rope.freq_base,
                 match c.rope.scaling {
-                    flashstream_formats::config::RopeScaling::Linear { factor } => 1.0 / factor,
+                    RopeScaling::Linear { factor } => 1.0 / factor,
                     _ => 1.0,
                 },
             ),
         };
         let dims = c.rope.dims;
-        let neox = c.rope.style == flashstream_formats::config::RopeStyle::Neox;
+        let neox = c.rope.style == RopeStyle::Neox;
         let head_lease;
         let freq_factors: Option<&[f32]> = match &m.rope_freqs {
             Some(w) => {
@@ -329,119 +469,92 @@ impl<'m> Session<'m> {
         let mut sin = vec![0f32; dims / 2];
         for t in 0..n {
             let p = self.pos + t;
-            rope_table(p, dims, base, freq_scale, freq_factors, &mut cos, &mut sin);
-            ops::rope_apply(
-                &mut q[t * nh * hd..(t + 1) * nh * hd],
-                hd,
-                dims,
-                neox,
-                &cos,
-                &sin,
-            );
-            ops::rope_apply(
-                &mut k[t * nkv * hd..(t + 1) * nkv * hd],
-                hd,
-                dims,
-                neox,
-                &cos,
-                &sin,
-            );
+            ops::rope_cache(p, dims, base, freq_scale, freq_factors, &mut cos, &mut sin);
+            let qt = &mut s.q[t * nh * hd..(t + 1) * nh * hd];
+            ops::rope_apply(qt, hd, dims, neox, &cos, &sin);
+            let kt = &mut s.k[t * nkv * hd..(t + 1) * nkv * hd];
+            ops::rope_apply(kt, hd, dims, neox, &cos, &sin);
         }
         for t in 0..n {
             self.kv.store(
                 il,
                 self.pos + t,
-                &k[t * nkv * hd..(t + 1) * nkv * hd],
-                &v[t * nkv * hdv..(t + 1) * nkv * hdv],
+                &s.k[t * nkv * hd..(t + 1) * nkv * hd],
+                &s.v[t * nkv * hdv..(t + 1) * nkv * hdv],
             );
         }
 
+        // Gemma scales Q before attention (and attends with scale 1); the others scale the
+        // scores.
+        let mut scale = 1.0 / (hd as f32).sqrt();
+        if c.arch == Architecture::Gemma3 {
+            ops::scale(&mut s.q, gemma_query_scale(c));
+            scale = 1.0;
+        }
+        // Small batches (and decode steps) take Q in f16, as llama.cpp converts it to the
+        // cache's type; large batches stay in f32 (see `attn`).
+        let tiled = n >= attn::TILE;
+        if !tiled {
+            for v in s.q.iter_mut() {
+                *v = f16::from_f32(*v).to_f32();
+            }
+        }
+
         // Scaled dot-product attention over the cache, causal (and windowed on SWA layers).
-        let scale = 1.0 / (hd as f32).sqrt();
         let window = if swa {
-            c.sliding_window.map(|s| s.window)
+            c.sliding_window.map(|w| w.window)
         } else {
             None
         };
-        let mut out = vec![0f32; n * nh * hdv];
+        s.attn.clear();
+        s.attn.resize(n * nh * hdv, 0.0);
         let keys = self.kv.keys(il);
         let values = self.kv.values(il);
         let group = nh / nkv;
         let pos0 = self.pos;
         let items = ChunkCounter::new(n * nh);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(s.attn.as_mut_ptr());
         let softcap = c.attn_softcap;
+        let q = &s.q;
+        let dims = (hd, nkv * hd, hdv, nkv * hdv);
         let work = |_: usize| {
-            let mut scores: Vec<f32> = Vec::new();
-            let mut krow = vec![0f32; hd];
-            let mut acc = vec![0f32; hdv];
+            let mut acc = vec![f16::ZERO; hdv];
+            let mut scores = vec![0f32; attn::TILE];
             while let Some(item) = items.next_chunk() {
                 let (t, h) = (item / nh, item % nh);
                 let p = pos0 + t;
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 let g = h / group;
                 let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                scores.clear();
-                for j in lo..=p {
-                    let kr = &keys[(j * nkv + g) * hd..(j * nkv + g + 1) * hd];
-                    kr.convert_to_f32_slice(&mut krow);
-                    let s: f32 = qh.iter().zip(&krow).map(|(a, b)| a * b).sum();
-                    scores.push(s * scale);
-                }
-                if let Some(cap) = softcap {
-                    ops::softcap(&mut scores, cap);
-                }
-                ops::softmax(&mut scores);
-                acc.fill(0.0);
-                for (j, &s) in (lo..=p).zip(&scores) {
-                    let vr: &[f16] = &values[(j * nkv + g) * hdv..(j * nkv + g + 1) * hdv];
-                    for (a, &vv) in acc.iter_mut().zip(vr) {
-                        *a += s * vv.to_f32();
-                    }
-                }
+                let ks = &keys[(lo * nkv + g) * hd..];
+                let vs = &values[(lo * nkv + g) * hdv..];
                 // SAFETY: each (t, h) item is claimed once and owns out[(t*nh+h)*hdv..+hdv].
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * hdv), hdv)
                 };
-                dst.copy_from_slice(&acc);
+                let n_kv = p + 1 - lo;
+                if tiled {
+                    attn::attend_f32(qh, ks, vs, dims, n_kv, scale, softcap, &mut scores, dst);
+                } else {
+                    attn::attend_f16(qh, ks, vs, dims, n_kv, scale, softcap, &mut acc, dst);
+                }
             }
         };
         m.pool.run(work);
-        Ok(out)
+        Ok(())
     }
 
-    fn dense_ffn(
-        &mut self,
-        lease: &Lease<'_>,
-        gate: &WeightRef,
-        up: &WeightRef,
-        down: &WeightRef,
-        cur: &[f32],
-        n: usize,
-    ) -> Result<Vec<f32>, RuntimeError> {
-        let mut g = Vec::new();
-        let mut u = Vec::new();
-        self.linear(lease, gate, cur, n, false, &mut g)?;
-        self.linear(lease, up, cur, n, true, &mut u)?;
-        if self.model.config.arch == Architecture::Gemma3 {
-            ops::geglu(&mut g, &u);
-        } else {
-            ops::swiglu(&mut g, &u);
-        }
-        let mut d = Vec::new();
-        self.linear(lease, down, &g, n, false, &mut d)?;
-        Ok(d)
-    }
-
-    /// Mixture-of-experts FFN: route each row, run each selected expert on the rows routed
-    /// to it (one pass over that expert's weights for all of them), sum weighted outputs.
+    /// Mixture-of-experts FFN of `s.cur` into `s.out`: route each row (softmax over the
+    /// router logits, top-k, optionally renormalised), run each selected expert on the rows
+    /// routed to it (one pass over that expert's weights for all of them), sum the weighted
+    /// outputs; add the shared expert (scaled by its sigmoid gate) where there is one.
     fn moe_ffn(
         &mut self,
+        s: &mut Scratch,
         il: usize,
         lease: &Lease<'_>,
-        cur: &[f32],
         n: usize,
-    ) -> Result<Vec<f32>, RuntimeError> {
+    ) -> Result<(), RuntimeError> {
         let m = self.model;
         let c = &m.config;
         let moe = c
@@ -455,28 +568,50 @@ impl<'m> Session<'m> {
             })
         };
         let e = c.n_embd;
-        let mut logits = Vec::new();
-        self.linear(lease, req(Role::FfnRouter)?, cur, n, false, &mut logits)?;
+        linear(
+            m,
+            &mut s.xq,
+            lease,
+            req(Role::FfnRouter)?,
+            &s.cur,
+            n,
+            false,
+            &mut s.router,
+        )?;
         let ne = moe.n_expert;
-        // Per expert: the rows routed to it and their weights.
-        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
+        let k_used = moe.n_expert_used.min(ne);
+        // Per row: the selected experts in order of weight, and their weights.
+        let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
+        let mut idx: Vec<usize> = Vec::with_capacity(ne);
         for t in 0..n {
-            let mut p = logits[t * ne..(t + 1) * ne].to_vec();
-            ops::softmax(&mut p);
-            let mut idx: Vec<usize> = (0..ne).collect();
+            let p = &mut s.router[t * ne..(t + 1) * ne];
+            ops::softmax(p);
+            idx.clear();
+            idx.extend(0..ne);
             idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top = &idx[..moe.n_expert_used];
+            let top = &idx[..k_used];
             let sum: f32 = top.iter().map(|&i| p[i]).sum();
-            for &i in top {
-                let wgt = if moe.norm_top_k { p[i] / sum } else { p[i] };
-                routed[i].push((t, wgt));
+            let row: Vec<(usize, f32)> = top
+                .iter()
+                .map(|&i| {
+                    let w = if moe.norm_top_k { p[i] / sum } else { p[i] };
+                    (i, w)
+                })
+                .collect();
+            picks.push(row);
+        }
+        // Per expert: the rows routed to it and the rank of the expert in each row's pick.
+        let mut routed: Vec<Vec<(usize, usize)>> = vec![Vec::new(); ne];
+        for (t, row) in picks.iter().enumerate() {
+            for (rank, &(ex, _)) in row.iter().enumerate() {
+                routed[ex].push((t, rank));
             }
         }
-        let mut out = vec![0f32; n * e];
+        // Expert outputs per (row, rank), summed in rank order afterwards as llama.cpp does.
+        let mut per_rank = vec![0f32; n * k_used * e];
         let gate_w = req(Role::FfnGateExps)?;
         let up_w = req(Role::FfnUpExps)?;
         let down_w = req(Role::FfnDownExps)?;
-        let mut xe = Vec::new();
         for (ex, rows) in routed.iter().enumerate() {
             if rows.is_empty() {
                 continue;
@@ -502,18 +637,36 @@ impl<'m> Session<'m> {
                 })
             };
             let (gw, uw, dw) = (part(gate_w)?, part(up_w)?, part(down_w)?);
-            xe.clear();
+            s.xe.clear();
             for &(t, _) in rows {
-                xe.extend_from_slice(&cur[t * e..(t + 1) * e]);
+                s.xe.extend_from_slice(&s.cur[t * e..(t + 1) * e]);
             }
-            let d = self.dense_ffn(&el, &gw, &uw, &dw, &xe, rows.len())?;
-            for (r, &(t, wgt)) in rows.iter().enumerate() {
-                for (o, &v) in out[t * e..(t + 1) * e]
-                    .iter_mut()
-                    .zip(&d[r * e..(r + 1) * e])
-                {
-                    *o += wgt * v;
+            dense_ffn(
+                m,
+                &mut s.xq,
+                &el,
+                (&gw, &uw, &dw),
+                &s.xe,
+                rows.len(),
+                &mut s.gate,
+                &mut s.up,
+                &mut s.down,
+            )?;
+            for (r, &(t, rank)) in rows.iter().enumerate() {
+                let wgt = picks[t][rank].1;
+                let dst = &mut per_rank[(t * k_used + rank) * e..(t * k_used + rank + 1) * e];
+                for (o, &v) in dst.iter_mut().zip(&s.down[r * e..(r + 1) * e]) {
+                    *o = v * wgt;
                 }
+            }
+        }
+        s.out.clear();
+        s.out.resize(n * e, 0.0);
+        for t in 0..n {
+            let dst = &mut s.out[t * e..(t + 1) * e];
+            for rank in 0..k_used {
+                let src = &per_rank[(t * k_used + rank) * e..(t * k_used + rank + 1) * e];
+                ops::add_assign(dst, src);
             }
         }
         // Shared expert (Qwen2-MoE), scaled by a sigmoid gate.
@@ -522,25 +675,46 @@ impl<'m> Session<'m> {
             lw.get(Role::FfnUpShexp),
             lw.get(Role::FfnDownShexp),
         ) {
-            let shared = self.dense_ffn(lease, g, u, d, cur, n)?;
-            let gates = match lw.get(Role::FfnRouterShexp) {
+            dense_ffn(
+                m,
+                &mut s.xq,
+                lease,
+                (g, u, d),
+                &s.cur,
+                n,
+                &mut s.gate,
+                &mut s.up,
+                &mut s.down,
+            )?;
+            let gates: Option<Vec<f32>> = match lw.get(Role::FfnRouterShexp) {
                 Some(w) => {
-                    let mut s = Vec::new();
-                    self.linear(lease, w, cur, n, false, &mut s)?;
-                    s.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect()
+                    let mut g = Vec::new();
+                    linear(m, &mut s.xq, lease, w, &s.cur, n, false, &mut g)?;
+                    Some(g.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect())
                 }
-                None => vec![1.0; n],
+                None => None,
             };
             for t in 0..n {
-                for (o, &v) in out[t * e..(t + 1) * e]
+                let gate = gates.as_ref().map_or(1.0, |g| g[t]);
+                for (o, &v) in s.out[t * e..(t + 1) * e]
                     .iter_mut()
-                    .zip(&shared[t * e..(t + 1) * e])
+                    .zip(&s.down[t * e..(t + 1) * e])
                 {
-                    *o += gates[t] * v;
+                    *o += v * gate;
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// Gemma's query scale: `1/sqrt(head_dim)`, except the 27B (62 layers) which uses
+/// `1/sqrt(n_embd / n_head)` (llama.cpp's rule, after the reference implementation).
+fn gemma_query_scale(c: &flashstream_formats::ModelConfig) -> f32 {
+    if c.n_layer == 62 {
+        1.0 / ((c.n_embd / c.n_head) as f32).sqrt()
+    } else {
+        1.0 / (c.head_dim_k as f32).sqrt()
     }
 }
 
@@ -555,29 +729,6 @@ fn expert_part_name(w: &WeightRef, il: usize, ex: usize) -> String {
             .and_then(|s| s.split('.').next())
             .unwrap_or("ffn");
         format!("blk.{il}.{base}.{ex}.weight")
-    }
-}
-
-/// cos/sin of `pos * theta_i` with `theta_i = base^(-2i/dims) * freq_scale / factor_i`.
-fn rope_table(
-    pos: usize,
-    dims: usize,
-    base: f32,
-    freq_scale: f32,
-    factors: Option<&[f32]>,
-    cos: &mut [f32],
-    sin: &mut [f32],
-) {
-    ops::rope_cache(pos, dims, base, freq_scale, cos, sin);
-    if let Some(f) = factors {
-        let theta_scale = base.powf(-2.0 / dims as f32);
-        let mut theta = pos as f32 * freq_scale;
-        for i in 0..dims / 2 {
-            let t = theta / f[i];
-            cos[i] = t.cos();
-            sin[i] = t.sin();
-            theta *= theta_scale;
-        }
     }
 }
 

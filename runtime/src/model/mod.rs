@@ -7,6 +7,7 @@
 //! come back for the last position or for all of them.
 
 pub mod arch;
+pub mod attn;
 mod forward;
 pub mod kv;
 
@@ -121,6 +122,9 @@ pub struct ModelOptions {
     pub threads: usize,
     /// Instruction set; `None` picks the best this CPU has.
     pub isa: Option<Isa>,
+    /// Most tokens [`Session::eval`] sends through the layers at once; longer inputs are
+    /// processed in chunks of this size (bounding activation memory).
+    pub max_batch: usize,
 }
 
 impl Default for ModelOptions {
@@ -128,6 +132,7 @@ impl Default for ModelOptions {
         ModelOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             isa: None,
+            max_batch: 512,
         }
     }
 }
@@ -143,6 +148,7 @@ pub struct Model {
     rope_freqs: Option<WeightRef>,
     isa: Isa,
     pool: WorkerPool,
+    max_batch: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -194,6 +200,11 @@ impl Model {
         source: Box<dyn WeightSource>,
         opts: &ModelOptions,
     ) -> Result<Self, RuntimeError> {
+        if opts.max_batch == 0 {
+            return Err(RuntimeError::Invalid(
+                "max_batch must be at least 1 token".into(),
+            ));
+        }
         let config = ModelConfig::from_model(gguf)?;
         let arch = config.arch;
         let isa = match opts.isa {
@@ -267,6 +278,7 @@ impl Model {
             output,
             rope_freqs,
             isa,
+            max_batch: opts.max_batch,
         };
         model.check_small_tensors()?;
         Ok(model)
@@ -327,6 +339,11 @@ impl Model {
     /// Threads used by kernels.
     pub fn threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    /// Most tokens evaluated in one pass (see [`ModelOptions::max_batch`]).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// The weight source.

@@ -74,6 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shape = Shape {
         ctx: Some(a.ctx.unwrap_or(need)),
         min_ctx: need,
+        wanted_ctx: None,
         logits_rows: 1,
         threads,
         max_batch: 512,

@@ -3,53 +3,89 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use flashstream::runtime::model::{Model, ModelOptions};
-use flashstream::scheduler::ResidentSource;
+use flashstream::formats::GgufModel;
+use flashstream::formats::ModelConfig;
+use flashstream::runtime::model::ModelOptions;
+use flashstream::runtime::tokenizer::Tokenizer;
 
-/// Model, context and threads.
+use super::engine::{Engine, MemArgs, Shape};
+
+/// Model, context, threads, batch size and the memory budget.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// The GGUF file (the first part of a split model).
     pub model: PathBuf,
-    /// Context length in tokens (default: what the command needs, at most the model's).
+    /// Context length in tokens (default: what the command needs, within the budget and the
+    /// model's).
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Threads for compute (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Most tokens evaluated in one pass through the layers (longer inputs are chunked; a
+    /// tight budget may lower it).
+    #[arg(long, default_value_t = ModelOptions::default().max_batch)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub mem: MemArgs,
 }
 
-/// A model ready to run.
-pub struct Loaded {
-    pub model: Model,
-    pub n_ctx: usize,
+/// The tokenizer stored in the model's metadata.
+pub fn tokenizer(gguf: &GgufModel, path: &std::path::Path) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_metadata(&gguf.metadata)
+        .with_context(|| format!("cannot read the tokenizer of {}", path.display()))
 }
 
-/// Opens and validates the model; `needed` is the context the command needs at least.
-pub fn load_model(a: &ModelArgs, needed: Option<usize>) -> anyhow::Result<Loaded> {
-    let gguf = super::open_model(&a.model)?;
+/// What a command asks of the model besides the common options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// Positions the input needs at least.
+    pub ctx: Option<usize>,
+    /// Positions it would like when `--ctx` is not given.
+    pub wanted_ctx: Option<usize>,
+    /// Logits rows one eval returns at most.
+    pub logits_rows: usize,
+    /// Heap bytes already held for the model outside the plan (the tokenizer).
+    pub extra_bytes: u64,
+}
+
+/// Validates the options and loads the model under its budget (see [`Engine`]).
+pub fn build_model(gguf: &GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Result<Engine> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    let opts = ModelOptions {
-        threads: a.threads.unwrap_or_else(|| ModelOptions::default().threads),
-        isa: None,
-    };
-    let source = ResidentSource::load(&gguf)
-        .with_context(|| format!("loading weights of {}", a.model.display()))?;
-    let model = Model::new(&gguf, Box::new(source), &opts)
-        .with_context(|| format!("cannot run {}", a.model.display()))?;
-    let train = model.config().n_ctx_train;
-    let n_ctx = match a.ctx {
-        Some(0) => bail!("--ctx must be at least 1"),
-        Some(c) if c > train => bail!("--ctx {c} exceeds the model's context length {train}"),
-        Some(c) => c,
-        None => needed.unwrap_or(train).clamp(1, train),
-    };
-    if let Some(n) = needed {
-        if n > n_ctx {
-            bail!("the input needs {n} positions but --ctx is {n_ctx}");
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if a.ctx == Some(0) {
+        bail!("--ctx must be at least 1");
+    }
+    let train = ModelConfig::from_model(gguf)
+        .with_context(|| format!("cannot run {}", a.model.display()))?
+        .n_ctx_train;
+    if let Some(c) = a.ctx {
+        if c > train {
+            bail!("--ctx {c} exceeds the model's context length {train}");
         }
     }
-    Ok(Loaded { model, n_ctx })
+    if let (Some(n), Some(c)) = (needs.ctx, a.ctx) {
+        if n > c {
+            bail!("the input needs {n} positions but --ctx is {c} (the model allows {train})");
+        }
+    }
+    if let Some(n) = needs.ctx {
+        if n > train {
+            bail!("the input needs {n} positions but the model's context length is {train}");
+        }
+    }
+    let shape = Shape {
+        ctx: a.ctx,
+        min_ctx: needs.ctx.unwrap_or(1),
+        wanted_ctx: needs.wanted_ctx.or(needs.ctx),
+        logits_rows: needs.logits_rows.max(1),
+        threads: a.threads.unwrap_or_else(|| ModelOptions::default().threads),
+        max_batch: a.batch,
+        extra_bytes: needs.extra_bytes,
+    };
+    Engine::load(gguf, &a.mem, &shape, &a.model)
 }

@@ -39,6 +39,10 @@ pub struct Shape {
     pub ctx: Option<usize>,
     /// Positions the command needs at least.
     pub min_ctx: usize,
+    /// Positions it would like when `ctx` is not given (default
+    /// [`flashstream::scheduler::plan::DEFAULT_CTX`]); the plan
+    /// shrinks it to what the budget leaves room for, down to `min_ctx`.
+    pub wanted_ctx: Option<usize>,
     /// Logits rows one eval returns at most.
     pub logits_rows: usize,
     /// Compute threads.
@@ -81,6 +85,9 @@ pub fn make_plan(
     let mut req = PlanRequest::new(budget(mem)?, config.tied_output);
     req.ctx = shape.ctx;
     req.min_ctx = shape.min_ctx.max(1);
+    if let Some(w) = shape.wanted_ctx {
+        req.default_ctx = w.max(req.min_ctx);
+    }
     req.prefetch_depth = mem.prefetch;
     let mut batch = shape.max_batch.max(1);
     loop {
@@ -123,7 +130,7 @@ pub struct Engine {
     pub plan: Plan,
     /// The backend in use.
     pub io: IoKind,
-    /// The largest batch the plan counted activations for.
+    /// The largest batch the plan counted activations for (the model's `max_batch`).
     pub batch: usize,
 }
 
@@ -138,7 +145,14 @@ impl Engine {
         let config = ModelConfig::from_model(gguf)
             .with_context(|| format!("cannot run {}", label.display()))?;
         let (plan, batch) = make_plan(gguf, &config, mem, shape)?;
-        Self::from_plan(gguf, mem, plan, batch, shape.threads, label)
+        Self::from_plan(
+            gguf,
+            mem,
+            plan,
+            batch.min(shape.max_batch),
+            shape.threads,
+            label,
+        )
     }
 
     /// Loads `gguf` with a plan made by [`make_plan`].
@@ -166,6 +180,7 @@ impl Engine {
             Box::new(source),
             &ModelOptions {
                 threads,
+                max_batch: batch,
                 ..ModelOptions::default()
             },
         )

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::common::{load_model, ModelArgs};
+use super::common::{build_model, ModelArgs, Needs};
 use flashstream::runtime::model::LogitsWanted;
 
 #[derive(clap::Args)]
@@ -26,22 +26,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("--top must be at least 1");
     }
     let n = a.tokens.len();
-    let loaded = load_model(&a.model, Some(n))?;
+    let gguf = super::open_model(&a.model.model)?;
+    let loaded = build_model(
+        &gguf,
+        &a.model,
+        Needs {
+            ctx: Some(n),
+            logits_rows: n,
+            ..Needs::default()
+        },
+    )?;
     let model = &loaded.model;
     let n_vocab = model.config().n_vocab;
-    let mut session = model.session(loaded.n_ctx)?;
-    let logits = session
-        .eval(&a.tokens, LogitsWanted::All)
-        .context("evaluating the sequence")?;
+    let mut session = model.session(loaded.plan.n_ctx)?;
+    // One batch at a time (the plan counted logits for one), keeping only the top K rows.
     let mut positions = Vec::with_capacity(n);
-    for (pos, row) in logits.chunks_exact(n_vocab).enumerate() {
-        let mut idx: Vec<usize> = (0..n_vocab).collect();
-        let k = a.top.min(n_vocab);
-        idx.select_nth_unstable_by(k - 1, |&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-        idx.truncate(k);
-        idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-        let top: Vec<(u32, f32)> = idx.iter().map(|&i| (i as u32, row[i])).collect();
-        positions.push((pos, top));
+    for chunk in a.tokens.chunks(loaded.batch.max(1)) {
+        let logits = session
+            .eval(chunk, LogitsWanted::All)
+            .context("evaluating the sequence")?;
+        for row in logits.chunks_exact(n_vocab) {
+            positions.push((positions.len(), top_k(row, a.top)));
+        }
+    }
+    if a.model.mem.stats {
+        eprintln!("{}", super::engine::describe_plan(&loaded.plan));
+        eprintln!("{:?}", loaded.stats());
     }
     if a.json {
         let p: Vec<_> = positions
@@ -56,4 +66,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `k` largest `(id, logit)` of `row`, largest first (ties: lower id first), without
+/// allocating per vocabulary entry.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let better = |a: (u32, f32), b: (u32, f32)| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)).is_gt();
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in row.iter().enumerate() {
+        let c = (i as u32, v);
+        if top.len() == k && !better(c, top[k - 1]) {
+            continue;
+        }
+        let at = top.iter().position(|&t| better(c, t)).unwrap_or(top.len());
+        top.insert(at, c);
+        top.truncate(k);
+    }
+    top
 }

@@ -8,7 +8,9 @@ pub mod inspect;
 pub mod logits;
 pub mod mkmodel;
 pub mod plan;
+pub mod run;
 pub mod size;
+pub mod tokenize;
 
 use std::path::Path;
 

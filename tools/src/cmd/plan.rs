@@ -79,6 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shape = Shape {
         ctx: a.ctx,
         min_ctx: 1,
+        wanted_ctx: None,
         logits_rows: 1,
         threads,
         max_batch: 512,

@@ -1,0 +1,220 @@
+//! `flashstream run MODEL -p TEXT [...]`: generate text, streamed to stdout.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use super::common::{build_model, tokenizer, ModelArgs, Needs};
+use super::engine::{describe_plan, stats_json};
+use flashstream::runtime::chat::{ChatTemplate, Message};
+use flashstream::runtime::generate::{generate, GenerateOptions};
+use flashstream::runtime::sampler::SamplerConfig;
+use flashstream::scheduler::{sysmem, SourceStats};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt.
+    #[arg(short = 'p', long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n_predict: usize,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = SamplerConfig::default().temperature)]
+    temp: f32,
+    /// Seed of the sampler (a seed always gives the same text).
+    #[arg(long, default_value_t = SamplerConfig::default().seed)]
+    seed: u64,
+    /// Keep the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = SamplerConfig::default().top_k)]
+    top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens reaching this probability (1 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().top_p)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().min_p)]
+    min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().repeat_penalty)]
+    repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = SamplerConfig::default().repeat_last_n)]
+    repeat_last_n: usize,
+    /// Stop when the text contains this string (may be given several times).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Apply the model's chat template: the prompt is one user message.
+    #[arg(long)]
+    chat: bool,
+    /// With `--chat`: a system message before the user's (the template's default otherwise).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Print one JSON object `{"prompt_tokens","tokens","text","stop_reason","stats"}` at
+    /// the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let sampler = SamplerConfig {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed,
+    };
+    sampler.validate()?;
+    if a.stop.iter().any(|s| s.is_empty()) {
+        bail!("--stop must not be empty");
+    }
+    let gguf = super::open_model(&a.model.model)?;
+    let tok = tokenizer(&gguf, &a.model.model)?;
+    let (text, add_special) = if a.chat {
+        let piece = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(&tok.token_to_piece_with(i, true)).into_owned())
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (piece(tok.bos()), piece(tok.eos()));
+        let arch = gguf
+            .metadata
+            .get_str("general.architecture")
+            .unwrap_or_default();
+        let template = gguf
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str());
+        let t = ChatTemplate::new(template, arch, &bos, &eos);
+        let mut messages = Vec::new();
+        if let Some(sys) = &a.system {
+            messages.push(Message::new("system", sys));
+        }
+        messages.push(Message::new("user", &a.prompt));
+        let rendered = t.render(&messages, true)?;
+        // A template that writes BOS itself must not get a second one from the tokenizer.
+        let has_bos = !bos.is_empty() && rendered.starts_with(&bos);
+        (rendered, !has_bos)
+    } else {
+        (a.prompt.clone(), true)
+    };
+    let prompt = tok.encode(&text, add_special, true)?;
+    if prompt.is_empty() {
+        bail!("the prompt gives no tokens");
+    }
+    let wanted = prompt.len().saturating_add(a.n_predict);
+    let loaded = build_model(
+        &gguf,
+        &a.model,
+        Needs {
+            ctx: Some(prompt.len()),
+            wanted_ctx: Some(wanted),
+            logits_rows: 1,
+            extra_bytes: tok.heap_bytes() as u64,
+        },
+    )?;
+    drop(gguf);
+    let n_ctx = loaded.plan.n_ctx;
+    let mut session = loaded.model.session(n_ctx)?;
+    let s0 = loaded.stats();
+    // Source counters when the first token is out: the prompt's share, then the decode's.
+    let mut s1: Option<SourceStats> = None;
+    let opts = GenerateOptions {
+        max_tokens: a.n_predict,
+        sampler,
+        stop: a.stop.clone(),
+        ..GenerateOptions::default()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let out = generate(&mut session, &tok, &prompt, &opts, |ev| {
+        if s1.is_none() {
+            s1 = Some(loaded.stats());
+        }
+        if !a.json && !ev.text.is_empty() {
+            if let Err(e) = stdout
+                .write_all(ev.text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                write_err = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })
+    .context("generating")?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    let s = &out.stats;
+    let s2 = loaded.stats();
+    let first = s1.unwrap_or_else(|| s2.clone());
+    let prompt_io = first.since(&s0);
+    // Decode: the steps after the first token (its sampling is part of the prompt's time).
+    let decode_io = s2.since(&first);
+    let decode_wall = s.decode_s;
+    if a.model.mem.stats {
+        eprintln!("{}", describe_plan(&loaded.plan));
+        eprintln!(
+            "[io: {} read for the prompt, {} per generated token; waited {:.3} s for bytes; {} busy {:.3} s]",
+            flashstream::scheduler::fmt_bytes(prompt_io.bytes_read),
+            flashstream::scheduler::fmt_bytes(
+                decode_io.bytes_read / (s.generated_tokens.saturating_sub(1).max(1) as u64)
+            ),
+            decode_io.stall_s + prompt_io.stall_s,
+            loaded.io,
+            decode_io.io_busy_s + prompt_io.io_busy_s,
+        );
+    }
+    if a.json {
+        let j = json!({
+            "prompt_tokens": out.prompt_tokens,
+            "tokens": out.tokens,
+            "text": out.text,
+            "stop_reason": out.stop_reason.as_str(),
+            "stats": {
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+                "prompt_s": s.prompt_s,
+                "decode_s": s.decode_s,
+                "prompt_tokens_per_s": s.prompt_tokens_per_s,
+                "decode_tokens_per_s": s.decode_tokens_per_s,
+                "time_to_first_token_s": s.time_to_first_token_s,
+                "threads": loaded.model.threads(),
+                "n_ctx": n_ctx,
+                "io": loaded.io.to_string(),
+                "budget_bytes": loaded.plan.budget,
+                "planned_bytes": loaded.plan.total_bytes(),
+                "peak_memory_bytes": sysmem::peak_rss(),
+                "prompt_bytes_read": prompt_io.bytes_read,
+            },
+        });
+        let mut j = j;
+        if let Some(obj) = j["stats"].as_object_mut() {
+            obj.extend(stats_json(
+                &decode_io,
+                s.generated_tokens.saturating_sub(1) as u64,
+                decode_wall,
+            ));
+        }
+        writeln!(stdout, "{j}").context("writing to stdout")?;
+    } else {
+        if !out.text.ends_with('\n') {
+            writeln!(stdout).context("writing to stdout")?;
+        }
+        eprintln!(
+            "[{} prompt tokens at {:.1}/s, {} generated at {:.1}/s, first token after {:.3} s, stop: {}]",
+            s.prompt_tokens,
+            s.prompt_tokens_per_s,
+            s.generated_tokens,
+            s.decode_tokens_per_s,
+            s.time_to_first_token_s,
+            out.stop_reason.as_str()
+        );
+    }
+    Ok(())
+}
