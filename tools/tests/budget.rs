@@ -9,7 +9,7 @@ use std::process::Command;
 
 /// Bytes the process may hold beyond its budget: the binary's touched pages, libc, thread
 /// stacks, the allocator's slack.
-const ALLOWANCE: u64 = 48 << 20;
+const ALLOWANCE: u64 = 32 << 20;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flashstream"))
@@ -182,9 +182,10 @@ fn smollm2_streams_inside_64mib_plus_allowance() {
 }
 
 #[test]
-fn gemma3_streams_inside_160mib_plus_allowance() {
+fn gemma3_streams_inside_224mib_plus_allowance() {
     let Some(m) = model("gemma-3-270m-q4_k_m.gguf") else {
         return;
     };
-    check_under_cgroup(&m, 160, "2,105,2364,107,6974,563", "auto");
+    // Its tied 170 MiB embedding (the output head) is pinned; the layers stream.
+    check_under_cgroup(&m, 224, "2,105,2364,107,6974,563", "auto");
 }
