@@ -120,12 +120,18 @@ pub struct SourceStats {
     pub ring_skips: u64,
     /// Expert leases.
     pub expert_leases: u64,
-    /// Expert leases served from the cache at once.
+    /// Expert leases that needed no read when the runtime asked: cached from an earlier use,
+    /// or predicted and already read (`expert_prefetch_hits` of them).
     pub expert_hits: u64,
-    /// Expert leases that were not in the cache (read on demand).
+    /// Hits owed to a prediction.
+    pub expert_prefetch_hits: u64,
+    /// Expert leases that were read on demand.
     pub expert_misses: u64,
     /// Expert leases whose predicted read had started but not finished.
     pub expert_late: u64,
+    /// Experts read on demand and evicted before their lease (a cache too small for one
+    /// layer's experts).
+    pub expert_evicted_unused: u64,
     /// Expert bytes read (aligned), misses and predictions.
     pub expert_bytes_read: u64,
     /// Predicted experts read.
@@ -154,6 +160,8 @@ impl SourceStats {
             ring_skips: d(self.ring_skips, earlier.ring_skips),
             expert_leases: d(self.expert_leases, earlier.expert_leases),
             expert_hits: d(self.expert_hits, earlier.expert_hits),
+            expert_prefetch_hits: d(self.expert_prefetch_hits, earlier.expert_prefetch_hits),
+            expert_evicted_unused: d(self.expert_evicted_unused, earlier.expert_evicted_unused),
             expert_misses: d(self.expert_misses, earlier.expert_misses),
             expert_late: d(self.expert_late, earlier.expert_late),
             expert_bytes_read: d(self.expert_bytes_read, earlier.expert_bytes_read),
@@ -265,9 +273,25 @@ pub trait WeightSource: Send + Sync {
     /// The bytes of unit `id`, blocking until they are in RAM.
     fn lease(&self, id: UnitId) -> Result<Lease<'_>, SchedulerError>;
 
-    /// Says which units will be asked for next, in order (a streaming source starts reading
-    /// them; a resident one ignores it).
+    /// Says which units will probably be asked for soon (predictions: a streaming source reads
+    /// them in the background, behind what is needed now, if it has room; a resident one
+    /// ignores it). Layers need no hint: a streaming source reads them ahead in use order.
     fn prefetch(&self, _upcoming: &[UnitId]) {}
+
+    /// Says which units will be asked for now, before the first of them is leased (the routed
+    /// experts of a layer), so their reads go out together.
+    fn will_need(&self, _units: &[UnitId]) {}
+
+    /// Whether `id` is in RAM for the whole run (leasing it never waits nor disturbs the
+    /// streaming order).
+    fn is_resident(&self, _id: UnitId) -> bool {
+        true
+    }
+
+    /// Whether every unit is in RAM for the whole run (hints are then pointless).
+    fn all_resident(&self) -> bool {
+        true
+    }
 
     /// Copies the embedding rows of `tokens` into `out` (`tokens.len()` rows of raw bytes).
     fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError>;

@@ -133,6 +133,9 @@ pub struct Plan {
     pub expert_bytes_per_token_max: u64,
     /// Expected expert-cache hit rate if routing were uniform (cache slots / experts).
     pub expert_hit_rate_uniform: f64,
+    /// Expert leases per token if every layer routes each token to distinct experts
+    /// (layers x experts used per token; 0 for dense models).
+    pub expert_leases_per_token: u64,
     /// Read alignment the layouts were made for.
     pub align: u64,
     /// The aligned layout of every unit, by [`UnitTable::position`].
@@ -547,6 +550,11 @@ impl Plan {
             row_scratch_bytes,
             weight_bytes,
             expert_bytes_per_token_max,
+            expert_leases_per_token: if n_experts_total > 0 {
+                units.n_layer() as u64 * needs.experts_per_token as u64
+            } else {
+                0
+            },
             expert_hit_rate_uniform: if n_experts_total > 0 {
                 expert_slots as f64 / n_experts_total as f64
             } else {

@@ -41,6 +41,10 @@ use crate::{
 /// Largest single read submitted to the backend.
 pub const CHUNK_BYTES: u64 = 4 << 20;
 
+/// How many tokens' worth of expert leases an expert must go unused before a prediction may
+/// evict it.
+pub const PREDICTION_AGE_TOKENS: u64 = 4;
+
 /// A region of memory owned by the source (one of its buffers).
 #[derive(Clone, Copy)]
 struct Region {
@@ -116,10 +120,22 @@ struct CacheSlot {
     ready: bool,
     leases: usize,
     last_use: u64,
-    /// Prefetch epoch that last protected it (0: never).
+    /// Request epoch that last protected it (0: never).
     protect: u64,
-    /// Loaded by a prediction and not leased since.
-    by_prefetch: bool,
+    /// Why it was read, until its first lease.
+    origin: Origin,
+}
+
+/// Why an expert is in the cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Leased at least once since it was read (or empty).
+    #[default]
+    Used,
+    /// Read because a prediction asked for it; not leased yet.
+    Predicted,
+    /// Read because the runtime needed it now (`will_need` or a lease); not leased yet.
+    Demanded,
 }
 
 #[derive(Debug)]
@@ -136,9 +152,14 @@ struct State {
     cache: Vec<CacheSlot>,
     cache_of: HashMap<UnitId, usize>,
     demand: VecDeque<UnitId>,
+    /// The expert a lease is blocked on (read first, may evict anything not leased).
+    urgent: Option<UnitId>,
     predicted: VecDeque<UnitId>,
     epoch: u64,
     clock: u64,
+    /// Expert leases in one token (the plan's estimate): how recent a use protects from
+    /// predictions.
+    window: u64,
     rows: Option<RowJob>,
     failed: Option<String>,
     shutdown: bool,
@@ -151,9 +172,32 @@ impl State {
         p != 0 && p + 1 >= self.epoch
     }
 
-    /// The slot to (re)use for a new expert: empty first, then the least recently used among
-    /// those neither leased nor loading, unprotected first unless `allow_protected`.
-    fn victim(&self, allow_protected: bool) -> Option<usize> {
+    /// The slot to (re)use for a new expert: an empty one, else the least recently used of
+    /// those neither leased nor loading, taken from the least valuable class first: unused
+    /// guesses, then anything unprotected; then (`level >= 1`) protected ones; then
+    /// (`level >= 2`, only for the read a lease is blocked on) experts demanded for this
+    /// layer and not leased yet.
+    /// A prediction (`level == 0`) only takes an empty slot, one holding an earlier unused
+    /// guess, or one unused for [`PREDICTION_AGE_TOKENS`] tokens: a guess never pushes out
+    /// the experts recent tokens used, which routing often picks again (measured: letting
+    /// predictions evict by plain LRU doubled the misses on a repetitive decode).
+    fn victim(&self, level: u8) -> Option<usize> {
+        if level == 0 {
+            let stale = |i: usize| {
+                let c = &self.cache[i];
+                c.leases == 0
+                    && c.loading == 0
+                    && !self.protected(i)
+                    && (c.origin == Origin::Predicted
+                        || c.last_use + PREDICTION_AGE_TOKENS * self.window <= self.clock)
+            };
+            if let Some(i) = (0..self.cache.len()).find(|&i| self.cache[i].unit.is_none()) {
+                return Some(i);
+            }
+            return (0..self.cache.len())
+                .filter(|&i| stale(i))
+                .min_by_key(|&i| self.cache[i].last_use);
+        }
         let free = |i: usize| {
             let s = &self.cache[i];
             s.leases == 0 && s.loading == 0
@@ -161,12 +205,21 @@ impl State {
         if let Some(i) = (0..self.cache.len()).find(|&i| free(i) && self.cache[i].unit.is_none()) {
             return Some(i);
         }
-        let best = |prot: bool| {
-            (0..self.cache.len())
-                .filter(|&i| free(i) && (prot || !self.protected(i)))
-                .min_by_key(|&i| self.cache[i].last_use)
+        // 0: an unprotected guess nobody used; 1: unprotected; 2: a protected guess or a
+        // protected used expert; 3: demanded for this layer, not leased yet.
+        let class = |i: usize| -> u8 {
+            match (self.protected(i), self.cache[i].origin) {
+                (false, Origin::Predicted) => 0,
+                (false, _) => 1,
+                (true, Origin::Demanded) => 3,
+                (true, _) => 2,
+            }
         };
-        best(false).or_else(|| if allow_protected { best(true) } else { None })
+        (0..=level + 1).find_map(|c| {
+            (0..self.cache.len())
+                .filter(|&i| free(i) && class(i) == c)
+                .min_by_key(|&i| self.cache[i].last_use)
+        })
     }
 
     fn ring_slot_free(&self, slot: usize) -> bool {
@@ -401,9 +454,11 @@ impl StreamingSource {
                 cache: vec![CacheSlot::default(); plan.expert_slots],
                 cache_of: HashMap::new(),
                 demand: VecDeque::new(),
+                urgent: None,
                 predicted: VecDeque::new(),
                 epoch: 1,
                 clock: 0,
+                window: plan.expert_leases_per_token,
                 rows: None,
                 failed: None,
                 shutdown: false,
@@ -446,6 +501,44 @@ impl StreamingSource {
     /// The backend in use (after `auto` resolved).
     pub fn io_kind(&self) -> IoKind {
         self.kind
+    }
+
+    /// Experts the runtime needs now (`demand`) or predicts it will need (`!demand`): cached
+    /// ones are protected from eviction for this request and the next; the others are queued
+    /// for reading (demand ahead of the ring and of predictions, predictions behind).
+    fn request(&self, units: &[UnitId], demand: bool) {
+        if self.st.cache.is_empty() {
+            return;
+        }
+        let mut st = self.shared.st.lock();
+        st.epoch += 1;
+        let epoch = st.epoch;
+        let mut any = false;
+        for &id in units {
+            if !matches!(id, UnitId::Expert { .. }) || self.st.units.position(id).is_none() {
+                continue;
+            }
+            if let Some(&slot) = st.cache_of.get(&id) {
+                st.cache[slot].protect = epoch;
+            } else if demand {
+                st.predicted.retain(|&p| p != id);
+                if !st.demand.contains(&id) && st.urgent != Some(id) {
+                    st.demand.push_back(id);
+                    any = true;
+                }
+            } else if !st.predicted.contains(&id) && !st.demand.contains(&id) {
+                st.predicted.push_back(id);
+                any = true;
+            }
+        }
+        // Stale predictions beyond what the cache could hold are dropped.
+        let cap = st.cache.len();
+        while st.predicted.len() > cap {
+            st.predicted.pop_front();
+        }
+        if any {
+            self.shared.work.notify_one();
+        }
     }
 
     fn fail_check(st: &State) -> Result<(), SchedulerError> {
@@ -525,7 +618,8 @@ impl StreamingSource {
         let mut waited: Option<Instant> = None;
         loop {
             Self::fail_check(&st)?;
-            if let Some(&slot) = st.cache_of.get(&id) {
+            let found = st.cache_of.get(&id).copied();
+            if let Some(slot) = found {
                 if st.cache[slot].ready {
                     let clock = st.clock + 1;
                     st.clock = clock;
@@ -533,20 +627,37 @@ impl StreamingSource {
                     cs.leases += 1;
                     cs.last_use = clock;
                     cs.protect = 0;
-                    let by_prefetch = std::mem::take(&mut cs.by_prefetch);
+                    let origin = std::mem::take(&mut cs.origin);
+                    if st.urgent == Some(id) {
+                        st.urgent = None;
+                    }
                     let stats = &mut st.stats;
                     stats.expert_leases += 1;
-                    if by_prefetch {
-                        stats.prefetch_used += 1;
-                    }
-                    if first {
-                        stats.expert_hits += 1;
-                        if let Some(l) = stats.expert_layers.get_mut(layer) {
-                            l.hits += 1;
+                    // Hit: no read was needed now (cached from an earlier use, or predicted
+                    // and already in); miss: it was read on demand; late: predicted but its
+                    // read had not finished.
+                    let hit = match origin {
+                        Origin::Used => true,
+                        Origin::Predicted => {
+                            stats.prefetch_used += 1;
+                            if first {
+                                stats.expert_prefetch_hits += 1;
+                            } else {
+                                stats.expert_late += 1;
+                            }
+                            first
                         }
+                        Origin::Demanded => {
+                            stats.expert_misses += 1;
+                            false
+                        }
+                    };
+                    if hit {
+                        stats.expert_hits += 1;
                     }
                     if let Some(l) = stats.expert_layers.get_mut(layer) {
                         l.leases += 1;
+                        l.hits += u64::from(hit);
                     }
                     if let Some(t) = waited {
                         stats.stall_s += t.elapsed().as_secs_f64();
@@ -560,17 +671,10 @@ impl StreamingSource {
                         Some((self, s.ring.len() + slot)),
                     ));
                 }
-                if first {
-                    // Predicted and still loading: the prefetch was late.
-                    st.stats.expert_late += 1;
-                }
-            } else {
-                if first {
-                    st.stats.expert_misses += 1;
-                }
-                if !st.demand.contains(&id) {
-                    st.demand.push_back(id);
-                }
+            } else if st.urgent != Some(id) {
+                // Not cached: read it now, before anything else.
+                st.demand.retain(|&d| d != id);
+                st.urgent = Some(id);
             }
             first = false;
             waited.get_or_insert_with(Instant::now);
@@ -674,32 +778,22 @@ impl WeightSource for StreamingSource {
     }
 
     fn prefetch(&self, upcoming: &[UnitId]) {
-        if self.st.cache.is_empty() {
-            return;
-        }
-        let mut st = self.shared.st.lock();
-        st.epoch += 1;
-        let epoch = st.epoch;
-        let mut any = false;
-        for &id in upcoming {
-            if !matches!(id, UnitId::Expert { .. }) {
-                continue;
-            }
-            if let Some(&slot) = st.cache_of.get(&id) {
-                st.cache[slot].protect = epoch;
-            } else if !st.predicted.contains(&id) && !st.demand.contains(&id) {
-                st.predicted.push_back(id);
-                any = true;
-            }
-        }
-        // Stale predictions beyond what the cache could hold are dropped.
-        let cap = st.cache.len();
-        while st.predicted.len() > cap {
-            st.predicted.pop_front();
-        }
-        if any {
-            self.shared.work.notify_one();
-        }
+        self.request(upcoming, false);
+    }
+
+    fn will_need(&self, units: &[UnitId]) {
+        self.request(units, true);
+    }
+
+    fn all_resident(&self) -> bool {
+        self.st.cycle.is_empty() && self.st.cache.is_empty()
+    }
+
+    fn is_resident(&self, id: UnitId) -> bool {
+        self.st
+            .units
+            .position(id)
+            .is_some_and(|p| self.pinned[p].is_some())
     }
 
     fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
@@ -828,14 +922,24 @@ fn plan_work(
             slab.add_refs(tag, job.outstanding);
         }
     }
+    if let Some(id) = st.urgent {
+        if !st.cache_of.contains_key(&id) {
+            if let Some(slot) = st.victim(2) {
+                start_expert(s, st, slab, slot, id, Origin::Demanded, &mut ops);
+                urgent.extend(ops.drain(..));
+            }
+        }
+    }
     while let Some(&id) = st.demand.front() {
         if st.cache_of.contains_key(&id) {
             st.demand.pop_front();
             continue;
         }
-        let Some(slot) = st.victim(true) else { break };
+        let Some(slot) = st.victim(1) else { break };
         st.demand.pop_front();
-        start_expert(s, st, slab, slot, id, false, &mut ops);
+        let epoch = st.epoch;
+        start_expert(s, st, slab, slot, id, Origin::Demanded, &mut ops);
+        st.cache[slot].protect = epoch;
         urgent.extend(ops.drain(..));
     }
     let n = st.ring.len() as u64;
@@ -866,10 +970,10 @@ fn plan_work(
             st.predicted.pop_front();
             continue;
         }
-        let Some(slot) = st.victim(false) else { break };
+        let Some(slot) = st.victim(0) else { break };
         st.predicted.pop_front();
         let epoch = st.epoch;
-        start_expert(s, st, slab, slot, id, true, &mut ops);
+        start_expert(s, st, slab, slot, id, Origin::Predicted, &mut ops);
         st.cache[slot].protect = epoch;
         st.stats.prefetch_issued += 1;
         background.extend(ops.drain(..));
@@ -882,13 +986,15 @@ fn start_expert(
     slab: &mut Slab,
     slot: usize,
     id: UnitId,
-    by_prefetch: bool,
+    origin: Origin,
     ops: &mut Vec<ReadOp>,
 ) {
     if let Some(old) = st.cache[slot].unit.take() {
         st.cache_of.remove(&old);
-        if st.cache[slot].by_prefetch {
-            st.stats.prefetch_wasted += 1;
+        match st.cache[slot].origin {
+            Origin::Predicted => st.stats.prefetch_wasted += 1,
+            Origin::Demanded => st.stats.expert_evicted_unused += 1,
+            Origin::Used => {}
         }
     }
     let Some(pos) = s.units.position(id) else {
@@ -903,9 +1009,14 @@ fn start_expert(
         loading: ops.len(),
         ready: ops.is_empty(),
         leases: 0,
-        last_use: st.clock,
+        // A guess is the first to go once unprotected; a demanded read counts as just used.
+        last_use: if origin == Origin::Predicted {
+            0
+        } else {
+            st.clock
+        },
         protect: 0,
-        by_prefetch,
+        origin,
     };
     st.cache_of.insert(id, slot);
 }

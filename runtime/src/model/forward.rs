@@ -6,6 +6,8 @@
 //! attention ([`attn`]: f16 Q and an f16 running sum for small batches and decode steps, f32
 //! tiles for large batches); GELU goes through an f16 table; norms sum squares in f64.
 
+use std::sync::atomic::Ordering;
+
 use half::f16;
 
 use flashstream_formats::config::{RopeScaling, RopeStyle};
@@ -66,6 +68,8 @@ pub struct Session<'m> {
     kv: KvCache,
     pos: usize,
     scratch: Scratch,
+    /// MoE: the experts predicted for a layer (layer, sorted expert ids), until it routes.
+    predicted: Option<(usize, Vec<usize>)>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -177,6 +181,7 @@ impl<'m> Session<'m> {
             kv,
             pos: 0,
             scratch: Scratch::default(),
+            predicted: None,
         })
     }
 
@@ -225,6 +230,7 @@ impl<'m> Session<'m> {
                 n_vocab: c.n_vocab,
             });
         }
+        let _one_pass_at_a_time = self.model.eval_lock.lock();
         let max_batch = self.model.max_batch.max(1);
         let n_chunks = tokens.len().div_ceil(max_batch);
         let mut logits = Vec::new();
@@ -260,8 +266,6 @@ impl<'m> Session<'m> {
         let n_layer = c.n_layer;
         for il in 0..n_layer {
             let _l = tracing::trace_span!("layer", il).entered();
-            let next: Vec<UnitId> = (il + 1..n_layer.min(il + 3)).map(UnitId::Layer).collect();
-            m.source.prefetch(&next);
             let lease = m.source.lease(UnitId::Layer(il))?;
             let lw = &m.layers[il];
             let req = |r: Role| {
@@ -548,6 +552,66 @@ impl<'m> Session<'m> {
     /// router logits, top-k, optionally renormalised), run each selected expert on the rows
     /// routed to it (one pass over that expert's weights for all of them), sum the weighted
     /// outputs; add the shared expert (scaled by its sigmoid gate) where there is one.
+    /// Applies layer `il + 1`'s FFN norm and router to the residual stream as it enters
+    /// layer `il`'s FFN, and prefetches the top experts it picks for each row. Only when that
+    /// layer is resident (leasing a streamed layer early would disturb the ring's order).
+    fn predict_next(
+        &mut self,
+        s: &mut Scratch,
+        il: usize,
+        n: usize,
+        k_used: usize,
+    ) -> Result<(), RuntimeError> {
+        let m = self.model;
+        let c = &m.config;
+        let next = il + 1;
+        if next >= c.n_layer
+            || m.source.all_resident()
+            || !m.source.is_resident(UnitId::Layer(next))
+        {
+            return Ok(());
+        }
+        let lw = &m.layers[next];
+        let (Some(norm), Some(router)) = (lw.get(Role::FfnNorm), lw.get(Role::FfnRouter)) else {
+            return Ok(());
+        };
+        let lease = m.source.lease(UnitId::Layer(next))?;
+        rms_rows(&s.x, f32s(&lease, norm)?, c.rms_eps, &mut s.tmp);
+        linear(
+            m,
+            &mut s.xq,
+            &lease,
+            router,
+            &s.tmp,
+            n,
+            false,
+            &mut s.router,
+        )?;
+        let ne = router.rows();
+        let mut chosen = vec![false; ne];
+        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        for t in 0..n {
+            let p = &s.router[t * ne..(t + 1) * ne];
+            idx.clear();
+            idx.extend(0..ne);
+            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            for &x in &idx[..k_used.min(ne)] {
+                chosen[x] = true;
+            }
+        }
+        let pred: Vec<usize> = (0..ne).filter(|&x| chosen[x]).collect();
+        let ids: Vec<UnitId> = pred
+            .iter()
+            .map(|&x| UnitId::Expert {
+                layer: next,
+                expert: x,
+            })
+            .collect();
+        m.source.prefetch(&ids);
+        self.predicted = Some((next, pred));
+        Ok(())
+    }
+
     fn moe_ffn(
         &mut self,
         s: &mut Scratch,
@@ -606,6 +670,29 @@ impl<'m> Session<'m> {
             for (rank, &(ex, _)) in row.iter().enumerate() {
                 routed[ex].push((t, rank));
             }
+        }
+        // Ask for every routed expert at once (their reads go out together), then guess the
+        // next layer's and prefetch them while these compute.
+        let actual: Vec<usize> = (0..ne).filter(|&x| !routed[x].is_empty()).collect();
+        if let Some((pl, pred)) = self.predicted.take() {
+            if pl == il {
+                let p = &m.prediction;
+                let hit = pred.iter().filter(|x| !routed[**x].is_empty()).count() as u64;
+                p.predicted.fetch_add(pred.len() as u64, Ordering::Relaxed);
+                p.correct.fetch_add(hit, Ordering::Relaxed);
+                p.actual.fetch_add(actual.len() as u64, Ordering::Relaxed);
+            }
+        }
+        let ids: Vec<UnitId> = actual
+            .iter()
+            .map(|&x| UnitId::Expert {
+                layer: il,
+                expert: x,
+            })
+            .collect();
+        m.source.will_need(&ids);
+        if m.predict_experts.load(Ordering::Relaxed) {
+            self.predict_next(s, il, n, k_used)?;
         }
         // Expert outputs per (row, rank), summed in rank order afterwards as llama.cpp does.
         let mut per_rank = vec![0f32; n * k_used * e];

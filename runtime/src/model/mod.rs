@@ -12,6 +12,7 @@ mod forward;
 pub mod kv;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flashstream_formats::{Architecture, GgmlType, GgufModel, ModelConfig};
 use flashstream_scheduler::{UnitId, WeightSource};
@@ -125,6 +126,9 @@ pub struct ModelOptions {
     /// Most tokens [`Session::eval`] sends through the layers at once; longer inputs are
     /// processed in chunks of this size (bounding activation memory).
     pub max_batch: usize,
+    /// MoE models: while a layer computes, apply the next layer's router to its hidden state
+    /// and prefetch the experts it picks (used only when the next layer's router is resident).
+    pub predict_experts: bool,
 }
 
 impl Default for ModelOptions {
@@ -133,6 +137,7 @@ impl Default for ModelOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             isa: None,
             max_batch: 512,
+            predict_experts: true,
         }
     }
 }
@@ -149,6 +154,59 @@ pub struct Model {
     isa: Isa,
     pool: WorkerPool,
     max_batch: usize,
+    /// Forward passes run one at a time (they share the pool and the source's ring order).
+    eval_lock: parking_lot::Mutex<()>,
+    /// Whether MoE layers predict the next layer's experts and prefetch them.
+    predict_experts: AtomicBool,
+    prediction: PredictionCounters,
+}
+
+/// Counters of next-layer expert prediction (MoE models).
+#[derive(Debug, Default)]
+pub(crate) struct PredictionCounters {
+    pub predicted: AtomicU64,
+    pub correct: AtomicU64,
+    pub actual: AtomicU64,
+}
+
+/// How well next-layer expert predictions matched the experts then routed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PredictionStats {
+    /// Experts predicted (per layer, the union over the batch's tokens), summed.
+    pub predicted: u64,
+    /// Predicted experts that were then routed to.
+    pub correct: u64,
+    /// Experts routed to in layers that had a prediction.
+    pub actual: u64,
+}
+
+impl PredictionStats {
+    /// Share of routed experts that had been predicted (recall).
+    pub fn accuracy(&self) -> f64 {
+        if self.actual == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.actual as f64
+        }
+    }
+
+    /// Share of predictions that were routed to (precision).
+    pub fn precision(&self) -> f64 {
+        if self.predicted == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.predicted as f64
+        }
+    }
+
+    /// The counts accumulated since `earlier`.
+    pub fn since(&self, earlier: &PredictionStats) -> PredictionStats {
+        PredictionStats {
+            predicted: self.predicted.saturating_sub(earlier.predicted),
+            correct: self.correct.saturating_sub(earlier.correct),
+            actual: self.actual.saturating_sub(earlier.actual),
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -279,6 +337,9 @@ impl Model {
             rope_freqs,
             isa,
             max_batch: opts.max_batch,
+            eval_lock: parking_lot::Mutex::new(()),
+            predict_experts: AtomicBool::new(opts.predict_experts),
+            prediction: PredictionCounters::default(),
         };
         model.check_small_tensors()?;
         Ok(model)
@@ -344,6 +405,21 @@ impl Model {
     /// Most tokens evaluated in one pass (see [`ModelOptions::max_batch`]).
     pub fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// Turns next-layer expert prediction on or off (MoE models; for measuring its effect).
+    pub fn set_predict_experts(&self, on: bool) {
+        self.predict_experts.store(on, Ordering::Relaxed);
+    }
+
+    /// Next-layer expert prediction counters so far.
+    pub fn prediction_stats(&self) -> PredictionStats {
+        let p = &self.prediction;
+        PredictionStats {
+            predicted: p.predicted.load(Ordering::Relaxed),
+            correct: p.correct.load(Ordering::Relaxed),
+            actual: p.actual.load(Ordering::Relaxed),
+        }
     }
 
     /// The weight source.

@@ -14,7 +14,8 @@ use super::size::parse_size;
 use flashstream::formats::ModelConfig;
 use flashstream::loader::{probe_ranges, probe_read_bandwidth, BackendOptions, IoKind};
 use flashstream::runtime::model::LogitsWanted;
-use flashstream::scheduler::{fmt_bytes, sysmem, UnitTable};
+use flashstream::runtime::model::PredictionStats;
+use flashstream::scheduler::{fmt_bytes, sysmem, SourceStats, UnitTable};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,9 +42,74 @@ pub struct Args {
     /// Seed of the prompt's token ids.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// MoE models: after the run, decode 2n more tokens alternating next-layer expert
+    /// prediction on and off token by token, and report both.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    compare_predict: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Decode steps and what they read.
+#[derive(Default)]
+struct Phase {
+    secs: f64,
+    io: SourceStats,
+    pred: PredictionStats,
+    per_token: Vec<f64>,
+}
+
+impl Phase {
+    fn add(&mut self, secs: f64, d: &SourceStats, p: &PredictionStats) {
+        self.secs += secs;
+        self.per_token.push(secs);
+        let io = &mut self.io;
+        io.bytes_read += d.bytes_read;
+        io.reads += d.reads;
+        io.io_busy_s += d.io_busy_s;
+        io.stall_s += d.stall_s;
+        io.expert_leases += d.expert_leases;
+        io.expert_hits += d.expert_hits;
+        io.expert_prefetch_hits += d.expert_prefetch_hits;
+        io.expert_misses += d.expert_misses;
+        io.expert_late += d.expert_late;
+        io.expert_bytes_read += d.expert_bytes_read;
+        io.prefetch_issued += d.prefetch_issued;
+        io.prefetch_used += d.prefetch_used;
+        io.prefetch_wasted += d.prefetch_wasted;
+        io.ring_leases += d.ring_leases;
+        self.pred.predicted += p.predicted;
+        self.pred.correct += p.correct;
+        self.pred.actual += p.actual;
+    }
+
+    fn json(&self) -> Value {
+        let n = self.per_token.len().max(1) as f64;
+        let io = &self.io;
+        json!({
+            "tokens": self.per_token.len(),
+            "decode_tokens_per_s": n / self.secs,
+            "bytes_read_per_token": io.bytes_read as f64 / n,
+            "expert_bytes_read_per_token": io.expert_bytes_read as f64 / n,
+            "stall_s": io.stall_s,
+            "wait_fraction": io.stall_s / self.secs,
+            "expert_hit_rate": ratio(io.expert_hits, io.expert_leases),
+            "expert_misses_per_token": io.expert_misses as f64 / n,
+            "prefetch_hits": io.expert_prefetch_hits,
+            "prefetch_late": io.expert_late,
+            "prediction_accuracy": self.pred.accuracy(),
+            "prediction_precision": self.pred.precision(),
+        })
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -69,7 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let need = a.prompt_len + a.n;
+    let need = a.prompt_len + a.n * 3;
 
     let shape = Shape {
         ctx: Some(a.ctx.unwrap_or(need)),
@@ -184,21 +250,49 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let prompt_s = t0.elapsed().as_secs_f64();
     let s1 = engine.stats();
 
-    // 4. Decode: greedy, one token a step.
+    // 4. Decode: greedy, one token a step (MoE: next-layer expert prediction on).
+    let is_moe = engine.plan.expert_slots > 0;
     let mut next = argmax(&logits);
-    let t1 = Instant::now();
-    let mut per_token = Vec::with_capacity(a.n);
-    for _ in 0..a.n {
+    // One decode step at a time, accumulated into a Phase per prediction setting.
+    let mut step = |predict: bool, ph: &mut Phase| -> anyhow::Result<()> {
+        model.set_predict_experts(predict);
+        let st0 = engine.stats();
+        let p0 = model.prediction_stats();
         let t = Instant::now();
         let l = session.eval(&[next], LogitsWanted::Last)?;
-        per_token.push(t.elapsed().as_secs_f64());
+        let dt = t.elapsed().as_secs_f64();
         next = argmax(&l);
+        ph.add(
+            dt,
+            &engine.stats().since(&st0),
+            &model.prediction_stats().since(&p0),
+        );
+        Ok(())
+    };
+    let mut main = Phase::default();
+    for _ in 0..a.n {
+        step(true, &mut main)?;
     }
-    let decode_s = t1.elapsed().as_secs_f64();
-    let s2 = engine.stats();
-
+    let decode_s = main.secs;
+    let per_token = main.per_token.clone();
+    // The effect of prediction under the same conditions: after the run above warmed the
+    // cache, 2n more tokens alternating on and off, token by token.
+    let compare = if is_moe && a.compare_predict {
+        let (mut on, mut off) = (Phase::default(), Phase::default());
+        for i in 0..2 * a.n {
+            if i % 2 == 0 {
+                step(true, &mut on)?;
+            } else {
+                step(false, &mut off)?;
+            }
+        }
+        Some((on, off))
+    } else {
+        None
+    };
+    model.set_predict_experts(true);
+    let dd = main.io.clone();
     let dp = s1.since(&s0);
-    let dd = s2.since(&s1);
     let n = a.n as f64;
     let bytes_per_token = dd.bytes_read as f64 / n;
     let read_gbps = dd.bytes_read as f64 / decode_s / 1e9;
@@ -239,7 +333,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "device_probe_bytes": probe.bytes,
         "device_probe_bypasses_cache": probe.bypasses_cache,
         "load_s": load_s,
-        "load_bytes": s2.load_bytes,
+        "load_bytes": s1.load_bytes,
         "prompt_tokens": a.prompt_len,
         "generated_tokens": a.n,
         "prompt_tokens_per_s": a.prompt_len as f64 / prompt_s,
@@ -259,6 +353,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "pinned_units": engine.plan.pinned.len(),
         "streamed_units": engine.plan.cycle.len(),
         "expert_slots": engine.plan.expert_slots,
+        "n_experts": engine.plan.n_experts_total,
+        "expert_bytes_per_token_max": engine.plan.expert_bytes_per_token_max,
+        "dense_equivalent_bytes_per_token": engine.plan.weight_bytes,
+        "prediction": compare.as_ref().map(|(on, off)| json!({
+            "on": on.json(),
+            "off": off.json(),
+            "stall_removed_s_per_token": off.io.stall_s / off.per_token.len().max(1) as f64
+                - on.io.stall_s / on.per_token.len().max(1) as f64,
+        })),
+        "main_run": main.json(),
     });
     let mut out = match out {
         Value::Object(m) => m,
