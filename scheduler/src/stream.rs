@@ -160,6 +160,13 @@ struct State {
     /// Expert leases in one token (the plan's estimate): how recent a use protects from
     /// predictions.
     window: u64,
+    /// Layers of the model, and the layer of the last expert request or lease.
+    layers: usize,
+    cur_layer: usize,
+    /// Running rates (exponential averages): expert leases that hit the cache, and guesses
+    /// that were leased before being evicted.
+    hit_rate: f64,
+    guess_use_rate: f64,
     rows: Option<RowJob>,
     failed: Option<String>,
     shutdown: bool,
@@ -177,27 +184,7 @@ impl State {
     /// guesses, then anything unprotected; then (`level >= 1`) protected ones; then
     /// (`level >= 2`, only for the read a lease is blocked on) experts demanded for this
     /// layer and not leased yet.
-    /// A prediction (`level == 0`) only takes an empty slot, one holding an earlier unused
-    /// guess, or one unused for [`PREDICTION_AGE_TOKENS`] tokens: a guess never pushes out
-    /// the experts recent tokens used, which routing often picks again (measured: letting
-    /// predictions evict by plain LRU doubled the misses on a repetitive decode).
     fn victim(&self, level: u8) -> Option<usize> {
-        if level == 0 {
-            let stale = |i: usize| {
-                let c = &self.cache[i];
-                c.leases == 0
-                    && c.loading == 0
-                    && !self.protected(i)
-                    && (c.origin == Origin::Predicted
-                        || c.last_use + PREDICTION_AGE_TOKENS * self.window <= self.clock)
-            };
-            if let Some(i) = (0..self.cache.len()).find(|&i| self.cache[i].unit.is_none()) {
-                return Some(i);
-            }
-            return (0..self.cache.len())
-                .filter(|&i| stale(i))
-                .min_by_key(|&i| self.cache[i].last_use);
-        }
         let free = |i: usize| {
             let s = &self.cache[i];
             s.leases == 0 && s.loading == 0
@@ -215,11 +202,65 @@ impl State {
                 (true, _) => 2,
             }
         };
+        // Within a class: the expert whose layer comes round again last (layers are visited
+        // in order every token, so the layer just computed is needed furthest in the future;
+        // plain LRU would evict exactly the experts needed soonest whenever one token's
+        // experts outnumber the slots), then the least recently used.
+        let n_layer = self.layers.max(1);
+        let distance = |i: usize| match self.cache[i].unit {
+            Some(UnitId::Expert { layer, .. }) => {
+                (layer + 2 * n_layer - self.cur_layer - 1) % n_layer
+            }
+            _ => n_layer,
+        };
         (0..=level + 1).find_map(|c| {
             (0..self.cache.len())
                 .filter(|&i| free(i) && class(i) == c)
-                .min_by_key(|&i| self.cache[i].last_use)
+                .max_by_key(|&i| (distance(i), std::cmp::Reverse(self.cache[i].last_use)))
         })
+    }
+
+    /// The slot a prediction of an expert of `layer` may take: an empty one, an earlier guess
+    /// nobody used, or one unused for [`PREDICTION_AGE_TOKENS`] tokens; and, while guesses
+    /// have recently been used more often than cached experts were hit again, an unprotected
+    /// expert whose layer comes round after `layer` does (the one furthest away). So a guess
+    /// never pushes out what recent tokens used when the cache holds the working set and
+    /// routing repeats (measured: plain LRU eviction for guesses doubled the misses there),
+    /// and replaces far-away experts when the cache is smaller than one token's experts.
+    fn prediction_victim(&self, layer: usize) -> Option<usize> {
+        let n = self.cache.len();
+        if let Some(i) = (0..n).find(|&i| self.cache[i].unit.is_none()) {
+            return Some(i);
+        }
+        let free = |i: usize| {
+            let c = &self.cache[i];
+            c.leases == 0 && c.loading == 0 && !self.protected(i)
+        };
+        let stale = |i: usize| {
+            let c = &self.cache[i];
+            c.origin == Origin::Predicted
+                || c.last_use + PREDICTION_AGE_TOKENS * self.window <= self.clock
+        };
+        if let Some(i) = (0..n)
+            .filter(|&i| free(i) && stale(i))
+            .min_by_key(|&i| self.cache[i].last_use)
+        {
+            return Some(i);
+        }
+        if self.guess_use_rate <= self.hit_rate {
+            return None;
+        }
+        let n_layer = self.layers.max(1);
+        let dist = |l: usize| (l + 2 * n_layer - self.cur_layer - 1) % n_layer;
+        let mine = dist(layer);
+        (0..n)
+            .filter(|&i| free(i))
+            .filter_map(|i| match self.cache[i].unit {
+                Some(UnitId::Expert { layer: l, .. }) if dist(l) > mine => Some((i, dist(l))),
+                _ => None,
+            })
+            .max_by_key(|&(i, d)| (d, std::cmp::Reverse(self.cache[i].last_use)))
+            .map(|(i, _)| i)
     }
 
     fn ring_slot_free(&self, slot: usize) -> bool {
@@ -459,6 +500,10 @@ impl StreamingSource {
                 epoch: 1,
                 clock: 0,
                 window: plan.expert_leases_per_token,
+                layers: n_layer,
+                cur_layer: 0,
+                hit_rate: 0.5,
+                guess_use_rate: 0.5,
                 rows: None,
                 failed: None,
                 shutdown: false,
@@ -515,8 +560,14 @@ impl StreamingSource {
         let epoch = st.epoch;
         let mut any = false;
         for &id in units {
-            if !matches!(id, UnitId::Expert { .. }) || self.st.units.position(id).is_none() {
+            let UnitId::Expert { layer, .. } = id else {
                 continue;
+            };
+            if self.st.units.position(id).is_none() {
+                continue;
+            }
+            if demand {
+                st.cur_layer = layer;
             }
             if let Some(&slot) = st.cache_of.get(&id) {
                 st.cache[slot].protect = epoch;
@@ -614,6 +665,7 @@ impl StreamingSource {
         let unit = s.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
         let offsets = &s.layouts[pos].part_offsets;
         let mut st = self.shared.st.lock();
+        st.cur_layer = layer;
         let mut first = true;
         let mut waited: Option<Instant> = None;
         loop {
@@ -655,6 +707,11 @@ impl StreamingSource {
                     if hit {
                         stats.expert_hits += 1;
                     }
+                    st.hit_rate = 0.98 * st.hit_rate + if hit { 0.02 } else { 0.0 };
+                    if origin == Origin::Predicted {
+                        st.guess_use_rate = 0.95 * st.guess_use_rate + 0.05;
+                    }
+                    let stats = &mut st.stats;
                     if let Some(l) = stats.expert_layers.get_mut(layer) {
                         l.leases += 1;
                         l.hits += u64::from(hit);
@@ -970,7 +1027,13 @@ fn plan_work(
             st.predicted.pop_front();
             continue;
         }
-        let Some(slot) = st.victim(0) else { break };
+        let UnitId::Expert { layer, .. } = id else {
+            st.predicted.pop_front();
+            continue;
+        };
+        let Some(slot) = st.prediction_victim(layer) else {
+            break;
+        };
         st.predicted.pop_front();
         let epoch = st.epoch;
         start_expert(s, st, slab, slot, id, Origin::Predicted, &mut ops);
@@ -992,7 +1055,10 @@ fn start_expert(
     if let Some(old) = st.cache[slot].unit.take() {
         st.cache_of.remove(&old);
         match st.cache[slot].origin {
-            Origin::Predicted => st.stats.prefetch_wasted += 1,
+            Origin::Predicted => {
+                st.stats.prefetch_wasted += 1;
+                st.guess_use_rate *= 0.95;
+            }
             Origin::Demanded => st.stats.expert_evicted_unused += 1,
             Origin::Used => {}
         }

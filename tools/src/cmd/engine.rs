@@ -258,9 +258,14 @@ pub fn stats_json(
             "expert_bytes_read_per_token".into(),
             per(d.expert_bytes_read as f64).into(),
         );
+        m.insert("expert_misses".into(), d.expert_misses.into());
+        m.insert("expert_prefetch_hits".into(), d.expert_prefetch_hits.into());
+        m.insert("expert_prefetch_late".into(), d.expert_late.into());
+        m.insert("prefetch_issued".into(), d.prefetch_issued.into());
         if d.prefetch_issued > 0 {
+            // Of the predicted experts read, the share then used.
             m.insert(
-                "prediction_accuracy".into(),
+                "prefetch_precision".into(),
                 (d.prefetch_used as f64 / d.prefetch_issued as f64).into(),
             );
         }

@@ -121,6 +121,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let n_ctx = loaded.plan.n_ctx;
     let mut session = loaded.model.session(n_ctx)?;
     let s0 = loaded.stats();
+    let p0 = loaded.model.prediction_stats();
     // Source counters when the first token is out: the prompt's share, then the decode's.
     let mut s1: Option<SourceStats> = None;
     let opts = GenerateOptions {
@@ -200,6 +201,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 s.generated_tokens.saturating_sub(1) as u64,
                 decode_wall,
             ));
+            let p = loaded.model.prediction_stats().since(&p0);
+            if p.actual > 0 {
+                // Of the experts routed to, the share the previous layer had predicted.
+                obj.insert("prediction_accuracy".into(), p.accuracy().into());
+                obj.insert("prediction_precision".into(), p.precision().into());
+            }
         }
         writeln!(stdout, "{j}").context("writing to stdout")?;
     } else {
