@@ -2,9 +2,15 @@
 //! through the smallest budget the model plans under equal the all-resident logits, bit for
 //! bit, for a prompt and the decode steps after it.
 
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use flashstream::formats::{GgufModel, ModelConfig};
+use flashstream::loader::{
+    open_backend, BackendOptions, FileSource, IoKind, PreadBackend, ReadSource,
+};
 use flashstream::runtime::memory::{runtime_needs, NeedsOptions};
 use flashstream::runtime::model::{LogitsWanted, Model, ModelOptions};
 use flashstream::scheduler::testing::{Faults, ScrambledPread};
@@ -108,5 +114,184 @@ fn streamed_logits_equal_resident_logits_bit_for_bit() {
         if config.moe.is_some() {
             assert!(st.expert_misses > 0, "{st:?}");
         }
+    }
+}
+
+/// The syscall layer under the real pread backend, with faults: every third read returns at
+/// most a few KiB (a short read), every fifth fails with EINTR, every seventh with EAGAIN; and
+/// from `eio_after` reads on, every read fails with EIO.
+struct Faulty {
+    inner: FileSource,
+    n: AtomicU64,
+    eio_after: u64,
+}
+
+impl ReadSource for Faulty {
+    fn path(&self) -> &std::path::Path {
+        self.inner.path()
+    }
+    fn read_alignment(&self) -> usize {
+        self.inner.read_alignment()
+    }
+    fn read_at(&self, buf: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<usize> {
+        let i = self.n.fetch_add(1, Ordering::Relaxed);
+        if i >= self.eio_after {
+            return Err(std::io::Error::from_raw_os_error(libc_eio()));
+        }
+        if i % 5 == 4 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if i % 7 == 6 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        if i % 3 == 2 && buf.len() > 8192 {
+            return self.inner.read_at(&mut buf[..8192], offset);
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn current_len(&self) -> std::io::Result<u64> {
+        self.inner.current_len()
+    }
+    fn check_unchanged(&self) -> Result<(), String> {
+        self.inner.check_unchanged()
+    }
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+fn faulty_backend(gguf: &GgufModel, eio_after: u64) -> PreadBackend {
+    let sources: Vec<Arc<dyn ReadSource>> = gguf
+        .files
+        .iter()
+        .map(|f| {
+            Arc::new(Faulty {
+                inner: FileSource::open(&f.path, false).unwrap(),
+                n: AtomicU64::new(0),
+                eio_after,
+            }) as Arc<dyn ReadSource>
+        })
+        .collect();
+    PreadBackend::from_sources(sources, 3, 4096).unwrap()
+}
+
+/// Short reads, EINTR and EAGAIN under the real pread backend change nothing; EIO is a clear
+/// error from `eval`, never logits computed from half-read weights.
+#[test]
+fn injected_faults_are_retried_or_reported_never_wrong_numbers() {
+    let opts = ModelOptions {
+        threads: 2,
+        ..ModelOptions::default()
+    };
+    let path = root().join("testdata/models/rand-qwen3-q5km.gguf");
+    let gguf = GgufModel::open(&path).unwrap();
+    let config = ModelConfig::from_model(&gguf).unwrap();
+    let steps: [&[u32]; 2] = [&[1, 2, 3, 4], &[5]];
+    let want = logits(
+        &Model::new(&gguf, Box::new(ResidentSource::load(&gguf).unwrap()), &opts).unwrap(),
+        &steps,
+    );
+    let plan = smallest_plan(&gguf, &config, 4);
+    let source = StreamingSource::with_backend(
+        &gguf,
+        plan.clone(),
+        Box::new(faulty_backend(&gguf, u64::MAX)),
+        64 << 10,
+    )
+    .unwrap();
+    let got = logits(&Model::new(&gguf, Box::new(source), &opts).unwrap(), &steps);
+    assert!(
+        want.iter()
+            .flatten()
+            .zip(got.iter().flatten())
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "retried faults must not change the logits"
+    );
+
+    // EIO after the pinned load: the first pass through the ring fails, with the OS error.
+    let source =
+        StreamingSource::with_backend(&gguf, plan, Box::new(faulty_backend(&gguf, 200)), 64 << 10);
+    let err = match source {
+        // Failed already while loading the pinned units: also a clear error.
+        Err(e) => Some(e.to_string()),
+        Ok(source) => {
+            let model = Model::new(&gguf, Box::new(source), &opts).unwrap();
+            let mut s = model.session(64).unwrap();
+            let mut err = None;
+            for _ in 0..20 {
+                if let Err(e) = s.eval(&[1, 2], LogitsWanted::Last) {
+                    err = Some(e.to_string());
+                    break;
+                }
+            }
+            err
+        }
+    };
+    let msg = err.expect("EIO must surface");
+    assert!(msg.contains("rand-qwen3-q5km.gguf"), "{msg}");
+    assert!(
+        msg.contains("Input/output error") || msg.contains("os error 5"),
+        "{msg}"
+    );
+}
+
+/// Every real backend: a file truncated while a streaming model runs is an error naming the
+/// file, not garbage.
+#[test]
+fn truncating_the_file_while_streaming_is_an_error_on_every_backend() {
+    let opts = ModelOptions {
+        threads: 2,
+        ..ModelOptions::default()
+    };
+    for kind in [IoKind::Uring, IoKind::Pread, IoKind::Mmap] {
+        let dir = std::env::temp_dir().join(format!("fs-trunc-{}-{kind}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        std::fs::copy(root().join("testdata/models/rand-llama-q8_0.gguf"), &path).unwrap();
+        let gguf = GgufModel::open(&path).unwrap();
+        let config = ModelConfig::from_model(&gguf).unwrap();
+        let backend = match open_backend(
+            &gguf,
+            &BackendOptions {
+                kind,
+                queue_depth: None,
+            },
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("{kind} unavailable here ({e}); skipped");
+                continue;
+            }
+        };
+        let plan = smallest_plan(&gguf, &config, 2);
+        let source = StreamingSource::with_backend(&gguf, plan, backend, 64 << 10).unwrap();
+        let model = Model::new(&gguf, Box::new(source), &opts).unwrap();
+        let mut s = model.session(64).unwrap();
+        s.eval(&[1, 2], LogitsWanted::Last).unwrap();
+        let half = std::fs::metadata(&path).unwrap().len() / 2;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(half)
+            .unwrap();
+        let mut err = None;
+        for _ in 0..10 {
+            if let Err(e) = s.eval(&[3], LogitsWanted::Last) {
+                err = Some(e);
+                break;
+            }
+        }
+        let msg = err
+            .unwrap_or_else(|| panic!("{kind}: truncation must surface"))
+            .to_string();
+        assert!(
+            msg.contains("truncated") || msg.contains("changed"),
+            "{kind}: {msg}"
+        );
+        drop(s);
+        drop(model);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

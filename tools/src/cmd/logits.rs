@@ -58,7 +58,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .iter()
             .map(|(pos, top)| json!({"pos": pos, "top": top}))
             .collect();
-        println!("{}", json!({"positions": p}));
+        let st = loaded.stats();
+        println!(
+            "{}",
+            json!({
+                "positions": p,
+                "stats": {
+                    "io": loaded.io.to_string(),
+                    "budget_bytes": loaded.plan.budget,
+                    "planned_bytes": loaded.plan.total_bytes(),
+                    "streamed_units": loaded.plan.cycle.len(),
+                    "expert_slots": loaded.plan.expert_slots,
+                    "bytes_read": st.bytes_read,
+                    "load_bytes": st.load_bytes,
+                    "peak_memory_bytes": flashstream::scheduler::sysmem::peak_rss(),
+                }
+            })
+        );
     } else {
         for (pos, top) in &positions {
             let s: Vec<String> = top.iter().map(|(i, l)| format!("{i}:{l:.4}")).collect();

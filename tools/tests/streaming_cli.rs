@@ -1,0 +1,169 @@
+//! `flashstream logits` under a budget that forces streaming equals the all-resident logits
+//! bit for bit, for every test model and every read backend; `auto` falls back to pread when
+//! io_uring is refused (forced with `FLASHSTREAM_DISABLE_URING=1`).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fs(args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flashstream"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn models() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("testdata/models"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    v.sort();
+    for real in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+    ] {
+        let p = root().join("models").join(real);
+        if p.exists() {
+            v.push(p);
+        } else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{real} missing"
+            );
+        }
+    }
+    v
+}
+
+const TOKENS: &str = "1,17,200,42,99,7,3,150";
+
+fn logits(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Value, String> {
+    let mut a: Vec<String> = ["logits", model, "--tokens", TOKENS, "--top", "8", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let out = fs(&a, env);
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A budget within 64 KiB of the smallest one `logits` accepts.
+fn smallest_budget(model: &str) -> u64 {
+    let out = fs(
+        &[
+            "plan",
+            model,
+            "--mem",
+            "1TiB",
+            "--ctx",
+            "8",
+            "--bandwidth",
+            "1",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let min = j["minimum_budget_bytes"].as_u64().unwrap();
+    // `plan` counts one logits row; `logits` holds one per input token: search upwards.
+    let ok = |b: u64| logits(model, &["--mem", &b.to_string(), "--io", "pread"], &[]).is_ok();
+    let (mut lo, mut hi) = (min, min + (64 << 20));
+    assert!(ok(hi), "{model}: even {hi} bytes fail");
+    while hi - lo > 64 << 10 {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
+#[test]
+fn every_backend_streams_the_same_logits_as_resident() {
+    for path in models() {
+        let m = path.to_str().unwrap();
+        let want = logits(m, &[], &[]).unwrap();
+        assert_eq!(
+            want["stats"]["streamed_units"].as_u64(),
+            Some(0),
+            "{m}: resident"
+        );
+        let budget = smallest_budget(m).to_string();
+        for io in ["uring", "pread", "mmap", "auto"] {
+            let got = logits(m, &["--mem", &budget, "--io", io], &[])
+                .unwrap_or_else(|e| panic!("{m} --io {io}: {e}"));
+            assert!(
+                got["stats"]["streamed_units"].as_u64().unwrap() > 0,
+                "{m}: --mem {budget} must stream"
+            );
+            assert!(got["stats"]["bytes_read"].as_u64().unwrap() > 0);
+            assert_eq!(
+                got["positions"], want["positions"],
+                "{m} --io {io} --mem {budget}: logits differ from resident"
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_falls_back_to_pread_when_io_uring_is_refused() {
+    let m = root().join("testdata/models/rand-llama-q4_0.gguf");
+    let m = m.to_str().unwrap();
+    let want = logits(m, &[], &[]).unwrap();
+    let budget = smallest_budget(m).to_string();
+    let env = [
+        ("FLASHSTREAM_DISABLE_URING", "1"),
+        ("FLASHSTREAM_LOG", "flashstream_loader=debug"),
+    ];
+    let mut a: Vec<String> = ["logits", m, "--tokens", TOKENS, "--top", "8", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend([
+        "--mem".to_string(),
+        budget.clone(),
+        "--io".into(),
+        "auto".into(),
+    ]);
+    let out = fs(&a, &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["stats"]["io"], "pread");
+    assert_eq!(got["positions"], want["positions"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("FLASHSTREAM_DISABLE_URING") || log.contains("pread"),
+        "the fallback is said at debug level: {log}"
+    );
+    // Asked for explicitly, a refused io_uring is an error that says why.
+    let err = logits(m, &["--mem", &budget, "--io", "uring"], &env[..1]).unwrap_err();
+    assert!(err.contains("io_uring") || err.contains("uring"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
