@@ -1,8 +1,13 @@
 //! flashstream: run language models far larger than memory by streaming weights from flash.
 //!
-//! This facade re-exports the member crates; see ARCHITECTURE.md for the code map.
+//! This facade re-exports the member crates and adds [`Engine`]: one call from a GGUF file to
+//! a model running under a memory budget. See ARCHITECTURE.md for the code map.
 
 #![warn(missing_docs)]
+
+pub mod engine;
+
+pub use engine::{Engine, EngineError, EngineOptions};
 
 pub use flashstream_formats as formats;
 pub use flashstream_loader as loader;

@@ -471,10 +471,26 @@ impl Plan {
             left += row_scratch;
         }
         let row_scratch_bytes = if embedding_on_demand { row_scratch } else { 0 };
-        // The expert cache takes what is left (at least its minimum, already reserved).
+        // Experts: all pinned if what is left holds them (nothing is then read per token);
+        // else the expert cache takes what is left (at least its minimum, already reserved).
+        let all_experts: u64 = units
+            .iter()
+            .filter(|u| matches!(u.id, UnitId::Expert { .. }))
+            .map(|u| foot(u.id))
+            .sum();
         let expert_slots = if n_experts_total > 0 && expert_slot_bytes > 0 {
-            let extra = (left / expert_slot_bytes) as usize;
-            (min_cache_slots + extra).min(n_experts_total)
+            if all_experts <= left + min_cache && fit.cycle.is_empty() {
+                pinned.extend(
+                    units
+                        .iter()
+                        .map(|u| u.id)
+                        .filter(|id| matches!(id, UnitId::Expert { .. })),
+                );
+                0
+            } else {
+                let extra = (left / expert_slot_bytes) as usize;
+                (min_cache_slots + extra).min(n_experts_total)
+            }
         } else {
             0
         };
@@ -527,7 +543,7 @@ impl Plan {
                 bytes: *b,
             });
         }
-        let expert_bytes_per_token_max = if n_experts_total > 0 {
+        let expert_bytes_per_token_max = if expert_slots > 0 {
             units.n_layer() as u64 * needs.experts_per_token as u64 * expert_slot_bytes
         } else {
             0
@@ -550,12 +566,12 @@ impl Plan {
             row_scratch_bytes,
             weight_bytes,
             expert_bytes_per_token_max,
-            expert_leases_per_token: if n_experts_total > 0 {
+            expert_leases_per_token: if expert_slots > 0 {
                 units.n_layer() as u64 * needs.experts_per_token as u64
             } else {
                 0
             },
-            expert_hit_rate_uniform: if n_experts_total > 0 {
+            expert_hit_rate_uniform: if expert_slots > 0 {
                 expert_slots as f64 / n_experts_total as f64
             } else {
                 0.0

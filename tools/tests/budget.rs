@@ -157,9 +157,16 @@ fn check_under_cgroup(model: &Path, mem_mib: u64, tokens: &str, io: &str) {
         String::from_utf8_lossy(&got.stderr)
     );
     assert!(peak <= limit, "peak {peak} over the limit {limit}");
+    let positions =
+        |o: &[u8]| serde_json::from_slice::<serde_json::Value>(o).unwrap()["positions"].clone();
+    let streamed: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert!(
+        streamed["stats"]["streamed_units"].as_u64().unwrap() > 0,
+        "--mem {mem} must stream"
+    );
     assert_eq!(
-        String::from_utf8_lossy(&got.stdout),
-        String::from_utf8_lossy(&want.stdout),
+        positions(&got.stdout),
+        positions(&want.stdout),
         "{}: logits under --mem {mem} differ from the unconstrained run",
         model.display()
     );

@@ -9,13 +9,14 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::engine::{describe_plan, make_plan, stats_json, Engine, MemArgs, Shape};
+use super::engine::{describe_plan, stats_json, MemArgs};
 use super::size::parse_size;
 use flashstream::formats::ModelConfig;
 use flashstream::loader::{probe_ranges, probe_read_bandwidth, BackendOptions, IoKind};
 use flashstream::runtime::model::LogitsWanted;
 use flashstream::runtime::model::PredictionStats;
 use flashstream::scheduler::{fmt_bytes, sysmem, SourceStats, UnitTable};
+use flashstream::{Engine, EngineOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -137,16 +138,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let need = a.prompt_len + a.n * 3;
 
-    let shape = Shape {
+    let opts = a.mem.options(EngineOptions {
         ctx: Some(a.ctx.unwrap_or(need)),
         min_ctx: need,
-        wanted_ctx: None,
-        logits_rows: 1,
         threads,
-        max_batch: 512,
-        extra_bytes: 0,
-    };
-    let (plan, batch) = make_plan(&gguf, &config, &a.mem, &shape)?;
+        count_tokenizer: false,
+        ..EngineOptions::default()
+    });
+    let (plan, batch) = flashstream::engine::plan(&gguf, &config, &opts)?;
 
     // 1. The device, on this file, now: sequential direct reads of the bytes the plan streams
     // (of the whole file for MoE models, whose experts are read as routed), two passes: one
@@ -206,12 +205,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     // 2. Load under the budget.
     let t_load = Instant::now();
-    let engine = Engine::from_plan(&gguf, &a.mem, plan, batch, threads, &a.model)?;
+    let engine = Engine::with_plan(gguf, &opts, plan, batch)
+        .with_context(|| format!("cannot run {}", a.model.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
     if !a.json {
-        eprintln!("{}", describe_plan(&engine.plan));
+        eprintln!("{}", describe_plan(engine.plan()));
     }
-    let model = &engine.model;
+    let model = engine.model();
     // The engine's own read path without compute: every streamed unit leased and dropped in
     // order, once. On this kind of machine (a virtual disk) it reads faster than the
     // loader's probe; both are the device read with O_DIRECT on this file now, so the faster
@@ -220,7 +220,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let src = model.source();
         let before = src.stats();
         let t = Instant::now();
-        for id in &engine.plan.cycle {
+        for id in &engine.plan().cycle {
             drop(src.lease(*id)?);
         }
         let d = src.stats().since(&before);
@@ -232,7 +232,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
     let device_gbps = probe.gb_per_s.max(stream_only);
-    let mut session = model.session(engine.plan.n_ctx)?;
+    let mut session = model.session(engine.plan().n_ctx)?;
 
     // 3. Prompt: random ids (seeded), one eval.
     let mut x = a.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -251,7 +251,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let s1 = engine.stats();
 
     // 4. Decode: greedy, one token a step (MoE: next-layer expert prediction on).
-    let is_moe = engine.plan.expert_slots > 0;
+    let is_moe = engine.plan().expert_slots > 0;
     let mut next = argmax(&logits);
     // One decode step at a time, accumulated into a Phase per prediction setting.
     let mut step = |predict: bool, ph: &mut Phase| -> anyhow::Result<()> {
@@ -321,11 +321,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     sorted.sort_by(f64::total_cmp);
     let out = json!({
         "model": a.model,
-        "io": engine.io.to_string(),
+        "io": engine.io().to_string(),
         "threads": threads,
-        "budget_bytes": engine.plan.budget,
-        "planned_bytes": engine.plan.total_bytes(),
-        "weight_bytes": engine.plan.weight_bytes,
+        "budget_bytes": engine.plan().budget,
+        "planned_bytes": engine.plan().total_bytes(),
+        "weight_bytes": engine.plan().weight_bytes,
         "device_read_gbps": device_gbps,
         "device_read_gbps_idle_cores": idle.gb_per_s,
         "device_read_gbps_busy_cores": busy.gb_per_s,
@@ -342,7 +342,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "decode_tokens_per_s": decode_tps,
         "decode_token_s_median": sorted[sorted.len() / 2],
         "bytes_read_per_token": bytes_per_token,
-        "plan_bytes_per_token": engine.plan.predicted_bytes_per_token(),
+        "plan_bytes_per_token": engine.plan().predicted_bytes_per_token(),
         "read_gbps": read_gbps,
         "io_efficiency": if device_gbps > 0.0 { read_gbps / device_gbps } else { 0.0 },
         "stall_fraction": stall_fraction,
@@ -350,12 +350,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "theoretical_tokens_per_s": theoretical,
         "decode_vs_theoretical": theoretical.map(|t| decode_tps / t),
         "peak_memory_bytes": sysmem::peak_rss(),
-        "pinned_units": engine.plan.pinned.len(),
-        "streamed_units": engine.plan.cycle.len(),
-        "expert_slots": engine.plan.expert_slots,
-        "n_experts": engine.plan.n_experts_total,
-        "expert_bytes_per_token_max": engine.plan.expert_bytes_per_token_max,
-        "dense_equivalent_bytes_per_token": engine.plan.weight_bytes,
+        "pinned_units": engine.plan().pinned.len(),
+        "streamed_units": engine.plan().cycle.len(),
+        "expert_slots": engine.plan().expert_slots,
+        "n_experts": engine.plan().n_experts_total,
+        "expert_bytes_per_token_max": engine.plan().expert_bytes_per_token_max,
+        "dense_equivalent_bytes_per_token": engine.plan().weight_bytes,
         "prediction": compare.as_ref().map(|(on, off)| json!({
             "on": on.json(),
             "off": off.json(),
@@ -405,7 +405,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!(
             "peak memory {} (budget {})",
             fmt_bytes(p),
-            fmt_bytes(engine.plan.budget)
+            fmt_bytes(engine.plan().budget)
         );
     }
     Ok(())

@@ -8,7 +8,8 @@ use flashstream::formats::ModelConfig;
 use flashstream::runtime::model::ModelOptions;
 use flashstream::runtime::tokenizer::Tokenizer;
 
-use super::engine::{Engine, MemArgs, Shape};
+use super::engine::MemArgs;
+use flashstream::{Engine, EngineOptions};
 
 /// Model, context, threads, batch size and the memory budget.
 #[derive(clap::Args, Debug, Clone)]
@@ -50,7 +51,7 @@ pub struct Needs {
 }
 
 /// Validates the options and loads the model under its budget (see [`Engine`]).
-pub fn build_model(gguf: &GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Result<Engine> {
+pub fn build_model(gguf: GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Result<Engine> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
@@ -60,7 +61,7 @@ pub fn build_model(gguf: &GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Res
     if a.ctx == Some(0) {
         bail!("--ctx must be at least 1");
     }
-    let train = ModelConfig::from_model(gguf)
+    let train = ModelConfig::from_model(&gguf)
         .with_context(|| format!("cannot run {}", a.model.display()))?
         .n_ctx_train;
     if let Some(c) = a.ctx {
@@ -70,7 +71,7 @@ pub fn build_model(gguf: &GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Res
     }
     if let (Some(n), Some(c)) = (needs.ctx, a.ctx) {
         if n > c {
-            bail!("the input needs {n} positions but --ctx is {c} (the model allows {train})");
+            bail!("the input needs {n} positions but the context (--ctx) is {c}; raise --ctx (the model allows {train})");
         }
     }
     if let Some(n) = needs.ctx {
@@ -78,7 +79,7 @@ pub fn build_model(gguf: &GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Res
             bail!("the input needs {n} positions but the model's context length is {train}");
         }
     }
-    let shape = Shape {
+    let opts = a.mem.options(EngineOptions {
         ctx: a.ctx,
         min_ctx: needs.ctx.unwrap_or(1),
         wanted_ctx: needs.wanted_ctx.or(needs.ctx),
@@ -86,6 +87,8 @@ pub fn build_model(gguf: &GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Res
         threads: a.threads.unwrap_or_else(|| ModelOptions::default().threads),
         max_batch: a.batch,
         extra_bytes: needs.extra_bytes,
-    };
-    Engine::load(gguf, &a.mem, &shape, &a.model)
+        count_tokenizer: false,
+        ..EngineOptions::default()
+    });
+    Engine::load(gguf, &opts).with_context(|| format!("cannot run {}", a.model.display()))
 }

@@ -28,7 +28,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let n = a.tokens.len();
     let gguf = super::open_model(&a.model.model)?;
     let loaded = build_model(
-        &gguf,
+        gguf,
         &a.model,
         Needs {
             ctx: Some(n),
@@ -36,12 +36,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ..Needs::default()
         },
     )?;
-    let model = &loaded.model;
+    let model = loaded.model();
     let n_vocab = model.config().n_vocab;
-    let mut session = model.session(loaded.plan.n_ctx)?;
+    let mut session = model.session(loaded.plan().n_ctx)?;
     // One batch at a time (the plan counted logits for one), keeping only the top K rows.
     let mut positions = Vec::with_capacity(n);
-    for chunk in a.tokens.chunks(loaded.batch.max(1)) {
+    for chunk in a.tokens.chunks(loaded.batch().max(1)) {
         let logits = session
             .eval(chunk, LogitsWanted::All)
             .context("evaluating the sequence")?;
@@ -50,7 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     if a.model.mem.stats {
-        eprintln!("{}", super::engine::describe_plan(&loaded.plan));
+        eprintln!("{}", super::engine::describe_plan(loaded.plan()));
         eprintln!("{:?}", loaded.stats());
     }
     if a.json {
@@ -64,11 +64,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             json!({
                 "positions": p,
                 "stats": {
-                    "io": loaded.io.to_string(),
-                    "budget_bytes": loaded.plan.budget,
-                    "planned_bytes": loaded.plan.total_bytes(),
-                    "streamed_units": loaded.plan.cycle.len(),
-                    "expert_slots": loaded.plan.expert_slots,
+                    "io": loaded.io().to_string(),
+                    "budget_bytes": loaded.plan().budget,
+                    "planned_bytes": loaded.plan().total_bytes(),
+                    "streamed_units": loaded.plan().cycle.len(),
+                    "expert_slots": loaded.plan().expert_slots,
                     "bytes_read": st.bytes_read,
                     "load_bytes": st.load_bytes,
                     "peak_memory_bytes": flashstream::scheduler::sysmem::peak_rss(),

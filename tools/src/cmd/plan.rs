@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde_json::json;
 
-use super::engine::{budget, describe_plan, make_plan, MemArgs, Shape};
+use super::engine::{describe_plan, MemArgs};
+use flashstream::engine::budget;
 use flashstream::formats::ModelConfig;
 use flashstream::loader::{probe_read_bandwidth, BackendOptions, IoKind};
 use flashstream::scheduler::{fmt_bytes, Plan, SchedulerError, UnitId};
+use flashstream::{EngineError, EngineOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -76,26 +78,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let shape = Shape {
+    let opts = a.mem.options(EngineOptions {
         ctx: a.ctx,
-        min_ctx: 1,
-        wanted_ctx: None,
-        logits_rows: 1,
         threads,
-        max_batch: 512,
-        extra_bytes: 0,
-    };
-    let (plan, batch) = make_plan(&gguf, &config, &a.mem, &shape)?;
+        ..EngineOptions::default()
+    });
+    let (plan, batch) = flashstream::engine::plan(&gguf, &config, &opts)?;
     // The minimum: the same request with a budget of one byte.
     let minimum = {
-        let mut tiny = a.mem.clone();
-        tiny.mem = Some(1);
-        match make_plan(&gguf, &config, &tiny, &shape) {
-            Err(e) => match e.downcast_ref::<SchedulerError>() {
-                Some(SchedulerError::BudgetTooSmall { minimum, .. }) => Some(*minimum),
-                _ => None,
-            },
-            Ok(_) => None,
+        let tiny = EngineOptions {
+            mem: Some(1),
+            ..opts.clone()
+        };
+        match flashstream::engine::plan(&gguf, &config, &tiny) {
+            Err(EngineError::Scheduler(SchedulerError::BudgetTooSmall { minimum, .. })) => {
+                Some(minimum)
+            }
+            _ => None,
         }
     };
     let (gbps, measured) = match a.bandwidth {
@@ -124,7 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         println!(
             "{}",
-            plan_json(&plan, minimum, gbps, measured, tps, budget(&a.mem)?)
+            plan_json(&plan, minimum, gbps, measured, tps, budget(&opts)?)
         );
         return Ok(());
     }

@@ -108,7 +108,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let wanted = prompt.len().saturating_add(a.n_predict);
     let loaded = build_model(
-        &gguf,
+        gguf,
         &a.model,
         Needs {
             ctx: Some(prompt.len()),
@@ -117,11 +117,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             extra_bytes: tok.heap_bytes() as u64,
         },
     )?;
-    drop(gguf);
-    let n_ctx = loaded.plan.n_ctx;
-    let mut session = loaded.model.session(n_ctx)?;
+    let n_ctx = loaded.plan().n_ctx;
+    let mut session = loaded.model().session(n_ctx)?;
     let s0 = loaded.stats();
-    let p0 = loaded.model.prediction_stats();
+    let p0 = loaded.model().prediction_stats();
     // Source counters when the first token is out: the prompt's share, then the decode's.
     let mut s1: Option<SourceStats> = None;
     let opts = GenerateOptions {
@@ -159,7 +158,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let decode_io = s2.since(&first);
     let decode_wall = s.decode_s;
     if a.model.mem.stats {
-        eprintln!("{}", describe_plan(&loaded.plan));
+        eprintln!("{}", describe_plan(loaded.plan()));
         eprintln!(
             "[io: {} read for the prompt, {} per generated token; waited {:.3} s for bytes; {} busy {:.3} s]",
             flashstream::scheduler::fmt_bytes(prompt_io.bytes_read),
@@ -167,7 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 decode_io.bytes_read / (s.generated_tokens.saturating_sub(1).max(1) as u64)
             ),
             decode_io.stall_s + prompt_io.stall_s,
-            loaded.io,
+            loaded.io(),
             decode_io.io_busy_s + prompt_io.io_busy_s,
         );
     }
@@ -185,11 +184,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 "prompt_tokens_per_s": s.prompt_tokens_per_s,
                 "decode_tokens_per_s": s.decode_tokens_per_s,
                 "time_to_first_token_s": s.time_to_first_token_s,
-                "threads": loaded.model.threads(),
+                "threads": loaded.model().threads(),
                 "n_ctx": n_ctx,
-                "io": loaded.io.to_string(),
-                "budget_bytes": loaded.plan.budget,
-                "planned_bytes": loaded.plan.total_bytes(),
+                "io": loaded.io().to_string(),
+                "budget_bytes": loaded.plan().budget,
+                "planned_bytes": loaded.plan().total_bytes(),
                 "peak_memory_bytes": sysmem::peak_rss(),
                 "prompt_bytes_read": prompt_io.bytes_read,
             },
@@ -201,7 +200,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 s.generated_tokens.saturating_sub(1) as u64,
                 decode_wall,
             ));
-            let p = loaded.model.prediction_stats().since(&p0);
+            let p = loaded.model().prediction_stats().since(&p0);
             if p.actual > 0 {
                 // Of the experts routed to, the share the previous layer had predicted.
                 obj.insert("prediction_accuracy".into(), p.accuracy().into());

@@ -1,0 +1,321 @@
+//! One call from a GGUF file to a model running under a memory budget.
+//!
+//! [`Engine::open`] does, in order: parse and validate the file; count what the runtime will
+//! need beside the weights (activations, KV cache per position, logits, tokenizer, parsed
+//! metadata); compute the residency [`Plan`] under the budget (everything counted before
+//! anything large is allocated; a budget below the minimum is
+//! [`SchedulerError::BudgetTooSmall`], which states the minimum); open the read backend; read
+//! the pinned weights and start the I/O thread ([`StreamingSource`]); and build the runtime
+//! [`Model`] on top. The tools' `run`, `logits` and `bench` commands are thin layers over it.
+//!
+//! ```no_run
+//! use flashstream::{Engine, EngineOptions};
+//! use flashstream::runtime::generate::{generate, GenerateOptions};
+//!
+//! let opts = EngineOptions { mem: Some(512 << 20), ..EngineOptions::default() };
+//! let engine = Engine::open("model.gguf", &opts)?;
+//! let tokenizer = engine.tokenizer()?;
+//! let prompt = tokenizer.encode("The capital of France is", true, true)?;
+//! let mut session = engine.session()?;
+//! let out = generate(&mut session, &tokenizer, &prompt, &GenerateOptions::default(), |ev| {
+//!     print!("{}", ev.text);
+//!     std::ops::ControlFlow::Continue(())
+//! })?;
+//! println!("\n{} tokens/s", out.stats.decode_tokens_per_s);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+
+use crate::formats::{FormatError, GgufModel, ModelConfig};
+use crate::loader::{open_backend, BackendOptions, IoKind, LoaderError};
+use crate::runtime::memory::{metadata_heap_bytes, runtime_needs, NeedsOptions};
+use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
+use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
+use crate::scheduler::{
+    sysmem, Plan, PlanRequest, SchedulerError, SourceStats, StreamingSource, UnitTable, CHUNK_BYTES,
+};
+
+/// Errors of [`Engine`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The file is not a usable GGUF model.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Planning or streaming failed (budget too small, read error, ...).
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The read backend could not be opened.
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    /// The runtime refused the model or an input.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The model's tokenizer could not be read.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// Options that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How to run a model. The defaults: the budget is three quarters of the memory the machine
+/// can spare, `auto` I/O, all cores, a 512-token batch (lowered when the budget is tight),
+/// the context the budget leaves room for (up to 4096 positions).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Memory budget in bytes for everything held for the model; `None`: see
+    /// [`sysmem::default_budget`].
+    pub mem: Option<u64>,
+    /// Read backend.
+    pub io: IoKind,
+    /// Units read ahead of the one computing (`None`: 2 when the budget allows, else 1).
+    pub prefetch: Option<usize>,
+    /// Compute threads.
+    pub threads: usize,
+    /// Exact context length; `None`: `wanted_ctx` shrunk to what the budget allows.
+    pub ctx: Option<usize>,
+    /// Positions the caller needs at least (a planning error below that).
+    pub min_ctx: usize,
+    /// Positions to aim for when `ctx` is `None` (`None`: 4096), at most the model's.
+    pub wanted_ctx: Option<usize>,
+    /// Logits rows one eval returns at most (1 for generation).
+    pub logits_rows: usize,
+    /// Largest batch; halved while the budget cannot hold its activations or they would
+    /// take more than an eighth of it (down to [`MIN_BATCH`]).
+    pub max_batch: usize,
+    /// Heap bytes the caller holds for the model outside the plan (e.g. a tokenizer it built).
+    pub extra_bytes: u64,
+    /// Count the model's tokenizer in the budget (for callers that will build one).
+    pub count_tokenizer: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            mem: None,
+            io: IoKind::Auto,
+            prefetch: None,
+            threads: ModelOptions::default().threads,
+            ctx: None,
+            min_ctx: 1,
+            wanted_ctx: None,
+            logits_rows: 1,
+            max_batch: ModelOptions::default().max_batch,
+            extra_bytes: 0,
+            count_tokenizer: true,
+        }
+    }
+}
+
+/// Fewest tokens a prompt chunk may have when the budget forces smaller batches.
+pub const MIN_BATCH: usize = 16;
+
+/// The budget `opts` asks for: its `mem`, or the default share of what the machine can spare.
+pub fn budget(opts: &EngineOptions) -> Result<u64, EngineError> {
+    match opts.mem {
+        Some(m) => Ok(m),
+        None => sysmem::default_budget().ok_or_else(|| {
+            EngineError::Invalid(
+                "cannot tell how much memory this machine can spare; give a budget (--mem, e.g. 4GiB)"
+                    .into(),
+            )
+        }),
+    }
+}
+
+/// The plan for `gguf` under `opts`, and the batch size it was made for: `opts.max_batch`,
+/// halved (down to [`MIN_BATCH`]) while the budget cannot hold the activations of a bigger
+/// one, or while they would take more than an eighth of the budget (bytes that would
+/// otherwise pin weights, which every generated token gains from). A smaller batch only means
+/// a long prompt is processed in more chunks (each a pass over the streamed weights).
+pub fn plan(
+    gguf: &GgufModel,
+    config: &ModelConfig,
+    opts: &EngineOptions,
+) -> Result<(Plan, usize), EngineError> {
+    if opts.prefetch == Some(0) {
+        return Err(EngineError::Invalid("--prefetch must be at least 1".into()));
+    }
+    if opts.threads == 0 || opts.max_batch == 0 {
+        return Err(EngineError::Invalid(
+            "threads and the batch size must be at least 1".into(),
+        ));
+    }
+    let units = UnitTable::from_model(gguf)?;
+    let mut req = PlanRequest::new(budget(opts)?, config.tied_output);
+    req.ctx = opts.ctx;
+    req.min_ctx = opts.min_ctx.max(1);
+    if let Some(w) = opts.wanted_ctx {
+        req.default_ctx = w.max(req.min_ctx);
+    }
+    req.prefetch_depth = opts.prefetch;
+    let tokenizer_bytes = if opts.count_tokenizer {
+        tokenizer_estimate(gguf)
+    } else {
+        0
+    };
+    let mut batch = opts.max_batch;
+    loop {
+        let mut needs = runtime_needs(
+            config,
+            &NeedsOptions {
+                max_batch: batch,
+                threads: opts.threads,
+                logits_rows: opts.logits_rows.min(batch),
+            },
+        );
+        // Item 0 of runtime_needs is the batch-dependent activations and scratch.
+        let scratch = needs.fixed.first().map_or(0, |f| f.1);
+        needs.fixed.push((
+            "parsed metadata and tensor table".into(),
+            metadata_heap_bytes(&gguf.metadata) + gguf.tensors.len() as u64 * 256,
+        ));
+        if opts.extra_bytes + tokenizer_bytes > 0 {
+            needs
+                .fixed
+                .push(("tokenizer".into(), opts.extra_bytes + tokenizer_bytes));
+        }
+        if batch > MIN_BATCH && scratch > req.budget / 8 {
+            batch = (batch / 2).max(MIN_BATCH);
+            continue;
+        }
+        match Plan::compute(&units, &needs, &req) {
+            Ok(p) => return Ok((p, batch)),
+            Err(SchedulerError::BudgetTooSmall { .. }) if batch > MIN_BATCH => {
+                batch = (batch / 2).max(MIN_BATCH);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// An upper bound of a tokenizer's heap from its metadata (the vocabulary, scores, types and
+/// merges it copies, with per-entry overhead), so it can be counted before it is built.
+fn tokenizer_estimate(gguf: &GgufModel) -> u64 {
+    use crate::formats::{Array, Value};
+    let mut b = 0u64;
+    for (k, v) in gguf.metadata.iter() {
+        if !k.starts_with("tokenizer.ggml.") {
+            continue;
+        }
+        if let Value::Array(a) = v {
+            b += match a {
+                Array::String(s) => s.iter().map(|x| x.len() as u64 * 2 + 24).sum(),
+                other => other.len() as u64 * 8,
+            };
+        }
+    }
+    b
+}
+
+/// A model running under its budget: the runtime model (which owns the streaming source), its
+/// plan, and what it was opened from.
+pub struct Engine {
+    gguf: GgufModel,
+    model: Model,
+    plan: Plan,
+    io: IoKind,
+    batch: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("io", &self.io)
+            .field("batch", &self.batch)
+            .field("n_ctx", &self.plan.n_ctx)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the GGUF at `path` (the first part of a split model) and loads it under `opts`.
+    pub fn open(path: impl AsRef<Path>, opts: &EngineOptions) -> Result<Engine, EngineError> {
+        let gguf = GgufModel::open(path.as_ref())?;
+        Self::load(gguf, opts)
+    }
+
+    /// Loads an already parsed model under `opts`.
+    pub fn load(gguf: GgufModel, opts: &EngineOptions) -> Result<Engine, EngineError> {
+        let config = ModelConfig::from_model(&gguf)?;
+        let (plan, batch) = plan(&gguf, &config, opts)?;
+        Self::with_plan(gguf, opts, plan, batch)
+    }
+
+    /// Loads `gguf` with a plan made by [`plan`] (for callers that look at the plan first).
+    pub fn with_plan(
+        gguf: GgufModel,
+        opts: &EngineOptions,
+        plan: Plan,
+        batch: usize,
+    ) -> Result<Engine, EngineError> {
+        let _span = tracing::info_span!("engine_load").entered();
+        let backend = open_backend(
+            &gguf,
+            &BackendOptions {
+                kind: opts.io,
+                queue_depth: None,
+            },
+        )?;
+        let source = StreamingSource::with_backend(&gguf, plan.clone(), backend, CHUNK_BYTES)?;
+        let io = source.io_kind();
+        let model = Model::new(
+            &gguf,
+            Box::new(source),
+            &ModelOptions {
+                threads: opts.threads,
+                max_batch: batch.min(opts.max_batch),
+                ..ModelOptions::default()
+            },
+        )?;
+        Ok(Engine {
+            gguf,
+            model,
+            plan,
+            io,
+            batch: batch.min(opts.max_batch),
+        })
+    }
+
+    /// The runtime model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The residency plan it runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The parsed GGUF (metadata, tensor table).
+    pub fn gguf(&self) -> &GgufModel {
+        &self.gguf
+    }
+
+    /// The read backend in use (after `auto` resolved).
+    pub fn io(&self) -> IoKind {
+        self.io
+    }
+
+    /// The largest batch (the plan counted its activations).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// A session with the planned context (its KV cache was counted in the budget).
+    pub fn session(&self) -> Result<Session<'_>, EngineError> {
+        Ok(self.model.session(self.plan.n_ctx)?)
+    }
+
+    /// The model's tokenizer (counted in the budget unless `count_tokenizer` was off).
+    pub fn tokenizer(&self) -> Result<Tokenizer, EngineError> {
+        Ok(Tokenizer::from_metadata(&self.gguf.metadata)?)
+    }
+
+    /// The weight source's counters so far (bytes read, stalls, expert cache).
+    pub fn stats(&self) -> SourceStats {
+        self.model.source().stats()
+    }
+}
