@@ -609,6 +609,71 @@ fn alignment_key_is_checked() {
     ));
 }
 
+/// Found by probing the fuzz target's round trip: a file without tensors may declare any
+/// power-of-two alignment (its data section is empty), and the writer used to pad the header of
+/// its copy to that alignment, allocating up to 2^63 bytes (an abort). Now a file without
+/// tensors is written unpadded, and its copy is as small as the original.
+#[test]
+fn huge_alignment_without_tensors_rewrites_small() {
+    for v in [
+        Value::U32(1 << 31),
+        Value::U64(1 << 40),
+        Value::U64(1 << 63),
+    ] {
+        let mut kvs = Bytes::default();
+        kvs.str("general.alignment").u32(v.value_type().id());
+        match v {
+            Value::U32(x) => kvs.u32(x),
+            Value::U64(x) => kvs.u64(x),
+            _ => unreachable!(),
+        };
+        let b = kv_only(1, &kvs);
+        let m = parse(&b).unwrap();
+        let (out, largest) = {
+            LARGEST.with(|c| c.set(0));
+            let out = GgufWriter::from_model(&m).unwrap().to_bytes(&[]).unwrap();
+            (out, LARGEST.with(|c| c.get()))
+        };
+        assert!(largest <= alloc_bound(b.len()), "{largest} bytes for {v:?}");
+        assert!(out.len() <= b.len() + 32, "{} bytes for {v:?}", out.len());
+        let back = parse(&out).unwrap();
+        assert_eq!(back.files[0].alignment, m.files[0].alignment);
+        assert!(back.tensors.is_empty());
+    }
+}
+
+/// `GgufModel::from_headers` (the fuzz targets' way in): a file's head parsed with
+/// `parse_header` and its real length gives the model `from_bytes` gives; a length too short
+/// for the tensors is `TensorPastEnd`, as is claiming a shorter length than was parsed.
+#[test]
+fn models_from_headers_of_file_heads() {
+    for path in test_models() {
+        let bytes = std::fs::read(&path).unwrap();
+        let full = GgufModel::from_bytes(&bytes).unwrap();
+        let head = &bytes[..full.files[0].data_offset as usize];
+        let len = bytes.len() as u64;
+        let h = parse_header(head, len, &Limits::default()).unwrap();
+        let m = GgufModel::from_headers(vec![(path.clone(), len, h.clone())]).unwrap();
+        assert_eq!(m.tensors, full.tensors, "{}", path.display());
+        assert_eq!(m.files[0].data_offset, full.files[0].data_offset);
+        assert_eq!(m.files[0].len, len);
+        let end = full
+            .tensors
+            .iter()
+            .map(|t| t.offset + t.n_bytes)
+            .max()
+            .unwrap();
+        assert!(matches!(
+            GgufModel::from_headers(vec![(path.clone(), end - 1, h)]),
+            Err(FormatError::TensorPastEnd { .. })
+        ));
+        assert!(matches!(
+            parse_header(head, end - 1, &Limits::default()),
+            Err(FormatError::TensorPastEnd { .. })
+        ));
+    }
+}
+
 #[test]
 fn tensor_placement_is_checked() {
     // Past the end.

@@ -93,6 +93,28 @@ fn per_expert(name: &str) -> Option<(usize, usize)> {
     Some((layer.parse().ok()?, expert.parse().ok()?))
 }
 
+/// Most experts per layer a model may have. Real models have at most a few hundred; without a
+/// cap, a hostile tensor table declaring a fused expert tensor of millions of tiny experts
+/// would make millions of units.
+pub const MAX_EXPERTS: usize = 1 << 16;
+
+/// `index + 1`, the count an index in a tensor name implies; an error for `usize::MAX`.
+fn index_end(name: &str, what: &str, index: usize) -> Result<usize, SchedulerError> {
+    index.checked_add(1).ok_or_else(|| {
+        SchedulerError::BadModel(format!("{name}: {what} index {index} is too large"))
+    })
+}
+
+/// The expert count `n` a tensor implies, if at most [`MAX_EXPERTS`].
+fn expert_count(name: &str, n: u64) -> Result<usize, SchedulerError> {
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_EXPERTS => Ok(n),
+        _ => Err(SchedulerError::BadModel(format!(
+            "{name}: {n} experts per layer exceed the limit of {MAX_EXPERTS}"
+        ))),
+    }
+}
+
 fn is_fused_experts(name: &str) -> bool {
     name.contains("_exps.")
 }
@@ -128,9 +150,10 @@ impl UnitTable {
                 None if t.name == "output.weight" => push(UnitId::Head, whole, &mut units),
                 None => push(UnitId::Globals, whole, &mut units),
                 Some(layer) => {
-                    n_layer = n_layer.max(layer + 1);
+                    n_layer = n_layer.max(index_end(&t.name, "layer", layer)?);
                     if let Some((_, expert)) = per_expert(&t.name) {
-                        n_expert = n_expert.max(expert + 1);
+                        let end = index_end(&t.name, "expert", expert)?;
+                        n_expert = n_expert.max(expert_count(&t.name, end as u64)?);
                         push(UnitId::Expert { layer, expert }, whole, &mut units);
                     } else if is_fused_experts(&t.name) && t.shape.len() == 3 {
                         let n = t.shape[2];
@@ -140,7 +163,7 @@ impl UnitTable {
                                 t.name, t.n_bytes
                             )));
                         }
-                        n_expert = n_expert.max(n as usize);
+                        n_expert = n_expert.max(expert_count(&t.name, n)?);
                         let each = t.n_bytes / n;
                         for e in 0..n {
                             push(
@@ -205,5 +228,61 @@ impl UnitTable {
     /// Total bytes of all units.
     pub fn total_bytes(&self) -> u64 {
         self.units.iter().map(Unit::bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flashstream_formats::gguf::GgufWriter;
+    use flashstream_formats::GgmlType;
+
+    use super::*;
+
+    /// A model of one F32 tensor.
+    fn model_with(name: &str, shape: &[u64]) -> GgufModel {
+        let mut w = GgufWriter::new();
+        w.add_tensor(name, GgmlType::F32, shape).unwrap();
+        let data = vec![0; 4 * shape.iter().product::<u64>() as usize];
+        GgufModel::from_bytes(&w.to_bytes(&[&data]).unwrap()).unwrap()
+    }
+
+    /// Found by the `gguf_struct` fuzz target: `blk.<usize::MAX>.*` overflowed `layer + 1` (a
+    /// panic with overflow checks on), and so did an expert index of `usize::MAX`.
+    #[test]
+    fn huge_layer_and_expert_indices_are_errors() {
+        let max = usize::MAX;
+        for (name, says) in [
+            (format!("blk.{max}.attn_q.weight"), "too large"),
+            (format!("blk.0.ffn_up.{max}.weight"), "too large"),
+            (
+                format!("blk.0.ffn_up.{MAX_EXPERTS}.weight"),
+                "exceed the limit",
+            ),
+        ] {
+            let e = UnitTable::from_model(&model_with(&name, &[1])).unwrap_err();
+            assert!(
+                matches!(&e, SchedulerError::BadModel(m) if m.contains(says)),
+                "{e}"
+            );
+        }
+        let name = format!("blk.{}.ffn_up.{}.weight", max - 1, MAX_EXPERTS - 1);
+        let t = UnitTable::from_model(&model_with(&name, &[1])).unwrap();
+        assert_eq!((t.n_layer(), t.n_expert()), (max, MAX_EXPERTS));
+    }
+
+    /// Found by the `gguf_struct` fuzz target: a fused expert tensor of 2^20 one-element
+    /// experts made 2^20 units (with a larger count, minutes and gigabytes).
+    #[test]
+    fn fused_expert_count_is_capped() {
+        let n = MAX_EXPERTS as u64;
+        let ok =
+            UnitTable::from_model(&model_with("blk.0.ffn_up_exps.weight", &[1, 1, n])).unwrap();
+        assert_eq!(ok.n_expert(), MAX_EXPERTS);
+        let e = UnitTable::from_model(&model_with("blk.0.ffn_up_exps.weight", &[1, 1, n + 1]))
+            .unwrap_err();
+        assert!(
+            matches!(&e, SchedulerError::BadModel(m) if m.contains("exceed the limit")),
+            "{e}"
+        );
     }
 }

@@ -719,6 +719,31 @@ impl GgufModel {
         }
         assemble(parsed)
     }
+
+    /// Assembles a model from headers the caller parsed itself with [`parse_header`]: one
+    /// `(path, file length, header)` per file, in split order, the length being the one given to
+    /// [`parse_header`]. The split keys are checked as by [`GgufModel::open_with_limits`], and
+    /// every tensor must end within its file's length.
+    ///
+    /// For callers that do their own I/O, e.g. reading only the head of a file whose length
+    /// they know (the fuzz targets in `fuzz/` do so).
+    pub fn from_headers(parts: Vec<(PathBuf, u64, GgufHeader)>) -> Result<GgufModel> {
+        let mut parsed = Vec::with_capacity(parts.len());
+        for (path, len, header) in parts {
+            for t in &header.tensors {
+                if t.offset.checked_add(t.n_bytes).is_none_or(|end| end > len) {
+                    return Err(FormatError::TensorPastEnd {
+                        name: t.name.clone(),
+                        start: t.offset,
+                        end: t.offset.saturating_add(t.n_bytes),
+                        file_len: len,
+                    });
+                }
+            }
+            parsed.push((file_entry(path, len, &header), header));
+        }
+        assemble(parsed)
+    }
 }
 
 /// Merges parsed files (in split order) into one model, checking their split keys.

@@ -11,7 +11,8 @@
 //! checks names, shapes, string and array lengths and array nesting as they are given.
 //!
 //! Layout: the header is padded to the alignment; tensor data follows in declaration order,
-//! each tensor padded to the alignment (as llama.cpp and gguf-py do).
+//! each tensor padded to the alignment (as llama.cpp and gguf-py do). A file without tensors
+//! ends after its metadata, unpadded.
 //!
 //! [`Limits`]: super::Limits
 
@@ -226,7 +227,10 @@ impl GgufWriter {
         self.tensors.len()
     }
 
-    /// The header as it will be written, padded to the alignment.
+    /// The header as it will be written, padded to the alignment when there are tensors. A
+    /// file without tensors has no data section to align and ends after its metadata (the
+    /// reader accepts that): padding it would turn a hostile `general.alignment` (any power of
+    /// two up to 2^63) copied from such a file into a header of that many bytes.
     fn header_bytes(&self) -> Result<Vec<u8>> {
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC);
@@ -246,6 +250,9 @@ impl GgufWriter {
             }
             b.extend_from_slice(&t.ty.id().to_le_bytes());
             put_u64(&mut b, t.offset);
+        }
+        if self.tensors.is_empty() {
+            return Ok(b);
         }
         let padded = align_up(b.len() as u64, self.alignment)
             .and_then(|n| usize::try_from(n).ok())
