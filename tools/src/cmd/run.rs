@@ -158,6 +158,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let decode_io = s2.since(&first);
     let decode_wall = s.decode_s;
     if a.model.mem.stats {
+        if !a.json && !out.text.ends_with('\n') {
+            eprintln!();
+        }
         eprintln!("{}", describe_plan(loaded.plan()));
         eprintln!(
             "[io: {} read for the prompt, {} per generated token; waited {:.3} s for bytes; {} busy {:.3} s]",
