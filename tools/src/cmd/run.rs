@@ -47,6 +47,9 @@ pub struct Args {
     /// Stop when the text contains this string (may be given several times).
     #[arg(long)]
     stop: Vec<String>,
+    /// Do not stop at end-of-generation tokens: always generate `-n` tokens (benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Apply the model's chat template: the prompt is one user message.
     #[arg(long)]
     chat: bool,
@@ -127,6 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         max_tokens: a.n_predict,
         sampler,
         stop: a.stop.clone(),
+        stop_at_eog: !a.ignore_eos,
         ..GenerateOptions::default()
     };
     let mut stdout = std::io::stdout().lock();
