@@ -11,7 +11,10 @@
 //!   the result by a sizeable fraction of B.
 //! - The same through [`dot_kernel`] end to end (each ISA quantizing its own activations).
 //!
-//! Every test prints a message and passes when the CPU lacks AVX2/FMA/F16C.
+//! Every test prints a message and passes when the CPU lacks AVX2/FMA/F16C. On other
+//! architectures this file compiles to nothing.
+
+#![cfg(target_arch = "x86_64")]
 
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::scalar::{dequantize_row, quantize_row, vec_dot};
