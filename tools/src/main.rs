@@ -1,5 +1,8 @@
 //! The `flashstream` command-line tool.
 
+// The bench command's JSON object is one large `json!` literal.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

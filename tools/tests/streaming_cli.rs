@@ -167,3 +167,91 @@ fn auto_falls_back_to_pread_when_io_uring_is_refused() {
     assert!(err.contains("io_uring") || err.contains("uring"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// The random MoE models' llama.cpp goldens hold streamed too: teacher-forced under the
+/// smallest budget (experts read as routed through a two-slot cache), every logit of the
+/// reference top-10 within 0.1 + 0.02·|logit| and top-1 agreement at least 75%.
+#[test]
+fn moe_goldens_hold_when_experts_stream() {
+    for (file, model) in [
+        (
+            "generate.rand-qwen3moe-q4km.jsonl",
+            "rand-qwen3moe-q4km.gguf",
+        ),
+        ("generate.rand-qwen2moe-q2k.jsonl", "rand-qwen2moe-q2k.gguf"),
+    ] {
+        let m = root().join("testdata/models").join(model);
+        let m = m.to_str().unwrap();
+        // The golden sequences are longer than the probe's: room for their KV cache and logits.
+        let budget = (smallest_budget(m) + (1 << 20)).to_string();
+        let text = std::fs::read_to_string(root().join("testdata/golden").join(file)).unwrap();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let c: Value = serde_json::from_str(line).unwrap();
+            let ids = |v: &Value| -> Vec<u64> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap())
+                    .collect()
+            };
+            let steps = c["steps"].as_array().unwrap();
+            let mut seq = ids(&c["prompt_tokens"]);
+            let n0 = seq.len() - 1;
+            seq.extend(
+                steps[..steps.len() - 1]
+                    .iter()
+                    .map(|s| s["token"].as_u64().unwrap()),
+            );
+            let list = seq
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut a: Vec<String> = ["logits", m, "--tokens", &list, "--top", "10", "--json"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            a.extend(["--mem".to_string(), budget.clone()]);
+            let out = fs(&a, &[]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(
+                j["stats"]["expert_slots"].as_u64().unwrap() > 0,
+                "{model}: experts must stream"
+            );
+            let pos = j["positions"].as_array().unwrap();
+            let mut top1 = 0;
+            for (k, s) in steps.iter().enumerate() {
+                let ours: Vec<(u64, f64)> = pos[n0 + k]["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+                    .collect();
+                if ours[0].0 == s["token"].as_u64().unwrap() {
+                    top1 += 1;
+                }
+                for tv in s["top"].as_array().unwrap() {
+                    let (t, v) = (tv[0].as_u64().unwrap(), tv[1].as_f64().unwrap());
+                    let err = match ours.iter().find(|o| o.0 == t) {
+                        Some(x) => (x.1 - v).abs(),
+                        None => (v - ours[9].1).max(0.0),
+                    };
+                    assert!(
+                        err <= 0.1 + 0.02 * v.abs(),
+                        "{file} step {k} token {t}: {err}"
+                    );
+                }
+            }
+            assert!(
+                top1 * 4 >= steps.len() * 3,
+                "{file}: top-1 {top1}/{}",
+                steps.len()
+            );
+        }
+    }
+}

@@ -345,6 +345,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "plan_bytes_per_token": engine.plan().predicted_bytes_per_token(),
         "read_gbps": read_gbps,
         "io_efficiency": if device_gbps > 0.0 { read_gbps / device_gbps } else { 0.0 },
+        // The rate while reads were in flight, against the device: how well the bytes that
+        // are read are read (what matters when decode is not I/O bound, e.g. MoE).
+        "io_efficiency_busy": if device_gbps > 0.0 && dd.io_busy_s > 0.0 {
+            dd.bytes_read as f64 / dd.io_busy_s / 1e9 / device_gbps
+        } else {
+            0.0
+        },
         "stall_fraction": stall_fraction,
         "wait_fraction": if decode_s > 0.0 { dd.stall_s / decode_s } else { 0.0 },
         "theoretical_tokens_per_s": theoretical,
