@@ -168,6 +168,8 @@ struct State {
     hit_rate: f64,
     guess_use_rate: f64,
     rows: Option<RowJob>,
+    /// When the current stretch with reads in flight began (the I/O thread sets and ends it).
+    busy_since: Option<Instant>,
     failed: Option<String>,
     shutdown: bool,
     stats: SourceStats,
@@ -505,6 +507,7 @@ impl StreamingSource {
                 hit_rate: 0.5,
                 guess_use_rate: 0.5,
                 rows: None,
+                busy_since: None,
                 failed: None,
                 shutdown: false,
                 stats,
@@ -942,7 +945,13 @@ impl WeightSource for StreamingSource {
     }
 
     fn stats(&self) -> SourceStats {
-        self.shared.st.lock().stats.clone()
+        let st = self.shared.st.lock();
+        let mut s = st.stats.clone();
+        // A busy stretch still going on counts up to now.
+        if let Some(t) = st.busy_since {
+            s.io_busy_s += t.elapsed().as_secs_f64();
+        }
+        s
     }
 }
 
@@ -1179,7 +1188,6 @@ fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
     let mut urgent: VecDeque<ReadOp> = VecDeque::new();
     let mut background: VecDeque<ReadOp> = VecDeque::new();
     let mut comps: Vec<Completion> = Vec::new();
-    let mut busy_since: Option<Instant> = None;
     loop {
         {
             let mut st = shared.st.lock();
@@ -1199,17 +1207,19 @@ fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
                 if !urgent.is_empty() || !background.is_empty() || backend.in_flight() > 0 {
                     break;
                 }
-                if let Some(t) = busy_since.take() {
+                if let Some(t) = st.busy_since.take() {
                     st.stats.io_busy_s += t.elapsed().as_secs_f64();
                 }
                 shared.work.wait(&mut st);
             }
         }
+        if backend.in_flight() < qd && !(urgent.is_empty() && background.is_empty()) {
+            shared.st.lock().busy_since.get_or_insert_with(Instant::now);
+        }
         while backend.in_flight() < qd {
             let Some(op) = urgent.pop_front().or_else(|| background.pop_front()) else {
                 break;
             };
-            busy_since.get_or_insert_with(Instant::now);
             // SAFETY: `op.dst` points into a slot that the state machine reserved for this
             // read: it is neither leased nor handed to another read until the completion has
             // been applied, and the buffers outlive this thread (the source joins it first).
@@ -1238,7 +1248,7 @@ fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
                 apply(s, &mut st, &mut slab, c);
             }
             if backend.in_flight() == 0 && urgent.is_empty() && background.is_empty() {
-                if let Some(t) = busy_since.take() {
+                if let Some(t) = st.busy_since.take() {
                     st.stats.io_busy_s += t.elapsed().as_secs_f64();
                 }
             }
