@@ -218,11 +218,12 @@ fn random_tensor(
     ty: GgmlType,
     k: usize,
     n: u64,
+    gain: f32,
     rng: &mut Rng,
     chunk: usize,
     mut emit: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let scale = 1.0 / (k as f32).sqrt();
+    let scale = gain / (k as f32).sqrt();
     match ty {
         GgmlType::F32 | GgmlType::F16 => {
             let width = if ty == GgmlType::F32 { 4 } else { 2 };
@@ -361,6 +362,25 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
     // A generator thread produces chunks; this thread writes them.
     let (tx, rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(2);
     let specs_ref = specs;
+    // Weights of standard deviation gain/sqrt(row length): 1 for most matrices (unit-ish
+    // activations); embedding rows of unit-size values; the projections that write into the
+    // residual stream scaled by 1/sqrt(2 x layers) (as GPT-2's initialisation), so the
+    // token-specific embedding is not drowned by the layers' outputs: otherwise every token's
+    // hidden state converges to the same direction and a MoE routes all tokens alike.
+    let layers = specs
+        .iter()
+        .filter(|s| s.name.ends_with(".attn_norm.weight"))
+        .count();
+    let residual_gain = 1.0 / (2.0 * layers.max(1) as f32).sqrt();
+    let gain = move |s: &Spec| -> f32 {
+        if s.name == "token_embd.weight" {
+            (s.shape[0] as f32).sqrt()
+        } else if s.name.contains(".attn_output.") || s.name.contains(".ffn_down") {
+            residual_gain
+        } else {
+            1.0
+        }
+    };
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let gen = scope.spawn(move || -> anyhow::Result<()> {
             for (i, s) in specs_ref.iter().enumerate() {
@@ -373,10 +393,18 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
                     tx.send((i, v)).ok();
                     continue;
                 }
-                random_tensor(s.ty, s.shape[0] as usize, n, &mut rng, CHUNK, |b| {
-                    tx.send((i, b.to_vec()))
-                        .map_err(|_| anyhow::anyhow!("writer stopped"))
-                })?;
+                random_tensor(
+                    s.ty,
+                    s.shape[0] as usize,
+                    n,
+                    gain(s),
+                    &mut rng,
+                    CHUNK,
+                    |b| {
+                        tx.send((i, b.to_vec()))
+                            .map_err(|_| anyhow::anyhow!("writer stopped"))
+                    },
+                )?;
             }
             Ok(())
         });
