@@ -63,6 +63,11 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// The BOS text the template may write (empty when the model has none).
+    pub fn bos(&self) -> &str {
+        &self.bos
+    }
+
     /// Renders `messages`, ending with the assistant's turn opener when
     /// `add_generation_prompt`.
     pub fn render(

@@ -20,8 +20,8 @@
 //! - the input embedding is read row by row on demand unless it is the tied output matrix, and
 //!   is pinned only with budget to spare;
 //! - without an explicit context length the KV cache gets the positions the command would
-//!   like ([`DEFAULT_CTX`] unless it says), at most the model's, shrunk to what the budget
-//!   leaves room for.
+//!   like ([`DEFAULT_CTX`] unless it says), at most the model's and at most a quarter of the
+//!   budget, shrunk to what the budget leaves room for (never below what the command needs).
 
 use crate::layout::UnitLayout;
 use crate::{SchedulerError, UnitId, UnitTable};
@@ -396,11 +396,18 @@ impl Plan {
                 )))
             }
             Some(c) => (c, c, true),
-            None => (
-                req.min_ctx.max(1),
-                req.default_ctx.min(n_ctx_max).max(req.min_ctx),
-                false,
-            ),
+            None => {
+                // At most a quarter of the budget goes to a context nobody asked for exactly:
+                // the rest is worth more as pinned weights (read every token).
+                let share = (req.budget / 4)
+                    .checked_div(needs.kv_bytes_per_pos)
+                    .map_or(usize::MAX, |n| n as usize);
+                (
+                    req.min_ctx.max(1),
+                    req.default_ctx.min(n_ctx_max).min(share).max(req.min_ctx),
+                    false,
+                )
+            }
         };
         let solve =
             |ctx: usize| avail_for(ctx).and_then(|a| fit_weights(&per_token, a, depth_pref));

@@ -35,6 +35,8 @@ enum Command {
     Tokenize(cmd::tokenize::Args),
     /// Generate text from a prompt (streamed to stdout).
     Run(cmd::run::Args),
+    /// An interactive conversation with the model's chat template.
+    Chat(cmd::chat::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -205,6 +205,12 @@ impl<'m> Session<'m> {
         self.pos = 0;
     }
 
+    /// Forgets the positions from `pos` on (the next eval continues from there; keeps the
+    /// KV cache of the positions before, e.g. a conversation's shared prefix).
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
     /// Runs `tokens` (at positions `pos()..pos()+tokens.len()`) through the model and returns
     /// the logits of the last position (`n_vocab` values) or of every position
     /// (`tokens.len() * n_vocab`, row-major).

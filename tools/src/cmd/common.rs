@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use flashstream::formats::GgufModel;
 use flashstream::formats::ModelConfig;
+use flashstream::runtime::chat::{ChatTemplate, Message};
 use flashstream::runtime::model::ModelOptions;
+use flashstream::runtime::sampler::SamplerConfig;
 use flashstream::runtime::tokenizer::Tokenizer;
 
 use super::engine::MemArgs;
@@ -91,4 +93,70 @@ pub fn build_model(gguf: GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Resu
         ..EngineOptions::default()
     });
     Engine::load(gguf, &opts).with_context(|| format!("cannot run {}", a.model.display()))
+}
+
+/// Sampling flags shared by `run` and `chat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = SamplerConfig::default().temperature)]
+    pub temp: f32,
+    /// Seed of the sampler (a seed always gives the same text).
+    #[arg(long, default_value_t = SamplerConfig::default().seed)]
+    pub seed: u64,
+    /// Keep the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = SamplerConfig::default().top_k)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens reaching this probability (1 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().top_p)]
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().min_p)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().repeat_penalty)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = SamplerConfig::default().repeat_last_n)]
+    pub repeat_last_n: usize,
+}
+
+impl SamplingArgs {
+    /// The sampler these flags describe (validate it before use).
+    pub fn config(&self) -> SamplerConfig {
+        SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        }
+    }
+}
+
+/// The model's chat template (minijinja; built-in fallbacks for models without one).
+pub fn chat_template(gguf: &GgufModel, tok: &Tokenizer) -> ChatTemplate {
+    let piece = |id: Option<u32>| {
+        id.map(|i| String::from_utf8_lossy(&tok.token_to_piece_with(i, true)).into_owned())
+            .unwrap_or_default()
+    };
+    let arch = gguf
+        .metadata
+        .get_str("general.architecture")
+        .unwrap_or_default();
+    let template = gguf
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.as_str());
+    ChatTemplate::new(template, arch, &piece(tok.bos()), &piece(tok.eos()))
+}
+
+/// `messages` rendered with the generation prompt, and whether the tokenizer should add BOS
+/// (not when the template wrote it itself).
+pub fn render_chat(t: &ChatTemplate, messages: &[Message]) -> anyhow::Result<(String, bool)> {
+    let rendered = t.render(messages, true)?;
+    let has_bos = !t.bos().is_empty() && rendered.starts_with(t.bos());
+    Ok((rendered, !has_bos))
 }

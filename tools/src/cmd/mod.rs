@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod bench;
+pub mod chat;
 pub mod common;
 pub mod dump;
 pub mod engine;

@@ -6,11 +6,12 @@ use std::ops::ControlFlow;
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use super::common::{build_model, tokenizer, ModelArgs, Needs};
+use super::common::{
+    build_model, chat_template, render_chat, tokenizer, ModelArgs, Needs, SamplingArgs,
+};
 use super::engine::{describe_plan, stats_json};
-use flashstream::runtime::chat::{ChatTemplate, Message};
+use flashstream::runtime::chat::Message;
 use flashstream::runtime::generate::{generate, GenerateOptions};
-use flashstream::runtime::sampler::SamplerConfig;
 use flashstream::scheduler::{sysmem, SourceStats};
 
 #[derive(clap::Args)]
@@ -23,27 +24,8 @@ pub struct Args {
     /// Most tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
-    /// Temperature (0 = greedy).
-    #[arg(long, default_value_t = SamplerConfig::default().temperature)]
-    temp: f32,
-    /// Seed of the sampler (a seed always gives the same text).
-    #[arg(long, default_value_t = SamplerConfig::default().seed)]
-    seed: u64,
-    /// Keep the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = SamplerConfig::default().top_k)]
-    top_k: usize,
-    /// Nucleus sampling: keep the smallest set of tokens reaching this probability (1 = off).
-    #[arg(long, default_value_t = SamplerConfig::default().top_p)]
-    top_p: f32,
-    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, default_value_t = SamplerConfig::default().min_p)]
-    min_p: f32,
-    /// Penalty for repeating recent tokens (1 = off).
-    #[arg(long, default_value_t = SamplerConfig::default().repeat_penalty)]
-    repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
-    #[arg(long, default_value_t = SamplerConfig::default().repeat_last_n)]
-    repeat_last_n: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Stop when the text contains this string (may be given several times).
     #[arg(long)]
     stop: Vec<String>,
@@ -63,15 +45,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let sampler = SamplerConfig {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        repeat_last_n: a.repeat_last_n,
-        seed: a.seed,
-    };
+    let sampler = a.sampling.config();
     sampler.validate()?;
     if a.stop.iter().any(|s| s.is_empty()) {
         bail!("--stop must not be empty");
@@ -79,29 +53,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let gguf = super::open_model(&a.model.model)?;
     let tok = tokenizer(&gguf, &a.model.model)?;
     let (text, add_special) = if a.chat {
-        let piece = |id: Option<u32>| {
-            id.map(|i| String::from_utf8_lossy(&tok.token_to_piece_with(i, true)).into_owned())
-                .unwrap_or_default()
-        };
-        let (bos, eos) = (piece(tok.bos()), piece(tok.eos()));
-        let arch = gguf
-            .metadata
-            .get_str("general.architecture")
-            .unwrap_or_default();
-        let template = gguf
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.as_str());
-        let t = ChatTemplate::new(template, arch, &bos, &eos);
+        let t = chat_template(&gguf, &tok);
         let mut messages = Vec::new();
         if let Some(sys) = &a.system {
             messages.push(Message::new("system", sys));
         }
         messages.push(Message::new("user", &a.prompt));
-        let rendered = t.render(&messages, true)?;
-        // A template that writes BOS itself must not get a second one from the tokenizer.
-        let has_bos = !bos.is_empty() && rendered.starts_with(&bos);
-        (rendered, !has_bos)
+        render_chat(&t, &messages)?
     } else {
         (a.prompt.clone(), true)
     };
