@@ -567,13 +567,7 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let per_layer_w = 2 * e * e + 2 * e * kv + 3 * e * d.ff as u64;
     let per_layer = (per_layer_w as f64 * bpw) as u64 + 8 * e;
     let vocab = 257u64;
-    let fixed = 2 * vocab * e * 2 + 4 * e;
-    let layers = c
-        .layers
-        .unwrap_or_else(|| {
-            ((c.size.saturating_sub(fixed)) as f64 / per_layer as f64).round() as usize
-        })
-        .max(1);
+    let layers = layer_count(c, per_layer, 2 * vocab * e * 2 + 4 * e);
     let mut w = GgufWriter::new();
     common_keys(&mut w, "llama", c, &d, layers)?;
     w.set("general.file_type", Value::U32(file_type(c.ty)))?;
@@ -587,10 +581,7 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
     }
     specs.push(Spec::norm("output_norm.weight", e));
     specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
-    for s in &specs {
-        w.add_tensor(&s.name, s.ty, &s.shape)?;
-    }
-    let params: u64 = specs.iter().map(|s| s.shape.iter().product::<u64>()).sum();
+    let params = declare(&mut w, &specs)?;
     let len = write_random(w, &specs, &c.out, c.seed)?;
     summary(
         &c.out,
@@ -600,6 +591,23 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
                "kv_heads": d.kv_heads, "type": c.ty.to_string(),
                "layer_bytes": specs.iter().filter(|s| s.name.starts_with("blk.0.")).map(Spec::bytes).sum::<u64>()}),
     )
+}
+
+/// `--layers`, or as many layers of `per_layer` bytes as reach `--size` beside `fixed` bytes.
+fn layer_count(c: &Common, per_layer: u64, fixed: u64) -> usize {
+    c.layers
+        .unwrap_or_else(|| {
+            (c.size.saturating_sub(fixed) as f64 / per_layer as f64).round() as usize
+        })
+        .max(1)
+}
+
+/// Declares `specs` in `w`; returns their parameter count.
+fn declare(w: &mut GgufWriter, specs: &[Spec]) -> anyhow::Result<u64> {
+    for s in specs {
+        w.add_tensor(&s.name, s.ty, &s.shape)?;
+    }
+    Ok(specs.iter().map(|s| s.shape.iter().product::<u64>()).sum())
 }
 
 fn file_type(ty: GgmlType) -> u32 {
@@ -646,13 +654,7 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
     let per_layer_w = attn_w + 3 * e * eff as u64 * nx + 3 * e * shared_ff;
     let per_layer = (per_layer_w as f64 * bpw) as u64 + 4 * e * nx + 8 * e;
     let vocab = 257u64;
-    let fixed = 2 * vocab * e * 2;
-    let layers = c
-        .layers
-        .unwrap_or_else(|| {
-            ((c.size.saturating_sub(fixed)) as f64 / per_layer as f64).round() as usize
-        })
-        .max(1);
+    let layers = layer_count(c, per_layer, 2 * vocab * e * 2);
     let mut w = GgufWriter::new();
     common_keys(&mut w, arch, c, &d, layers)?;
     let key = |k: &str| format!("{arch}.{k}");
@@ -703,10 +705,7 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
     }
     specs.push(Spec::norm("output_norm.weight", e));
     specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
-    for s in &specs {
-        w.add_tensor(&s.name, s.ty, &s.shape)?;
-    }
-    let params: u64 = specs.iter().map(|s| s.shape.iter().product::<u64>()).sum();
+    let params = declare(&mut w, &specs)?;
     let expert_bytes: u64 = specs
         .iter()
         .filter(|s| s.name.starts_with("blk.0.") && s.name.contains("_exps."))
