@@ -33,7 +33,8 @@ use crate::runtime::memory::{metadata_heap_bytes, runtime_needs, NeedsOptions};
 use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
-    sysmem, Plan, PlanRequest, SchedulerError, SourceStats, StreamingSource, UnitTable, CHUNK_BYTES,
+    sysmem, ExpertPolicy, Plan, PlanRequest, SchedulerError, SourceStats, StreamingSource,
+    UnitTable, CHUNK_BYTES,
 };
 
 /// Errors of [`Engine`].
@@ -89,6 +90,8 @@ pub struct EngineOptions {
     pub extra_bytes: u64,
     /// Count the model's tokenizer in the budget (for callers that will build one).
     pub count_tokenizer: bool,
+    /// Expert-cache eviction policy (MoE models).
+    pub expert_policy: ExpertPolicy,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +108,7 @@ impl Default for EngineOptions {
             max_batch: ModelOptions::default().max_batch,
             extra_bytes: 0,
             count_tokenizer: true,
+            expert_policy: ExpertPolicy::default(),
         }
     }
 }
@@ -151,6 +155,7 @@ pub fn plan(
         req.default_ctx = w.max(req.min_ctx);
     }
     req.prefetch_depth = opts.prefetch;
+    req.expert_policy = opts.expert_policy;
     let tokenizer_bytes = if opts.count_tokenizer {
         tokenizer_estimate(gguf)
     } else {

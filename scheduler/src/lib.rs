@@ -22,7 +22,7 @@ pub mod sysmem;
 pub mod testing;
 mod units;
 
-pub use plan::{BudgetItem, Plan, PlanRequest, RuntimeNeeds};
+pub use plan::{BudgetItem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds};
 pub use resident::ResidentSource;
 pub use stream::{StreamingSource, CHUNK_BYTES};
 pub use units::{Part, Unit, UnitId, UnitTable};

@@ -35,6 +35,48 @@ pub const MIN_EXPERT_SLOTS: usize = 2;
 /// Target size of the scratch that embedding rows are read into.
 pub const ROW_SCRATCH_TARGET: u64 = 1 << 20;
 
+/// How the expert cache chooses what to evict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ExpertPolicy {
+    /// The expert whose layer comes round again last (the layer just computed), then the
+    /// least recently used: what a cyclic layer order makes optimal when one token's experts
+    /// outnumber the slots.
+    #[default]
+    LayerDistance,
+    /// Least recently used (for comparison: it thrashes when the cache is smaller than one
+    /// token's experts).
+    Lru,
+}
+
+impl ExpertPolicy {
+    /// The `--expert-policy` spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExpertPolicy::LayerDistance => "distance",
+            ExpertPolicy::Lru => "lru",
+        }
+    }
+}
+
+impl std::fmt::Display for ExpertPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExpertPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "distance" => Ok(ExpertPolicy::LayerDistance),
+            "lru" => Ok(ExpertPolicy::Lru),
+            _ => Err(format!(
+                "unknown expert policy {s:?} (expected distance or lru)"
+            )),
+        }
+    }
+}
+
 /// What the runtime needs beside the weights (from the model config, computed without them).
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeNeeds {
@@ -68,6 +110,8 @@ pub struct PlanRequest {
     pub prefetch_depth: Option<usize>,
     /// Read alignment of the backend (4096 for `O_DIRECT`, 1 for none).
     pub align: u64,
+    /// Expert-cache eviction policy.
+    pub expert_policy: ExpertPolicy,
 }
 
 impl PlanRequest {
@@ -81,6 +125,7 @@ impl PlanRequest {
             tied_output,
             prefetch_depth: None,
             align: 4096,
+            expert_policy: ExpertPolicy::default(),
         }
     }
 }
@@ -138,6 +183,8 @@ pub struct Plan {
     pub expert_leases_per_token: u64,
     /// Read alignment the layouts were made for.
     pub align: u64,
+    /// Expert-cache eviction policy.
+    pub expert_policy: ExpertPolicy,
     /// The aligned layout of every unit, by [`UnitTable::position`].
     pub layouts: Vec<UnitLayout>,
 }
@@ -584,6 +631,7 @@ impl Plan {
                 0.0
             },
             align,
+            expert_policy: req.expert_policy,
             layouts,
         };
         if plan.total_bytes() > req.budget {

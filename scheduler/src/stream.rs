@@ -33,7 +33,7 @@ use flashstream_formats::GgufModel;
 use flashstream_loader::{AlignedBuffer, Completion, IoKind, ReadBackend, ReadOp};
 
 use crate::layout::UnitLayout;
-use crate::plan::Plan;
+use crate::plan::{ExpertPolicy, Plan};
 use crate::{
     LayerExpertStats, Lease, Release, SchedulerError, SourceStats, UnitId, UnitTable, WeightSource,
 };
@@ -167,6 +167,7 @@ struct State {
     /// that were leased before being evicted.
     hit_rate: f64,
     guess_use_rate: f64,
+    policy: ExpertPolicy,
     rows: Option<RowJob>,
     /// When the current stretch with reads in flight began (the I/O thread sets and ends it).
     busy_since: Option<Instant>,
@@ -209,7 +210,9 @@ impl State {
         // plain LRU would evict exactly the experts needed soonest whenever one token's
         // experts outnumber the slots), then the least recently used.
         let n_layer = self.layers.max(1);
+        let lru = self.policy == ExpertPolicy::Lru;
         let distance = |i: usize| match self.cache[i].unit {
+            _ if lru => 0,
             Some(UnitId::Expert { layer, .. }) => {
                 (layer + 2 * n_layer - self.cur_layer - 1) % n_layer
             }
@@ -249,7 +252,7 @@ impl State {
         {
             return Some(i);
         }
-        if self.guess_use_rate <= self.hit_rate {
+        if self.guess_use_rate <= self.hit_rate || self.policy == ExpertPolicy::Lru {
             return None;
         }
         let n_layer = self.layers.max(1);
@@ -506,6 +509,7 @@ impl StreamingSource {
                 cur_layer: 0,
                 hit_rate: 0.5,
                 guess_use_rate: 0.5,
+                policy: plan.expert_policy,
                 rows: None,
                 busy_since: None,
                 failed: None,

@@ -214,3 +214,64 @@ fn upcycled_smollm2_streams_under_160mib_and_computes_the_dense_function() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The older per-expert tensor layout (`blk.N.ffn_gate.E.weight`) runs exactly like the fused
+/// one, resident and with experts streaming.
+#[test]
+fn per_expert_tensors_equal_fused_tensors() {
+    let dir = std::env::temp_dir().join(format!("fs-moe-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dense = root().join("testdata/models/rand-llama-q4_0.gguf");
+    let mk = |name: &str, split: bool| {
+        let out = dir.join(name);
+        let mut a = vec![
+            "mkmodel",
+            "upcycle",
+            dense.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--experts",
+            "8",
+            "--top-k",
+            "2",
+            "--json",
+        ];
+        if split {
+            a.push("--split-experts");
+        }
+        fs(&a);
+        out
+    };
+    let fused = mk("fused.gguf", false);
+    let split = mk("split.gguf", true);
+    let logits = |m: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "logits",
+            m.to_str().unwrap(),
+            "--tokens",
+            "1,2,3,4,5,6,7,8",
+            "--top",
+            "5",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        fs(&a)
+    };
+    let want = logits(&fused, &[]);
+    for (m, extra) in [
+        (&split, &[][..]),
+        (&split, &["--mem", "6MiB"][..]),
+        (&fused, &["--mem", "6MiB"][..]),
+    ] {
+        let got = logits(m, extra);
+        assert_eq!(
+            got["positions"],
+            want["positions"],
+            "{} {extra:?}",
+            m.display()
+        );
+        if !extra.is_empty() {
+            assert!(got["stats"]["expert_slots"].as_u64().unwrap() > 0, "{got}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

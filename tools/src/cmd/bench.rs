@@ -346,6 +346,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "io": engine.io().to_string(),
         "threads": threads,
         "decode_input": a.decode_input,
+        "expert_policy": a.mem.expert_policy.to_string(),
         "budget_bytes": engine.plan().budget,
         "planned_bytes": engine.plan().total_bytes(),
         "weight_bytes": engine.plan().weight_bytes,

@@ -3,7 +3,7 @@
 
 use super::size::parse_size;
 use flashstream::loader::IoKind;
-use flashstream::scheduler::{fmt_bytes, Plan, SourceStats};
+use flashstream::scheduler::{fmt_bytes, ExpertPolicy, Plan, SourceStats};
 use flashstream::EngineOptions;
 
 /// Memory and I/O options shared by the commands that run a model.
@@ -22,6 +22,9 @@ pub struct MemArgs {
     /// Print streaming statistics to stderr at the end.
     #[arg(long)]
     pub stats: bool,
+    /// MoE expert-cache eviction: distance (the layer needed furthest ahead, then LRU) or lru.
+    #[arg(long, default_value = "distance")]
+    pub expert_policy: ExpertPolicy,
 }
 
 impl MemArgs {
@@ -31,6 +34,7 @@ impl MemArgs {
             mem: self.mem,
             io: self.io,
             prefetch: self.prefetch,
+            expert_policy: self.expert_policy,
             ..shape
         }
     }

@@ -111,6 +111,10 @@ struct UpcycleArgs {
     /// Seed of the random router.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write one tensor per expert (`blk.N.ffn_gate.E.weight`, the older layout) instead of
+    /// fused `blk.N.ffn_gate_exps.weight` tensors.
+    #[arg(long)]
+    split_experts: bool,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -775,14 +779,29 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
                 From::Router,
             ));
         }
-        let renamed = ["ffn_gate", "ffn_up", "ffn_down"]
+        let ffn = ["ffn_gate", "ffn_up", "ffn_down"]
             .iter()
-            .find_map(|b| fused(b).map(|l| format!("blk.{l}.{b}_exps.weight")));
-        match renamed {
-            Some(name) => {
+            .find_map(|b| fused(b).map(|l| (l, *b)));
+        match ffn {
+            Some((l, b)) if a.split_experts => {
+                for x in 0..nx {
+                    plan.push((
+                        format!("blk.{l}.{b}.{x}.weight"),
+                        t.ty,
+                        t.shape.clone(),
+                        From::Copy { src: i, times: 1 },
+                    ));
+                }
+            }
+            Some((l, b)) => {
                 let mut shape = t.shape.clone();
                 shape.push(nx);
-                plan.push((name, t.ty, shape, From::Copy { src: i, times: nx }));
+                plan.push((
+                    format!("blk.{l}.{b}_exps.weight"),
+                    t.ty,
+                    shape,
+                    From::Copy { src: i, times: nx },
+                ));
             }
             None => plan.push((
                 t.name.clone(),
