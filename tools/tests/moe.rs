@@ -122,9 +122,10 @@ fn upcycle(dense: &Path, dir: &Path) -> PathBuf {
 #[test]
 fn upcycled_smollm2_streams_under_160mib_and_computes_the_dense_function() {
     let Some(dense) = dense_model() else { return };
-    let dir = std::env::temp_dir().join(format!("fs-moe-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let moe = upcycle(&dense, &dir);
+    // Removed on drop, also when an assertion fails (the upcycled file is ~850 MB).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let moe = upcycle(&dense, dir);
     let (d, m) = (dense.to_str().unwrap(), moe.to_str().unwrap());
     let size = std::fs::metadata(&moe).unwrap().len();
     assert!(size > 800 << 20, "upcycled file is {size} bytes");
@@ -212,15 +213,14 @@ fn upcycled_smollm2_streams_under_160mib_and_computes_the_dense_function() {
         );
         assert!(st["budget_bytes"].as_u64().unwrap() == 160 << 20);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The older per-expert tensor layout (`blk.N.ffn_gate.E.weight`) runs exactly like the fused
 /// one, resident and with experts streaming.
 #[test]
 fn per_expert_tensors_equal_fused_tensors() {
-    let dir = std::env::temp_dir().join(format!("fs-moe-split-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let dense = root().join("testdata/models/rand-llama-q4_0.gguf");
     let mk = |name: &str, split: bool| {
         let out = dir.join(name);
@@ -273,5 +273,4 @@ fn per_expert_tensors_equal_fused_tensors() {
             assert!(got["stats"]["expert_slots"].as_u64().unwrap() > 0, "{got}");
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
