@@ -214,8 +214,10 @@ fn golden_gemma3() {
 }
 
 /// A long input evaluated in chunks of `max_batch` tokens gives the logits of one batch:
-/// bit-identical when every chunk takes the same attention kernel, and within the random
-/// models' tolerance when the small-batch (f16) kernel replaces the tiled one.
+/// bit-identical when every chunk takes the same attention kernel. When the small-batch (f16)
+/// kernel replaces the tiled one, each path is separately held to the random models'
+/// tolerance against llama.cpp (the golden tests), so the two may differ by up to twice that
+/// bound, and their top-1 agrees where the golden README asks (75% of the positions).
 #[test]
 fn chunked_eval_matches_one_batch() {
     let path = workspace().join("testdata/models/rand-qwen3-q5km.gguf");
@@ -236,8 +238,26 @@ fn chunked_eval_matches_one_batch() {
     let small = all(40);
     assert_eq!(one.len(), small.len());
     for (a, b) in one.iter().zip(&small) {
-        assert!((a - b).abs() <= 0.1 + 0.02 * a.abs(), "{a} vs {b}");
+        assert!((a - b).abs() <= 2.0 * (0.1 + 0.02 * a.abs()), "{a} vs {b}");
     }
+    let nv = one.len() / tokens.len();
+    let argmax = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            )
+            .0
+    };
+    let rows = one.len() / nv;
+    let same = (0..rows)
+        .filter(|&r| argmax(&one[r * nv..(r + 1) * nv]) == argmax(&small[r * nv..(r + 1) * nv]))
+        .count();
+    assert!(
+        same * 4 >= rows * 3,
+        "top-1 equal on {same} of {rows} positions"
+    );
 }
 
 /// Greedy generation through the library API reproduces llama.cpp's answer to the golden
