@@ -149,10 +149,14 @@ impl Sampler {
             return Ok(best.0);
         }
         // Sort descending by logit (ties: lower id first) so every filter is a prefix cut.
-        cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // With top-k, only the k best are sorted (the order is total, so the result is the
+        // same as sorting everything and cutting).
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if c.top_k > 0 && c.top_k < cands.len() {
+            cands.select_nth_unstable_by(c.top_k - 1, order);
             cands.truncate(c.top_k);
         }
+        cands.sort_by(order);
         // Probabilities at temperature 1 for top-p / min-p (as llama.cpp's chain does).
         let probs = softmax_sorted(cands, 1.0);
         let mut keep = cands.len();

@@ -20,6 +20,16 @@ pub const TILE: usize = 64;
 /// multiply-add), the accumulators summed pairwise, the lanes by halving; a tail of fewer
 /// than 64 is added one by one in f64.
 pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        return unsafe { x86::dot_f16(a, b) };
+    }
+    dot_f16_scalar(a, b)
+}
+
+/// The portable [`dot_f16`], the reference the SIMD one is tested against bit for bit.
+pub fn dot_f16_scalar(a: &[f32], b: &[f16]) -> f32 {
     const LANES: usize = 16;
     const STEP: usize = 64;
     let mut acc = [[0f32; LANES]; 4];
@@ -86,21 +96,145 @@ pub fn attend_f16(
             let old = m;
             m = s;
             ms = (old - m).exp();
-            for a in acc[..dv].iter_mut() {
-                *a = f16::from_f32(a.to_f32() * ms);
-            }
+            scale_f16(&mut acc[..dv], ms);
         } else {
             vs = (s - m).exp();
         }
         let vr = &values[j * v_stride..j * v_stride + dv];
-        for (a, &v) in acc[..dv].iter_mut().zip(vr) {
-            *a = f16::from_f32(v.to_f32().mul_add(vs, a.to_f32()));
-        }
+        fma_f16(&mut acc[..dv], vr, vs);
         sum = sum * ms + vs;
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, a) in out[..dv].iter_mut().zip(&acc[..dv]) {
         *o = a.to_f32() * inv;
+    }
+}
+
+/// `acc[i] = f16(acc[i] · s)`.
+fn scale_f16(acc: &mut [f16], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        return unsafe { x86::scale_f16(acc, s) };
+    }
+    scale_f16_scalar(acc, s)
+}
+
+fn scale_f16_scalar(acc: &mut [f16], s: f32) {
+    for a in acc.iter_mut() {
+        *a = f16::from_f32(a.to_f32() * s);
+    }
+}
+
+/// `acc[i] = f16(fma(v[i], s, acc[i]))`.
+fn fma_f16(acc: &mut [f16], v: &[f16], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        return unsafe { x86::fma_f16(acc, v, s) };
+    }
+    fma_f16_scalar(acc, v, s)
+}
+
+fn fma_f16_scalar(acc: &mut [f16], v: &[f16], s: f32) {
+    for (a, &v) in acc.iter_mut().zip(v) {
+        *a = f16::from_f32(v.to_f32().mul_add(s, a.to_f32()));
+    }
+}
+
+/// AVX2 + FMA + F16C versions of the row-at-a-time kernel's inner loops, computing exactly
+/// what the scalar ones compute (the same fused operations in the same order; F16C rounds to
+/// nearest even as `half` does).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU has AVX2, FMA and F16C (the detection is cached by std).
+    #[inline]
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store_f16(p: *mut f16, v: __m256) {
+        _mm_storeu_si128(
+            p as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+        )
+    }
+
+    /// [`super::dot_f16_scalar`]: accumulator `j` of 16 lanes is the register pair
+    /// `acc[2j], acc[2j + 1]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let np = n / 64 * 64;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < np {
+            for (k, r) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pa.add(i + 8 * k));
+                *r = _mm256_fmadd_ps(x, load_f16(pb.add(i + 8 * k)), *r);
+            }
+            i += 64;
+        }
+        // x[l] = (acc0 + acc2) + (acc1 + acc3), lanes 0..8 and 8..16.
+        let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+        let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+        let v8 = _mm256_add_ps(lo, hi);
+        let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+        let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+        let v1 = _mm_add_ss(v2, _mm_shuffle_ps::<0b01>(v2, v2));
+        let mut sum = _mm_cvtss_f32(v1) as f64;
+        for (xa, yb) in a[np..n].iter().zip(&b[np..n]) {
+            sum += (xa * yb.to_f32()) as f64;
+        }
+        sum as f32
+    }
+
+    /// [`super::scale_f16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scale_f16(acc: &mut [f16], s: f32) {
+        let n8 = acc.len() / 8 * 8;
+        let p = acc.as_mut_ptr();
+        let sv = _mm256_set1_ps(s);
+        let mut i = 0;
+        while i < n8 {
+            store_f16(p.add(i), _mm256_mul_ps(load_f16(p.add(i)), sv));
+            i += 8;
+        }
+        for a in acc[n8..].iter_mut() {
+            *a = f16::from_f32(a.to_f32() * s);
+        }
+    }
+
+    /// [`super::fma_f16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn fma_f16(acc: &mut [f16], v: &[f16], s: f32) {
+        let n = acc.len().min(v.len());
+        let n8 = n / 8 * 8;
+        let (p, pv) = (acc.as_mut_ptr(), v.as_ptr());
+        let sv = _mm256_set1_ps(s);
+        let mut i = 0;
+        while i < n8 {
+            let r = _mm256_fmadd_ps(load_f16(pv.add(i)), sv, load_f16(p.add(i)));
+            store_f16(p.add(i), r);
+            i += 8;
+        }
+        for (a, &v) in acc[n8..n].iter_mut().zip(&v[n8..n]) {
+            *a = f16::from_f32(v.to_f32().mul_add(s, a.to_f32()));
+        }
     }
 }
 
@@ -221,6 +355,32 @@ mod tests {
         );
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// The SIMD inner loops compute the scalar ones bit for bit, at every length.
+    #[test]
+    fn simd_inner_loops_equal_scalar() {
+        let r = |i: usize| ((i * 2654435761) % 1999) as f32 / 400.0 - 2.5;
+        for n in [0, 1, 7, 8, 63, 64, 65, 80, 128, 130, 200, 256, 300] {
+            let a: Vec<f32> = (0..n).map(|i| f16::from_f32(r(i + 3)).to_f32()).collect();
+            let b: Vec<f16> = (0..n).map(|i| f16::from_f32(r(i + 77))).collect();
+            assert_eq!(
+                dot_f16(&a, &b).to_bits(),
+                dot_f16_scalar(&a, &b).to_bits(),
+                "dot, n={n}"
+            );
+            for s in [0.0f32, 0.3, 1.0, 1.7e-3, 7.5] {
+                let mut x = b.clone();
+                let mut y = b.clone();
+                scale_f16(&mut x, s);
+                scale_f16_scalar(&mut y, s);
+                assert_eq!(x, y, "scale, n={n}");
+                let v: Vec<f16> = (0..n).map(|i| f16::from_f32(r(i + 5000))).collect();
+                fma_f16(&mut x, &v, s);
+                fma_f16_scalar(&mut y, &v, s);
+                assert_eq!(x, y, "fma, n={n}");
+            }
         }
     }
 
