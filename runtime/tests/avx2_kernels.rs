@@ -334,6 +334,45 @@ fn dot_kernel_avx2_matches_scalar_end_to_end() {
     }
 }
 
+/// The four-row dot products equal four one-row ones bit for bit (lengths with and without a
+/// tail of fewer than four blocks); a bad length in any row gives NaN for all four.
+#[test]
+fn four_row_dots_equal_one_row_dots_bit_for_bit() {
+    if !have_avx2() {
+        return;
+    }
+    let mut covered = 0;
+    for ty in WEIGHT_TYPES {
+        let Some(dot4) = avx2::dot4_fn(ty) else {
+            continue;
+        };
+        covered += 1;
+        let dot = avx2::dot_fn(ty).unwrap();
+        for n in lengths(ty).into_iter().chain([64, 160]) {
+            let w = random_weights(ty, n, 5);
+            let acts: Vec<AlignedBuf> = (0..4)
+                .map(|i| quantize_scalar(ty.vec_dot_type(), &random_activations(n, 40 + i)))
+                .collect();
+            let a = [0, 1, 2, 3].map(|i| acts[i].as_bytes());
+            let got = dot4(n, &w, a);
+            for i in 0..4 {
+                assert_eq!(
+                    got[i].to_bits(),
+                    dot(n, &w, a[i]).to_bits(),
+                    "{ty} n={n} row {i}"
+                );
+            }
+            let short = &a[2][..a[2].len() - 1];
+            let bad = dot4(n, &w, [a[0], a[1], short, a[3]]);
+            assert!(bad.iter().all(|v| v.is_nan()), "{ty} n={n} short row");
+        }
+    }
+    assert_eq!(
+        covered, 6,
+        "the 32-weight block types have four-row kernels"
+    );
+}
+
 #[test]
 fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
     if !have_avx2() {

@@ -37,7 +37,7 @@ use flashstream_formats::blocks::{
 };
 use flashstream_formats::GgmlType;
 
-use super::{DotFn, Isa, QuantizeFn};
+use super::{Dot4Fn, DotFn, Isa, QuantizeFn};
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch
@@ -71,6 +71,23 @@ pub fn dot_fn(ty: GgmlType) -> Option<DotFn> {
         GgmlType::F16 => w_f16,
         GgmlType::BF16 => w_bf16,
         GgmlType::F32 => w_f32,
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The AVX2 four-row dot product for weight type `ty` (the 32-weight block types), or `None`.
+pub fn dot4_fn(ty: GgmlType) -> Option<Dot4Fn> {
+    if !Isa::Avx2.is_available() {
+        return None;
+    }
+    let f: Dot4Fn = match ty {
+        GgmlType::Q4_0 => w4_q4_0,
+        GgmlType::Q4_1 => w4_q4_1,
+        GgmlType::Q5_0 => w4_q5_0,
+        GgmlType::Q5_1 => w4_q5_1,
+        GgmlType::Q8_0 => w4_q8_0,
+        GgmlType::IQ4_NL => w4_iq4_nl,
         _ => return None,
     };
     Some(f)
@@ -144,6 +161,30 @@ dot_wrappers! {
     w_q5_k => vec_dot_q5_k_q8_k(BlockQ5K, BlockQ8K);
     w_q6_k => vec_dot_q6_k_q8_k(BlockQ6K, BlockQ8K);
     w_iq4_xs => vec_dot_iq4_xs_q8_k(BlockIQ4XS, BlockQ8K);
+}
+
+macro_rules! dot4_wrappers {
+    ($($wrapper:ident => $kernel:ident($wb:ty, $ab:ty);)*) => {$(
+        fn $wrapper(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+            if !row_ok(<$wb>::TYPE, n, w.len()) || a.iter().any(|a| !row_ok(<$ab>::TYPE, n, a.len())) {
+                return [f32::NAN; 4];
+            }
+            let x = blocks_of::<$wb>(w);
+            let y = a.map(blocks_of::<$ab>);
+            // SAFETY: handed out only by `dot4_fn` after the feature check; every slice
+            // holds `n / 32` blocks.
+            unsafe { $kernel(&x, [&y[0], &y[1], &y[2], &y[3]]) }
+        }
+    )*};
+}
+
+dot4_wrappers! {
+    w4_q4_0 => vec_dot4_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
+    w4_q4_1 => vec_dot4_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
+    w4_q5_0 => vec_dot4_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
+    w4_q5_1 => vec_dot4_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
+    w4_q8_0 => vec_dot4_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
+    w4_iq4_nl => vec_dot4_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
 }
 
 macro_rules! float_dot_wrappers {
@@ -460,18 +501,99 @@ macro_rules! blocks32 {
     };
 }
 
+/// [`blocks32!`] for one weight row and four activation rows: for each activation row the
+/// same operations in the same order as [`blocks32!`] (so each result equals the one-row
+/// kernel's bit for bit), while each weight block is loaded and unpacked once for all four.
+macro_rules! blocks32x4 {
+    ($x:expr, $ys:expr, |$bx:ident, $by:ident| $isum:expr) => {
+        blocks32x4!(@ $x, $ys, |$bx, $by| $isum, false)
+    };
+    ($x:expr, $ys:expr, |$bx:ident, $by:ident| $isum:expr, mins) => {
+        blocks32x4!(@ $x, $ys, |$bx, $by| $isum, true)
+    };
+    (@ $x:expr, $ys:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt) => {{
+        let (x, ys) = ($x, $ys);
+        if ys.iter().any(|y| y.len() != x.len()) {
+            return [f32::NAN; 4];
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        #[allow(unused_mut)] // only the `mins` variant adds to it
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        let nq = x.len() / 4 * 4;
+        let mut i = 0;
+        while i < nq {
+            let x4 = x.get_unchecked(i..i + 4);
+            let dx = pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]);
+            for t in 0..4 {
+                let y4 = ys[t].get_unchecked(i..i + 4);
+                let mut s = [_mm256_setzero_si256(); 4];
+                for (k, sk) in s.iter_mut().enumerate() {
+                    let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
+                    *sk = $isum;
+                }
+                let d = mul_f16x4(dx, pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]));
+                let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
+                acc[t] = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc[t]);
+                #[allow(unused_mut)] // only the `mins` variant adds to it
+                let mut am = acc_m[t];
+                blocks32!(@mins $mins, am, x4, y4);
+                acc_m[t] = am;
+            }
+            i += 4;
+        }
+        let mut out = [0f32; 4];
+        for t in 0..4 {
+            let mut tail = 0.0f32;
+            for ($bx, $by) in x[nq..].iter().zip(&ys[t][nq..]) {
+                tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
+                blocks32!(@min1 $mins, tail, $bx, $by);
+            }
+            let m = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
+            let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+            out[t] = hsum_ps(acc[t]) + m + tail;
+        }
+        out
+    }};
+}
+
+/// A 32-weight block kernel as a one-row function (`blocks32!`) and a four-row one
+/// (`blocks32x4!`) from one integer-dot expression.
+macro_rules! kernel32 {
+    (
+        $(#[$doc:meta])* $name:ident, $name4:ident($wb:ty, $ab:ty)
+        [$($setup:stmt;)*] |$bx:ident, $by:ident| $isum:expr $(, $mins:ident)?
+    ) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(x: &[$wb], y: &[$ab]) -> f32 {
+            $($setup)*
+            blocks32!(x, y, |$bx, $by| $isum $(, $mins)?)
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] of one weight row with four activation rows; each result equals the one-row kernel's bit for bit.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name4(x: &[$wb], y: [&[$ab]; 4]) -> [f32; 4] {
+            $($setup)*
+            blocks32x4!(x, y, |$bx, $by| $isum $(, $mins)?)
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // 32-weight block types
 // ---------------------------------------------------------------------------------------------
 
-/// Q4_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    let eight = _mm256_set1_epi8(8);
-    blocks32!(x, y, |bx, by| {
+kernel32! {
+    /// Q4_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0(BlockQ4_0, BlockQ8_0)
+    [let eight = _mm256_set1_epi8(8);]
+    |bx, by| {
         // Σ (q - 8) · y = Σ q · y - Σ 8 · y, both exact in i16 pairs (q ≤ 15, |y| ≤ 127).
         let qy = load256(by.qs.as_ptr() as *const u8);
         let p = _mm256_sub_epi16(
@@ -479,34 +601,31 @@ pub unsafe fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
             _mm256_maddubs_epi16(eight, qy),
         );
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-    })
+    }
 }
 
-/// Q4_1 · Q8_1 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    blocks32!(
-        x,
-        y,
-        |bx, by| dot_u8i8(
-            nibbles32(bx.qs.as_ptr()),
-            load256(by.qs.as_ptr() as *const u8)
-        ),
-        mins
-    )
+kernel32! {
+    /// Q4_1 · Q8_1 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1(BlockQ4_1, BlockQ8_1)
+    []
+    |bx, by| dot_u8i8(
+        nibbles32(bx.qs.as_ptr()),
+        load256(by.qs.as_ptr() as *const u8)
+    ),
+    mins
 }
 
-/// Q5_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    let sixteen = _mm256_set1_epi8(0x10);
-    blocks32!(x, y, |bx, by| {
+kernel32! {
+    /// Q5_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0(BlockQ5_0, BlockQ8_0)
+    [let sixteen = _mm256_set1_epi8(0x10);]
+    |bx, by| {
         // Σ (q - 16) · y = Σ q · y - Σ 16 · y with q = nibble | fifth bit << 4 in 0..32.
         let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
@@ -516,52 +635,49 @@ pub unsafe fn vec_dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
             _mm256_maddubs_epi16(sixteen, qy),
         );
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-    })
+    }
 }
 
-/// Q5_1 · Q8_1 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    let sixteen = _mm256_set1_epi8(0x10);
-    blocks32!(
-        x,
-        y,
-        |bx, by| {
-            let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
-            let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
-            dot_u8i8(qx, load256(by.qs.as_ptr() as *const u8))
-        },
-        mins
+kernel32! {
+    /// Q5_1 · Q8_1 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1(BlockQ5_1, BlockQ8_1)
+    [let sixteen = _mm256_set1_epi8(0x10);]
+    |bx, by| {
+        let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
+        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
+        dot_u8i8(qx, load256(by.qs.as_ptr() as *const u8))
+    },
+    mins
+}
+
+kernel32! {
+    /// Q8_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0(BlockQ8_0, BlockQ8_0)
+    []
+    |bx, by| dot_i8i8(
+        load256(bx.qs.as_ptr() as *const u8),
+        load256(by.qs.as_ptr() as *const u8)
     )
 }
 
-/// Q8_0 · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    blocks32!(x, y, |bx, by| dot_i8i8(
-        load256(bx.qs.as_ptr() as *const u8),
-        load256(by.qs.as_ptr() as *const u8)
-    ))
-}
-
-/// IQ4_NL · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
-    let table =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));
-    blocks32!(x, y, |bx, by| dot_i8i8(
+kernel32! {
+    /// IQ4_NL · Q8_0 over `x.len()` blocks. Returns NaN if `x` and `y` differ in length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    vec_dot_iq4_nl_q8_0, vec_dot4_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0)
+    [let table =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));]
+    |bx, by| dot_i8i8(
         _mm256_shuffle_epi8(table, nibbles32(bx.qs.as_ptr())),
         load256(by.qs.as_ptr() as *const u8)
-    ))
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

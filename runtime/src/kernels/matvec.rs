@@ -103,16 +103,27 @@ pub fn matmul(
     let out = SyncPtr(y.as_mut_ptr());
     let chunks = ChunkCounter::new(rows.div_ceil(ROWS_PER_CHUNK));
     let dot = kernel.dot;
+    let act = |t: usize| &xb[t * stride..t * stride + a_row];
     let work = |_thread: usize| {
         while let Some(c) = chunks.next_chunk() {
             let r0 = c * ROWS_PER_CHUNK;
             let r1 = (r0 + ROWS_PER_CHUNK).min(rows);
             for r in r0..r1 {
                 let wr = &w[r * w_row..(r + 1) * w_row];
-                for t in 0..n_tok {
-                    let v = dot(k, wr, &xb[t * stride..t * stride + a_row]);
-                    // SAFETY: (t, r) pairs are distinct across threads (rows are claimed once)
-                    // and t * rows + r < y.len() was checked above.
+                // SAFETY (both stores): (t, r) pairs are distinct across threads (rows are
+                // claimed once) and t * rows + r < y.len() was checked above.
+                let mut t = 0;
+                if let Some(dot4) = kernel.dot4 {
+                    while t + 4 <= n_tok {
+                        let v = dot4(k, wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                        for (j, v) in v.into_iter().enumerate() {
+                            unsafe { *out.get().add((t + j) * rows + r) = v };
+                        }
+                        t += 4;
+                    }
+                }
+                for t in t..n_tok {
+                    let v = dot(k, wr, act(t));
                     unsafe { *out.get().add(t * rows + r) = v };
                 }
             }

@@ -91,6 +91,10 @@ impl Isa {
 /// quantized to the paired type (`a`: raw bytes of `n` values, 8-byte aligned).
 pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
+/// Dots one weight row with four activation rows at once: each result equals what the
+/// kernel's [`DotFn`] gives for that row, bit for bit (the weight row is unpacked once).
+pub type Dot4Fn = fn(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4];
+
 /// Quantizes `x` into `out`, the raw bytes of `x.len()` values of the paired activation type.
 /// `out` is 8-byte aligned and exactly `act_type.row_bytes(x.len())` long.
 pub type QuantizeFn = fn(x: &[f32], out: &mut [u8]);
@@ -106,6 +110,9 @@ pub struct DotKernel {
     pub quantize: QuantizeFn,
     /// Dot product.
     pub dot: DotFn,
+    /// Dot product with four activation rows, where the instruction set has one for the type
+    /// (used for batches; equal to four calls of `dot`).
+    pub dot4: Option<Dot4Fn>,
     /// The instruction set.
     pub isa: Isa,
 }
@@ -147,11 +154,17 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         Some(q) => q,
         None => scalar::quantize_fn(act_type).ok_or(KernelError::UnsupportedType(ty))?,
     };
+    let dot4 = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot4_fn(ty),
+        _ => None,
+    };
     Ok(DotKernel {
         weight_type: ty,
         act_type,
         quantize,
         dot,
+        dot4,
         isa,
     })
 }
