@@ -485,8 +485,8 @@ macro_rules! blocks32 {
         let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
         hsum_ps(acc) + m + tail
     }};
-    (@mins false, $acc_m:ident, $x4:ident, $y4:ident) => {};
-    (@mins true, $acc_m:ident, $x4:ident, $y4:ident) => {
+    (@mins false, $acc_m:expr, $x4:ident, $y4:ident) => {};
+    (@mins true, $acc_m:expr, $x4:ident, $y4:ident) => {
         $acc_m = _mm_add_ps(
             $acc_m,
             mul_f16x4(
@@ -534,10 +534,7 @@ macro_rules! blocks32x4 {
                 let d = mul_f16x4(dx, pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]));
                 let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
                 acc[t] = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc[t]);
-                #[allow(unused_mut)] // only the `mins` variant adds to it
-                let mut am = acc_m[t];
-                blocks32!(@mins $mins, am, x4, y4);
-                acc_m[t] = am;
+                blocks32!(@mins $mins, acc_m[t], x4, y4);
             }
             i += 4;
         }
