@@ -15,7 +15,7 @@ use flashstream::formats::ModelConfig;
 use flashstream::loader::{probe_ranges, probe_read_bandwidth, BackendOptions, IoKind};
 use flashstream::runtime::model::LogitsWanted;
 use flashstream::runtime::model::PredictionStats;
-use flashstream::scheduler::{fmt_bytes, sysmem, SourceStats, UnitTable};
+use flashstream::scheduler::{fmt_bytes, sysmem, SourceStats, UnitId, UnitTable};
 use flashstream::{Engine, EngineOptions};
 
 #[derive(clap::Args)]
@@ -230,12 +230,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // order, once. On this kind of machine (a virtual disk) it reads faster than the
     // loader's probe; both are the device read with O_DIRECT on this file now, so the faster
     // one is the device figure the ratios use.
+    // MoE models stream experts, not the ring: the pass reads every expert that is not
+    // pinned, a layer at a time (asked for together, as routing does, then leased in order).
+    let streamed_experts: Vec<Vec<UnitId>> = if engine.plan().expert_slots > 0 {
+        let src = model.source();
+        let mut by_layer = vec![Vec::new(); units.n_layer()];
+        for u in units.iter() {
+            if let UnitId::Expert { layer, .. } = u.id {
+                if !src.is_resident(u.id) && layer < by_layer.len() {
+                    by_layer[layer].push(u.id);
+                }
+            }
+        }
+        by_layer
+    } else {
+        Vec::new()
+    };
     let stream_pass = || -> anyhow::Result<f64> {
         let src = model.source();
         let before = src.stats();
         let t = Instant::now();
         for id in &engine.plan().cycle {
             drop(src.lease(*id)?);
+        }
+        for layer in &streamed_experts {
+            src.will_need(layer);
+            for id in layer {
+                drop(src.lease(*id)?);
+            }
         }
         let d = src.stats().since(&before);
         let secs = t.elapsed().as_secs_f64();
