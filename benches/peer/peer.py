@@ -778,12 +778,14 @@ class Bench:
         return rec
 
     def skip(self, spec, engine, variant, pair, first):
-        """The cap killed this setting in pair 0 (OOM is deterministic): record, do not rerun."""
+        """The cap killed this setting in pair 0 (OOM, or thrashing past --timeout): record, do not
+        rerun."""
+        why = "OOM-killed" if first.get("kill_reason") == "oom" else f"killed ({first.get('kill_reason')})"
         self.runs.append({"model": spec["name"], "engine": engine, "variant": variant, "pair": pair,
                           "cap_bytes": spec["cap"], "threads": self.a.threads, "gen_tokens_requested": spec["n"],
                           "result": "skipped", "killed": False, "peak_memory_bytes": None,
-                          "note": f"OOM-killed in pair {first['pair']}; not rerun (--rerun-killed reruns it)"})
-        log(f"{spec['name']}-{engine}-{variant}-p{pair}: skipped (OOM-killed in pair {first['pair']})")
+                          "note": f"{why} in pair {first['pair']}; not rerun (--rerun-killed reruns it)"})
+        log(f"{spec['name']}-{engine}-{variant}-p{pair}: skipped ({why} in pair {first['pair']})")
 
     def fs_device_bench(self, spec):
         """One `flashstream bench` under the cap: the device bandwidth and flashstream's own ceiling."""
@@ -864,7 +866,8 @@ class Bench:
                 for engine, variant in self.order():
                     first = next((r for r in self.runs if r["model"] == spec["name"] and r["engine"] == engine
                                   and r["variant"] == variant), None)
-                    if first and first.get("kill_reason") == "oom" and not a.rerun_killed:
+                    reason = (first or {}).get("kill_reason") or ""
+                    if (reason == "oom" or reason.startswith("timeout")) and not a.rerun_killed:
                         self.skip(spec, engine, variant, pair, first)
                     else:
                         self.run_one(spec, engine, variant, pair, pf, text)
@@ -1138,7 +1141,7 @@ def parse_args(argv):
     ap.add_argument("--rerun-killed", action="store_true",
                     help="rerun a setting in every pair even after the cap killed it (default: pair 0 only)")
     ap.add_argument("--pairs", type=int, default=3, help="A B rounds per model (>= 3 for a result)")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds before a run is killed (recorded)")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds before a run is killed (recorded)")
     ap.add_argument("--fs-allowance", type=parse_size, default=64 * MiB,
                     help="flashstream gets --mem = cap - this (code, allocator, KV cache)")
     ap.add_argument("--no-fs-bench", action="store_true", help="skip `flashstream bench` on the capped models")
