@@ -443,9 +443,8 @@ unsafe fn hsum4_epi32(s: [__m256i; 4]) -> __m256i {
 /// `$isum` (with `$bx`, `$by` bound to a block pair) yields the block's exact integer dot as
 /// 8 partial i32 sums. Per four blocks, the eight f16 scales are converted at once, the four
 /// integer sums reduced together, and one FMA adds `d_x · d_y · sum` for all four. With
-/// `mins`, `Σ m_x · s_y` (Q4_1/Q5_1 against Q8_1) is added as well. A last group of fewer
-/// than four blocks goes through the same step, padded with zero scales and sums (which add
-/// exactly nothing), so rows of any length pay one horizontal reduction.
+/// `mins`, `Σ m_x · s_y` (Q4_1/Q5_1 against Q8_1) is added as well. Leftover blocks (fewer
+/// than four) are done one by one.
 macro_rules! blocks32 {
     ($x:expr, $y:expr, |$bx:ident, $by:ident| $isum:expr) => {
         blocks32!(@ $x, $y, |$bx, $by| $isum, false)
@@ -461,49 +460,45 @@ macro_rules! blocks32 {
         let mut acc = _mm256_setzero_ps();
         #[allow(unused_mut)] // only the `mins` variant adds to it
         let mut acc_m = _mm_setzero_ps();
-        let nq = x.len() / 4 * 4;
-        let mut i = 0;
-        while i < nq {
-            let (x4, y4) = (x.get_unchecked(i..i + 4), y.get_unchecked(i..i + 4));
-            blocks32!(@group x4, y4, 4, |$bx, $by| $isum, $mins, acc, acc_m);
-            i += 4;
+        let (xq, yq) = (x.chunks_exact(4), y.chunks_exact(4));
+        let (xr, yr) = (xq.remainder(), yq.remainder());
+        for (x4, y4) in xq.zip(yq) {
+            let mut s = [_mm256_setzero_si256(); 4];
+            for (k, sk) in s.iter_mut().enumerate() {
+                let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
+                *sk = $isum;
+            }
+            let d = mul_f16x4(
+                pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]),
+                pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]),
+            );
+            let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
+            acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc);
+            blocks32!(@mins $mins, acc_m, x4, y4);
         }
-        if nq < x.len() {
-            let (xr, yr) = (x.get_unchecked(nq..), y.get_unchecked(nq..));
-            blocks32!(@group xr, yr, xr.len(), |$bx, $by| $isum, $mins, acc, acc_m);
+        let mut tail = 0.0f32;
+        for ($bx, $by) in xr.iter().zip(yr) {
+            tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
+            blocks32!(@min1 $mins, tail, $bx, $by);
         }
-        blocks32!(@finish acc, acc_m)
-    }};
-    // Up to four blocks (`$n` of them) into the accumulators.
-    (@group $x4:ident, $y4:ident, $n:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt,
-     $acc:expr, $acc_m:expr) => {{
-        let mut s = [_mm256_setzero_si256(); 4];
-        let (mut dx, mut dy) = ([F16Le([0; 2]); 4], [F16Le([0; 2]); 4]);
-        for k in 0..$n {
-            let ($bx, $by) = ($x4.get_unchecked(k), $y4.get_unchecked(k));
-            s[k] = $isum;
-            dx[k] = $bx.d;
-            dy[k] = $by.d;
-        }
-        let d = mul_f16x4(pack4(dx), pack4(dy));
-        let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
-        $acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, $acc);
-        blocks32!(@mins $mins, $acc_m, $x4, $y4, $n);
-    }};
-    (@mins false, $acc_m:expr, $x4:ident, $y4:ident, $n:expr) => {};
-    (@mins true, $acc_m:expr, $x4:ident, $y4:ident, $n:expr) => {{
-        let (mut mx, mut sy) = ([F16Le([0; 2]); 4], [F16Le([0; 2]); 4]);
-        for k in 0..$n {
-            mx[k] = $x4.get_unchecked(k).m;
-            sy[k] = $y4.get_unchecked(k).s;
-        }
-        $acc_m = _mm_add_ps($acc_m, mul_f16x4(pack4(mx), pack4(sy)));
-    }};
-    (@finish $acc:expr, $acc_m:expr) => {{
-        let m = _mm_add_ps($acc_m, _mm_movehl_ps($acc_m, $acc_m));
+        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
         let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
-        hsum_ps($acc) + m
+        hsum_ps(acc) + m + tail
     }};
+    (@mins false, $acc_m:expr, $x4:ident, $y4:ident) => {};
+    (@mins true, $acc_m:expr, $x4:ident, $y4:ident) => {
+        $acc_m = _mm_add_ps(
+            $acc_m,
+            mul_f16x4(
+                pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]),
+                pack4([$y4[0].s, $y4[1].s, $y4[2].s, $y4[3].s]),
+            ),
+        );
+    };
+    (@min1 false, $t:ident, $bx:ident, $by:ident) => {};
+    (@min1 true, $t:ident, $bx:ident, $by:ident) => {
+        $t += h2f($bx.m) * h2f($by.s);
+    };
 }
 
 /// [`blocks32!`] for one weight row and four activation rows: for each activation row the
@@ -528,22 +523,31 @@ macro_rules! blocks32x4 {
         let mut i = 0;
         while i < nq {
             let x4 = x.get_unchecked(i..i + 4);
+            let dx = pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]);
             for t in 0..4 {
                 let y4 = ys[t].get_unchecked(i..i + 4);
-                blocks32!(@group x4, y4, 4, |$bx, $by| $isum, $mins, acc[t], acc_m[t]);
+                let mut s = [_mm256_setzero_si256(); 4];
+                for (k, sk) in s.iter_mut().enumerate() {
+                    let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
+                    *sk = $isum;
+                }
+                let d = mul_f16x4(dx, pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]));
+                let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
+                acc[t] = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc[t]);
+                blocks32!(@mins $mins, acc_m[t], x4, y4);
             }
             i += 4;
         }
-        if nq < x.len() {
-            let xr = x.get_unchecked(nq..);
-            for t in 0..4 {
-                let yr = ys[t].get_unchecked(nq..);
-                blocks32!(@group xr, yr, xr.len(), |$bx, $by| $isum, $mins, acc[t], acc_m[t]);
-            }
-        }
         let mut out = [0f32; 4];
         for t in 0..4 {
-            out[t] = blocks32!(@finish acc[t], acc_m[t]);
+            let mut tail = 0.0f32;
+            for ($bx, $by) in x[nq..].iter().zip(&ys[t][nq..]) {
+                tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
+                blocks32!(@min1 $mins, tail, $bx, $by);
+            }
+            let m = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
+            let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+            out[t] = hsum_ps(acc[t]) + m + tail;
         }
         out
     }};
