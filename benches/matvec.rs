@@ -1,8 +1,10 @@
 //! Matvec throughput per weight type, in bytes of weights processed per second, on one and on
 //! two threads, with the best kernels of this CPU (and the scalar reference for comparison).
 //!
-//! `cargo bench --bench matvec` (add `-- Q4_0` to filter). The matrix is 4096 x 4096, larger
-//! than the caches, so the figure is comparable with the machine's memory bandwidth.
+//! `cargo bench --bench matvec` (add `-- Q4_0` to filter). The matrix is 4096 x 4096: 9 MB
+//! (Q2_K) to 64 MB (F32). The larger ones exceed the caches and compare with the memory read
+//! rate measured in the same run (`memory_read`); the smaller quantized ones can stay in a big
+//! L3 between iterations, so there a figure above the memory rate is cache bandwidth.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flashstream::formats::GgmlType;
