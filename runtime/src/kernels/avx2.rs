@@ -463,27 +463,40 @@ macro_rules! blocks32 {
         let (xq, yq) = (x.chunks_exact(4), y.chunks_exact(4));
         let (xr, yr) = (xq.remainder(), yq.remainder());
         for (x4, y4) in xq.zip(yq) {
-            let mut s = [_mm256_setzero_si256(); 4];
-            for (k, sk) in s.iter_mut().enumerate() {
-                let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
-                *sk = $isum;
-            }
-            let d = mul_f16x4(
-                pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]),
-                pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]),
-            );
-            let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
-            acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc);
-            blocks32!(@mins $mins, acc_m, x4, y4);
+            blocks32!(@group x4, y4, |$bx, $by| $isum, $mins, acc, acc_m);
         }
+        let tail = blocks32!(@tail xr, yr, |$bx, $by| $isum, $mins);
+        blocks32!(@finish acc, acc_m, tail)
+    }};
+    // Four blocks into the accumulators.
+    (@group $x4:ident, $y4:ident, |$bx:ident, $by:ident| $isum:expr, $mins:tt,
+     $acc:expr, $acc_m:expr) => {{
+        let mut s = [_mm256_setzero_si256(); 4];
+        for (k, sk) in s.iter_mut().enumerate() {
+            let ($bx, $by) = ($x4.get_unchecked(k), $y4.get_unchecked(k));
+            *sk = $isum;
+        }
+        let d = mul_f16x4(
+            pack4([$x4[0].d, $x4[1].d, $x4[2].d, $x4[3].d]),
+            pack4([$y4[0].d, $y4[1].d, $y4[2].d, $y4[3].d]),
+        );
+        let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
+        $acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, $acc);
+        blocks32!(@mins $mins, $acc_m, $x4, $y4);
+    }};
+    // Fewer than four leftover blocks, one by one.
+    (@tail $xr:expr, $yr:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt) => {{
         let mut tail = 0.0f32;
-        for ($bx, $by) in xr.iter().zip(yr) {
+        for ($bx, $by) in $xr.iter().zip($yr) {
             tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
             blocks32!(@min1 $mins, tail, $bx, $by);
         }
-        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+        tail
+    }};
+    (@finish $acc:expr, $acc_m:expr, $tail:expr) => {{
+        let m = _mm_add_ps($acc_m, _mm_movehl_ps($acc_m, $acc_m));
         let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
-        hsum_ps(acc) + m + tail
+        hsum_ps($acc) + m + $tail
     }};
     (@mins false, $acc_m:expr, $x4:ident, $y4:ident) => {};
     (@mins true, $acc_m:expr, $x4:ident, $y4:ident) => {
@@ -502,8 +515,8 @@ macro_rules! blocks32 {
 }
 
 /// [`blocks32!`] for one weight row and four activation rows: for each activation row the
-/// same operations in the same order as [`blocks32!`] (so each result equals the one-row
-/// kernel's bit for bit), while each weight block is loaded and unpacked once for all four.
+/// same steps of [`blocks32!`] in the same order (so each result equals the one-row kernel's
+/// bit for bit), while each weight block is loaded and unpacked once for all four.
 macro_rules! blocks32x4 {
     ($x:expr, $ys:expr, |$bx:ident, $by:ident| $isum:expr) => {
         blocks32x4!(@ $x, $ys, |$bx, $by| $isum, false)
@@ -523,31 +536,16 @@ macro_rules! blocks32x4 {
         let mut i = 0;
         while i < nq {
             let x4 = x.get_unchecked(i..i + 4);
-            let dx = pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]);
             for t in 0..4 {
                 let y4 = ys[t].get_unchecked(i..i + 4);
-                let mut s = [_mm256_setzero_si256(); 4];
-                for (k, sk) in s.iter_mut().enumerate() {
-                    let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
-                    *sk = $isum;
-                }
-                let d = mul_f16x4(dx, pack4([y4[0].d, y4[1].d, y4[2].d, y4[3].d]));
-                let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
-                acc[t] = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc[t]);
-                blocks32!(@mins $mins, acc_m[t], x4, y4);
+                blocks32!(@group x4, y4, |$bx, $by| $isum, $mins, acc[t], acc_m[t]);
             }
             i += 4;
         }
         let mut out = [0f32; 4];
         for t in 0..4 {
-            let mut tail = 0.0f32;
-            for ($bx, $by) in x[nq..].iter().zip(&ys[t][nq..]) {
-                tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
-                blocks32!(@min1 $mins, tail, $bx, $by);
-            }
-            let m = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
-            let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
-            out[t] = hsum_ps(acc[t]) + m + tail;
+            let tail = blocks32!(@tail x[nq..], &ys[t][nq..], |$bx, $by| $isum, $mins);
+            out[t] = blocks32!(@finish acc[t], acc_m[t], tail);
         }
         out
     }};

@@ -150,12 +150,10 @@ mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    /// Whether this CPU has AVX2, FMA and F16C (the detection is cached by std).
+    /// Whether this CPU has AVX2, FMA and F16C (the kernels' own check; std caches it).
     #[inline]
     pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
+        crate::kernels::Isa::Avx2.is_available()
     }
 
     #[inline]
