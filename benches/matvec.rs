@@ -5,10 +5,13 @@
 //! (Q2_K) to 64 MB (F32). The larger ones exceed the caches and compare with the memory read
 //! rate measured in the same run (`memory_read`); the smaller quantized ones can stay in a big
 //! L3 between iterations, so there a figure above the memory rate is cache bandwidth.
+//!
+//! `matmul64_*` is the prompt case: a 1536 x 576 matrix (SmolLM2's FFN shape) times 64
+//! activation rows, in multiply-adds per second (criterion's "elements"), best kernels only.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flashstream::formats::GgmlType;
-use flashstream::runtime::kernels::matvec::{matvec, quantize_rows};
+use flashstream::runtime::kernels::matvec::{matmul, matvec, quantize_rows};
 use flashstream::runtime::kernels::testutil::{random_activations, random_weights};
 use flashstream::runtime::kernels::{dot_kernel, AlignedBuf, Isa};
 use flashstream::runtime::pool::WorkerPool;
@@ -94,5 +97,47 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Batched products, as a prompt runs them: weights stay in cache, so this is compute.
+fn bench_matmul(c: &mut Criterion) {
+    let (k, rows, n_tok) = (576, 1536, 64);
+    let x: Vec<f32> = (0..n_tok)
+        .flat_map(|t| random_activations(k, 10 + t as u64))
+        .collect();
+    let pools: Vec<WorkerPool> = [1, 2]
+        .iter()
+        .map(|&n| WorkerPool::new(n).expect("spawn worker threads"))
+        .collect();
+    let best = Isa::detect();
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::F16,
+    ] {
+        // K-quants need rows of 256: use k = 768 for them (same order of size).
+        let k = if ty.block_size() == 256 { 768 } else { k };
+        let x = &x[..k * n_tok.min(x.len() / k)];
+        let n_tok = x.len() / k;
+        let w = random_weights(ty, k * rows, 7);
+        let kernel = dot_kernel(best, ty).expect("kernel");
+        let mut xq = AlignedBuf::default();
+        quantize_rows(&kernel, x, k, &mut xq).expect("quantize");
+        let mut y = vec![0f32; rows * n_tok];
+        let mut g = c.benchmark_group(format!("matmul64_{}", ty.name()));
+        g.throughput(Throughput::Elements((rows * k * n_tok) as u64));
+        g.sample_size(20);
+        for pool in &pools {
+            let id = BenchmarkId::new(format!("{best:?}"), format!("{}t", pool.n_threads()));
+            g.bench_function(id, |b| {
+                b.iter(|| matmul(pool, &kernel, &w, k, &xq, n_tok, &mut y).expect("matmul"))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_matmul);
 criterion_main!(benches);

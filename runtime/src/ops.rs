@@ -79,9 +79,21 @@ pub fn gelu_f16_table(x: f32) -> f32 {
     } else if x >= 10.0 {
         x
     } else {
-        let h = half::f16::from_f32(x).to_f32();
-        half::f16::from_f32(gelu(h)).to_f32()
+        gelu_table()[half::f16::from_f32(x).to_bits() as usize]
     }
+}
+
+/// `f16(gelu(h))` as f32 for every f16 bit pattern `h`, built once (65536 evaluations).
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| {
+                let h = half::f16::from_bits(b).to_f32();
+                half::f16::from_f32(gelu(h)).to_f32()
+            })
+            .collect()
+    })
 }
 
 /// [`geglu`] with [`gelu_f16_table`], as ggml's `geglu` on CPU.
@@ -167,6 +179,24 @@ pub fn rope_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table lookup gives what rounding to f16, GELU and rounding again give.
+    #[test]
+    fn gelu_table_equals_direct_evaluation() {
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let h = half::f16::from_f32(x).to_f32();
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x
+            } else {
+                half::f16::from_f32(gelu(h)).to_f32()
+            };
+            assert_eq!(gelu_f16_table(x).to_bits(), want.to_bits(), "x = {x}");
+            x += 0.000_37;
+        }
+    }
 
     #[test]
     fn rms_norm_unit_rms() {

@@ -19,7 +19,7 @@
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::scalar::{dequantize_row, quantize_row, vec_dot};
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
-use flashstream_runtime::kernels::{avx2, dot_kernel, AlignedBuf, Isa};
+use flashstream_runtime::kernels::{avx2, dot_kernel, matvec, AlignedBuf, Isa};
 use proptest::prelude::*;
 
 const WEIGHT_TYPES: [GgmlType; 15] = [
@@ -348,7 +348,7 @@ fn four_row_dots_equal_one_row_dots_bit_for_bit() {
         };
         covered += 1;
         let dot = avx2::dot_fn(ty).unwrap();
-        for n in lengths(ty).into_iter().chain([64, 160]) {
+        for n in lengths(ty).into_iter().chain([256, 1280]) {
             let w = random_weights(ty, n, 5);
             let acts: Vec<AlignedBuf> = (0..4)
                 .map(|i| quantize_scalar(ty.vec_dot_type(), &random_activations(n, 40 + i)))
@@ -368,8 +368,79 @@ fn four_row_dots_equal_one_row_dots_bit_for_bit() {
         }
     }
     assert_eq!(
-        covered, 6,
-        "the 32-weight block types have four-row kernels"
+        covered, 9,
+        "the 32-weight block types, Q4_K, Q5_K and Q6_K have four-row kernels"
+    );
+}
+
+/// The many-row dot products equal one-row ones bit for bit for every count of rows (groups
+/// of four and the rest), at a stride and with strided output; lengths that do not fit give
+/// NaN in every output.
+#[test]
+fn many_row_dots_equal_one_row_dots_bit_for_bit() {
+    if !have_avx2() {
+        return;
+    }
+    let mut covered = 0;
+    for ty in WEIGHT_TYPES {
+        let Some(rows) = avx2::dot_rows_fn(ty) else {
+            continue;
+        };
+        covered += 1;
+        let dot = avx2::dot_fn(ty).unwrap();
+        let n = 2 * ty.block_size().max(32) * 3;
+        let w = random_weights(ty, n, 9);
+        let act = ty.vec_dot_type();
+        let a_row = act.row_bytes(n as u64).unwrap() as usize;
+        let kernel = dot_kernel(Isa::Avx2, ty).unwrap();
+        let stride = matvec::act_row_stride(&kernel, n).unwrap();
+        for n_tok in [1, 3, 4, 5, 8, 11] {
+            let x: Vec<f32> = (0..n_tok)
+                .flat_map(|t| random_activations(n, 100 + t as u64))
+                .collect();
+            let mut a = AlignedBuf::default();
+            matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
+            let mut out = vec![0f32; 3 * n_tok];
+            rows(n, &w, a.as_bytes(), stride, n_tok, &mut out, 3);
+            for t in 0..n_tok {
+                let want = dot(n, &w, &a.as_bytes()[t * stride..t * stride + a_row]);
+                assert_eq!(
+                    out[3 * t].to_bits(),
+                    want.to_bits(),
+                    "{ty} n_tok={n_tok} row {t}"
+                );
+                assert_eq!(out[3 * t + 1], 0.0, "{ty}: wrote between outputs");
+            }
+            let short = &a.as_bytes()[..a.as_bytes().len() - stride + a_row - 1];
+            rows(n, &w, short, stride, n_tok, &mut out, 3);
+            assert!(
+                (0..n_tok).all(|t| out[3 * t].is_nan()),
+                "{ty} n_tok={n_tok}: short activations"
+            );
+            let mut small = vec![0f32; 3 * (n_tok - 1)];
+            rows(n, &w, a.as_bytes(), stride, n_tok, &mut small, 3);
+            assert!(
+                (0..n_tok - 1).all(|t| small[3 * t].is_nan()),
+                "{ty} n_tok={n_tok}: short output"
+            );
+            rows(
+                n,
+                &w[..w.len() - 1],
+                a.as_bytes(),
+                stride,
+                n_tok,
+                &mut out,
+                3,
+            );
+            assert!(
+                (0..n_tok).all(|t| out[3 * t].is_nan()),
+                "{ty}: short weights"
+            );
+        }
+    }
+    assert_eq!(
+        covered, 9,
+        "the types with four-row kernels have many-row ones"
     );
 }
 

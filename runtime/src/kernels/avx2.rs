@@ -37,7 +37,7 @@ use flashstream_formats::blocks::{
 };
 use flashstream_formats::GgmlType;
 
-use super::{Dot4Fn, DotFn, Isa, QuantizeFn};
+use super::{Dot4Fn, DotFn, DotRowsFn, Isa, QuantizeFn};
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch
@@ -76,7 +76,8 @@ pub fn dot_fn(ty: GgmlType) -> Option<DotFn> {
     Some(f)
 }
 
-/// The AVX2 four-row dot product for weight type `ty` (the 32-weight block types), or `None`.
+/// The AVX2 four-row dot product for weight type `ty` (the 32-weight block types, Q4_K, Q5_K
+/// and Q6_K), or `None`.
 pub fn dot4_fn(ty: GgmlType) -> Option<Dot4Fn> {
     if !Isa::Avx2.is_available() {
         return None;
@@ -88,6 +89,34 @@ pub fn dot4_fn(ty: GgmlType) -> Option<Dot4Fn> {
         GgmlType::Q5_1 => w4_q5_1,
         GgmlType::Q8_0 => w4_q8_0,
         GgmlType::IQ4_NL => w4_iq4_nl,
+        GgmlType::Q4_K => w4_q4_k,
+        GgmlType::Q5_K => w4_q5_k,
+        GgmlType::Q6_K => w4_q6_k,
+        _ => return None,
+    };
+    Some(f)
+}
+
+/// The AVX2 many-token dot product for weight type `ty` (see [`DotRowsFn`]), or `None`.
+///
+/// Checks the lengths once for the whole call and then runs the four-row kernel over groups
+/// of four activation rows (the one-row kernel for the rest, and for every row of the types
+/// without a four-row kernel), so each result equals what [`dot_fn`]'s function gives for
+/// that row, bit for bit.
+pub fn dot_rows_fn(ty: GgmlType) -> Option<DotRowsFn> {
+    if !Isa::Avx2.is_available() {
+        return None;
+    }
+    let f: DotRowsFn = match ty {
+        GgmlType::Q4_0 => r_q4_0,
+        GgmlType::Q4_1 => r_q4_1,
+        GgmlType::Q5_0 => r_q5_0,
+        GgmlType::Q5_1 => r_q5_1,
+        GgmlType::Q8_0 => r_q8_0,
+        GgmlType::IQ4_NL => r_iq4_nl,
+        GgmlType::Q4_K => r_q4_k,
+        GgmlType::Q5_K => r_q5_k,
+        GgmlType::Q6_K => r_q6_k,
         _ => return None,
     };
     Some(f)
@@ -185,6 +214,171 @@ dot4_wrappers! {
     w4_q5_1 => vec_dot4_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
     w4_q8_0 => vec_dot4_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
     w4_iq4_nl => vec_dot4_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
+    w4_q4_k => vec_dot4_q4_k_q8_k(BlockQ4K, BlockQ8K);
+    w4_q5_k => vec_dot4_q5_k_q8_k(BlockQ5K, BlockQ8K);
+    w4_q6_k => vec_dot4_q6_k_q8_k(BlockQ6K, BlockQ8K);
+}
+
+/// One weight row against `n_tok` activation rows `a_stride` bytes apart in `a`, results to
+/// `out[t * out_stride]`: lengths checked once (NaN for every output if they do not fit),
+/// then the four-row kernel `k4` per group of four rows and the one-row kernel `k1` for the
+/// rest. Activation rows that are not aligned for their blocks are copied.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dot_rows_with<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    k1: unsafe fn(&[WB], &[AB]) -> f32,
+    k4: impl Fn(usize, &[WB], [&[AB]; 4]) -> [f32; 4],
+) {
+    if n_tok == 0 {
+        return;
+    }
+    let a_row = AB::TYPE
+        .row_bytes(n as u64)
+        .map_or(usize::MAX, |b| b as usize);
+    let fits = row_ok(WB::TYPE, n, w.len())
+        && n % AB::TYPE.block_size() == 0
+        && (n_tok - 1)
+            .checked_mul(a_stride)
+            .and_then(|v| v.checked_add(a_row))
+            .is_some_and(|end| end <= a.len())
+        && (n_tok - 1)
+            .checked_mul(out_stride)
+            .is_some_and(|last| last < out.len());
+    if !fits {
+        for t in 0..n_tok {
+            if let Some(o) = out.get_mut(t.saturating_mul(out_stride)) {
+                *o = f32::NAN;
+            }
+        }
+        return;
+    }
+    let x = blocks_of::<WB>(w);
+    let act = |t: usize| blocks_of::<AB>(&a[t * a_stride..t * a_stride + a_row]);
+    let mut t = 0;
+    while t + 4 <= n_tok {
+        let ys = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+        // Every slice holds `n / block size` blocks (checked above).
+        let v = k4(t, &x, [&ys[0], &ys[1], &ys[2], &ys[3]]);
+        for (j, v) in v.into_iter().enumerate() {
+            out[(t + j) * out_stride] = v;
+        }
+        t += 4;
+    }
+    while t < n_tok {
+        // SAFETY: as above.
+        out[t * out_stride] = unsafe { k1(&x, &act(t)) };
+        t += 1;
+    }
+}
+
+/// The four-row kernel of a 32-weight block type that takes f32 scale tables.
+type Kernel4T<WB, AB> = unsafe fn(&[WB], [&[AB]; 4], [&[f32]; 4], [&[f32]; 4]) -> [f32; 4];
+
+/// [`dot_rows_with`] for the 32-weight block types, whose activation rows carry f32 tables of
+/// their block scales ([`super::act_scale_tables`]): the four-row kernel `k4t` reads those
+/// instead of converting the f16 scales per weight row. Rows whose tables are missing or
+/// misaligned go through the one-row kernel (the same results).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dot_rows_tables<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    k1: unsafe fn(&[WB], &[AB]) -> f32,
+    k4t: Kernel4T<WB, AB>,
+) {
+    let Some((off, n_tables)) = super::act_scale_tables(AB::TYPE, n) else {
+        return dot_rows_with(n, w, a, a_stride, n_tok, out, out_stride, k1, |_, x, y| {
+            // SAFETY: reached only from `dot_rows_fn`'s wrappers, after the feature check.
+            unsafe { [k1(x, y[0]), k1(x, y[1]), k1(x, y[2]), k1(x, y[3])] }
+        });
+    };
+    let nb = n / 32;
+    let row_end = off + n_tables * nb * 4;
+    let tables_fit = n_tok == 0
+        || (a_stride >= row_end
+            && (n_tok - 1)
+                .checked_mul(a_stride)
+                .and_then(|v| v.checked_add(row_end))
+                .is_some_and(|end| end <= a.len()));
+    let table = |t: usize, i: usize| -> Option<&[f32]> {
+        let at = t * a_stride + off + i * nb * 4;
+        bytemuck::try_cast_slice(&a[at..at + nb * 4]).ok()
+    };
+    if !tables_fit || n_tok < 4 || table(0, 0).is_none() || a_stride % 4 != 0 {
+        return dot_rows_with(n, w, a, a_stride, n_tok, out, out_stride, k1, |_, x, y| {
+            // SAFETY: as above.
+            unsafe { [k1(x, y[0]), k1(x, y[1]), k1(x, y[2]), k1(x, y[3])] }
+        });
+    }
+    let empty: &[f32] = &[];
+    dot_rows_with(n, w, a, a_stride, n_tok, out, out_stride, k1, |t0, x, y| {
+        let tabs = |i: usize| [0, 1, 2, 3].map(|j| table(t0 + j, i).unwrap_or(empty));
+        let dy = tabs(0);
+        let sy = if n_tables > 1 { tabs(1) } else { [empty; 4] };
+        // SAFETY: as above; the tables were checked to lie inside `a` (a missing one is
+        // empty, which the kernel answers with NaN rather than reading past it).
+        unsafe { k4t(x, y, dy, sy) }
+    })
+}
+
+macro_rules! dot_rows_wrappers {
+    ($($wrapper:ident => $k1:ident, $k4:ident($wb:ty, $ab:ty);)*) => {$(
+        fn $wrapper(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            a_stride: usize,
+            n_tok: usize,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            dot_rows_with::<$wb, $ab>(n, w, a, a_stride, n_tok, out, out_stride, $k1, |_, x, y| {
+                // SAFETY: handed out only by `dot_rows_fn` after the feature check.
+                unsafe { $k4(x, y) }
+            })
+        }
+    )*};
+    (tables $($wrapper:ident => $k1:ident, $k4t:ident($wb:ty, $ab:ty);)*) => {$(
+        fn $wrapper(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            a_stride: usize,
+            n_tok: usize,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            dot_rows_tables::<$wb, $ab>(n, w, a, a_stride, n_tok, out, out_stride, $k1, $k4t)
+        }
+    )*};
+}
+
+dot_rows_wrappers! {
+    tables
+    r_q4_0 => vec_dot_q4_0_q8_0, vec_dot4t_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
+    r_q4_1 => vec_dot_q4_1_q8_1, vec_dot4t_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
+    r_q5_0 => vec_dot_q5_0_q8_0, vec_dot4t_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
+    r_q5_1 => vec_dot_q5_1_q8_1, vec_dot4t_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
+    r_q8_0 => vec_dot_q8_0_q8_0, vec_dot4t_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
+    r_iq4_nl => vec_dot_iq4_nl_q8_0, vec_dot4t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
+}
+
+dot_rows_wrappers! {
+    r_q4_k => vec_dot_q4_k_q8_k, vec_dot4_q4_k_q8_k(BlockQ4K, BlockQ8K);
+    r_q5_k => vec_dot_q5_k_q8_k, vec_dot4_q5_k_q8_k(BlockQ5K, BlockQ8K);
+    r_q6_k => vec_dot_q6_k_q8_k, vec_dot4_q6_k_q8_k(BlockQ6K, BlockQ8K);
 }
 
 macro_rules! float_dot_wrappers {
@@ -551,11 +745,87 @@ macro_rules! blocks32x4 {
     }};
 }
 
+/// [`blocks32x4!`] with the activation rows' block scales already in f32 (`$dy`, and `$sy`
+/// for the `mins` variant: the tables [`quantize_rows`](super::matvec::quantize_rows) lays
+/// out after each row's blocks). The same values in the same order as [`blocks32!`] per row
+/// (`f32(d_x) · f32(d_y)` is what the F16C conversion of both gives), so each result equals
+/// the one-row kernel's bit for bit; the weight scales are converted once per group for all
+/// four rows and the activation scales once per matmul.
+macro_rules! blocks32x4t {
+    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident, $by:ident| $isum:expr) => {
+        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx, $by| $isum, false)
+    };
+    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident, $by:ident| $isum:expr, mins) => {
+        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx, $by| $isum, true)
+    };
+    (@ $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt) => {{
+        let (x, ys, dy, sy) = ($x, $ys, $dy, $sy);
+        if ys.iter().any(|y| y.len() != x.len())
+            || dy.iter().any(|d| d.len() != x.len())
+            || ($mins && sy.iter().any(|d| d.len() != x.len()))
+        {
+            return [f32::NAN; 4];
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        #[allow(unused_mut)] // only the `mins` variant adds to it
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        let nq = x.len() / 4 * 4;
+        let mut i = 0;
+        while i < nq {
+            let x4 = x.get_unchecked(i..i + 4);
+            let dx = _mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
+                0,
+                pack4([x4[0].d, x4[1].d, x4[2].d, x4[3].d]) as i64,
+            )));
+            #[allow(unused_variables)] // only the `mins` variant uses it
+            let mx = blocks32x4t!(@mx $mins, x4);
+            for t in 0..4 {
+                let y4 = ys[t].get_unchecked(i..i + 4);
+                let mut s = [_mm256_setzero_si256(); 4];
+                for (k, sk) in s.iter_mut().enumerate() {
+                    let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
+                    *sk = $isum;
+                }
+                let d = _mm_mul_ps(dx, _mm_loadu_ps(dy[t].as_ptr().add(i)));
+                let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
+                acc[t] = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc[t]);
+                blocks32x4t!(@mins $mins, acc_m[t], mx, sy[t], i);
+            }
+            i += 4;
+        }
+        let mut out = [0f32; 4];
+        for t in 0..4 {
+            let mut tail = 0.0f32;
+            for (j, ($bx, $by)) in x[nq..].iter().zip(&ys[t][nq..]).enumerate() {
+                tail += h2f($bx.d) * dy[t][nq + j] * hsum_epi32($isum) as f32;
+                blocks32x4t!(@min1 $mins, tail, $bx, sy[t][nq + j]);
+            }
+            out[t] = blocks32!(@finish acc[t], acc_m[t], tail);
+        }
+        out
+    }};
+    (@mx false, $x4:ident) => { () };
+    (@mx true, $x4:ident) => {
+        _mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
+            0,
+            pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]) as i64,
+        )))
+    };
+    (@mins false, $acc_m:expr, $mx:ident, $sy:expr, $i:ident) => {};
+    (@mins true, $acc_m:expr, $mx:ident, $sy:expr, $i:ident) => {
+        $acc_m = _mm_add_ps($acc_m, _mm_mul_ps($mx, _mm_loadu_ps($sy.as_ptr().add($i))));
+    };
+    (@min1 false, $t:ident, $bx:ident, $s:expr) => {};
+    (@min1 true, $t:ident, $bx:ident, $s:expr) => {
+        $t += h2f($bx.m) * $s;
+    };
+}
+
 /// A 32-weight block kernel as a one-row function (`blocks32!`) and a four-row one
 /// (`blocks32x4!`) from one integer-dot expression.
 macro_rules! kernel32 {
     (
-        $(#[$doc:meta])* $name:ident, $name4:ident($wb:ty, $ab:ty)
+        $(#[$doc:meta])* $name:ident, $name4:ident, $name4t:ident($wb:ty, $ab:ty)
         [$($setup:stmt;)*] |$bx:ident, $by:ident| $isum:expr $(, $mins:ident)?
     ) => {
         $(#[$doc])*
@@ -574,6 +844,21 @@ macro_rules! kernel32 {
             $($setup)*
             blocks32x4!(x, y, |$bx, $by| $isum $(, $mins)?)
         }
+
+        #[doc = concat!("[`", stringify!($name4), "`] with the activation block scales as f32 tables (`dy`, and `sy` for the types with mins; see `blocks32x4t!`); each result equals the one-row kernel's bit for bit.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name4t(
+            x: &[$wb],
+            y: [&[$ab]; 4],
+            dy: [&[f32]; 4],
+            sy: [&[f32]; 4],
+        ) -> [f32; 4] {
+            $($setup)*
+            blocks32x4t!(x, y, dy, sy, |$bx, $by| $isum $(, $mins)?)
+        }
     };
 }
 
@@ -586,7 +871,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0(BlockQ4_0, BlockQ8_0)
+    vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0, vec_dot4t_q4_0_q8_0(BlockQ4_0, BlockQ8_0)
     [let eight = _mm256_set1_epi8(8);]
     |bx, by| {
         // Σ (q - 8) · y = Σ q · y - Σ 8 · y, both exact in i16 pairs (q ≤ 15, |y| ≤ 127).
@@ -604,7 +889,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1(BlockQ4_1, BlockQ8_1)
+    vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, vec_dot4t_q4_1_q8_1(BlockQ4_1, BlockQ8_1)
     []
     |bx, by| dot_u8i8(
         nibbles32(bx.qs.as_ptr()),
@@ -618,7 +903,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0(BlockQ5_0, BlockQ8_0)
+    vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0, vec_dot4t_q5_0_q8_0(BlockQ5_0, BlockQ8_0)
     [let sixteen = _mm256_set1_epi8(0x10);]
     |bx, by| {
         // Σ (q - 16) · y = Σ q · y - Σ 16 · y with q = nibble | fifth bit << 4 in 0..32.
@@ -638,7 +923,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1(BlockQ5_1, BlockQ8_1)
+    vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, vec_dot4t_q5_1_q8_1(BlockQ5_1, BlockQ8_1)
     [let sixteen = _mm256_set1_epi8(0x10);]
     |bx, by| {
         let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
@@ -653,7 +938,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0(BlockQ8_0, BlockQ8_0)
+    vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0, vec_dot4t_q8_0_q8_0(BlockQ8_0, BlockQ8_0)
     []
     |bx, by| dot_i8i8(
         load256(bx.qs.as_ptr() as *const u8),
@@ -666,7 +951,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_iq4_nl_q8_0, vec_dot4_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0)
+    vec_dot_iq4_nl_q8_0, vec_dot4_iq4_nl_q8_0, vec_dot4t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0)
     [let table =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));]
     |bx, by| dot_i8i8(
@@ -939,6 +1224,164 @@ pub unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
+}
+
+/// Checks that four activation rows match the weight row's length (the four-row kernels
+/// return NaN otherwise, as the one-row ones do).
+#[inline(always)]
+fn lens4<W, A>(x: &[W], y: &[&[A]; 4]) -> bool {
+    y.iter().all(|y| y.len() == x.len())
+}
+
+/// [`vec_dot_q4_k_q8_k`] of one weight row with four activation rows; each result equals the
+/// one-row kernel's bit for bit (the same integer sums and float steps per row), while each
+/// super-block's weights are loaded and unpacked once for all four.
+///
+/// # Safety
+/// As [`vec_dot_q4_0_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    if !lens4(x, &y) {
+        return [f32::NAN; 4];
+    }
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, bx) in x.iter().enumerate() {
+        let mut q = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            let q4 = load256(bx.qs.as_ptr().add(32 * j));
+            q[2 * j] = _mm256_and_si256(q4, m4);
+            q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
+        }
+        let (dx, dminx) = (h2f(bx.d), h2f(bx.dmin));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let by = y[t].get_unchecked(i);
+            let (s, msum) = k4_prepare(&bx.scales, by);
+            let q8 = by.qs.as_ptr() as *const u8;
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let pl = _mm256_maddubs_epi16(q[2 * j], load256(q8.add(64 * j)));
+                let ph = _mm256_maddubs_epi16(q[2 * j + 1], load256(q8.add(64 * j + 32)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
+            }
+            let d = by.d * dx;
+            let dmin = by.d * dminx;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+            *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *acc);
+        }
+    }
+    acc.map(|a| hsum_ps(a))
+}
+
+/// [`vec_dot_q5_k_q8_k`] of one weight row with four activation rows; each result equals the
+/// one-row kernel's bit for bit.
+///
+/// # Safety
+/// As [`vec_dot_q4_0_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    if !lens4(x, &y) {
+        return [f32::NAN; 4];
+    }
+    let m4 = _mm256_set1_epi8(0x0f);
+    let b4 = _mm256_set1_epi8(0x10);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, bx) in x.iter().enumerate() {
+        let mut qh = load256(bx.qh.as_ptr());
+        let mut q = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            let q4 = load256(bx.qs.as_ptr().add(32 * j));
+            q[2 * j] = _mm256_or_si256(
+                _mm256_and_si256(q4, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), b4),
+            );
+            q[2 * j + 1] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4),
+                _mm256_and_si256(_mm256_slli_epi16::<3>(qh), b4),
+            );
+            qh = _mm256_srli_epi16::<2>(qh);
+        }
+        let (dx, dminx) = (h2f(bx.d), h2f(bx.dmin));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let by = y[t].get_unchecked(i);
+            let (s, msum) = k4_prepare(&bx.scales, by);
+            let q8 = by.qs.as_ptr() as *const u8;
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let pl = _mm256_maddubs_epi16(q[2 * j], load256(q8.add(64 * j)));
+                let ph = _mm256_maddubs_epi16(q[2 * j + 1], load256(q8.add(64 * j + 32)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
+            }
+            let d = by.d * dx;
+            let dmin = by.d * dminx;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+            *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *acc);
+        }
+    }
+    acc.map(|a| hsum_ps(a))
+}
+
+/// [`vec_dot_q6_k_q8_k`] of one weight row with four activation rows; each result equals the
+/// one-row kernel's bit for bit.
+///
+/// # Safety
+/// As [`vec_dot_q4_0_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot4_q6_k_q8_k(x: &[BlockQ6K], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    if !lens4(x, &y) {
+        return [f32::NAN; 4];
+    }
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(0x30);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, bx) in x.iter().enumerate() {
+        let sc = _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i);
+        let sc16 = _mm256_cvtepi8_epi16(sc);
+        let (s_lo, s_hi) = split_scales16(sc);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for half in 0..2 {
+            let qla = load256(bx.ql.as_ptr().add(64 * half));
+            let qlb = load256(bx.ql.as_ptr().add(64 * half + 32));
+            let qh = load256(bx.qh.as_ptr().add(32 * half));
+            q[4 * half] = _mm256_or_si256(
+                _mm256_and_si256(qla, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+            );
+            q[4 * half + 1] = _mm256_or_si256(
+                _mm256_and_si256(qlb, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+            );
+            q[4 * half + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(qla), m4),
+                _mm256_and_si256(qh, m2),
+            );
+            q[4 * half + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(qlb), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+            );
+        }
+        let dx = h2f(bx.d);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let by = y[t].get_unchecked(i);
+            let offset = _mm256_madd_epi16(sc16, bsums(by));
+            let q8 = by.qs.as_ptr() as *const u8;
+            let mut sumi = _mm256_setzero_si256();
+            for half in 0..2 {
+                let s = if half == 0 { s_lo } else { s_hi };
+                for j in 0..4 {
+                    let p =
+                        _mm256_maddubs_epi16(q[4 * half + j], load256(q8.add(128 * half + 32 * j)));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(s, j)));
+                }
+            }
+            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(offset));
+            let d = by.d * dx;
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+        }
+    }
+    acc.map(|a| hsum_ps(a))
 }
 
 /// IQ4_XS · Q8_K over `x.len()` super-blocks.

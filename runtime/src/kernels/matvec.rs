@@ -5,8 +5,9 @@
 //! ([`quantize_rows`]); each weight row is then dotted with every activation row while it is
 //! hot in cache, so a prompt of many tokens costs one pass over the weights.
 
-use super::{AlignedBuf, DotKernel, KernelError};
+use super::{act_scale_tables, AlignedBuf, DotKernel, KernelError};
 use crate::pool::{ChunkCounter, WorkerPool};
+use half::f16;
 
 /// Rows per unit of work handed to a thread: about four units per thread, of 16 to 128 rows.
 /// Long contiguous runs matter: each thread then reads its weight rows as one sequential
@@ -21,7 +22,9 @@ fn rows_per_chunk(rows: usize, threads: usize) -> usize {
 const MIN_ROWS_PER_CHUNK: usize = 16;
 
 /// Quantizes `n_rows` activation rows of `k` values (`x`, row-major) for `kernel` into `out`.
-/// Each quantized row starts at a multiple of [`act_row_stride`] bytes.
+/// Each quantized row starts at a multiple of [`act_row_stride`] bytes and holds the paired
+/// type's blocks, followed (Q8_0, Q8_1) by the f32 tables of its block scales at the offset
+/// [`act_scale_tables`] gives.
 pub fn quantize_rows(
     kernel: &DotKernel,
     x: &[f32],
@@ -39,22 +42,42 @@ pub fn quantize_rows(
     let row_bytes = kernel.act_type.row_bytes(k as u64).unwrap_or(0) as usize;
     out.resize(stride * n_rows);
     let bytes = out.as_bytes_mut();
+    let tables = act_scale_tables(kernel.act_type, k);
+    let block_bytes = kernel.act_type.block_bytes();
     for (r, xr) in x.chunks_exact(k).enumerate() {
-        (kernel.quantize)(xr, &mut bytes[r * stride..r * stride + row_bytes]);
+        let row = &mut bytes[r * stride..(r + 1) * stride];
+        (kernel.quantize)(xr, &mut row[..row_bytes]);
+        if let Some((off, n_tables)) = tables {
+            // Q8_0 and Q8_1 blocks start with the f16 scale `d`; Q8_1's `s` follows it.
+            let nb = k / 32;
+            let (blocks, rest) = row.split_at_mut(off);
+            for t in 0..n_tables {
+                for b in 0..nb {
+                    let at = b * block_bytes + 2 * t;
+                    let v = f16::from_le_bytes([blocks[at], blocks[at + 1]]).to_f32();
+                    let o = 4 * (t * nb + b);
+                    rest[o..o + 4].copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+        }
     }
     Ok(n_rows)
 }
 
-/// Byte distance between quantized activation rows of length `k` (row bytes rounded up to 64,
-/// so every row is aligned for any block type).
+/// Byte distance between quantized activation rows of length `k` (the row's blocks and scale
+/// tables rounded up to 64 bytes, so every row is aligned for any block type).
 pub fn act_row_stride(kernel: &DotKernel, k: usize) -> Result<usize, KernelError> {
     let row = kernel.act_type.row_bytes(k as u64).ok_or_else(|| {
         KernelError::BadLength(format!(
             "row length {k} is not a whole number of {} blocks",
             kernel.act_type
         ))
-    })?;
-    Ok((row as usize).div_ceil(64) * 64)
+    })? as usize;
+    let end = match act_scale_tables(kernel.act_type, k) {
+        Some((off, n_tables)) => off + n_tables * (k / 32) * 4,
+        None => row,
+    };
+    Ok(end.div_ceil(64) * 64)
 }
 
 #[derive(Clone, Copy)]
@@ -115,13 +138,23 @@ pub fn matmul(
     let dot = kernel.dot;
     let act = |t: usize| &xb[t * stride..t * stride + a_row];
     let work = |_thread: usize| {
+        let mut col = Vec::new();
         while let Some(c) = chunks.next_chunk() {
             let r0 = c * per_chunk;
             let r1 = (r0 + per_chunk).min(rows);
             for r in r0..r1 {
                 let wr = &w[r * w_row..(r + 1) * w_row];
-                // SAFETY (both stores): (t, r) pairs are distinct across threads (rows are
-                // claimed once) and t * rows + r < y.len() was checked above.
+                if let Some(dot_rows) = kernel.dot_rows {
+                    col.resize(n_tok, 0.0);
+                    dot_rows(k, wr, xb, stride, n_tok, &mut col, 1);
+                    for (t, &v) in col.iter().enumerate() {
+                        // SAFETY: (t, r) pairs are distinct across threads (rows are claimed
+                        // once) and t * rows + r < y.len() was checked above.
+                        unsafe { *out.get().add(t * rows + r) = v };
+                    }
+                    continue;
+                }
+                // SAFETY (both stores): as above.
                 let mut t = 0;
                 if let Some(dot4) = kernel.dot4 {
                     while t + 4 <= n_tok {

@@ -95,6 +95,22 @@ pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 /// kernel's [`DotFn`] gives for that row, bit for bit (the weight row is unpacked once).
 pub type Dot4Fn = fn(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4];
 
+/// Dots one weight row (`n` weights, raw bytes `w`) with `n_tok` activation rows laid out by
+/// [`matvec::quantize_rows`] (the paired type's blocks, then the f32 scale tables of
+/// [`act_scale_tables`]), row `t` at byte `t * a_stride` of `a`, writing the result for row
+/// `t` to `out[t * out_stride]`. Each result equals what the kernel's [`DotFn`] gives for that
+/// row's blocks, bit for bit; lengths are checked once per call (every output NaN if they do
+/// not fit).
+pub type DotRowsFn = fn(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+);
+
 /// Quantizes `x` into `out`, the raw bytes of `x.len()` values of the paired activation type.
 /// `out` is 8-byte aligned and exactly `act_type.row_bytes(x.len())` long.
 pub type QuantizeFn = fn(x: &[f32], out: &mut [u8]);
@@ -113,6 +129,9 @@ pub struct DotKernel {
     /// Dot product with four activation rows, where the instruction set has one for the type
     /// (used for batches; equal to four calls of `dot`).
     pub dot4: Option<Dot4Fn>,
+    /// Dot product with many activation rows, where the instruction set has one for the type
+    /// (used for batches; equal to calls of `dot`).
+    pub dot_rows: Option<DotRowsFn>,
     /// The instruction set.
     pub isa: Isa,
 }
@@ -159,14 +178,39 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         Isa::Avx2 => avx2::dot4_fn(ty),
         _ => None,
     };
+    let dot_rows = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_rows_fn(ty),
+        _ => None,
+    };
     Ok(DotKernel {
         weight_type: ty,
         act_type,
         quantize,
         dot,
         dot4,
+        dot_rows,
         isa,
     })
+}
+
+/// The f32 block-scale tables that [`matvec::quantize_rows`] stores after the blocks of an
+/// activation row of `n` values of `act`, for the many-row kernels (which then convert each
+/// activation scale once per matmul instead of once per weight row): the byte offset of the
+/// first table from the row start (a multiple of 16) and the number of tables, each of
+/// `n / 32` values: Q8_0 has one (`d`), Q8_1 two (`d`, then `s`). `None` for the other types
+/// (Q8_K keeps its scale in f32 already) or a length that is not whole blocks.
+pub fn act_scale_tables(act: GgmlType, n: usize) -> Option<(usize, usize)> {
+    let tables = match act {
+        GgmlType::Q8_0 => 1,
+        GgmlType::Q8_1 => 2,
+        _ => return None,
+    };
+    if n % 32 != 0 {
+        return None;
+    }
+    let row = act.row_bytes(n as u64)? as usize;
+    Some((row.div_ceil(16) * 16, tables))
 }
 
 /// A byte buffer aligned to 64 bytes (activation rows, scratch).

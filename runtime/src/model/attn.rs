@@ -7,7 +7,8 @@
 //! softmax is taken online while V is accumulated **in f16** (the running sum is rounded to
 //! f16 after every position and rescaled in f16 when the maximum grows). Batches of at least
 //! [`TILE`] rows go through its tiled kernel instead: Q, K and V in f32, tiles of [`TILE`]
-//! positions, an f32 accumulator. [`attend_f16`] and [`attend_f32`] follow each.
+//! query rows and [`TILE`] positions, an f32 accumulator. [`attend_f16`] and [`attend_tile`]
+//! follow each.
 
 use half::f16;
 
@@ -201,6 +202,18 @@ mod x86 {
         sum as f32
     }
 
+    /// [`super::attend_tile`], compiled for AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attend_tile(
+        q: &[f32],
+        p0: usize,
+        cache: &super::TileCache<'_>,
+        scratch: &mut super::TileScratch,
+        out: &mut [f32],
+    ) {
+        super::attend_tile_body(q, p0, cache, scratch, out)
+    }
+
     /// [`super::scale_f16`].
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scale_f16(acc: &mut [f16], s: f32) {
@@ -236,61 +249,244 @@ mod x86 {
     }
 }
 
-/// One query row, tiled kernel: f32 Q, K and V, softmax taken over tiles of [`TILE`]
-/// positions (the running maximum updated once per tile), an f32 accumulator. `scores` is
-/// scratch of at least [`TILE`] values.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_f32(
+/// The cache one query tile attends over: the keys and values of one KV head, position `j`'s
+/// row at `j * k_stride` / `j * v_stride`, and the scoring parameters.
+#[derive(Clone, Copy)]
+pub struct TileCache<'a> {
+    /// Keys from position 0, `dk` values a row.
+    pub keys: &'a [f16],
+    /// Values from position 0, `dv` values a row.
+    pub values: &'a [f16],
+    /// Key row length.
+    pub dk: usize,
+    /// Distance between key rows.
+    pub k_stride: usize,
+    /// Value row length.
+    pub dv: usize,
+    /// Distance between value rows.
+    pub v_stride: usize,
+    /// Score scale.
+    pub scale: f32,
+    /// Logit soft-cap of the scores, where the model has one.
+    pub softcap: Option<f32>,
+    /// Sliding window (a query at `p` sees positions above `p - window`), on windowed layers.
+    pub window: Option<usize>,
+}
+
+/// Scratch of [`attend_tile`], reused across calls.
+#[derive(Default)]
+pub struct TileScratch {
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    row: Vec<f32>,
+    s: Vec<f32>,
+    m: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+/// A tile of up to [`TILE`] consecutive query rows of one head, tiled kernel (llama.cpp's
+/// for batches of at least [`TILE`] rows): f32 Q, K and V; key/value tiles of [`TILE`]
+/// positions starting at multiples of [`TILE`]; each score a fused multiply-add chain over
+/// the head dimension, scaled (and soft-capped); the softmax maximum of each row updated once
+/// per tile; the f32 output accumulated as a fused multiply-add chain over positions.
+///
+/// Query row `i` (`q[i * dk..]`) is at position `p0 + i` and sees the causal (and windowed)
+/// positions before it; its `dv` outputs go to `out[i * dv..]`.
+pub fn attend_tile(
     q: &[f32],
-    keys: &[f16],
-    values: &[f16],
-    (dk, k_stride, dv, v_stride): (usize, usize, usize, usize),
-    n_kv: usize,
-    scale: f32,
-    softcap: Option<f32>,
-    scores: &mut [f32],
+    p0: usize,
+    cache: &TileCache<'_>,
+    scratch: &mut TileScratch,
     out: &mut [f32],
 ) {
-    let out = &mut out[..dv];
-    out.fill(0.0);
-    let mut m = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    let mut j0 = 0;
-    while j0 < n_kv {
-        let j1 = (j0 + TILE).min(n_kv);
-        let tile = &mut scores[..j1 - j0];
-        for (s, j) in tile.iter_mut().zip(j0..j1) {
-            let kr = &keys[j * k_stride..j * k_stride + dk];
-            let dot: f32 = q.iter().zip(kr).map(|(a, b)| a * b.to_f32()).sum();
-            *s = score(dot, scale, softcap);
-        }
-        let tmax = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let new_m = m.max(tmax);
-        if new_m > m {
-            let ms = (m - new_m).exp();
-            for o in out.iter_mut() {
-                *o *= ms;
-            }
-            sum *= ms;
-        }
-        m = new_m;
-        let mut tsum = 0f64;
-        for s in tile.iter_mut() {
-            *s = (*s - m).exp();
-            tsum += *s as f64;
-        }
-        sum += tsum as f32;
-        for (p, j) in tile.iter().zip(j0..j1) {
-            let vr = &values[j * v_stride..j * v_stride + dv];
-            for (o, &v) in out.iter_mut().zip(vr) {
-                *o = p.mul_add(v.to_f32(), *o);
-            }
-        }
-        j0 = j1;
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        return unsafe { x86::attend_tile(q, p0, cache, scratch, out) };
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for o in out.iter_mut() {
-        *o *= inv;
+    attend_tile_body(q, p0, cache, scratch, out)
+}
+
+/// [`attend_tile`] without SIMD code generation (the reference the SIMD build is tested
+/// against: the same source, so the same operations in the same order).
+pub fn attend_tile_portable(
+    q: &[f32],
+    p0: usize,
+    cache: &TileCache<'_>,
+    scratch: &mut TileScratch,
+    out: &mut [f32],
+) {
+    attend_tile_body(q, p0, cache, scratch, out)
+}
+
+/// `e^x` in f32 to about one ulp, written so that loops over it vectorize (the same value
+/// whether or not they do): `x = n·ln 2 + r` with `|r| <= ln 2 / 2`, a degree-7 Taylor
+/// polynomial for `e^r`, and `2^n` built from its bits. 0 below -87, infinity above 88.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in a part with trailing zero bits (exact products with small n) and the rest.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 * 2^23 rounds to an integer (ties to even) in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc.mul_add(LOG2E, MAGIC);
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
+    let mut p: f32 = 1.0 / 5040.0;
+    p = p.mul_add(r, 1.0 / 720.0);
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    let two_n = f32::from_bits(((ni + 127) as u32) << 23);
+    let y = p * two_n;
+    if x < -87.0 {
+        0.0
+    } else if x > 88.0 {
+        f32::INFINITY
+    } else if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn attend_tile_body(
+    q: &[f32],
+    p0: usize,
+    c: &TileCache<'_>,
+    sc: &mut TileScratch,
+    out: &mut [f32],
+) {
+    use half::slice::HalfFloatSliceExt;
+    let (dk, dv) = (c.dk, c.dv);
+    let nq = (q.len() / dk.max(1)).min(out.len() / dv.max(1)).min(TILE);
+    if nq == 0 {
+        return;
+    }
+    let out = &mut out[..nq * dv];
+    out.fill(0.0);
+    sc.kt.resize(dk * TILE, 0.0);
+    sc.vt.resize(TILE * dv, 0.0);
+    sc.row.resize(dk.max(dv), 0.0);
+    sc.s.resize(TILE * TILE, 0.0);
+    sc.m.clear();
+    sc.m.resize(nq, f32::NEG_INFINITY);
+    sc.sum.clear();
+    sc.sum.resize(nq, 0.0);
+    let lo_of = |p: usize| c.window.map_or(0, |w| (p + 1).saturating_sub(w));
+    let end = p0 + nq; // one past the last position any row sees
+    let mut j0 = lo_of(p0) / TILE * TILE;
+    let (qscale, cap) = match c.softcap {
+        Some(cap) => (c.scale / cap, cap),
+        None => (c.scale, 1.0),
+    };
+    while j0 < end {
+        let nt = (end - j0).min(TILE);
+        // K tile transposed (dk × TILE, positions contiguous), V tile (TILE × dv); zeros past
+        // the last position.
+        for j in 0..nt {
+            let kr = &c.keys[(j0 + j) * c.k_stride..(j0 + j) * c.k_stride + dk];
+            kr.convert_to_f32_slice(&mut sc.row[..dk]);
+            for (d, &v) in sc.row[..dk].iter().enumerate() {
+                sc.kt[d * TILE + j] = v;
+            }
+            let vr = &c.values[(j0 + j) * c.v_stride..(j0 + j) * c.v_stride + dv];
+            vr.convert_to_f32_slice(&mut sc.vt[j * dv..(j + 1) * dv]);
+        }
+        for j in nt..TILE {
+            for d in 0..dk {
+                sc.kt[d * TILE + j] = 0.0;
+            }
+        }
+        for i in 0..nq {
+            let p = p0 + i;
+            let (lo, hi) = (lo_of(p), p + 1); // visible positions lo..hi
+            if hi <= j0 || lo >= j0 + nt {
+                continue;
+            }
+            // Scores of the whole tile: a fused chain over the head dimension per position.
+            let mut acc = [0f32; TILE];
+            let qi = &q[i * dk..(i + 1) * dk];
+            for (d, &a) in qi.iter().enumerate() {
+                let kd: &[f32; TILE] = sc.kt[d * TILE..(d + 1) * TILE].try_into().unwrap();
+                for (s, &k) in acc.iter_mut().zip(kd) {
+                    *s = a.mul_add(k, *s);
+                }
+            }
+            let srow: &mut [f32; TILE] = (&mut sc.s[i * TILE..(i + 1) * TILE]).try_into().unwrap();
+            for (j, (s, &a)) in srow.iter_mut().zip(&acc).enumerate() {
+                let v = a * qscale;
+                let v = if c.softcap.is_some() {
+                    cap * v.tanh()
+                } else {
+                    v
+                };
+                let pos = j0 + j;
+                *s = if pos >= lo && pos < hi {
+                    v
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            let tmax = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if tmax == f32::NEG_INFINITY {
+                continue;
+            }
+            let m_old = sc.m[i];
+            let m_new = m_old.max(tmax);
+            let oi = &mut out[i * dv..(i + 1) * dv];
+            if m_new > m_old {
+                let ms = exp_f32(m_old - m_new);
+                for o in oi.iter_mut() {
+                    *o *= ms;
+                }
+                sc.sum[i] *= ms;
+            }
+            sc.m[i] = m_new;
+            for s in srow.iter_mut() {
+                *s = (*s - m_new).exp();
+            }
+            // Sum of the tile in groups of 8 (pairwise within a group), groups in f64.
+            let mut tsum = 0f64;
+            for g in srow.chunks_exact(8) {
+                let h = [g[0] + g[4], g[1] + g[5], g[2] + g[6], g[3] + g[7]];
+                tsum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+            }
+            sc.sum[i] += tsum as f32;
+            // out += p · V, a fused chain over the visible positions of the tile (the masked
+            // ones have weight 0 and would add nothing).
+            let (a, b) = (lo.max(j0) - j0, hi.min(j0 + nt) - j0);
+            for (ch, oc) in oi.chunks_mut(TILE).enumerate() {
+                let w = oc.len();
+                let mut o = [0f32; TILE];
+                o[..w].copy_from_slice(oc);
+                for (j, &pj) in srow.iter().enumerate().take(b).skip(a) {
+                    let vr = &sc.vt[j * dv + ch * TILE..j * dv + ch * TILE + w];
+                    for (x, &v) in o[..w].iter_mut().zip(vr) {
+                        *x = pj.mul_add(v, *x);
+                    }
+                }
+                oc.copy_from_slice(&o[..w]);
+            }
+        }
+        j0 += TILE;
+    }
+    for (i, oi) in out.chunks_exact_mut(dv).enumerate() {
+        let inv = if sc.sum[i] == 0.0 {
+            0.0
+        } else {
+            1.0 / sc.sum[i]
+        };
+        for o in oi.iter_mut() {
+            *o *= inv;
+        }
     }
 }
 
@@ -339,21 +535,116 @@ mod tests {
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 2e-3, "{a} vs {b}");
         }
-        let mut scores = vec![0f32; TILE];
-        attend_f32(
-            &q,
-            &k,
-            &v,
-            (d, d, d, d),
-            n,
-            0.125,
-            None,
-            &mut scores,
-            &mut out,
-        );
+        // One query row at position n - 1 sees all n positions.
+        let cache = TileCache {
+            keys: &k,
+            values: &v,
+            dk: d,
+            k_stride: d,
+            dv: d,
+            v_stride: d,
+            scale: 0.125,
+            softcap: None,
+            window: None,
+        };
+        attend_tile(&q, n - 1, &cache, &mut TileScratch::default(), &mut out);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    /// A full tile of rows, causal and windowed, against exact attention of each row; the
+    /// SIMD build against the portable one bit for bit.
+    #[test]
+    fn tile_rows_agree_with_exact_attention_and_builds_agree() {
+        let r = |i: usize| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0;
+        for (dk, dv, n_pos, p0, nq, window, softcap) in [
+            (64, 64, 200, 136, 64, None, None),
+            (64, 64, 64, 0, 64, None, None),
+            (256, 256, 150, 70, 64, Some(48), None),
+            (32, 80, 100, 30, 50, Some(70), Some(30.0)),
+            (8, 8, 5, 0, 5, None, None),
+        ] {
+            // Two KV heads interleaved, the tile reads the second.
+            let (ks, vs) = (2 * dk, 2 * dv);
+            let k: Vec<f16> = (0..n_pos * ks).map(|i| f16::from_f32(r(i + 99))).collect();
+            let v: Vec<f16> = (0..n_pos * vs)
+                .map(|i| f16::from_f32(r(i + 12345)))
+                .collect();
+            let q: Vec<f32> = (0..nq * dk).map(|i| r(i + 7) * 2.0).collect();
+            let cache = TileCache {
+                keys: &k[dk..],
+                values: &v[dv..],
+                dk,
+                k_stride: ks,
+                dv,
+                v_stride: vs,
+                scale: 0.3,
+                softcap,
+                window,
+            };
+            let mut out = vec![0f32; nq * dv];
+            attend_tile(&q, p0, &cache, &mut TileScratch::default(), &mut out);
+            let mut out2 = vec![1f32; nq * dv];
+            attend_tile_portable(&q, p0, &cache, &mut TileScratch::default(), &mut out2);
+            assert!(
+                out.iter()
+                    .zip(&out2)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "SIMD and portable builds differ (dk {dk}, dv {dv})"
+            );
+            for i in 0..nq {
+                let p = p0 + i;
+                let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
+                let qi = &q[i * dk..(i + 1) * dk];
+                let mut s: Vec<f64> = (lo..=p)
+                    .map(|j| {
+                        let dot: f64 = qi
+                            .iter()
+                            .zip(&k[j * ks + dk..j * ks + 2 * dk])
+                            .map(|(a, b)| *a as f64 * b.to_f64())
+                            .sum();
+                        let x = dot * 0.3;
+                        match softcap {
+                            Some(c) => c as f64 * (x / c as f64).tanh(),
+                            None => x,
+                        }
+                    })
+                    .collect();
+                let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                s.iter_mut().for_each(|x| *x = (*x - mx).exp());
+                let tot: f64 = s.iter().sum();
+                for c in 0..dv {
+                    let want: f64 = (lo..=p)
+                        .map(|j| s[j - lo] / tot * v[j * vs + dv + c].to_f64())
+                        .sum();
+                    let got = out[i * dv + c] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "row {i} col {c}: {got} vs {want} (dk {dk}, window {window:?})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            let ulp = f32::EPSILON as f64 * want;
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.000_731;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-100.0), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
     }
 
     /// The SIMD inner loops compute the scalar ones bit for bit, at every length.

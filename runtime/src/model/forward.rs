@@ -522,14 +522,59 @@ impl<'m> Session<'m> {
         let values = self.kv.values(il);
         let group = nh / nkv;
         let pos0 = self.pos;
-        let items = ChunkCounter::new(n * nh);
-        let out_ptr = SendPtr(s.attn.as_mut_ptr());
         let softcap = c.attn_softcap;
         let q = &s.q;
+        let out_ptr = SendPtr(s.attn.as_mut_ptr());
+        if tiled {
+            // Work items: a tile of up to TILE consecutive rows of one head.
+            let n_tiles = n.div_ceil(attn::TILE);
+            let items = ChunkCounter::new(n_tiles * nh);
+            let work = |_: usize| {
+                let mut scratch = attn::TileScratch::default();
+                let mut qt = Vec::with_capacity(attn::TILE * hd);
+                let mut ot = vec![0f32; attn::TILE * hdv];
+                while let Some(item) = items.next_chunk() {
+                    let (tile, h) = (item / nh, item % nh);
+                    let t0 = tile * attn::TILE;
+                    let t1 = (t0 + attn::TILE).min(n);
+                    let g = h / group;
+                    qt.clear();
+                    for t in t0..t1 {
+                        qt.extend_from_slice(&q[(t * nh + h) * hd..(t * nh + h + 1) * hd]);
+                    }
+                    let cache = attn::TileCache {
+                        keys: &keys[g * hd..],
+                        values: &values[g * hdv..],
+                        dk: hd,
+                        k_stride: nkv * hd,
+                        dv: hdv,
+                        v_stride: nkv * hdv,
+                        scale,
+                        softcap,
+                        window,
+                    };
+                    let ot = &mut ot[..(t1 - t0) * hdv];
+                    attn::attend_tile(&qt, pos0 + t0, &cache, &mut scratch, ot);
+                    for (i, t) in (t0..t1).enumerate() {
+                        // SAFETY: each (tile, h) item is claimed once and owns the rows
+                        // out[(t*nh+h)*hdv..+hdv] of its tokens t.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out_ptr.get().add((t * nh + h) * hdv),
+                                hdv,
+                            )
+                        };
+                        dst.copy_from_slice(&ot[i * hdv..(i + 1) * hdv]);
+                    }
+                }
+            };
+            m.pool.run(work);
+            return Ok(());
+        }
+        let items = ChunkCounter::new(n * nh);
         let dims = (hd, nkv * hd, hdv, nkv * hdv);
         let work = |_: usize| {
             let mut acc = vec![f16::ZERO; hdv];
-            let mut scores = vec![0f32; attn::TILE];
             while let Some(item) = items.next_chunk() {
                 let (t, h) = (item / nh, item % nh);
                 let p = pos0 + t;
@@ -543,11 +588,7 @@ impl<'m> Session<'m> {
                     std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * hdv), hdv)
                 };
                 let n_kv = p + 1 - lo;
-                if tiled {
-                    attn::attend_f32(qh, ks, vs, dims, n_kv, scale, softcap, &mut scores, dst);
-                } else {
-                    attn::attend_f16(qh, ks, vs, dims, n_kv, scale, softcap, &mut acc, dst);
-                }
+                attn::attend_f16(qh, ks, vs, dims, n_kv, scale, softcap, &mut acc, dst);
             }
         };
         m.pool.run(work);
