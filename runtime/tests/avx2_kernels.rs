@@ -444,6 +444,40 @@ fn many_row_dots_equal_one_row_dots_bit_for_bit() {
     );
 }
 
+/// The many-weight-row dot products equal one-row ones bit for bit; lengths that do not fit
+/// give NaN in every output.
+#[test]
+fn many_weight_row_dots_equal_one_row_dots_bit_for_bit() {
+    if !have_avx2() {
+        return;
+    }
+    let mut covered = 0;
+    for ty in WEIGHT_TYPES {
+        let Some(many) = avx2::dot_many_fn(ty) else {
+            continue;
+        };
+        covered += 1;
+        let dot = avx2::dot_fn(ty).unwrap();
+        let n = ty.block_size().max(32) * 8;
+        let rows = 7;
+        let w_row = ty.row_bytes(n as u64).unwrap() as usize;
+        let w = random_weights(ty, n * rows, 21);
+        let a = quantize_scalar(ty.vec_dot_type(), &random_activations(n, 22));
+        let mut out = vec![0f32; rows];
+        many(n, &w, a.as_bytes(), &mut out);
+        for (r, o) in out.iter().enumerate() {
+            let want = dot(n, &w[r * w_row..(r + 1) * w_row], a.as_bytes());
+            assert_eq!(o.to_bits(), want.to_bits(), "{ty} row {r}");
+        }
+        many(n, &w[..w.len() - 1], a.as_bytes(), &mut out);
+        assert!(out.iter().all(|v| v.is_nan()), "{ty}: short weights");
+        let mut out = vec![0f32; rows];
+        many(n, &w, &a.as_bytes()[1..], &mut out);
+        assert!(out.iter().all(|v| v.is_nan()), "{ty}: short activations");
+    }
+    assert_eq!(covered, 12, "every block type has a many-weight-row kernel");
+}
+
 #[test]
 fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
     if !have_avx2() {

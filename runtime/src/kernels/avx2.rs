@@ -37,7 +37,7 @@ use flashstream_formats::blocks::{
 };
 use flashstream_formats::GgmlType;
 
-use super::{Dot4Fn, DotFn, DotRowsFn, Isa, QuantizeFn};
+use super::{Dot4Fn, DotFn, DotManyFn, DotRowsFn, Isa, QuantizeFn};
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch
@@ -122,6 +122,30 @@ pub fn dot_rows_fn(ty: GgmlType) -> Option<DotRowsFn> {
     Some(f)
 }
 
+/// The AVX2 many-weight-row dot product for weight type `ty` (see [`DotManyFn`]; the block
+/// types), or `None`. Each result equals what [`dot_fn`]'s function gives for that row.
+pub fn dot_many_fn(ty: GgmlType) -> Option<DotManyFn> {
+    if !Isa::Avx2.is_available() {
+        return None;
+    }
+    let f: DotManyFn = match ty {
+        GgmlType::Q4_0 => m_q4_0,
+        GgmlType::Q4_1 => m_q4_1,
+        GgmlType::Q5_0 => m_q5_0,
+        GgmlType::Q5_1 => m_q5_1,
+        GgmlType::Q8_0 => m_q8_0,
+        GgmlType::IQ4_NL => m_iq4_nl,
+        GgmlType::Q2_K => m_q2_k,
+        GgmlType::Q3_K => m_q3_k,
+        GgmlType::Q4_K => m_q4_k,
+        GgmlType::Q5_K => m_q5_k,
+        GgmlType::Q6_K => m_q6_k,
+        GgmlType::IQ4_XS => m_iq4_xs,
+        _ => return None,
+    };
+    Some(f)
+}
+
 /// The AVX2 quantizer of f32 activations to `act` (Q8_0, Q8_1, Q8_K, F16 or BF16), or `None`
 /// if there is none or this CPU lacks AVX2, FMA or F16C.
 ///
@@ -190,6 +214,57 @@ dot_wrappers! {
     w_q5_k => vec_dot_q5_k_q8_k(BlockQ5K, BlockQ8K);
     w_q6_k => vec_dot_q6_k_q8_k(BlockQ6K, BlockQ8K);
     w_iq4_xs => vec_dot_iq4_xs_q8_k(BlockIQ4XS, BlockQ8K);
+}
+
+/// Many weight rows (`w`, `out.len()` rows of `n` weights) with one activation row: lengths
+/// checked once, then the one-row kernel per row (each result equals [`dot_fn`]'s).
+#[inline(always)]
+fn dot_many_with<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    out: &mut [f32],
+    k1: unsafe fn(&[WB], &[AB]) -> f32,
+) {
+    let w_row = WB::TYPE.row_bytes(n as u64).map_or(0, |b| b as usize);
+    if w_row == 0
+        || n % WB::TYPE.block_size() != 0
+        || w.len() != out.len() * w_row
+        || !row_ok(AB::TYPE, n, a.len())
+    {
+        out.fill(f32::NAN);
+        return;
+    }
+    let y = blocks_of::<AB>(a);
+    for (o, wr) in out.iter_mut().zip(w.chunks_exact(w_row)) {
+        let x = blocks_of::<WB>(wr);
+        // SAFETY: handed out only by `dot_many_fn` after the feature check; both slices hold
+        // `n / block size` blocks.
+        *o = unsafe { k1(&x, &y) };
+    }
+}
+
+macro_rules! dot_many_wrappers {
+    ($($wrapper:ident => $kernel:ident($wb:ty, $ab:ty);)*) => {$(
+        fn $wrapper(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+            dot_many_with::<$wb, $ab>(n, w, a, out, $kernel)
+        }
+    )*};
+}
+
+dot_many_wrappers! {
+    m_q4_0 => vec_dot_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
+    m_q4_1 => vec_dot_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
+    m_q5_0 => vec_dot_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
+    m_q5_1 => vec_dot_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
+    m_q8_0 => vec_dot_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
+    m_iq4_nl => vec_dot_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
+    m_q2_k => vec_dot_q2_k_q8_k(BlockQ2K, BlockQ8K);
+    m_q3_k => vec_dot_q3_k_q8_k(BlockQ3K, BlockQ8K);
+    m_q4_k => vec_dot_q4_k_q8_k(BlockQ4K, BlockQ8K);
+    m_q5_k => vec_dot_q5_k_q8_k(BlockQ5K, BlockQ8K);
+    m_q6_k => vec_dot_q6_k_q8_k(BlockQ6K, BlockQ8K);
+    m_iq4_xs => vec_dot_iq4_xs_q8_k(BlockIQ4XS, BlockQ8K);
 }
 
 macro_rules! dot4_wrappers {
@@ -752,13 +827,13 @@ macro_rules! blocks32x4 {
 /// the one-row kernel's bit for bit; the weight scales are converted once per group for all
 /// four rows and the activation scales once per matmul.
 macro_rules! blocks32x4t {
-    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident, $by:ident| $isum:expr) => {
-        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx, $by| $isum, false)
+    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr) => {
+        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx| $prep, |$w, $by| $dot, false)
     };
-    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident, $by:ident| $isum:expr, mins) => {
-        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx, $by| $isum, true)
+    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr, mins) => {
+        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx| $prep, |$w, $by| $dot, true)
     };
-    (@ $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt) => {{
+    (@ $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr, $mins:tt) => {{
         let (x, ys, dy, sy) = ($x, $ys, $dy, $sy);
         if ys.iter().any(|y| y.len() != x.len())
             || dy.iter().any(|d| d.len() != x.len())
@@ -779,12 +854,19 @@ macro_rules! blocks32x4t {
             )));
             #[allow(unused_variables)] // only the `mins` variant uses it
             let mx = blocks32x4t!(@mx $mins, x4);
+            // Each weight block unpacked once, for all four rows.
+            let wk = [
+                { let $bx = x4.get_unchecked(0); $prep },
+                { let $bx = x4.get_unchecked(1); $prep },
+                { let $bx = x4.get_unchecked(2); $prep },
+                { let $bx = x4.get_unchecked(3); $prep },
+            ];
             for t in 0..4 {
                 let y4 = ys[t].get_unchecked(i..i + 4);
                 let mut s = [_mm256_setzero_si256(); 4];
                 for (k, sk) in s.iter_mut().enumerate() {
-                    let ($bx, $by) = (x4.get_unchecked(k), y4.get_unchecked(k));
-                    *sk = $isum;
+                    let ($w, $by) = (wk[k], y4.get_unchecked(k));
+                    *sk = $dot;
                 }
                 let d = _mm_mul_ps(dx, _mm_loadu_ps(dy[t].as_ptr().add(i)));
                 let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
@@ -797,7 +879,8 @@ macro_rules! blocks32x4t {
         for t in 0..4 {
             let mut tail = 0.0f32;
             for (j, ($bx, $by)) in x[nq..].iter().zip(&ys[t][nq..]).enumerate() {
-                tail += h2f($bx.d) * dy[t][nq + j] * hsum_epi32($isum) as f32;
+                let $w = $prep;
+                tail += h2f($bx.d) * dy[t][nq + j] * hsum_epi32($dot) as f32;
                 blocks32x4t!(@min1 $mins, tail, $bx, sy[t][nq + j]);
             }
             out[t] = blocks32!(@finish acc[t], acc_m[t], tail);
@@ -826,7 +909,8 @@ macro_rules! blocks32x4t {
 macro_rules! kernel32 {
     (
         $(#[$doc:meta])* $name:ident, $name4:ident, $name4t:ident($wb:ty, $ab:ty)
-        [$($setup:stmt;)*] |$bx:ident, $by:ident| $isum:expr $(, $mins:ident)?
+        [$($setup:stmt;)*] |$bx:ident, $by:ident| $isum:expr,
+        prep |$pbx:ident| $prep:expr, dot |$w:ident, $pby:ident| $dot:expr $(, $mins:ident)?
     ) => {
         $(#[$doc])*
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -857,7 +941,7 @@ macro_rules! kernel32 {
             sy: [&[f32]; 4],
         ) -> [f32; 4] {
             $($setup)*
-            blocks32x4t!(x, y, dy, sy, |$bx, $by| $isum $(, $mins)?)
+            blocks32x4t!(x, y, dy, sy, |$pbx| $prep, |$w, $pby| $dot $(, $mins)?)
         }
     };
 }
@@ -881,7 +965,15 @@ kernel32! {
             _mm256_maddubs_epi16(eight, qy),
         );
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-    }
+    },
+    prep |bx| {
+        let q = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), eight);
+        (_mm256_sign_epi8(q, q), q)
+    },
+    dot |w, by| dot_u8i8(
+        w.0,
+        _mm256_sign_epi8(load256(by.qs.as_ptr() as *const u8), w.1)
+    )
 }
 
 kernel32! {
@@ -895,6 +987,8 @@ kernel32! {
         nibbles32(bx.qs.as_ptr()),
         load256(by.qs.as_ptr() as *const u8)
     ),
+    prep |bx| nibbles32(bx.qs.as_ptr()),
+    dot |w, by| dot_u8i8(w, load256(by.qs.as_ptr() as *const u8)),
     mins
 }
 
@@ -915,6 +1009,18 @@ kernel32! {
             _mm256_maddubs_epi16(sixteen, qy),
         );
         _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+    },
+    prep |bx| {
+        let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
+        _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb)
+    },
+    dot |w, by| {
+        let qy = load256(by.qs.as_ptr() as *const u8);
+        let p = _mm256_sub_epi16(
+            _mm256_maddubs_epi16(w, qy),
+            _mm256_maddubs_epi16(sixteen, qy),
+        );
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
     }
 }
 
@@ -930,6 +1036,11 @@ kernel32! {
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb);
         dot_u8i8(qx, load256(by.qs.as_ptr() as *const u8))
     },
+    prep |bx| {
+        let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
+        _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hb)
+    },
+    dot |w, by| dot_u8i8(w, load256(by.qs.as_ptr() as *const u8)),
     mins
 }
 
@@ -943,6 +1054,14 @@ kernel32! {
     |bx, by| dot_i8i8(
         load256(bx.qs.as_ptr() as *const u8),
         load256(by.qs.as_ptr() as *const u8)
+    ),
+    prep |bx| {
+        let q = load256(bx.qs.as_ptr() as *const u8);
+        (_mm256_sign_epi8(q, q), q)
+    },
+    dot |w, by| dot_u8i8(
+        w.0,
+        _mm256_sign_epi8(load256(by.qs.as_ptr() as *const u8), w.1)
     )
 }
 
@@ -957,6 +1076,14 @@ kernel32! {
     |bx, by| dot_i8i8(
         _mm256_shuffle_epi8(table, nibbles32(bx.qs.as_ptr())),
         load256(by.qs.as_ptr() as *const u8)
+    ),
+    prep |bx| {
+        let q = _mm256_shuffle_epi8(table, nibbles32(bx.qs.as_ptr()));
+        (_mm256_sign_epi8(q, q), q)
+    },
+    dot |w, by| dot_u8i8(
+        w.0,
+        _mm256_sign_epi8(load256(by.qs.as_ptr() as *const u8), w.1)
     )
 }
 
@@ -1090,11 +1217,19 @@ fn k4_scales_mins(p: &[u8; 12]) -> (u64, u64) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn k4_prepare(scales: &[u8; 12], by: &BlockQ8K) -> (__m256i, __m256i) {
+    let (s, mn_pairs) = k4_scales_mins_pairs(scales);
+    (s, _mm256_madd_epi16(mn_pairs, bsums(by)))
+}
+
+/// The weight-only half of [`k4_prepare`]: the 8 scales as i16 (both halves) and each min
+/// twice as i16 (`min_j` for the pair of bsums `2j`, `2j + 1`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_scales_mins_pairs(scales: &[u8; 12]) -> (__m256i, __m256i) {
     let (sc, mn) = k4_scales_mins(scales);
     let s = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
     let mn = _mm_cvtsi64_si128(mn as i64);
-    let mn_pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
-    (s, _mm256_madd_epi16(mn_pairs, bsums(by)))
+    (s, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn)))
 }
 
 /// Q4_K · Q8_K over `x.len()` super-blocks.
@@ -1254,9 +1389,10 @@ pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4
             q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
         }
         let (dx, dminx) = (h2f(bx.d), h2f(bx.dmin));
+        let (s, mn_pairs) = k4_scales_mins_pairs(&bx.scales);
         for (t, acc) in acc.iter_mut().enumerate() {
             let by = y[t].get_unchecked(i);
-            let (s, msum) = k4_prepare(&bx.scales, by);
+            let msum = _mm256_madd_epi16(mn_pairs, bsums(by));
             let q8 = by.qs.as_ptr() as *const u8;
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {
@@ -1303,9 +1439,10 @@ pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4
             qh = _mm256_srli_epi16::<2>(qh);
         }
         let (dx, dminx) = (h2f(bx.d), h2f(bx.dmin));
+        let (s, mn_pairs) = k4_scales_mins_pairs(&bx.scales);
         for (t, acc) in acc.iter_mut().enumerate() {
             let by = y[t].get_unchecked(i);
-            let (s, msum) = k4_prepare(&bx.scales, by);
+            let msum = _mm256_madd_epi16(mn_pairs, bsums(by));
             let q8 = by.qs.as_ptr() as *const u8;
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {

@@ -142,6 +142,13 @@ pub fn matmul(
         while let Some(c) = chunks.next_chunk() {
             let r0 = c * per_chunk;
             let r1 = (r0 + per_chunk).min(rows);
+            if let (1, Some(dot_many)) = (n_tok, kernel.dot_many) {
+                // SAFETY: chunks are disjoint row ranges, each claimed once, and r1 <= rows
+                // == y.len() for one activation row.
+                let ys = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0), r1 - r0) };
+                dot_many(k, &w[r0 * w_row..r1 * w_row], act(0), ys);
+                continue;
+            }
             for r in r0..r1 {
                 let wr = &w[r * w_row..(r + 1) * w_row];
                 if let Some(dot_rows) = kernel.dot_rows {

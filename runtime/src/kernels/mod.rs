@@ -111,6 +111,12 @@ pub type DotRowsFn = fn(
     out_stride: usize,
 );
 
+/// Dots `out.len()` weight rows (`w`: their raw bytes, contiguous, `n` weights each) with one
+/// activation row `a` (the paired type's blocks), writing row `r`'s result to `out[r]`. Each
+/// result equals what the kernel's [`DotFn`] gives for that row, bit for bit; lengths are
+/// checked once per call (every output NaN if they do not fit).
+pub type DotManyFn = fn(n: usize, w: &[u8], a: &[u8], out: &mut [f32]);
+
 /// Quantizes `x` into `out`, the raw bytes of `x.len()` values of the paired activation type.
 /// `out` is 8-byte aligned and exactly `act_type.row_bytes(x.len())` long.
 pub type QuantizeFn = fn(x: &[f32], out: &mut [u8]);
@@ -132,6 +138,9 @@ pub struct DotKernel {
     /// Dot product with many activation rows, where the instruction set has one for the type
     /// (used for batches; equal to calls of `dot`).
     pub dot_rows: Option<DotRowsFn>,
+    /// Dot product of many weight rows with one activation row, where the instruction set
+    /// has one for the type (used for decode steps; equal to calls of `dot`).
+    pub dot_many: Option<DotManyFn>,
     /// The instruction set.
     pub isa: Isa,
 }
@@ -183,7 +192,13 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         Isa::Avx2 => avx2::dot_rows_fn(ty),
         _ => None,
     };
+    let dot_many = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_many_fn(ty),
+        _ => None,
+    };
     Ok(DotKernel {
+        dot_many,
         weight_type: ty,
         act_type,
         quantize,

@@ -451,7 +451,7 @@ fn attend_tile_body(
             }
             sc.m[i] = m_new;
             for s in srow.iter_mut() {
-                *s = (*s - m_new).exp();
+                *s = exp_f32(*s - m_new);
             }
             // Sum of the tile in groups of 8 (pairwise within a group), groups in f64.
             let mut tsum = 0f64;
