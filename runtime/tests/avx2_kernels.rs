@@ -469,6 +469,17 @@ fn many_weight_row_dots_equal_one_row_dots_bit_for_bit() {
             let want = dot(n, &w[r * w_row..(r + 1) * w_row], a.as_bytes());
             assert_eq!(o.to_bits(), want.to_bits(), "{ty} row {r}");
         }
+        // The row as quantize_rows lays it out (with the scale tables, where the type has
+        // them): the same results.
+        let kernel = dot_kernel(Isa::Avx2, ty).unwrap();
+        let mut full = AlignedBuf::default();
+        let x = random_activations(n, 22);
+        matvec::quantize_rows(&kernel, &x, n, &mut full).unwrap();
+        let mut out2 = vec![0f32; rows];
+        many(n, &w, full.as_bytes(), &mut out2);
+        for (r, (o, o2)) in out.iter().zip(&out2).enumerate() {
+            assert_eq!(o.to_bits(), o2.to_bits(), "{ty} row {r}, with scale tables");
+        }
         many(n, &w[..w.len() - 1], a.as_bytes(), &mut out);
         assert!(out.iter().all(|v| v.is_nan()), "{ty}: short weights");
         let mut out = vec![0f32; rows];

@@ -227,20 +227,64 @@ fn dot_many_with<WB: QuantBlock, AB: QuantBlock>(
     k1: unsafe fn(&[WB], &[AB]) -> f32,
 ) {
     let w_row = WB::TYPE.row_bytes(n as u64).map_or(0, |b| b as usize);
+    let a_row = AB::TYPE
+        .row_bytes(n as u64)
+        .map_or(usize::MAX, |b| b as usize);
     if w_row == 0
         || n % WB::TYPE.block_size() != 0
+        || n % AB::TYPE.block_size() != 0
         || w.len() != out.len() * w_row
-        || !row_ok(AB::TYPE, n, a.len())
+        || a.len() < a_row
     {
         out.fill(f32::NAN);
         return;
     }
-    let y = blocks_of::<AB>(a);
+    let y = blocks_of::<AB>(&a[..a_row]);
     for (o, wr) in out.iter_mut().zip(w.chunks_exact(w_row)) {
         let x = blocks_of::<WB>(wr);
         // SAFETY: handed out only by `dot_many_fn` after the feature check; both slices hold
         // `n / block size` blocks.
         *o = unsafe { k1(&x, &y) };
+    }
+}
+
+/// The one-row kernel of a 32-weight block type that takes f32 scale tables.
+type Kernel1T<WB, AB> = unsafe fn(&[WB], &[AB], &[f32], &[f32]) -> f32;
+
+/// [`dot_many_with`] for the 32-weight block types: when the activation row carries its f32
+/// scale tables ([`super::act_scale_tables`]), the one-row table kernel `k1t` reads them
+/// instead of converting the activation's f16 scales again for every weight row.
+#[inline(always)]
+fn dot_many_tables<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    out: &mut [f32],
+    k1: unsafe fn(&[WB], &[AB]) -> f32,
+    k1t: Kernel1T<WB, AB>,
+) {
+    let w_row = WB::TYPE.row_bytes(n as u64).map_or(0, |b| b as usize);
+    let tables = super::act_scale_tables(AB::TYPE, n).and_then(|(off, n_tables)| {
+        let nb = n / 32;
+        let end = off + n_tables * nb * 4;
+        let t = bytemuck::try_cast_slice::<u8, f32>(a.get(off..end)?).ok()?;
+        Some(t.split_at(if n_tables > 1 { nb } else { t.len() }))
+    });
+    let Some((dy, sy)) = tables else {
+        return dot_many_with(n, w, a, out, k1);
+    };
+    if w_row == 0 || n % WB::TYPE.block_size() != 0 || w.len() != out.len() * w_row {
+        out.fill(f32::NAN);
+        return;
+    }
+    let a_row = AB::TYPE.row_bytes(n as u64).map_or(0, |b| b as usize);
+    let y = blocks_of::<AB>(&a[..a_row]);
+    for (o, wr) in out.iter_mut().zip(w.chunks_exact(w_row)) {
+        let x = blocks_of::<WB>(wr);
+        // SAFETY: handed out only by `dot_many_fn` after the feature check; the block slices
+        // hold `n / 32` blocks and the tables `n / 32` values (`sy` is empty for the types
+        // without mins, which do not read it).
+        *o = unsafe { k1t(&x, &y, dy, sy) };
     }
 }
 
@@ -250,15 +294,24 @@ macro_rules! dot_many_wrappers {
             dot_many_with::<$wb, $ab>(n, w, a, out, $kernel)
         }
     )*};
+    (tables $($wrapper:ident => $kernel:ident, $k1t:ident($wb:ty, $ab:ty);)*) => {$(
+        fn $wrapper(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+            dot_many_tables::<$wb, $ab>(n, w, a, out, $kernel, $k1t)
+        }
+    )*};
 }
 
 dot_many_wrappers! {
-    m_q4_0 => vec_dot_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
-    m_q4_1 => vec_dot_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
-    m_q5_0 => vec_dot_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
-    m_q5_1 => vec_dot_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
-    m_q8_0 => vec_dot_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
-    m_iq4_nl => vec_dot_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
+    tables
+    m_q4_0 => vec_dot_q4_0_q8_0, vec_dot1t_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
+    m_q4_1 => vec_dot_q4_1_q8_1, vec_dot1t_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
+    m_q5_0 => vec_dot_q5_0_q8_0, vec_dot1t_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
+    m_q5_1 => vec_dot_q5_1_q8_1, vec_dot1t_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
+    m_q8_0 => vec_dot_q8_0_q8_0, vec_dot1t_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
+    m_iq4_nl => vec_dot_iq4_nl_q8_0, vec_dot1t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
+}
+
+dot_many_wrappers! {
     m_q2_k => vec_dot_q2_k_q8_k(BlockQ2K, BlockQ8K);
     m_q3_k => vec_dot_q3_k_q8_k(BlockQ3K, BlockQ8K);
     m_q4_k => vec_dot_q4_k_q8_k(BlockQ4K, BlockQ8K);
@@ -827,23 +880,23 @@ macro_rules! blocks32x4 {
 /// the one-row kernel's bit for bit; the weight scales are converted once per group for all
 /// four rows and the activation scales once per matmul.
 macro_rules! blocks32x4t {
-    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr) => {
-        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx| $prep, |$w, $by| $dot, false)
+    ($nr:literal; $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr) => {
+        blocks32x4t!(@ $nr; $x, $ys, $dy, $sy, |$bx| $prep, |$w, $by| $dot, false)
     };
-    ($x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr, mins) => {
-        blocks32x4t!(@ $x, $ys, $dy, $sy, |$bx| $prep, |$w, $by| $dot, true)
+    ($nr:literal; $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr, mins) => {
+        blocks32x4t!(@ $nr; $x, $ys, $dy, $sy, |$bx| $prep, |$w, $by| $dot, true)
     };
-    (@ $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr, $mins:tt) => {{
+    (@ $nr:literal; $x:expr, $ys:expr, $dy:expr, $sy:expr, |$bx:ident| $prep:expr, |$w:ident, $by:ident| $dot:expr, $mins:tt) => {{
         let (x, ys, dy, sy) = ($x, $ys, $dy, $sy);
         if ys.iter().any(|y| y.len() != x.len())
             || dy.iter().any(|d| d.len() != x.len())
             || ($mins && sy.iter().any(|d| d.len() != x.len()))
         {
-            return [f32::NAN; 4];
+            return [f32::NAN; $nr];
         }
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); $nr];
         #[allow(unused_mut)] // only the `mins` variant adds to it
-        let mut acc_m = [_mm_setzero_ps(); 4];
+        let mut acc_m = [_mm_setzero_ps(); $nr];
         let nq = x.len() / 4 * 4;
         let mut i = 0;
         while i < nq {
@@ -861,7 +914,7 @@ macro_rules! blocks32x4t {
                 { let $bx = x4.get_unchecked(2); $prep },
                 { let $bx = x4.get_unchecked(3); $prep },
             ];
-            for t in 0..4 {
+            for t in 0..$nr {
                 let y4 = ys[t].get_unchecked(i..i + 4);
                 let mut s = [_mm256_setzero_si256(); 4];
                 for (k, sk) in s.iter_mut().enumerate() {
@@ -875,8 +928,8 @@ macro_rules! blocks32x4t {
             }
             i += 4;
         }
-        let mut out = [0f32; 4];
-        for t in 0..4 {
+        let mut out = [0f32; $nr];
+        for t in 0..$nr {
             let mut tail = 0.0f32;
             for (j, ($bx, $by)) in x[nq..].iter().zip(&ys[t][nq..]).enumerate() {
                 let $w = $prep;
@@ -908,7 +961,7 @@ macro_rules! blocks32x4t {
 /// (`blocks32x4!`) from one integer-dot expression.
 macro_rules! kernel32 {
     (
-        $(#[$doc:meta])* $name:ident, $name4:ident, $name4t:ident($wb:ty, $ab:ty)
+        $(#[$doc:meta])* $name:ident, $name4:ident, $name4t:ident, $name1t:ident($wb:ty, $ab:ty)
         [$($setup:stmt;)*] |$bx:ident, $by:ident| $isum:expr,
         prep |$pbx:ident| $prep:expr, dot |$w:ident, $pby:ident| $dot:expr $(, $mins:ident)?
     ) => {
@@ -941,7 +994,27 @@ macro_rules! kernel32 {
             sy: [&[f32]; 4],
         ) -> [f32; 4] {
             $($setup)*
-            blocks32x4t!(x, y, dy, sy, |$pbx| $prep, |$w, $pby| $dot $(, $mins)?)
+            blocks32x4t!(4; x, y, dy, sy, |$pbx| $prep, |$w, $pby| $dot $(, $mins)?)
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] with the activation block scales as f32 tables (see `blocks32x4t!`); the result equals the one-row kernel's bit for bit.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name1t(x: &[$wb], y: &[$ab], dy: &[f32], sy: &[f32]) -> f32 {
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn one(
+                x: &[$wb],
+                y: [&[$ab]; 1],
+                dy: [&[f32]; 1],
+                sy: [&[f32]; 1],
+            ) -> [f32; 1] {
+                $($setup)*
+                blocks32x4t!(1; x, y, dy, sy, |$pbx| $prep, |$w, $pby| $dot $(, $mins)?)
+            }
+            one(x, [y], [dy], [sy])[0]
         }
     };
 }
@@ -955,7 +1028,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0, vec_dot4t_q4_0_q8_0(BlockQ4_0, BlockQ8_0)
+    vec_dot_q4_0_q8_0, vec_dot4_q4_0_q8_0, vec_dot4t_q4_0_q8_0, vec_dot1t_q4_0_q8_0(BlockQ4_0, BlockQ8_0)
     [let eight = _mm256_set1_epi8(8);]
     |bx, by| {
         // Σ (q - 8) · y = Σ q · y - Σ 8 · y, both exact in i16 pairs (q ≤ 15, |y| ≤ 127).
@@ -981,7 +1054,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, vec_dot4t_q4_1_q8_1(BlockQ4_1, BlockQ8_1)
+    vec_dot_q4_1_q8_1, vec_dot4_q4_1_q8_1, vec_dot4t_q4_1_q8_1, vec_dot1t_q4_1_q8_1(BlockQ4_1, BlockQ8_1)
     []
     |bx, by| dot_u8i8(
         nibbles32(bx.qs.as_ptr()),
@@ -997,7 +1070,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0, vec_dot4t_q5_0_q8_0(BlockQ5_0, BlockQ8_0)
+    vec_dot_q5_0_q8_0, vec_dot4_q5_0_q8_0, vec_dot4t_q5_0_q8_0, vec_dot1t_q5_0_q8_0(BlockQ5_0, BlockQ8_0)
     [let sixteen = _mm256_set1_epi8(0x10);]
     |bx, by| {
         // Σ (q - 16) · y = Σ q · y - Σ 16 · y with q = nibble | fifth bit << 4 in 0..32.
@@ -1029,7 +1102,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, vec_dot4t_q5_1_q8_1(BlockQ5_1, BlockQ8_1)
+    vec_dot_q5_1_q8_1, vec_dot4_q5_1_q8_1, vec_dot4t_q5_1_q8_1, vec_dot1t_q5_1_q8_1(BlockQ5_1, BlockQ8_1)
     [let sixteen = _mm256_set1_epi8(0x10);]
     |bx, by| {
         let hb = _mm256_and_si256(bits32(u32::from_le_bytes(bx.qh)), sixteen);
@@ -1049,7 +1122,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0, vec_dot4t_q8_0_q8_0(BlockQ8_0, BlockQ8_0)
+    vec_dot_q8_0_q8_0, vec_dot4_q8_0_q8_0, vec_dot4t_q8_0_q8_0, vec_dot1t_q8_0_q8_0(BlockQ8_0, BlockQ8_0)
     []
     |bx, by| dot_i8i8(
         load256(bx.qs.as_ptr() as *const u8),
@@ -1070,7 +1143,7 @@ kernel32! {
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
-    vec_dot_iq4_nl_q8_0, vec_dot4_iq4_nl_q8_0, vec_dot4t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0)
+    vec_dot_iq4_nl_q8_0, vec_dot4_iq4_nl_q8_0, vec_dot4t_iq4_nl_q8_0, vec_dot1t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0)
     [let table =
         _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));]
     |bx, by| dot_i8i8(

@@ -146,7 +146,8 @@ pub fn matmul(
                 // SAFETY: chunks are disjoint row ranges, each claimed once, and r1 <= rows
                 // == y.len() for one activation row.
                 let ys = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0), r1 - r0) };
-                dot_many(k, &w[r0 * w_row..r1 * w_row], act(0), ys);
+                // The whole row, scale tables included.
+                dot_many(k, &w[r0 * w_row..r1 * w_row], &xb[..stride], ys);
                 continue;
             }
             for r in r0..r1 {

@@ -112,7 +112,9 @@ pub type DotRowsFn = fn(
 );
 
 /// Dots `out.len()` weight rows (`w`: their raw bytes, contiguous, `n` weights each) with one
-/// activation row `a` (the paired type's blocks), writing row `r`'s result to `out[r]`. Each
+/// activation row `a` (the paired type's blocks, optionally followed by the rest of the row
+/// [`matvec::quantize_rows`] lays out: the scale tables of [`act_scale_tables`], which the
+/// kernel then reads), writing row `r`'s result to `out[r]`. Each
 /// result equals what the kernel's [`DotFn`] gives for that row, bit for bit; lengths are
 /// checked once per call (every output NaN if they do not fit).
 pub type DotManyFn = fn(n: usize, w: &[u8], a: &[u8], out: &mut [f32]);
