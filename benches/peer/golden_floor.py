@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""How far llama.cpp itself, built on this machine, is from the golden references.
+
+The goldens in testdata/golden were made by llama.cpp (llama-cpp-python 0.3.36) on some other
+machine. Its x86 kernels depend on the CPU it is built for (AVX2, AVX-512, VNNI, repacked
+layouts), so the same llama.cpp version built here gives different logits. This script measures
+that difference with the goldens' own measure (every reference top-10 logit within
+`0.5 + 0.02*|logit|` for real models; the figure is the worst error as a multiple of that
+tolerance), for:
+
+  llama-batch   llama.cpp here, all tokens in one batch (as `flashstream logits` evaluates)
+  llama-seq     llama.cpp here, prompt in one batch then one token at a time (as the goldens
+                were generated)
+  flashstream   `flashstream logits` (if --flashstream is given)
+
+and prints one line per case and engine. It also compares flashstream with llama.cpp-here.
+
+Usage (from the repository root, with the peer venv of install_llama.sh):
+  ~/.cache/flashstream/peer-venv/bin/python benches/peer/golden_floor.py \
+      --flashstream target/release/flashstream models/SmolLM2-135M-Instruct.Q4_1.gguf \
+      models/gemma-3-270m-q4_k_m.gguf
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOLDEN = os.path.join(HERE, "..", "..", "testdata", "golden")
+
+
+def tol(logit):
+    return 0.5 + 0.02 * abs(logit)
+
+
+def worst_vs_golden(case, tops):
+    """Worst error over the steps (multiples of the tolerance) and top-1 agreement."""
+    p = len(case["prompt_tokens"])
+    worst, agree = 0.0, 0
+    for j, step in enumerate(case["steps"]):
+        mine = dict(tops[p - 1 + j])
+        for tid, ref in step["top"]:
+            if tid in mine:
+                worst = max(worst, abs(mine[tid] - ref) / tol(ref))
+            else:
+                worst = max(worst, float("inf"))
+        agree += max(mine, key=mine.get) == step["top"][0][0]
+    return worst, agree, len(case["steps"])
+
+
+def worst_between(a, b):
+    """Worst error of b against a's top-10 at every position (a as the reference)."""
+    worst = 0.0
+    for pa, pb in zip(a, b):
+        db = dict(pb)
+        for tid, ref in sorted(pa, key=lambda x: -x[1])[:10]:
+            if tid in db:
+                worst = max(worst, abs(db[tid] - ref) / tol(ref))
+    return worst
+
+
+def llama_tops(llm, np, toks, n_prompt, mode, k=40):
+    llm.reset()
+    if mode == "batch":
+        llm.eval(toks)
+    else:
+        llm.eval(toks[:n_prompt])
+        for t in toks[n_prompt:]:
+            llm.eval([t])
+    scores = np.array(llm.scores[: len(toks)])
+    return [[(int(i), float(s[i])) for i in np.argsort(-s)[:k]] for s in scores]
+
+
+def flashstream_tops(binary, model, toks, k=40):
+    out = subprocess.run(
+        [binary, "logits", model, "--tokens", ",".join(map(str, toks)), "--top", str(k), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return [[(int(i), float(v)) for i, v in p["top"]] for p in json.loads(out)["positions"]]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", help="GGUF files that have generate.<name>.jsonl goldens")
+    ap.add_argument("--flashstream", help="flashstream binary to compare as well")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    try:
+        import numpy as np
+        from llama_cpp import Llama
+    except ImportError as e:
+        sys.exit(f"golden_floor: needs llama-cpp-python and numpy (the peer venv): {e}")
+    for model in a.models:
+        name = os.path.basename(model)[: -len(".gguf")]
+        path = os.path.join(GOLDEN, f"generate.{name}.jsonl")
+        if not os.path.exists(path):
+            sys.exit(f"golden_floor: no golden {path} for {model}")
+        cases = [json.loads(line) for line in open(path, encoding="utf-8")]
+        llm = Llama(model_path=model, n_ctx=1024, n_threads=a.threads, logits_all=True,
+                    verbose=False, n_batch=512)
+        for case in cases:
+            toks = case["prompt_tokens"] + [s["token"] for s in case["steps"][:-1]]
+            n_p = len(case["prompt_tokens"])
+            runs = {m: llama_tops(llm, np, toks, n_p, m) for m in ("batch", "seq")}
+            if a.flashstream:
+                runs["flashstream"] = flashstream_tops(a.flashstream, model, toks)
+            label = repr(case["prompt"][:24])
+            for engine, tops in runs.items():
+                w, agree, n = worst_vs_golden(case, tops)
+                print(f"{name} {label} {engine if engine == 'flashstream' else 'llama-' + engine}: "
+                      f"worst {w:.2f}x tolerance vs golden, top-1 {agree}/{n}")
+            print(f"{name} {label} llama-batch vs llama-seq here: worst "
+                  f"{worst_between(runs['batch'], runs['seq']):.2f}x")
+            if a.flashstream:
+                print(f"{name} {label} flashstream vs llama-batch here: worst "
+                      f"{worst_between(runs['batch'], runs['flashstream']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
