@@ -1441,6 +1441,38 @@ fn lens4<W, A>(x: &[W], y: &[&[A]; 4]) -> bool {
     y.iter().all(|y| y.len() == x.len())
 }
 
+/// The per-activation-row half of the four-row Q4_K/Q5_K kernels for super-block `i`: `q`
+/// holds its 256 unpacked weights (8 x 32, unsigned), `(d, dmin, scales)` its header; adds the
+/// block to each row's accumulator in the one-row kernels' order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_four_rows(
+    q: &[__m256i; 8],
+    (d, dmin, scales): (F16Le, F16Le, &[u8; 12]),
+    y: [&[BlockQ8K]; 4],
+    i: usize,
+    acc: &mut [__m256; 4],
+) {
+    let (dx, dminx) = (h2f(d), h2f(dmin));
+    let (s, mn_pairs) = k4_scales_mins_pairs(scales);
+    for (t, acc) in acc.iter_mut().enumerate() {
+        let by = y[t].get_unchecked(i);
+        let msum = _mm256_madd_epi16(mn_pairs, bsums(by));
+        let q8 = by.qs.as_ptr() as *const u8;
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let pl = _mm256_maddubs_epi16(q[2 * j], load256(q8.add(64 * j)));
+            let ph = _mm256_maddubs_epi16(q[2 * j + 1], load256(q8.add(64 * j + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
+        }
+        let d = by.d * dx;
+        let dmin = by.d * dminx;
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+        *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *acc);
+    }
+}
+
 /// [`vec_dot_q4_k_q8_k`] of one weight row with four activation rows; each result equals the
 /// one-row kernel's bit for bit (the same integer sums and float steps per row), while each
 /// super-block's weights are loaded and unpacked once for all four.
@@ -1461,24 +1493,7 @@ pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4
             q[2 * j] = _mm256_and_si256(q4, m4);
             q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
         }
-        let (dx, dminx) = (h2f(bx.d), h2f(bx.dmin));
-        let (s, mn_pairs) = k4_scales_mins_pairs(&bx.scales);
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let by = y[t].get_unchecked(i);
-            let msum = _mm256_madd_epi16(mn_pairs, bsums(by));
-            let q8 = by.qs.as_ptr() as *const u8;
-            let mut sumi = _mm256_setzero_si256();
-            for j in 0..4 {
-                let pl = _mm256_maddubs_epi16(q[2 * j], load256(q8.add(64 * j)));
-                let ph = _mm256_maddubs_epi16(q[2 * j + 1], load256(q8.add(64 * j + 32)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
-            }
-            let d = by.d * dx;
-            let dmin = by.d * dminx;
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-            *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *acc);
-        }
+        k4_four_rows(&q, (bx.d, bx.dmin, &bx.scales), y, i, &mut acc);
     }
     acc.map(|a| hsum_ps(a))
 }
@@ -1511,24 +1526,7 @@ pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4
             );
             qh = _mm256_srli_epi16::<2>(qh);
         }
-        let (dx, dminx) = (h2f(bx.d), h2f(bx.dmin));
-        let (s, mn_pairs) = k4_scales_mins_pairs(&bx.scales);
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let by = y[t].get_unchecked(i);
-            let msum = _mm256_madd_epi16(mn_pairs, bsums(by));
-            let q8 = by.qs.as_ptr() as *const u8;
-            let mut sumi = _mm256_setzero_si256();
-            for j in 0..4 {
-                let pl = _mm256_maddubs_epi16(q[2 * j], load256(q8.add(64 * j)));
-                let ph = _mm256_maddubs_epi16(q[2 * j + 1], load256(q8.add(64 * j + 32)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
-            }
-            let d = by.d * dx;
-            let dmin = by.d * dminx;
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-            *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *acc);
-        }
+        k4_four_rows(&q, (bx.d, bx.dmin, &bx.scales), y, i, &mut acc);
     }
     acc.map(|a| hsum_ps(a))
 }
