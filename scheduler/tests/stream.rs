@@ -236,7 +236,12 @@ fn the_ring_reads_ahead_across_passes() {
         .map(|id| plan.layouts[units.position(*id).unwrap()].bytes)
         .sum();
     assert!(st.bytes_read <= first_n && st.bytes_read > 0, "{st:?}");
-    assert!(count.load(Ordering::Relaxed) > after_load);
+    // Every ring read went through the backend. (Not `count > after_load`: the I/O thread
+    // starts at construction and may finish filling the ring before `after_load` is read.)
+    assert!(
+        count.load(Ordering::Relaxed) >= after_load.max(st.reads),
+        "{st:?}"
+    );
     // Each lease lets exactly one more unit be read.
     for id in &plan.cycle {
         drop(s.lease(*id).unwrap());
