@@ -426,39 +426,51 @@ fn dot_rows_tables<WB: QuantBlock, AB: QuantBlock>(
     k1: unsafe fn(&[WB], &[AB]) -> f32,
     k4t: Kernel4T<WB, AB>,
 ) {
-    let Some((off, n_tables)) = super::act_scale_tables(AB::TYPE, n) else {
-        return dot_rows_with(n, w, a, a_stride, n_tok, out, out_stride, k1, |_, x, y| {
-            // SAFETY: reached only from `dot_rows_fn`'s wrappers, after the feature check.
-            unsafe { [k1(x, y[0]), k1(x, y[1]), k1(x, y[2]), k1(x, y[3])] }
-        });
-    };
     let nb = n / 32;
-    let row_end = off + n_tables * nb * 4;
-    let tables_fit = n_tok == 0
-        || (a_stride >= row_end
+    // The tables of every row, as `quantize_rows` lays them out, or `None` if this buffer
+    // does not hold them (then the one-row kernel, which gives the same results).
+    let layout = super::act_scale_tables(AB::TYPE, n).filter(|&(off, n_tables)| {
+        let row_end = off + n_tables * nb * 4;
+        n_tok >= 4
+            && a_stride >= row_end
+            && a_stride % 4 == 0
+            && (a.as_ptr() as usize + off) % 4 == 0
             && (n_tok - 1)
                 .checked_mul(a_stride)
                 .and_then(|v| v.checked_add(row_end))
-                .is_some_and(|end| end <= a.len()));
-    let table = |t: usize, i: usize| -> Option<&[f32]> {
+                .is_some_and(|end| end <= a.len())
+    });
+    let table = |t: usize, off: usize, i: usize| -> &[f32] {
         let at = t * a_stride + off + i * nb * 4;
-        bytemuck::try_cast_slice(&a[at..at + nb * 4]).ok()
+        // Aligned and in bounds: checked for every row above.
+        bytemuck::cast_slice(&a[at..at + nb * 4])
     };
-    if !tables_fit || n_tok < 4 || table(0, 0).is_none() || a_stride % 4 != 0 {
-        return dot_rows_with(n, w, a, a_stride, n_tok, out, out_stride, k1, |_, x, y| {
+    dot_rows_with(
+        n,
+        w,
+        a,
+        a_stride,
+        n_tok,
+        out,
+        out_stride,
+        k1,
+        |t0, x, y| match layout {
+            Some((off, n_tables)) => {
+                let dy = [0, 1, 2, 3].map(|j| table(t0 + j, off, 0));
+                let sy = if n_tables > 1 {
+                    [0, 1, 2, 3].map(|j| table(t0 + j, off, 1))
+                } else {
+                    [&[][..]; 4]
+                };
+                // SAFETY: reached only from `dot_rows_fn`'s wrappers, after the feature check;
+                // every table holds `n / 32` values (`sy` is empty for the types without mins,
+                // which do not read it).
+                unsafe { k4t(x, y, dy, sy) }
+            }
             // SAFETY: as above.
-            unsafe { [k1(x, y[0]), k1(x, y[1]), k1(x, y[2]), k1(x, y[3])] }
-        });
-    }
-    let empty: &[f32] = &[];
-    dot_rows_with(n, w, a, a_stride, n_tok, out, out_stride, k1, |t0, x, y| {
-        let tabs = |i: usize| [0, 1, 2, 3].map(|j| table(t0 + j, i).unwrap_or(empty));
-        let dy = tabs(0);
-        let sy = if n_tables > 1 { tabs(1) } else { [empty; 4] };
-        // SAFETY: as above; the tables were checked to lie inside `a` (a missing one is
-        // empty, which the kernel answers with NaN rather than reading past it).
-        unsafe { k4t(x, y, dy, sy) }
-    })
+            None => unsafe { [k1(x, y[0]), k1(x, y[1]), k1(x, y[2]), k1(x, y[3])] },
+        },
+    )
 }
 
 macro_rules! dot_rows_wrappers {

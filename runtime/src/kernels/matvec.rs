@@ -162,19 +162,10 @@ pub fn matmul(
                     }
                     continue;
                 }
-                // SAFETY (both stores): as above.
-                let mut t = 0;
-                if let Some(dot4) = kernel.dot4 {
-                    while t + 4 <= n_tok {
-                        let v = dot4(k, wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
-                        for (j, v) in v.into_iter().enumerate() {
-                            unsafe { *out.get().add((t + j) * rows + r) = v };
-                        }
-                        t += 4;
-                    }
-                }
-                for t in t..n_tok {
+                // Kernels without a many-row version: one call per activation row.
+                for t in 0..n_tok {
                     let v = dot(k, wr, act(t));
+                    // SAFETY: as above.
                     unsafe { *out.get().add(t * rows + r) = v };
                 }
             }

@@ -134,9 +134,6 @@ pub struct DotKernel {
     pub quantize: QuantizeFn,
     /// Dot product.
     pub dot: DotFn,
-    /// Dot product with four activation rows, where the instruction set has one for the type
-    /// (used for batches; equal to four calls of `dot`).
-    pub dot4: Option<Dot4Fn>,
     /// Dot product with many activation rows, where the instruction set has one for the type
     /// (used for batches; equal to calls of `dot`).
     pub dot_rows: Option<DotRowsFn>,
@@ -184,11 +181,6 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         Some(q) => q,
         None => scalar::quantize_fn(act_type).ok_or(KernelError::UnsupportedType(ty))?,
     };
-    let dot4 = match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot4_fn(ty),
-        _ => None,
-    };
     let dot_rows = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_rows_fn(ty),
@@ -205,7 +197,6 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         act_type,
         quantize,
         dot,
-        dot4,
         dot_rows,
         isa,
     })
