@@ -142,7 +142,7 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     /// Whether layer `il` uses the sliding window.
     pub fn is_swa_layer(&self, il: usize) -> bool {
-        self.pattern == 0 || (il + 1) % self.pattern != 0
+        self.pattern == 0 || !(il + 1).is_multiple_of(self.pattern)
     }
 }
 

@@ -107,9 +107,9 @@ impl<S: ReadSource + ?Sized> Files<S> {
             return Err(out_of_range("offset + len overflows".into()));
         }
         let a = alignment as u64;
-        if op.offset % a != 0
-            || op.len % alignment != 0
-            || op.dst.as_ptr() as usize % alignment != 0
+        if !op.offset.is_multiple_of(a)
+            || !op.len.is_multiple_of(alignment)
+            || !(op.dst.as_ptr() as usize).is_multiple_of(alignment)
         {
             return Err(LoaderError::Misaligned {
                 file: op.file,
@@ -249,7 +249,7 @@ impl Progress {
             if self.pos >= self.end {
                 return Step::Done(ChunkEnd::Full);
             }
-            if self.pos % self.align != 0 {
+            if !self.pos.is_multiple_of(self.align) {
                 // A direct read that stopped off a block boundary has almost surely hit the
                 // end of the file: one fstat instead of a reread to confirm it.
                 match current_len() {

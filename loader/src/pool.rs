@@ -98,7 +98,7 @@ impl Pool {
         }
         for s in &sources {
             let a = s.read_alignment().max(1);
-            if alignment % a != 0 {
+            if !alignment.is_multiple_of(a) {
                 return Err(LoaderError::InvalidRequest(format!(
                     "{} needs reads aligned to {a} bytes, more than the backend's {alignment}",
                     s.path().display()

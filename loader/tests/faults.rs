@@ -58,11 +58,11 @@ impl ReadSource for Faulty {
         let c = &self.counts;
         let k = c.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let p = &self.plan;
-        if p.always_eintr || (p.eintr > 0 && k % p.eintr == 0) {
+        if p.always_eintr || (p.eintr > 0 && k.is_multiple_of(p.eintr)) {
             c.eintr.fetch_add(1, Ordering::Relaxed);
             return Err(io::Error::from_raw_os_error(libc::EINTR));
         }
-        if p.eagain > 0 && k % p.eagain == 0 {
+        if p.eagain > 0 && k.is_multiple_of(p.eagain) {
             c.eagain.fetch_add(1, Ordering::Relaxed);
             return Err(io::Error::from_raw_os_error(libc::EAGAIN));
         }
@@ -74,7 +74,7 @@ impl ReadSource for Faulty {
         }
         // The real read (aligned when the inner file is O_DIRECT), then maybe report less.
         let n = self.inner.read_at(buf, offset)?;
-        if p.short > 0 && k % 3 != 0 {
+        if p.short > 0 && !k.is_multiple_of(3) {
             let cap = 1 + (k as usize * 7919) % p.short;
             if cap < n {
                 c.short.fetch_add(1, Ordering::Relaxed);

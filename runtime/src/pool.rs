@@ -140,7 +140,7 @@ fn worker_loop(s: &Shared, index: usize) {
                 break g;
             }
             n = n.wrapping_add(1);
-            if n % 64 == 0 && start.elapsed() > SPIN {
+            if n.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut l = s.sleep_lock.lock();
                 loop {
                     let g = s.generation.load(Ordering::Acquire);

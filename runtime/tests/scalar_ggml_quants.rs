@@ -160,7 +160,7 @@ fn dequantize_equals_ggml_quants() {
 
 fn activations(seed: u64, n: usize) -> Vec<f32> {
     let mut x = random_activations(n, seed);
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         x[..QK].fill(0.0); // an all-zero block
     }
     if seed % 3 == 1 {

@@ -366,7 +366,7 @@ impl StreamingSource {
         if align == 0
             || !align.is_power_of_two()
             || (backend.alignment() as u64) > align
-            || align % backend.alignment() as u64 != 0
+            || !align.is_multiple_of(backend.alignment() as u64)
         {
             return Err(SchedulerError::BadRequest(format!(
                 "the plan's reads are {align}-byte aligned but the {} backend needs {}",

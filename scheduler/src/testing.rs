@@ -74,7 +74,7 @@ impl ReadBackend for ScrambledPread {
 
     unsafe fn submit(&mut self, op: ReadOp) -> Result<(), LoaderError> {
         let a = self.align as u64;
-        if op.offset % a != 0 || op.len as u64 % a != 0 || op.dst.as_ptr() as u64 % a != 0 {
+        if !op.offset.is_multiple_of(a) || !(op.len as u64).is_multiple_of(a) || !(op.dst.as_ptr() as u64).is_multiple_of(a) {
             return Err(LoaderError::OutOfRange {
                 file: op.file,
                 offset: op.offset,

@@ -798,7 +798,7 @@ fn bad_length(msg: String) -> KernelError {
 /// Borrows `bytes` as a slice of `T`, or copies them when they are not aligned for `T`.
 fn cast_or_copy<'a, T: Pod>(bytes: &'a [u8], what: &str) -> Result<Cow<'a, [T]>, KernelError> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(bad_length(format!(
             "{what}: {} bytes is not a whole number of {size}-byte elements",
             bytes.len()
@@ -818,7 +818,7 @@ fn cast_or_copy<'a, T: Pod>(bytes: &'a [u8], what: &str) -> Result<Cow<'a, [T]>,
 /// Checks that `bytes` hold exactly `n` values of `ty` (`n` a whole number of blocks).
 fn check_row(ty: GgmlType, n: usize, bytes: usize, what: &str) -> Result<(), KernelError> {
     let bs = ty.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(bad_length(format!(
             "{what}: {n} values of {ty} is not a whole number of {bs}-value blocks"
         )));

@@ -473,7 +473,7 @@ fn dims_for(params: f64, embd: Option<usize>) -> Dims {
 
 fn check_dims(c: &Common, d: &Dims) -> anyhow::Result<()> {
     let bs = c.ty.block_size();
-    if d.embd % bs != 0 || d.ff % bs != 0 || d.embd % d.heads != 0 {
+    if !d.embd.is_multiple_of(bs) || !d.ff.is_multiple_of(bs) || !d.embd.is_multiple_of(d.heads) {
         bail!(
             "hidden size {} / FFN size {} must be multiples of {}'s block size {bs}, and of the head count {}",
             d.embd,
