@@ -446,6 +446,81 @@ fn many_row_dots_equal_one_row_dots_bit_for_bit() {
 
 /// The many-weight-row dot products equal one-row ones bit for bit; lengths that do not fit
 /// give NaN in every output.
+/// The packed-activation tile kernels, every build this CPU runs, against the one-row kernel:
+/// bit for bit, over rows with whole groups of four blocks and leftovers, tiles of four
+/// activation rows and remainders, and buffers that do not fit (NaN, as the unpacked kernel).
+#[test]
+fn tile_dots_equal_one_row_dots_bit_for_bit() {
+    use flashstream_runtime::kernels::avx2::tile::{tile_rows_fn, TileIsa};
+    if !have_avx2() {
+        return;
+    }
+    let mut covered = 0;
+    for isa in [TileIsa::Avx2, TileIsa::AvxVnni, TileIsa::Avx512Vnni] {
+        if !isa.is_available() {
+            eprintln!("tile build {isa:?} not available on this CPU; skipped");
+            continue;
+        }
+        for ty in WEIGHT_TYPES {
+            let Some(rows) = tile_rows_fn(isa, ty) else {
+                continue;
+            };
+            covered += 1;
+            let dot = avx2::dot_fn(ty).unwrap();
+            let act = ty.vec_dot_type();
+            let mut kernel = dot_kernel(Isa::Avx2, ty).unwrap();
+            kernel.packed_act = true;
+            for (n, seed) in [(128, 1), (192, 2), (640, 3), (96, 4), (1056, 5)] {
+                let w = random_weights(ty, n, seed);
+                let a_row = act.row_bytes(n as u64).unwrap() as usize;
+                let stride = matvec::act_row_stride(&kernel, n).unwrap();
+                for n_tok in [1, 3, 4, 5, 8, 11] {
+                    let x: Vec<f32> = (0..n_tok)
+                        .flat_map(|t| random_activations(n, 200 + seed * 16 + t as u64))
+                        .collect();
+                    let mut a = AlignedBuf::default();
+                    matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
+                    let mut out = vec![0f32; 2 * n_tok];
+                    rows(n, &w, a.as_bytes(), stride, n_tok, &mut out, 2);
+                    for t in 0..n_tok {
+                        let want = dot(n, &w, &a.as_bytes()[t * stride..t * stride + a_row]);
+                        assert_eq!(
+                            out[2 * t].to_bits(),
+                            want.to_bits(),
+                            "{isa:?} {ty} n={n} n_tok={n_tok} row {t}: {} vs {want}",
+                            out[2 * t]
+                        );
+                        assert_eq!(out[2 * t + 1], 0.0, "{ty}: wrote between outputs");
+                    }
+                    let short = &a.as_bytes()[..a.as_bytes().len() - stride + a_row - 1];
+                    rows(n, &w, short, stride, n_tok, &mut out, 2);
+                    assert!(
+                        (0..n_tok).all(|t| out[2 * t].is_nan()),
+                        "{isa:?} {ty} n_tok={n_tok}: short activations"
+                    );
+                    rows(
+                        n,
+                        &w[..w.len() - 1],
+                        a.as_bytes(),
+                        stride,
+                        n_tok,
+                        &mut out,
+                        2,
+                    );
+                    assert!(
+                        (0..n_tok).all(|t| out[2 * t].is_nan()),
+                        "{isa:?} {ty}: short weights"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        covered >= 4,
+        "the AVX2 build covers at least the four 4/5-bit types"
+    );
+}
+
 #[test]
 fn many_weight_row_dots_equal_one_row_dots_bit_for_bit() {
     if !have_avx2() {

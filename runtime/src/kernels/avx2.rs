@@ -122,6 +122,14 @@ pub fn dot_rows_fn(ty: GgmlType) -> Option<DotRowsFn> {
     Some(f)
 }
 
+/// The batch kernel over packed activations ([`super::act_packed_layout`]) for weight type
+/// `ty`, in the best build this CPU runs ([`tile::TileIsa::detect`]), or `None`. Same
+/// contract and results as [`dot_rows_fn`]'s kernel, bit for bit, for rows laid out by
+/// `quantize_rows` of a kernel with `packed_act`.
+pub fn dot_rows_packed_fn(ty: GgmlType) -> Option<DotRowsFn> {
+    tile::tile_rows_fn(tile::TileIsa::detect()?, ty)
+}
+
 /// The AVX2 many-weight-row dot product for weight type `ty` (see [`DotManyFn`]; the block
 /// types), or `None`. Each result equals what [`dot_fn`]'s function gives for that row.
 pub fn dot_many_fn(ty: GgmlType) -> Option<DotManyFn> {
@@ -170,7 +178,7 @@ pub fn quantize_fn(act: GgmlType) -> Option<QuantizeFn> {
 /// Whether `bytes` bytes are exactly `n` values of `ty`, `n` a whole number of blocks.
 #[inline(always)]
 fn row_ok(ty: GgmlType, n: usize, bytes: usize) -> bool {
-    n % ty.block_size() == 0 && ty.row_bytes(n as u64) == Some(bytes as u64)
+    n.is_multiple_of(ty.block_size()) && ty.row_bytes(n as u64) == Some(bytes as u64)
 }
 
 /// `bytes` as blocks, borrowed, or copied if misaligned (only Q8_K blocks have alignment).
@@ -231,8 +239,8 @@ fn dot_many_with<WB: QuantBlock, AB: QuantBlock>(
         .row_bytes(n as u64)
         .map_or(usize::MAX, |b| b as usize);
     if w_row == 0
-        || n % WB::TYPE.block_size() != 0
-        || n % AB::TYPE.block_size() != 0
+        || !n.is_multiple_of(WB::TYPE.block_size())
+        || !n.is_multiple_of(AB::TYPE.block_size())
         || w.len() != out.len() * w_row
         || a.len() < a_row
     {
@@ -273,7 +281,7 @@ fn dot_many_tables<WB: QuantBlock, AB: QuantBlock>(
     let Some((dy, sy)) = tables else {
         return dot_many_with(n, w, a, out, k1);
     };
-    if w_row == 0 || n % WB::TYPE.block_size() != 0 || w.len() != out.len() * w_row {
+    if w_row == 0 || !n.is_multiple_of(WB::TYPE.block_size()) || w.len() != out.len() * w_row {
         out.fill(f32::NAN);
         return;
     }
@@ -371,7 +379,7 @@ fn dot_rows_with<WB: QuantBlock, AB: QuantBlock>(
         .row_bytes(n as u64)
         .map_or(usize::MAX, |b| b as usize);
     let fits = row_ok(WB::TYPE, n, w.len())
-        && n % AB::TYPE.block_size() == 0
+        && n.is_multiple_of(AB::TYPE.block_size())
         && (n_tok - 1)
             .checked_mul(a_stride)
             .and_then(|v| v.checked_add(a_row))
@@ -433,8 +441,8 @@ fn dot_rows_tables<WB: QuantBlock, AB: QuantBlock>(
         let row_end = off + n_tables * nb * 4;
         n_tok >= 4
             && a_stride >= row_end
-            && a_stride % 4 == 0
-            && (a.as_ptr() as usize + off) % 4 == 0
+            && a_stride.is_multiple_of(4)
+            && (a.as_ptr() as usize + off).is_multiple_of(4)
             && (n_tok - 1)
                 .checked_mul(a_stride)
                 .and_then(|v| v.checked_add(row_end))
@@ -1978,3 +1986,5 @@ pub unsafe fn quantize_row_bf16(x: &[f32], out: *mut u8) {
         i += 1;
     }
 }
+
+pub mod tile;

@@ -5,7 +5,10 @@
 //! ([`quantize_rows`]); each weight row is then dotted with every activation row while it is
 //! hot in cache, so a prompt of many tokens costs one pass over the weights.
 
-use super::{act_scale_tables, AlignedBuf, DotKernel, KernelError};
+use super::{
+    act_packed_layout, act_scale_tables, pack_act_row, AlignedBuf, DotKernel, KernelError,
+    PACKED_GROUP_BYTES,
+};
 use crate::pool::{ChunkCounter, WorkerPool};
 use half::f16;
 
@@ -24,7 +27,8 @@ const MIN_ROWS_PER_CHUNK: usize = 16;
 /// Quantizes `n_rows` activation rows of `k` values (`x`, row-major) for `kernel` into `out`.
 /// Each quantized row starts at a multiple of [`act_row_stride`] bytes and holds the paired
 /// type's blocks, followed (Q8_0, Q8_1) by the f32 tables of its block scales at the offset
-/// [`act_scale_tables`] gives.
+/// [`act_scale_tables`] gives and, for kernels with [`DotKernel::packed_act`], the packed
+/// quants of [`act_packed_layout`].
 pub fn quantize_rows(
     kernel: &DotKernel,
     x: &[f32],
@@ -32,7 +36,7 @@ pub fn quantize_rows(
     out: &mut AlignedBuf,
 ) -> Result<usize, KernelError> {
     let stride = act_row_stride(kernel, k)?;
-    if k == 0 || x.len() % k != 0 {
+    if k == 0 || !x.len().is_multiple_of(k) {
         return Err(KernelError::BadLength(format!(
             "{} activations are not a whole number of rows of {k}",
             x.len()
@@ -44,6 +48,7 @@ pub fn quantize_rows(
     let bytes = out.as_bytes_mut();
     let tables = act_scale_tables(kernel.act_type, k);
     let block_bytes = kernel.act_type.block_bytes();
+    let packed = act_packed_layout(kernel.act_type, k).filter(|_| kernel.packed_act);
     for (r, xr) in x.chunks_exact(k).enumerate() {
         let row = &mut bytes[r * stride..(r + 1) * stride];
         (kernel.quantize)(xr, &mut row[..row_bytes]);
@@ -59,6 +64,15 @@ pub fn quantize_rows(
                     rest[o..o + 4].copy_from_slice(&v.to_ne_bytes());
                 }
             }
+        }
+        if let Some((off, groups)) = packed {
+            let (blocks, rest) = row.split_at_mut(off);
+            pack_act_row(
+                blocks,
+                block_bytes,
+                groups,
+                &mut rest[..groups * PACKED_GROUP_BYTES],
+            );
         }
     }
     Ok(n_rows)
@@ -76,6 +90,10 @@ pub fn act_row_stride(kernel: &DotKernel, k: usize) -> Result<usize, KernelError
     let end = match act_scale_tables(kernel.act_type, k) {
         Some((off, n_tables)) => off + n_tables * (k / 32) * 4,
         None => row,
+    };
+    let end = match act_packed_layout(kernel.act_type, k).filter(|_| kernel.packed_act) {
+        Some((off, groups)) => off + groups * PACKED_GROUP_BYTES,
+        None => end,
     };
     Ok(end.div_ceil(64) * 64)
 }
@@ -113,7 +131,7 @@ pub fn matmul(
             kernel.weight_type
         ))
     })? as usize;
-    if w_row == 0 || w.len() % w_row != 0 {
+    if w_row == 0 || !w.len().is_multiple_of(w_row) {
         return Err(KernelError::BadLength(format!(
             "{} weight bytes are not a whole number of rows of {w_row} bytes",
             w.len()

@@ -140,6 +140,10 @@ pub struct DotKernel {
     /// Dot product of many weight rows with one activation row, where the instruction set
     /// has one for the type (used for decode steps; equal to calls of `dot`).
     pub dot_many: Option<DotManyFn>,
+    /// Whether `dot_rows` reads the packed copy of each activation row's quants
+    /// ([`act_packed_layout`]), which [`matvec::quantize_rows`] then stores after the scale
+    /// tables.
+    pub packed_act: bool,
     /// The instruction set.
     pub isa: Isa,
 }
@@ -181,10 +185,13 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         Some(q) => q,
         None => scalar::quantize_fn(act_type).ok_or(KernelError::UnsupportedType(ty))?,
     };
-    let dot_rows = match isa {
+    let (dot_rows, packed_act) = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_rows_fn(ty),
-        _ => None,
+        Isa::Avx2 => match avx2::dot_rows_packed_fn(ty) {
+            Some(f) => (Some(f), true),
+            None => (avx2::dot_rows_fn(ty), false),
+        },
+        _ => (None, false),
     };
     let dot_many = match isa {
         #[cfg(target_arch = "x86_64")]
@@ -198,6 +205,7 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         quantize,
         dot,
         dot_rows,
+        packed_act,
         isa,
     })
 }
@@ -214,11 +222,66 @@ pub fn act_scale_tables(act: GgmlType, n: usize) -> Option<(usize, usize)> {
         GgmlType::Q8_1 => 2,
         _ => return None,
     };
-    if n % 32 != 0 {
+    if !n.is_multiple_of(32) {
         return None;
     }
     let row = act.row_bytes(n as u64)? as usize;
     Some((row.div_ceil(16) * 16, tables))
+}
+
+/// Bytes of one group of the packed activation layout ([`act_packed_layout`]).
+pub const PACKED_GROUP_BYTES: usize = 160;
+
+/// The packed copy of an activation row's quants that [`matvec::quantize_rows`] stores after
+/// the scale tables for kernels with [`DotKernel::packed_act`]: the byte offset from the row
+/// start (a multiple of 32) and the number of groups. `None` unless `act` is Q8_0 or Q8_1 and
+/// the row has at least four blocks.
+///
+/// Group `g` covers blocks `4g..4g + 4` in [`PACKED_GROUP_BYTES`] bytes: four 32-byte vectors,
+/// vector `i` holding bytes `4i..4i + 4` of the first half (quants 0..16) of each of the four
+/// blocks, then bytes `16 + 4i..16 + 4i + 4` of their second halves; then eight i32, lane
+/// `4h + k` the negated sum of half `h` of block `k`. So one 4-byte-group dot-product
+/// instruction per vector, summed over the four vectors, yields the exact integer sum of
+/// each half block, lane `4h + k`, the order the one-row kernels reduce their sums into.
+/// Blocks past the last whole group stay only in the row itself.
+pub fn act_packed_layout(act: GgmlType, n: usize) -> Option<(usize, usize)> {
+    let (off, n_tables) = act_scale_tables(act, n)?;
+    let groups = n / 32 / 4;
+    if groups == 0 {
+        return None;
+    }
+    let end = off + n_tables * (n / 32) * 4;
+    Some((end.div_ceil(32) * 32, groups))
+}
+
+/// Writes the packed layout of [`act_packed_layout`] for the `groups` groups of `blocks` (the
+/// raw Q8_0 or Q8_1 blocks of a row, `block_bytes` each, quants in their last 32 bytes) into
+/// `out` (`groups * PACKED_GROUP_BYTES` bytes).
+fn pack_act_row(blocks: &[u8], block_bytes: usize, groups: usize, out: &mut [u8]) {
+    let qs_at = block_bytes - 32;
+    for (g, dst) in out
+        .chunks_exact_mut(PACKED_GROUP_BYTES)
+        .take(groups)
+        .enumerate()
+    {
+        for k in 0..4 {
+            let b = 4 * g + k;
+            let qs = &blocks[b * block_bytes + qs_at..(b + 1) * block_bytes];
+            for h in 0..2 {
+                for i in 0..4 {
+                    let src = &qs[16 * h + 4 * i..16 * h + 4 * i + 4];
+                    let at = 32 * i + 16 * h + 4 * k;
+                    dst[at..at + 4].copy_from_slice(src);
+                }
+                let sum: i32 = qs[16 * h..16 * h + 16]
+                    .iter()
+                    .map(|&q| q as i8 as i32)
+                    .sum();
+                let at = 128 + 4 * (4 * h + k);
+                dst[at..at + 4].copy_from_slice(&(-sum).to_le_bytes());
+            }
+        }
+    }
 }
 
 /// A byte buffer aligned to 64 bytes (activation rows, scratch).

@@ -1,0 +1,516 @@
+//! Batch kernels for the 32-weight block types over packed activations
+//! ([`act_packed_layout`]): one weight row against many activation rows, with the weight row
+//! unpacked once per call into the same packed order, so that each group of four blocks costs
+//! four 4-byte-group dot-product instructions per activation row and no horizontal reduction.
+//!
+//! Weights are unpacked to unsigned bytes `u = q + offset` (Q4_0: the nibble, offset 8; Q5_0:
+//! 5 bits, 16; Q8_0 and IQ4_NL: the signed value plus 128; Q4_1 and Q5_1: the quant, no
+//! offset), and the activation side carries the negated half-block sums, so `Σ u·y − offset·Σ y`
+//! is exactly the integer the one-row kernels compute per half block. The float steps are the
+//! one-row kernels' ([`blocks32!`] / `blocks32x4t!`) in the same order, so every result equals
+//! the one-row kernel's bit for bit (tested).
+//!
+//! Three builds of one source: AVX-VNNI (`vpdpbusd`, VEX), AVX-512 VNNI on 256-bit vectors
+//! (EVEX, which also gives the compiler 32 vector registers), and plain AVX2, where the
+//! dot-product instruction is `maddubs` + `madd` + `add`; `maddubs` saturates its pair sums,
+//! so that build is offered only for the types whose unsigned weights stay below 32
+//! (Q4_0, Q4_1, Q5_0, Q5_1).
+
+use core::arch::x86_64::*;
+use std::cell::RefCell;
+
+use flashstream_formats::blocks::{
+    BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, F16Le,
+    QuantBlock, IQ4NL_VALUES,
+};
+use flashstream_formats::GgmlType;
+
+use super::{bits32, blocks_of, h2f, hsum_epi32, hsum_ps, nibbles32, row_ok};
+use crate::kernels::{act_packed_layout, act_scale_tables, DotRowsFn, PACKED_GROUP_BYTES};
+
+/// Which build of the tile kernels to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileIsa {
+    /// AVX2 with `maddubs` + `madd` in place of a dot-product instruction.
+    Avx2,
+    /// AVX-VNNI (`vpdpbusd` on 256-bit vectors, VEX encoded).
+    AvxVnni,
+    /// AVX-512 VNNI with AVX-512VL (`vpdpbusd` on 256-bit vectors, EVEX encoded).
+    Avx512Vnni,
+}
+
+impl TileIsa {
+    /// Whether this CPU runs this build.
+    pub fn is_available(self) -> bool {
+        let base = crate::kernels::Isa::Avx2.is_available();
+        base && match self {
+            TileIsa::Avx2 => true,
+            TileIsa::AvxVnni => std::arch::is_x86_feature_detected!("avxvnni"),
+            TileIsa::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+        }
+    }
+
+    /// The best build this CPU runs (VNNI first).
+    pub fn detect() -> Option<TileIsa> {
+        [TileIsa::Avx512Vnni, TileIsa::AvxVnni, TileIsa::Avx2]
+            .into_iter()
+            .find(|i| i.is_available())
+    }
+}
+
+/// One weight row unpacked for the tile kernels.
+#[derive(Default)]
+struct Prepped {
+    /// Per whole group, four vectors in the packed order; then the leftover blocks, each one
+    /// vector in natural order.
+    w: Vec<__m256i>,
+    /// Per group, the four blocks' f32 scales twice (lanes `k` and `4 + k`).
+    dx: Vec<__m256>,
+    /// Per group, the four blocks' f32 mins (types with mins only).
+    mx: Vec<__m128>,
+    /// Scales and mins of the leftover blocks.
+    tail_d: Vec<f32>,
+    tail_m: Vec<f32>,
+}
+
+thread_local! {
+    static PREPPED: RefCell<Prepped> = RefCell::default();
+}
+
+/// The four vectors of a group in packed order from the four blocks' natural-order vectors:
+/// a 4x4 transpose of 32-bit lanes within each 128-bit half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose4(u: [__m256i; 4]) -> [__m256i; 4] {
+    let t0 = _mm256_unpacklo_epi32(u[0], u[1]);
+    let t1 = _mm256_unpacklo_epi32(u[2], u[3]);
+    let t2 = _mm256_unpackhi_epi32(u[0], u[1]);
+    let t3 = _mm256_unpackhi_epi32(u[2], u[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t1),
+        _mm256_unpackhi_epi64(t0, t1),
+        _mm256_unpacklo_epi64(t2, t3),
+        _mm256_unpackhi_epi64(t2, t3),
+    ]
+}
+
+/// A weight block type as the tile kernels see it.
+trait TileBlock: QuantBlock {
+    /// The paired activation block.
+    type Act: QuantBlock;
+    /// `log2` of the offset added to make the weights unsigned (0: none).
+    const SHIFT: i32;
+    /// Whether the type has mins (`Σ m_x · s_y` is added).
+    const MINS: bool;
+    /// The 32 weights as unsigned bytes `q + offset`, in natural order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    unsafe fn unsigned(&self) -> __m256i;
+    /// The f16 scale and min (0 without mins).
+    fn scale_min(&self) -> (F16Le, F16Le);
+}
+
+const F16_ZERO: F16Le = F16Le([0, 0]);
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_bits(qh: [u8; 4], qs: *const u8) -> __m256i {
+    let hb = _mm256_and_si256(bits32(u32::from_le_bytes(qh)), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles32(qs), hb)
+}
+
+impl TileBlock for BlockQ4_0 {
+    type Act = BlockQ8_0;
+    const SHIFT: i32 = 3;
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn unsigned(&self) -> __m256i {
+        nibbles32(self.qs.as_ptr())
+    }
+    fn scale_min(&self) -> (F16Le, F16Le) {
+        (self.d, F16_ZERO)
+    }
+}
+
+impl TileBlock for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    const SHIFT: i32 = 0;
+    const MINS: bool = true;
+    #[inline(always)]
+    unsafe fn unsigned(&self) -> __m256i {
+        nibbles32(self.qs.as_ptr())
+    }
+    fn scale_min(&self) -> (F16Le, F16Le) {
+        (self.d, self.m)
+    }
+}
+
+impl TileBlock for BlockQ5_0 {
+    type Act = BlockQ8_0;
+    const SHIFT: i32 = 4;
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn unsigned(&self) -> __m256i {
+        q5_bits(self.qh, self.qs.as_ptr())
+    }
+    fn scale_min(&self) -> (F16Le, F16Le) {
+        (self.d, F16_ZERO)
+    }
+}
+
+impl TileBlock for BlockQ5_1 {
+    type Act = BlockQ8_1;
+    const SHIFT: i32 = 0;
+    const MINS: bool = true;
+    #[inline(always)]
+    unsafe fn unsigned(&self) -> __m256i {
+        q5_bits(self.qh, self.qs.as_ptr())
+    }
+    fn scale_min(&self) -> (F16Le, F16Le) {
+        (self.d, self.m)
+    }
+}
+
+impl TileBlock for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    const SHIFT: i32 = 7;
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn unsigned(&self) -> __m256i {
+        let q = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
+        _mm256_xor_si256(q, _mm256_set1_epi8(-128))
+    }
+    fn scale_min(&self) -> (F16Le, F16Le) {
+        (self.d, F16_ZERO)
+    }
+}
+
+impl TileBlock for BlockIQ4NL {
+    type Act = BlockQ8_0;
+    const SHIFT: i32 = 7;
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn unsigned(&self) -> __m256i {
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i));
+        let q = _mm256_shuffle_epi8(table, nibbles32(self.qs.as_ptr()));
+        _mm256_xor_si256(q, _mm256_set1_epi8(-128))
+    }
+    fn scale_min(&self) -> (F16Le, F16Le) {
+        (self.d, F16_ZERO)
+    }
+}
+
+/// Unpacks the weight row `x` into `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prep<WB: TileBlock>(x: &[WB], p: &mut Prepped) {
+    let groups = x.len() / 4;
+    p.w.clear();
+    p.dx.clear();
+    p.mx.clear();
+    p.tail_d.clear();
+    p.tail_m.clear();
+    for x4 in x.chunks_exact(4) {
+        let u = [
+            x4[0].unsigned(),
+            x4[1].unsigned(),
+            x4[2].unsigned(),
+            x4[3].unsigned(),
+        ];
+        p.w.extend_from_slice(&transpose4(u));
+        let sm = [
+            x4[0].scale_min(),
+            x4[1].scale_min(),
+            x4[2].scale_min(),
+            x4[3].scale_min(),
+        ];
+        let d = _mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
+            0,
+            super::pack4(sm.map(|s| s.0)) as i64,
+        )));
+        p.dx.push(_mm256_set_m128(d, d));
+        if WB::MINS {
+            p.mx.push(_mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
+                0,
+                super::pack4(sm.map(|s| s.1)) as i64,
+            ))));
+        }
+    }
+    for b in &x[groups * 4..] {
+        p.w.push(b.unsigned());
+        let (d, m) = b.scale_min();
+        p.tail_d.push(h2f(d));
+        p.tail_m.push(h2f(m));
+    }
+}
+
+/// The activation side of one tile row: pointers into a row laid out by `quantize_rows`.
+#[derive(Clone, Copy)]
+struct ActRow {
+    /// The packed groups.
+    packed: *const u8,
+    /// The f32 scale table (`n / 32` values).
+    dy: *const f32,
+    /// The f32 `s` table (types with mins; else dangling, unread).
+    sy: *const f32,
+    /// The row's raw blocks (for the leftover blocks).
+    blocks: *const u8,
+}
+
+/// The tile kernel: `C` activation rows against one prepped weight row, in one of the three
+/// builds (`$feat`: the target features, `$dp`: `s + Σ4 u·y` per 32-bit lane).
+macro_rules! tile_kernel {
+    ($name:ident, $feat:literal, |$s:ident, $u:ident, $y:ident| $dp:expr) => {
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name<WB: TileBlock, const C: usize>(
+            p: &Prepped,
+            rows: [ActRow; C],
+            out: [*mut f32; C],
+        ) {
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn dp($s: __m256i, $u: __m256i, $y: __m256i) -> __m256i {
+                $dp
+            }
+            let groups = p.dx.len();
+            let mut acc = [_mm256_setzero_ps(); C];
+            let mut acc_m = [_mm_setzero_ps(); C];
+            for g in 0..groups {
+                let w = p.w.as_ptr().add(4 * g);
+                let (w0, w1, w2, w3) = (*w, *w.add(1), *w.add(2), *w.add(3));
+                let dx = *p.dx.as_ptr().add(g);
+                for t in 0..C {
+                    let a = rows[t].packed.add(g * PACKED_GROUP_BYTES);
+                    let av = a as *const __m256i;
+                    let mut s = if WB::SHIFT > 0 {
+                        // The negated half sums times the offset.
+                        _mm256_sllv_epi32(
+                            _mm256_load_si256(av.add(4)),
+                            _mm256_set1_epi32(WB::SHIFT),
+                        )
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    s = dp(s, w0, _mm256_load_si256(av));
+                    s = dp(s, w1, _mm256_load_si256(av.add(1)));
+                    s = dp(s, w2, _mm256_load_si256(av.add(2)));
+                    s = dp(s, w3, _mm256_load_si256(av.add(3)));
+                    let dy = _mm_loadu_ps(rows[t].dy.add(4 * g));
+                    let d = _mm256_mul_ps(dx, _mm256_set_m128(dy, dy));
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
+                    if WB::MINS {
+                        let mx = *p.mx.as_ptr().add(g);
+                        let sy = _mm_loadu_ps(rows[t].sy.add(4 * g));
+                        acc_m[t] = _mm_add_ps(acc_m[t], _mm_mul_ps(mx, sy));
+                    }
+                }
+            }
+            let ab = <WB::Act as QuantBlock>::TYPE.block_bytes();
+            for t in 0..C {
+                let mut tail = 0.0f32;
+                for (j, &dxj) in p.tail_d.iter().enumerate() {
+                    let b = 4 * groups + j;
+                    let y =
+                        _mm256_loadu_si256(rows[t].blocks.add(b * ab + ab - 32) as *const __m256i);
+                    let uy = hsum_epi32(dp(
+                        _mm256_setzero_si256(),
+                        *p.w.as_ptr().add(4 * groups + j),
+                        y,
+                    ));
+                    let isum = if WB::SHIFT > 0 {
+                        let sum_y = hsum_epi32(dp(_mm256_setzero_si256(), _mm256_set1_epi8(1), y));
+                        uy - (sum_y << WB::SHIFT)
+                    } else {
+                        uy
+                    };
+                    tail += dxj * *rows[t].dy.add(b) * isum as f32;
+                    if WB::MINS {
+                        tail += p.tail_m[j] * *rows[t].sy.add(b);
+                    }
+                }
+                let m = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
+                let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+                *out[t] = hsum_ps(acc[t]) + m + tail;
+            }
+        }
+    };
+}
+
+tile_kernel!(tile_avx2, "avx2,fma,f16c", |s, u, y| _mm256_add_epi32(
+    s,
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1))
+));
+tile_kernel!(tile_avxvnni, "avx2,fma,f16c,avxvnni", |s, u, y| {
+    _mm256_dpbusd_avx_epi32(s, u, y)
+});
+tile_kernel!(
+    tile_avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    |s, u, y| _mm256_dpbusd_epi32(s, u, y)
+);
+
+/// The [`DotRowsFn`] body for weight type `WB` on `isa`: checks the buffers, falls back to
+/// the unpacked batch kernel `fallback` (same results) when the rows do not carry the packed
+/// layout, else unpacks the weight row once and runs tiles of four activation rows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_with<WB: TileBlock>(
+    isa: TileIsa,
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    fallback: DotRowsFn,
+) {
+    let act = <WB::Act as QuantBlock>::TYPE;
+    let nb = n / 32;
+    let layout = (|| {
+        let (p_off, groups) = act_packed_layout(act, n)?;
+        let (t_off, n_tables) = act_scale_tables(act, n)?;
+        let end = p_off + groups * PACKED_GROUP_BYTES;
+        let ok = n_tok > 0
+            && row_ok(WB::TYPE, n, w.len())
+            && a_stride >= end
+            && a_stride.is_multiple_of(32)
+            && (a.as_ptr() as usize).is_multiple_of(32)
+            && (n_tok - 1)
+                .checked_mul(a_stride)
+                .and_then(|v| v.checked_add(end))
+                .is_some_and(|e| e <= a.len())
+            && (n_tok - 1)
+                .checked_mul(out_stride)
+                .is_some_and(|last| last < out.len());
+        ok.then_some((p_off, t_off, n_tables))
+    })();
+    let Some((p_off, t_off, n_tables)) = layout else {
+        return fallback(n, w, a, a_stride, n_tok, out, out_stride);
+    };
+    let x = blocks_of::<WB>(w);
+    let base = a.as_ptr();
+    let row = |t: usize| {
+        // SAFETY: every offset is inside row `t`, which is inside `a` (checked above).
+        unsafe {
+            let r = base.add(t * a_stride);
+            ActRow {
+                packed: r.add(p_off),
+                dy: r.add(t_off) as *const f32,
+                sy: if n_tables > 1 {
+                    r.add(t_off + nb * 4) as *const f32
+                } else {
+                    r.add(t_off) as *const f32
+                },
+                blocks: r,
+            }
+        }
+    };
+    let o = out.as_mut_ptr();
+    PREPPED.with(|p| {
+        let mut p = p.borrow_mut();
+        // SAFETY: `isa` was detected on this CPU by `dot_rows_packed_fn`; every pointer is in
+        // bounds (checked above) and the outputs `t * out_stride` are distinct elements of `out`.
+        unsafe {
+            prep(&x, &mut p);
+            let mut t = 0;
+            while t + 4 <= n_tok {
+                let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
+                let outs = [0, 1, 2, 3].map(|j| o.add((t + j) * out_stride));
+                match isa {
+                    TileIsa::Avx2 => tile_avx2::<WB, 4>(&p, rows, outs),
+                    TileIsa::AvxVnni => tile_avxvnni::<WB, 4>(&p, rows, outs),
+                    TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 4>(&p, rows, outs),
+                }
+                t += 4;
+            }
+            while t < n_tok {
+                let rows = [row(t)];
+                let outs = [o.add(t * out_stride)];
+                match isa {
+                    TileIsa::Avx2 => tile_avx2::<WB, 1>(&p, rows, outs),
+                    TileIsa::AvxVnni => tile_avxvnni::<WB, 1>(&p, rows, outs),
+                    TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 1>(&p, rows, outs),
+                }
+                t += 1;
+            }
+        }
+    });
+}
+
+macro_rules! tile_wrappers {
+    ($($isa:ident { $($wrapper:ident => $wb:ty, $fb:ident;)* })*) => {$($(
+        fn $wrapper(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            a_stride: usize,
+            n_tok: usize,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            rows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::$fb)
+        }
+    )*)*};
+}
+
+tile_wrappers! {
+    Avx2 {
+    t2_q4_0 => BlockQ4_0, r_q4_0;
+    t2_q4_1 => BlockQ4_1, r_q4_1;
+    t2_q5_0 => BlockQ5_0, r_q5_0;
+    t2_q5_1 => BlockQ5_1, r_q5_1;
+    }
+    AvxVnni {
+    tv_q4_0 => BlockQ4_0, r_q4_0;
+    tv_q4_1 => BlockQ4_1, r_q4_1;
+    tv_q5_0 => BlockQ5_0, r_q5_0;
+    tv_q5_1 => BlockQ5_1, r_q5_1;
+    tv_q8_0 => BlockQ8_0, r_q8_0;
+    tv_iq4_nl => BlockIQ4NL, r_iq4_nl;
+    }
+    Avx512Vnni {
+    tz_q4_0 => BlockQ4_0, r_q4_0;
+    tz_q4_1 => BlockQ4_1, r_q4_1;
+    tz_q5_0 => BlockQ5_0, r_q5_0;
+    tz_q5_1 => BlockQ5_1, r_q5_1;
+    tz_q8_0 => BlockQ8_0, r_q8_0;
+    tz_iq4_nl => BlockIQ4NL, r_iq4_nl;
+    }
+}
+
+/// The packed-activation batch kernel for weight type `ty` in build `isa`, or `None` if this
+/// CPU lacks `isa` or the build has none for `ty`. Same contract as
+/// [`dot_rows_fn`](super::dot_rows_fn); the rows must come from `quantize_rows` of a kernel
+/// with `packed_act` (else it runs the unpacked kernel).
+pub fn tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotRowsFn> {
+    if !isa.is_available() {
+        return None;
+    }
+    let f: DotRowsFn = match (isa, ty) {
+        (TileIsa::Avx2, GgmlType::Q4_0) => t2_q4_0,
+        (TileIsa::Avx2, GgmlType::Q4_1) => t2_q4_1,
+        (TileIsa::Avx2, GgmlType::Q5_0) => t2_q5_0,
+        (TileIsa::Avx2, GgmlType::Q5_1) => t2_q5_1,
+        (TileIsa::AvxVnni, GgmlType::Q4_0) => tv_q4_0,
+        (TileIsa::AvxVnni, GgmlType::Q4_1) => tv_q4_1,
+        (TileIsa::AvxVnni, GgmlType::Q5_0) => tv_q5_0,
+        (TileIsa::AvxVnni, GgmlType::Q5_1) => tv_q5_1,
+        (TileIsa::AvxVnni, GgmlType::Q8_0) => tv_q8_0,
+        (TileIsa::AvxVnni, GgmlType::IQ4_NL) => tv_iq4_nl,
+        (TileIsa::Avx512Vnni, GgmlType::Q4_0) => tz_q4_0,
+        (TileIsa::Avx512Vnni, GgmlType::Q4_1) => tz_q4_1,
+        (TileIsa::Avx512Vnni, GgmlType::Q5_0) => tz_q5_0,
+        (TileIsa::Avx512Vnni, GgmlType::Q5_1) => tz_q5_1,
+        (TileIsa::Avx512Vnni, GgmlType::Q8_0) => tz_q8_0,
+        (TileIsa::Avx512Vnni, GgmlType::IQ4_NL) => tz_iq4_nl,
+        _ => return None,
+    };
+    Some(f)
+}
