@@ -470,7 +470,12 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
             let act = ty.vec_dot_type();
             let mut kernel = dot_kernel(Isa::Avx2, ty).unwrap();
             kernel.packed_act = true;
-            for (n, seed) in [(128, 1), (192, 2), (640, 3), (96, 4), (1056, 5)] {
+            let lengths: &[(usize, u64)] = if ty.block_size() == 256 {
+                &[(256, 1), (768, 2), (2560, 3)]
+            } else {
+                &[(128, 1), (192, 2), (640, 3), (96, 4), (1056, 5)]
+            };
+            for &(n, seed) in lengths {
                 let w = random_weights(ty, n, seed);
                 let a_row = act.row_bytes(n as u64).unwrap() as usize;
                 let stride = matvec::act_row_stride(&kernel, n).unwrap();

@@ -1454,6 +1454,78 @@ pub unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc)
 }
 
+/// The 256 weights of a Q4_K block as 8 vectors of unsigned bytes (0..16), vector `c` the
+/// weights `32c..32c + 32`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q4_k(bx: &BlockQ4K) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        let q4 = load256(bx.qs.as_ptr().add(32 * j));
+        q[2 * j] = _mm256_and_si256(q4, m4);
+        q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
+    }
+    q
+}
+
+/// The 256 weights of a Q5_K block as 8 vectors of unsigned bytes (0..32), as
+/// [`unpack_q4_k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q5_k(bx: &BlockQ5K) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let b4 = _mm256_set1_epi8(0x10);
+    // Bit 2j of qh[l] is the fifth bit of weight 64j + l, bit 2j + 1 that of 64j + 32 + l.
+    let mut qh = load256(bx.qh.as_ptr());
+    let mut q = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        let q4 = load256(bx.qs.as_ptr().add(32 * j));
+        q[2 * j] = _mm256_or_si256(
+            _mm256_and_si256(q4, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), b4),
+        );
+        q[2 * j + 1] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4),
+            _mm256_and_si256(_mm256_slli_epi16::<3>(qh), b4),
+        );
+        qh = _mm256_srli_epi16::<2>(qh);
+    }
+    q
+}
+
+/// The 256 weights of a Q6_K block as 8 vectors of unsigned bytes (0..64, the stored `q6`
+/// before its offset of 32), as [`unpack_q4_k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q6_k(bx: &BlockQ6K) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(0x30);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for half in 0..2 {
+        let qla = load256(bx.ql.as_ptr().add(64 * half));
+        let qlb = load256(bx.ql.as_ptr().add(64 * half + 32));
+        let qh = load256(bx.qh.as_ptr().add(32 * half));
+        q[4 * half] = _mm256_or_si256(
+            _mm256_and_si256(qla, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+        );
+        q[4 * half + 1] = _mm256_or_si256(
+            _mm256_and_si256(qlb, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+        );
+        q[4 * half + 2] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qla), m4),
+            _mm256_and_si256(qh, m2),
+        );
+        q[4 * half + 3] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(qlb), m4),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+        );
+    }
+    q
+}
+
 /// Checks that four activation rows match the weight row's length (the four-row kernels
 /// return NaN otherwise, as the one-row ones do).
 #[inline(always)]
@@ -1504,15 +1576,9 @@ pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4
     if !lens4(x, &y) {
         return [f32::NAN; 4];
     }
-    let m4 = _mm256_set1_epi8(0x0f);
     let mut acc = [_mm256_setzero_ps(); 4];
     for (i, bx) in x.iter().enumerate() {
-        let mut q = [_mm256_setzero_si256(); 8];
-        for j in 0..4 {
-            let q4 = load256(bx.qs.as_ptr().add(32 * j));
-            q[2 * j] = _mm256_and_si256(q4, m4);
-            q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-        }
+        let q = unpack_q4_k(bx);
         k4_four_rows(&q, (bx.d, bx.dmin, &bx.scales), y, i, &mut acc);
     }
     acc.map(|a| hsum_ps(a))
@@ -1528,24 +1594,9 @@ pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4
     if !lens4(x, &y) {
         return [f32::NAN; 4];
     }
-    let m4 = _mm256_set1_epi8(0x0f);
-    let b4 = _mm256_set1_epi8(0x10);
     let mut acc = [_mm256_setzero_ps(); 4];
     for (i, bx) in x.iter().enumerate() {
-        let mut qh = load256(bx.qh.as_ptr());
-        let mut q = [_mm256_setzero_si256(); 8];
-        for j in 0..4 {
-            let q4 = load256(bx.qs.as_ptr().add(32 * j));
-            q[2 * j] = _mm256_or_si256(
-                _mm256_and_si256(q4, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), b4),
-            );
-            q[2 * j + 1] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4),
-                _mm256_and_si256(_mm256_slli_epi16::<3>(qh), b4),
-            );
-            qh = _mm256_srli_epi16::<2>(qh);
-        }
+        let q = unpack_q5_k(bx);
         k4_four_rows(&q, (bx.d, bx.dmin, &bx.scales), y, i, &mut acc);
     }
     acc.map(|a| hsum_ps(a))
@@ -1561,35 +1612,12 @@ pub unsafe fn vec_dot4_q6_k_q8_k(x: &[BlockQ6K], y: [&[BlockQ8K]; 4]) -> [f32; 4
     if !lens4(x, &y) {
         return [f32::NAN; 4];
     }
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m2 = _mm256_set1_epi8(0x30);
     let mut acc = [_mm256_setzero_ps(); 4];
     for (i, bx) in x.iter().enumerate() {
         let sc = _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i);
         let sc16 = _mm256_cvtepi8_epi16(sc);
         let (s_lo, s_hi) = split_scales16(sc);
-        let mut q = [_mm256_setzero_si256(); 8];
-        for half in 0..2 {
-            let qla = load256(bx.ql.as_ptr().add(64 * half));
-            let qlb = load256(bx.ql.as_ptr().add(64 * half + 32));
-            let qh = load256(bx.qh.as_ptr().add(32 * half));
-            q[4 * half] = _mm256_or_si256(
-                _mm256_and_si256(qla, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
-            );
-            q[4 * half + 1] = _mm256_or_si256(
-                _mm256_and_si256(qlb, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
-            );
-            q[4 * half + 2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(qla), m4),
-                _mm256_and_si256(qh, m2),
-            );
-            q[4 * half + 3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(qlb), m4),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
-            );
-        }
+        let q = unpack_q6_k(bx);
         let dx = h2f(bx.d);
         for (t, acc) in acc.iter_mut().enumerate() {
             let by = y[t].get_unchecked(i);

@@ -20,12 +20,15 @@ use core::arch::x86_64::*;
 use std::cell::RefCell;
 
 use flashstream_formats::blocks::{
-    BlockIQ4NL, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, F16Le,
-    QuantBlock, IQ4NL_VALUES,
+    BlockIQ4NL, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, F16Le, QuantBlock, IQ4NL_VALUES,
 };
 use flashstream_formats::GgmlType;
 
-use super::{bits32, blocks_of, h2f, hsum_epi32, hsum_ps, nibbles32, row_ok};
+use super::{
+    bits32, blocks_of, bsums, h2f, hsum_epi32, hsum_ps, k4_scales_mins_pairs, load256, nibbles32,
+    row_ok, scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
+};
 use crate::kernels::{act_packed_layout, act_scale_tables, DotRowsFn, PACKED_GROUP_BYTES};
 
 /// Which build of the tile kernels to use.
@@ -485,6 +488,281 @@ tile_wrappers! {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// K-quants (Q4_K, Q5_K, Q6_K against Q8_K)
+// ---------------------------------------------------------------------------------------------
+
+/// One K-quant weight row unpacked for the tile kernels, per super-block.
+#[derive(Default)]
+struct KPrepped {
+    /// 8 vectors of unsigned weights, vector `c` the weights `32c..32c + 32`.
+    q: Vec<__m256i>,
+    /// 8 vectors of i16 scales, vector `c` lined up with the 16 pair sums of vector `c`.
+    sv: Vec<__m256i>,
+    /// The i16 factors of the 16 bsums: each min twice (Q4_K, Q5_K) or the 16 scales (Q6_K).
+    corr: Vec<__m256i>,
+    /// f32 `d` and `dmin` (0 for Q6_K).
+    d: Vec<f32>,
+    dmin: Vec<f32>,
+}
+
+thread_local! {
+    static KPREPPED: RefCell<KPrepped> = RefCell::default();
+}
+
+/// A K-quant block as the tile kernels see it.
+trait KTileBlock: QuantBlock {
+    /// Q4_K and Q5_K subtract `dmin · Σ min · bsum`; Q6_K subtracts `32 · Σ scale · bsum`
+    /// from the integer sum.
+    const MINS: bool;
+    /// Unpacked weights, scale vectors, bsum factors, `d`, `dmin`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    unsafe fn kprep(&self) -> ([__m256i; 8], [__m256i; 8], __m256i, f32, f32);
+}
+
+/// The scale vectors of a Q4_K/Q5_K block and its mins for the bsums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_sv(scales: &[u8; 12]) -> ([__m256i; 8], __m256i) {
+    let (s, mn_pairs) = k4_scales_mins_pairs(scales);
+    let mut sv = [_mm256_setzero_si256(); 8];
+    for (c, v) in sv.iter_mut().enumerate() {
+        *v = scale8(s, c);
+    }
+    (sv, mn_pairs)
+}
+
+impl KTileBlock for BlockQ4K {
+    const MINS: bool = true;
+    #[inline(always)]
+    unsafe fn kprep(&self) -> ([__m256i; 8], [__m256i; 8], __m256i, f32, f32) {
+        let (sv, corr) = k4_sv(&self.scales);
+        (unpack_q4_k(self), sv, corr, h2f(self.d), h2f(self.dmin))
+    }
+}
+
+impl KTileBlock for BlockQ5K {
+    const MINS: bool = true;
+    #[inline(always)]
+    unsafe fn kprep(&self) -> ([__m256i; 8], [__m256i; 8], __m256i, f32, f32) {
+        let (sv, corr) = k4_sv(&self.scales);
+        (unpack_q5_k(self), sv, corr, h2f(self.d), h2f(self.dmin))
+    }
+}
+
+impl KTileBlock for BlockQ6K {
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn kprep(&self) -> ([__m256i; 8], [__m256i; 8], __m256i, f32, f32) {
+        let sc = _mm_loadu_si128(self.scales.as_ptr() as *const __m128i);
+        let (s_lo, s_hi) = split_scales16(sc);
+        let mut sv = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            sv[j] = scale_pair(s_lo, j);
+            sv[4 + j] = scale_pair(s_hi, j);
+        }
+        (
+            unpack_q6_k(self),
+            sv,
+            _mm256_cvtepi8_epi16(sc),
+            h2f(self.d),
+            0.0,
+        )
+    }
+}
+
+/// Unpacks the K-quant weight row `x` into `p`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kprep<WB: KTileBlock>(x: &[WB], p: &mut KPrepped) {
+    p.q.clear();
+    p.sv.clear();
+    p.corr.clear();
+    p.d.clear();
+    p.dmin.clear();
+    for b in x {
+        let (q, sv, corr, d, dmin) = b.kprep();
+        p.q.extend_from_slice(&q);
+        p.sv.extend_from_slice(&sv);
+        p.corr.push(corr);
+        p.d.push(d);
+        p.dmin.push(dmin);
+    }
+}
+
+/// The K-quant tile kernel: `C` activation rows against one prepped weight row, with the
+/// integer and float steps of the one-row kernels (`$dpw`: `s + Σ2 a·b` over i16 pairs).
+macro_rules! ktile_kernel {
+    ($name:ident, $feat:literal, |$s:ident, $a:ident, $b:ident| $dpw:expr) => {
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name<WB: KTileBlock, const C: usize>(
+            p: &KPrepped,
+            y: [*const BlockQ8K; C],
+            out: [*mut f32; C],
+        ) {
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn dpw($s: __m256i, $a: __m256i, $b: __m256i) -> __m256i {
+                $dpw
+            }
+            let mut acc = [_mm256_setzero_ps(); C];
+            for sb in 0..p.d.len() {
+                let q = p.q.as_ptr().add(8 * sb);
+                let sv = p.sv.as_ptr().add(8 * sb);
+                let corr = *p.corr.as_ptr().add(sb);
+                let (dx, dminx) = (*p.d.as_ptr().add(sb), *p.dmin.as_ptr().add(sb));
+                for t in 0..C {
+                    let by = &*y[t].add(sb);
+                    let q8 = by.qs.as_ptr() as *const u8;
+                    let mut sumi = _mm256_setzero_si256();
+                    for c in 0..8 {
+                        let pairs = _mm256_maddubs_epi16(*q.add(c), load256(q8.add(32 * c)));
+                        sumi = dpw(sumi, pairs, *sv.add(c));
+                    }
+                    let msum = _mm256_madd_epi16(corr, bsums(by));
+                    if WB::MINS {
+                        let d = by.d * dx;
+                        let dmin = by.d * dminx;
+                        acc[t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                        acc[t] = _mm256_fnmadd_ps(
+                            _mm256_set1_ps(dmin),
+                            _mm256_cvtepi32_ps(msum),
+                            acc[t],
+                        );
+                    } else {
+                        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(msum));
+                        let d = by.d * dx;
+                        acc[t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+                    }
+                }
+            }
+            for t in 0..C {
+                *out[t] = hsum_ps(acc[t]);
+            }
+        }
+    };
+}
+
+ktile_kernel!(ktile_avx2, "avx2,fma,f16c", |s, a, b| _mm256_add_epi32(
+    s,
+    _mm256_madd_epi16(a, b)
+));
+ktile_kernel!(ktile_avxvnni, "avx2,fma,f16c,avxvnni", |s, a, b| {
+    _mm256_dpwssd_avx_epi32(s, a, b)
+});
+ktile_kernel!(
+    ktile_avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    |s, a, b| _mm256_dpwssd_epi32(s, a, b)
+);
+
+/// The [`DotRowsFn`] body for K-quant type `WB` on `isa`: checks the buffers (the unpacked
+/// batch kernel `fallback`, same results, when a row is misaligned or anything does not fit),
+/// unpacks the weight row once and runs tiles of four activation rows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn krows_with<WB: KTileBlock>(
+    isa: TileIsa,
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    fallback: DotRowsFn,
+) {
+    let a_row = GgmlType::Q8_K.row_bytes(n as u64).map(|b| b as usize);
+    let ok = a_row.is_some_and(|a_row| {
+        n_tok > 0
+            && row_ok(WB::TYPE, n, w.len())
+            && a_stride.is_multiple_of(4)
+            && (a.as_ptr() as usize).is_multiple_of(4)
+            && (n_tok - 1)
+                .checked_mul(a_stride)
+                .and_then(|v| v.checked_add(a_row))
+                .is_some_and(|e| e <= a.len())
+            && (n_tok - 1)
+                .checked_mul(out_stride)
+                .is_some_and(|last| last < out.len())
+    });
+    if !ok {
+        return fallback(n, w, a, a_stride, n_tok, out, out_stride);
+    }
+    let x = blocks_of::<WB>(w);
+    let base = a.as_ptr();
+    // SAFETY: rows start 4-byte aligned (Q8_K's alignment) and lie inside `a` (checked).
+    let row = |t: usize| unsafe { base.add(t * a_stride) as *const BlockQ8K };
+    let o = out.as_mut_ptr();
+    KPREPPED.with(|p| {
+        let mut p = p.borrow_mut();
+        // SAFETY: `isa` was detected on this CPU by `tile_rows_fn`; every pointer is in bounds
+        // (checked above) and the outputs `t * out_stride` are distinct elements of `out`.
+        unsafe {
+            kprep(&x, &mut p);
+            let mut t = 0;
+            while t + 4 <= n_tok {
+                let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
+                let outs = [0, 1, 2, 3].map(|j| o.add((t + j) * out_stride));
+                match isa {
+                    TileIsa::Avx2 => ktile_avx2::<WB, 4>(&p, rows, outs),
+                    TileIsa::AvxVnni => ktile_avxvnni::<WB, 4>(&p, rows, outs),
+                    TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 4>(&p, rows, outs),
+                }
+                t += 4;
+            }
+            while t < n_tok {
+                let rows = [row(t)];
+                let outs = [o.add(t * out_stride)];
+                match isa {
+                    TileIsa::Avx2 => ktile_avx2::<WB, 1>(&p, rows, outs),
+                    TileIsa::AvxVnni => ktile_avxvnni::<WB, 1>(&p, rows, outs),
+                    TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 1>(&p, rows, outs),
+                }
+                t += 1;
+            }
+        }
+    });
+}
+
+macro_rules! ktile_wrappers {
+    ($($isa:ident { $($wrapper:ident => $wb:ty, $fb:ident;)* })*) => {$($(
+        fn $wrapper(
+            n: usize,
+            w: &[u8],
+            a: &[u8],
+            a_stride: usize,
+            n_tok: usize,
+            out: &mut [f32],
+            out_stride: usize,
+        ) {
+            krows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::$fb)
+        }
+    )*)*};
+}
+
+ktile_wrappers! {
+    Avx2 {
+        k2_q4_k => BlockQ4K, r_q4_k;
+        k2_q5_k => BlockQ5K, r_q5_k;
+        k2_q6_k => BlockQ6K, r_q6_k;
+    }
+    AvxVnni {
+        kv_q4_k => BlockQ4K, r_q4_k;
+        kv_q5_k => BlockQ5K, r_q5_k;
+        kv_q6_k => BlockQ6K, r_q6_k;
+    }
+    Avx512Vnni {
+        kz_q4_k => BlockQ4K, r_q4_k;
+        kz_q5_k => BlockQ5K, r_q5_k;
+        kz_q6_k => BlockQ6K, r_q6_k;
+    }
+}
+
 /// The packed-activation batch kernel for weight type `ty` in build `isa`, or `None` if this
 /// CPU lacks `isa` or the build has none for `ty`. Same contract as
 /// [`dot_rows_fn`](super::dot_rows_fn); the rows must come from `quantize_rows` of a kernel
@@ -510,6 +788,15 @@ pub fn tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotRowsFn> {
         (TileIsa::Avx512Vnni, GgmlType::Q5_1) => tz_q5_1,
         (TileIsa::Avx512Vnni, GgmlType::Q8_0) => tz_q8_0,
         (TileIsa::Avx512Vnni, GgmlType::IQ4_NL) => tz_iq4_nl,
+        (TileIsa::Avx2, GgmlType::Q4_K) => k2_q4_k,
+        (TileIsa::Avx2, GgmlType::Q5_K) => k2_q5_k,
+        (TileIsa::Avx2, GgmlType::Q6_K) => k2_q6_k,
+        (TileIsa::AvxVnni, GgmlType::Q4_K) => kv_q4_k,
+        (TileIsa::AvxVnni, GgmlType::Q5_K) => kv_q5_k,
+        (TileIsa::AvxVnni, GgmlType::Q6_K) => kv_q6_k,
+        (TileIsa::Avx512Vnni, GgmlType::Q4_K) => kz_q4_k,
+        (TileIsa::Avx512Vnni, GgmlType::Q5_K) => kz_q5_k,
+        (TileIsa::Avx512Vnni, GgmlType::Q6_K) => kz_q6_k,
         _ => return None,
     };
     Some(f)
