@@ -8,6 +8,8 @@
 //!
 //! `matmul64_*` is the prompt case: a 1536 x 576 matrix (SmolLM2's FFN shape) times 64
 //! activation rows, in multiply-adds per second (criterion's "elements"), best kernels only.
+//! `FLASHSTREAM_MATMUL_SHAPE=ROWSxK` picks another shape (K-quants round K up to 256), e.g.
+//! `2048x640` for Gemma 3 270M's FFN.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flashstream::formats::GgmlType;
@@ -99,9 +101,16 @@ fn bench(c: &mut Criterion) {
 
 /// Batched products, as a prompt runs them: weights stay in cache, so this is compute.
 fn bench_matmul(c: &mut Criterion) {
-    let (k, rows, n_tok) = (576, 1536, 64);
+    let (rows, k): (usize, usize) = std::env::var("FLASHSTREAM_MATMUL_SHAPE")
+        .ok()
+        .and_then(|v| {
+            let (r, k) = v.split_once('x')?;
+            Some((r.parse().ok()?, k.parse().ok()?))
+        })
+        .unwrap_or((1536, 576));
+    let n_tok = 64;
     let x: Vec<f32> = (0..n_tok)
-        .flat_map(|t| random_activations(k, 10 + t as u64))
+        .flat_map(|t| random_activations(k.div_ceil(256) * 256, 10 + t as u64))
         .collect();
     let pools: Vec<WorkerPool> = [1, 2]
         .iter()
@@ -117,8 +126,12 @@ fn bench_matmul(c: &mut Criterion) {
         GgmlType::Q6_K,
         GgmlType::F16,
     ] {
-        // K-quants need rows of 256: use k = 768 for them (same order of size).
-        let k = if ty.block_size() == 256 { 768 } else { k };
+        // K-quants need rows of 256: 576 becomes 768 (same order of size).
+        let k = if ty.block_size() == 256 {
+            k.div_ceil(256) * 256
+        } else {
+            k
+        };
         let x = &x[..k * n_tok.min(x.len() / k)];
         let n_tok = x.len() / k;
         let w = random_weights(ty, k * rows, 7);

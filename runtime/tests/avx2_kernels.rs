@@ -516,6 +516,28 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
                         (0..n_tok).all(|t| out[2 * t].is_nan()),
                         "{isa:?} {ty}: short weights"
                     );
+                    // A block of weight rows (more than one unpacked block of 16), results
+                    // at t * out_stride + r.
+                    let m = 18;
+                    let wm: Vec<u8> = (0..m)
+                        .flat_map(|r| random_weights(ty, n, seed * 100 + r as u64))
+                        .collect();
+                    let w_row = ty.row_bytes(n as u64).unwrap() as usize;
+                    let os = m + 1;
+                    let mut outm = vec![0f32; os * n_tok];
+                    rows(n, &wm, a.as_bytes(), stride, n_tok, &mut outm, os);
+                    for t in 0..n_tok {
+                        let at = &a.as_bytes()[t * stride..t * stride + a_row];
+                        for r in 0..m {
+                            let want = dot(n, &wm[r * w_row..(r + 1) * w_row], at);
+                            assert_eq!(
+                                outm[t * os + r].to_bits(),
+                                want.to_bits(),
+                                "{isa:?} {ty} n={n} n_tok={n_tok} block row {r} token {t}"
+                            );
+                        }
+                        assert_eq!(outm[t * os + m], 0.0, "{ty}: wrote past the block");
+                    }
                 }
             }
         }

@@ -168,6 +168,28 @@ pub fn matmul(
                 dot_many(k, &w[r0 * w_row..r1 * w_row], &xb[..stride], ys);
                 continue;
             }
+            if let Some(dot_block) = kernel.dot_block {
+                // The chunk's results as n_tok rows of r1 - r0, then copied out row by row.
+                let m = r1 - r0;
+                col.resize(n_tok * m, 0.0);
+                dot_block(
+                    k,
+                    &w[r0 * w_row..r1 * w_row],
+                    xb,
+                    stride,
+                    n_tok,
+                    &mut col,
+                    m,
+                );
+                for (t, vals) in col.chunks_exact(m).enumerate() {
+                    // SAFETY: (t, r) pairs are distinct across threads (rows are claimed
+                    // once) and t * rows + r1 <= y.len() was checked above.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out.get().add(t * rows + r0), m) };
+                    dst.copy_from_slice(vals);
+                }
+                continue;
+            }
             for r in r0..r1 {
                 let wr = &w[r * w_row..(r + 1) * w_row];
                 if let Some(dot_rows) = kernel.dot_rows {

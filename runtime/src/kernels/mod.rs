@@ -111,6 +111,14 @@ pub type DotRowsFn = fn(
     out_stride: usize,
 );
 
+/// [`DotRowsFn`] for `m` weight rows at once (`w`: their raw bytes, contiguous, `n` weights
+/// each): the result of weight row `r` and activation row `t` goes to
+/// `out[t * out_stride + r]` (`out_stride >= m` when `m > 1`). Each result equals what the
+/// kernel's [`DotFn`] gives, bit for bit; buffers that do not fit give NaN as in
+/// [`DotRowsFn`]. A kernel that unpacks the weight rows once per call and runs tiles of
+/// activation rows against a block of them (keeping both in L1) implements this.
+pub type DotBlockFn = DotRowsFn;
+
 /// Dots `out.len()` weight rows (`w`: their raw bytes, contiguous, `n` weights each) with one
 /// activation row `a` (the paired type's blocks, optionally followed by the rest of the row
 /// [`matvec::quantize_rows`] lays out: the scale tables of [`act_scale_tables`], which the
@@ -137,6 +145,9 @@ pub struct DotKernel {
     /// Dot product with many activation rows, where the instruction set has one for the type
     /// (used for batches; equal to calls of `dot`).
     pub dot_rows: Option<DotRowsFn>,
+    /// Dot products of a block of weight rows with many activation rows, where the
+    /// instruction set has one for the type (used for batches in place of `dot_rows`).
+    pub dot_block: Option<DotBlockFn>,
     /// Dot product of many weight rows with one activation row, where the instruction set
     /// has one for the type (used for decode steps; equal to calls of `dot`).
     pub dot_many: Option<DotManyFn>,
@@ -185,13 +196,14 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         Some(q) => q,
         None => scalar::quantize_fn(act_type).ok_or(KernelError::UnsupportedType(ty))?,
     };
-    let (dot_rows, packed_act) = match isa {
+    let (dot_rows, dot_block, packed_act) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match avx2::dot_rows_packed_fn(ty) {
-            Some(f) => (Some(f), true),
-            None => (avx2::dot_rows_fn(ty), false),
+            // The tile kernels take one weight row or a block of them.
+            Some(f) => (Some(f), Some(f), true),
+            None => (avx2::dot_rows_fn(ty), None, false),
         },
-        _ => (None, false),
+        _ => (None, None, false),
     };
     let dot_many = match isa {
         #[cfg(target_arch = "x86_64")]
@@ -205,6 +217,7 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
         quantize,
         dot,
         dot_rows,
+        dot_block,
         packed_act,
         isa,
     })

@@ -27,7 +27,7 @@ use flashstream_formats::GgmlType;
 
 use super::{
     bits32, blocks_of, bsums, h2f, hsum_epi32, hsum_ps, k4_scales_mins_pairs, load256, nibbles32,
-    row_ok, scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
+    scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
 };
 use crate::kernels::{act_packed_layout, act_scale_tables, DotRowsFn, PACKED_GROUP_BYTES};
 
@@ -81,7 +81,7 @@ struct Prepped {
 }
 
 thread_local! {
-    static PREPPED: RefCell<Prepped> = RefCell::default();
+    static PREPPED: RefCell<Vec<Prepped>> = RefCell::default();
 }
 
 /// The four vectors of a group in packed order from the four blocks' natural-order vectors:
@@ -358,9 +358,86 @@ tile_kernel!(
     |s, u, y| _mm256_dpbusd_epi32(s, u, y)
 );
 
-/// The [`DotRowsFn`] body for weight type `WB` on `isa`: checks the buffers, falls back to
-/// the unpacked batch kernel `fallback` (same results) when the rows do not carry the packed
-/// layout, else unpacks the weight row once and runs tiles of four activation rows.
+/// Weight rows unpacked at a time: their unpacked form (~1.2 bytes per weight) and a tile of
+/// four activation rows stay in L1 while the tile runs against each of them.
+const ROW_BLOCK: usize = 16;
+
+/// The blocked loop shared by both kernel families: for each block of up to [`ROW_BLOCK`]
+/// weight rows, `prep(r, slot)` unpacks row `r`, then every tile of four activation rows
+/// (`tile4(slot, t, r)` for rows `t..t + 4`), and one by one the rest (`tile1`), runs against
+/// each unpacked row.
+fn blocked<P: Default>(
+    prepped: &'static std::thread::LocalKey<RefCell<Vec<P>>>,
+    m: usize,
+    n_tok: usize,
+    prep: impl Fn(usize, &mut P),
+    tile4: impl Fn(&P, usize, usize),
+    tile1: impl Fn(&P, usize, usize),
+) {
+    prepped.with(|ps| {
+        let mut ps = ps.borrow_mut();
+        if ps.len() < ROW_BLOCK {
+            ps.resize_with(ROW_BLOCK, P::default);
+        }
+        for r0 in (0..m).step_by(ROW_BLOCK) {
+            let rb = ROW_BLOCK.min(m - r0);
+            for (i, slot) in ps[..rb].iter_mut().enumerate() {
+                prep(r0 + i, slot);
+            }
+            let mut t = 0;
+            while t + 4 <= n_tok {
+                for (i, slot) in ps[..rb].iter().enumerate() {
+                    tile4(slot, t, r0 + i);
+                }
+                t += 4;
+            }
+            while t < n_tok {
+                for (i, slot) in ps[..rb].iter().enumerate() {
+                    tile1(slot, t, r0 + i);
+                }
+                t += 1;
+            }
+        }
+    });
+}
+
+/// Whether `w` is whole rows of `n` weights of `ty`: their number.
+fn whole_rows(ty: GgmlType, n: usize, w: &[u8]) -> Option<usize> {
+    let row = ty.row_bytes(n as u64)? as usize;
+    (n.is_multiple_of(ty.block_size()) && row > 0 && !w.is_empty() && w.len().is_multiple_of(row))
+        .then(|| w.len() / row)
+}
+
+/// Runs the unpacked one-row batch kernel `fallback` for each of the `m` weight rows in `w`
+/// (results as [`DotBlockFn`](crate::kernels::DotBlockFn) lays them out), or once on all of
+/// `w` when it is not whole rows (so that the kernel reports the bad length with NaN).
+#[allow(clippy::too_many_arguments)]
+fn fallback_rows(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    fallback: DotRowsFn,
+) {
+    match (whole_rows(ty, n, w), ty.row_bytes(n as u64)) {
+        (Some(m), Some(row)) if m > 1 => {
+            for r in 0..m.min(out.len()) {
+                let wr = &w[r * row as usize..(r + 1) * row as usize];
+                fallback(n, wr, a, a_stride, n_tok, &mut out[r..], out_stride);
+            }
+        }
+        _ => fallback(n, w, a, a_stride, n_tok, out, out_stride),
+    }
+}
+
+/// The [`DotBlockFn`](crate::kernels::DotBlockFn) body for weight type `WB` on `isa`: checks
+/// the buffers, falls back to the unpacked batch kernel `fallback` (same results) when the rows
+/// do not carry the packed layout, else unpacks the weight rows (a block at a time) and runs
+/// tiles of four activation rows against them. One weight row is the [`DotRowsFn`] contract.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_with<WB: TileBlock>(
@@ -377,11 +454,11 @@ fn rows_with<WB: TileBlock>(
     let act = <WB::Act as QuantBlock>::TYPE;
     let nb = n / 32;
     let layout = (|| {
+        let m = whole_rows(WB::TYPE, n, w)?;
         let (p_off, groups) = act_packed_layout(act, n)?;
         let (t_off, n_tables) = act_scale_tables(act, n)?;
         let end = p_off + groups * PACKED_GROUP_BYTES;
         let ok = n_tok > 0
-            && row_ok(WB::TYPE, n, w.len())
             && a_stride >= end
             && a_stride.is_multiple_of(32)
             && (a.as_ptr() as usize).is_multiple_of(32)
@@ -391,11 +468,23 @@ fn rows_with<WB: TileBlock>(
                 .is_some_and(|e| e <= a.len())
             && (n_tok - 1)
                 .checked_mul(out_stride)
-                .is_some_and(|last| last < out.len());
-        ok.then_some((p_off, t_off, n_tables))
+                .and_then(|v| v.checked_add(m - 1))
+                .is_some_and(|last| last < out.len())
+            && (m == 1 || out_stride >= m);
+        ok.then_some((m, p_off, t_off, n_tables))
     })();
-    let Some((p_off, t_off, n_tables)) = layout else {
-        return fallback(n, w, a, a_stride, n_tok, out, out_stride);
+    let Some((m, p_off, t_off, n_tables)) = layout else {
+        return fallback_rows(
+            WB::TYPE,
+            n,
+            w,
+            a,
+            a_stride,
+            n_tok,
+            out,
+            out_stride,
+            fallback,
+        );
     };
     let x = blocks_of::<WB>(w);
     let base = a.as_ptr();
@@ -415,36 +504,45 @@ fn rows_with<WB: TileBlock>(
             }
         }
     };
-    let o = out.as_mut_ptr();
-    PREPPED.with(|p| {
-        let mut p = p.borrow_mut();
-        // SAFETY: `isa` was detected on this CPU by `dot_rows_packed_fn`; every pointer is in
-        // bounds (checked above) and the outputs `t * out_stride` are distinct elements of `out`.
-        unsafe {
-            prep(&x, &mut p);
-            let mut t = 0;
-            while t + 4 <= n_tok {
-                let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
-                let outs = [0, 1, 2, 3].map(|j| o.add((t + j) * out_stride));
-                match isa {
-                    TileIsa::Avx2 => tile_avx2::<WB, 4>(&p, rows, outs),
-                    TileIsa::AvxVnni => tile_avxvnni::<WB, 4>(&p, rows, outs),
-                    TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 4>(&p, rows, outs),
-                }
-                t += 4;
+    let o = SendPtr(out.as_mut_ptr());
+    // SAFETY (all three closures): `isa` was detected on this CPU by `tile_rows_fn`; every
+    // pointer is in bounds (checked above) and the outputs `t * out_stride + r` are distinct
+    // elements of `out` (`out_stride >= m` when there are several rows).
+    blocked(
+        &PREPPED,
+        m,
+        n_tok,
+        |r, slot| unsafe { prep(&x[r * nb..(r + 1) * nb], slot) },
+        |p, t, r| unsafe {
+            let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
+            let outs = [0, 1, 2, 3].map(|j| o.at((t + j) * out_stride + r));
+            match isa {
+                TileIsa::Avx2 => tile_avx2::<WB, 4>(p, rows, outs),
+                TileIsa::AvxVnni => tile_avxvnni::<WB, 4>(p, rows, outs),
+                TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 4>(p, rows, outs),
             }
-            while t < n_tok {
-                let rows = [row(t)];
-                let outs = [o.add(t * out_stride)];
-                match isa {
-                    TileIsa::Avx2 => tile_avx2::<WB, 1>(&p, rows, outs),
-                    TileIsa::AvxVnni => tile_avxvnni::<WB, 1>(&p, rows, outs),
-                    TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 1>(&p, rows, outs),
-                }
-                t += 1;
+        },
+        |p, t, r| unsafe {
+            let (rows, outs) = ([row(t)], [o.at(t * out_stride + r)]);
+            match isa {
+                TileIsa::Avx2 => tile_avx2::<WB, 1>(p, rows, outs),
+                TileIsa::AvxVnni => tile_avxvnni::<WB, 1>(p, rows, outs),
+                TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 1>(p, rows, outs),
             }
-        }
-    });
+        },
+    );
+}
+
+/// The output pointer, offset by element.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// # Safety
+    /// `i` must be inside the output slice.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
 }
 
 macro_rules! tile_wrappers {
@@ -507,7 +605,7 @@ struct KPrepped {
 }
 
 thread_local! {
-    static KPREPPED: RefCell<KPrepped> = RefCell::default();
+    static KPREPPED: RefCell<Vec<KPrepped>> = RefCell::default();
 }
 
 /// A K-quant block as the tile kernels see it.
@@ -660,9 +758,10 @@ ktile_kernel!(
     |s, a, b| _mm256_dpwssd_epi32(s, a, b)
 );
 
-/// The [`DotRowsFn`] body for K-quant type `WB` on `isa`: checks the buffers (the unpacked
-/// batch kernel `fallback`, same results, when a row is misaligned or anything does not fit),
-/// unpacks the weight row once and runs tiles of four activation rows.
+/// The [`DotBlockFn`](crate::kernels::DotBlockFn) body for K-quant type `WB` on `isa`: checks
+/// the buffers (the unpacked batch kernel `fallback`, same results, when a row is misaligned
+/// or anything does not fit), unpacks the weight rows a block at a time and runs tiles of four
+/// activation rows against them.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn krows_with<WB: KTileBlock>(
@@ -677,56 +776,65 @@ fn krows_with<WB: KTileBlock>(
     fallback: DotRowsFn,
 ) {
     let a_row = GgmlType::Q8_K.row_bytes(n as u64).map(|b| b as usize);
-    let ok = a_row.is_some_and(|a_row| {
-        n_tok > 0
-            && row_ok(WB::TYPE, n, w.len())
-            && a_stride.is_multiple_of(4)
-            && (a.as_ptr() as usize).is_multiple_of(4)
-            && (n_tok - 1)
-                .checked_mul(a_stride)
-                .and_then(|v| v.checked_add(a_row))
-                .is_some_and(|e| e <= a.len())
-            && (n_tok - 1)
-                .checked_mul(out_stride)
-                .is_some_and(|last| last < out.len())
+    let m = whole_rows(WB::TYPE, n, w).filter(|&m| {
+        a_row.is_some_and(|a_row| {
+            n_tok > 0
+                && a_stride.is_multiple_of(4)
+                && (a.as_ptr() as usize).is_multiple_of(4)
+                && (n_tok - 1)
+                    .checked_mul(a_stride)
+                    .and_then(|v| v.checked_add(a_row))
+                    .is_some_and(|e| e <= a.len())
+                && (n_tok - 1)
+                    .checked_mul(out_stride)
+                    .and_then(|v| v.checked_add(m - 1))
+                    .is_some_and(|last| last < out.len())
+                && (m == 1 || out_stride >= m)
+        })
     });
-    if !ok {
-        return fallback(n, w, a, a_stride, n_tok, out, out_stride);
-    }
+    let Some(m) = m else {
+        return fallback_rows(
+            WB::TYPE,
+            n,
+            w,
+            a,
+            a_stride,
+            n_tok,
+            out,
+            out_stride,
+            fallback,
+        );
+    };
+    let nb = n / 256;
     let x = blocks_of::<WB>(w);
     let base = a.as_ptr();
     // SAFETY: rows start 4-byte aligned (Q8_K's alignment) and lie inside `a` (checked).
     let row = |t: usize| unsafe { base.add(t * a_stride) as *const BlockQ8K };
-    let o = out.as_mut_ptr();
-    KPREPPED.with(|p| {
-        let mut p = p.borrow_mut();
-        // SAFETY: `isa` was detected on this CPU by `tile_rows_fn`; every pointer is in bounds
-        // (checked above) and the outputs `t * out_stride` are distinct elements of `out`.
-        unsafe {
-            kprep(&x, &mut p);
-            let mut t = 0;
-            while t + 4 <= n_tok {
-                let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
-                let outs = [0, 1, 2, 3].map(|j| o.add((t + j) * out_stride));
-                match isa {
-                    TileIsa::Avx2 => ktile_avx2::<WB, 4>(&p, rows, outs),
-                    TileIsa::AvxVnni => ktile_avxvnni::<WB, 4>(&p, rows, outs),
-                    TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 4>(&p, rows, outs),
-                }
-                t += 4;
+    let o = SendPtr(out.as_mut_ptr());
+    // SAFETY (all three closures): as in `rows_with`.
+    blocked(
+        &KPREPPED,
+        m,
+        n_tok,
+        |r, slot| unsafe { kprep(&x[r * nb..(r + 1) * nb], slot) },
+        |p, t, r| unsafe {
+            let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
+            let outs = [0, 1, 2, 3].map(|j| o.at((t + j) * out_stride + r));
+            match isa {
+                TileIsa::Avx2 => ktile_avx2::<WB, 4>(p, rows, outs),
+                TileIsa::AvxVnni => ktile_avxvnni::<WB, 4>(p, rows, outs),
+                TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 4>(p, rows, outs),
             }
-            while t < n_tok {
-                let rows = [row(t)];
-                let outs = [o.add(t * out_stride)];
-                match isa {
-                    TileIsa::Avx2 => ktile_avx2::<WB, 1>(&p, rows, outs),
-                    TileIsa::AvxVnni => ktile_avxvnni::<WB, 1>(&p, rows, outs),
-                    TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 1>(&p, rows, outs),
-                }
-                t += 1;
+        },
+        |p, t, r| unsafe {
+            let (rows, outs) = ([row(t)], [o.at(t * out_stride + r)]);
+            match isa {
+                TileIsa::Avx2 => ktile_avx2::<WB, 1>(p, rows, outs),
+                TileIsa::AvxVnni => ktile_avxvnni::<WB, 1>(p, rows, outs),
+                TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 1>(p, rows, outs),
             }
-        }
-    });
+        },
+    );
 }
 
 macro_rules! ktile_wrappers {
