@@ -891,7 +891,9 @@ fn check_accepted(bytes: &[u8], m: &GgufModel) {
         .collect();
     spans.sort();
     for t in &m.tensors {
-        assert!(t.offset >= f.data_offset && (t.offset - f.data_offset).is_multiple_of(f.alignment));
+        assert!(
+            t.offset >= f.data_offset && (t.offset - f.data_offset).is_multiple_of(f.alignment)
+        );
         assert!(t.offset + t.n_bytes <= bytes.len() as u64);
         assert_eq!(t.ty.row_bytes(t.row_len()).unwrap() * t.n_rows(), t.n_bytes);
     }

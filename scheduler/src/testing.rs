@@ -74,7 +74,10 @@ impl ReadBackend for ScrambledPread {
 
     unsafe fn submit(&mut self, op: ReadOp) -> Result<(), LoaderError> {
         let a = self.align as u64;
-        if !op.offset.is_multiple_of(a) || !(op.len as u64).is_multiple_of(a) || !(op.dst.as_ptr() as u64).is_multiple_of(a) {
+        if !op.offset.is_multiple_of(a)
+            || !(op.len as u64).is_multiple_of(a)
+            || !(op.dst.as_ptr() as u64).is_multiple_of(a)
+        {
             return Err(LoaderError::OutOfRange {
                 file: op.file,
                 offset: op.offset,
