@@ -603,7 +603,7 @@ unsafe fn iq4_xs_q8_k<D: I8Dot>(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
 /// naturally aligned blocks, aligned).
 fn row<B: QuantBlock>(bytes: &[u8], n: usize) -> Option<&[B]> {
     let blocks: &[B] = as_blocks(bytes).ok()?;
-    (n % B::WEIGHTS == 0 && blocks.len() == n / B::WEIGHTS).then_some(blocks)
+    (n.is_multiple_of(B::WEIGHTS) && blocks.len() == n / B::WEIGHTS).then_some(blocks)
 }
 
 /// The scalar kernel for `ty`, which handles (or rejects, with NaN) rows the NEON entry
