@@ -401,6 +401,47 @@ fn blocked<P: Default>(
     });
 }
 
+/// Whether `n_tok` activation rows of `row_end` bytes, `a_stride` apart and aligned to `align`
+/// bytes, lie inside `a`, and the results of `m` weight rows (`out[t * out_stride + r]`, with
+/// `out_stride >= m` when `m > 1`) inside `out`.
+#[allow(clippy::too_many_arguments)]
+fn batch_fits(
+    a: &[u8],
+    a_stride: usize,
+    row_end: usize,
+    align: usize,
+    n_tok: usize,
+    out: &[f32],
+    out_stride: usize,
+    m: usize,
+) -> bool {
+    n_tok > 0
+        && m > 0
+        && a_stride.is_multiple_of(align)
+        && (a.as_ptr() as usize).is_multiple_of(align)
+        && (n_tok - 1)
+            .checked_mul(a_stride)
+            .and_then(|v| v.checked_add(row_end))
+            .is_some_and(|e| e <= a.len())
+        && (n_tok - 1)
+            .checked_mul(out_stride)
+            .and_then(|v| v.checked_add(m - 1))
+            .is_some_and(|last| last < out.len())
+        && (m == 1 || out_stride >= m)
+}
+
+/// Calls the build `$isa` of a tile kernel (its AVX2, AVX-VNNI and AVX-512 VNNI versions) for
+/// `$c` activation rows.
+macro_rules! run_tile {
+    ($isa:expr, $avx2:ident, $vnni:ident, $z:ident, <$wb:ty, $c:literal>($($arg:expr),*)) => {
+        match $isa {
+            TileIsa::Avx2 => $avx2::<$wb, $c>($($arg),*),
+            TileIsa::AvxVnni => $vnni::<$wb, $c>($($arg),*),
+            TileIsa::Avx512Vnni => $z::<$wb, $c>($($arg),*),
+        }
+    };
+}
+
 /// Whether `w` is whole rows of `n` weights of `ty`: their number.
 fn whole_rows(ty: GgmlType, n: usize, w: &[u8]) -> Option<usize> {
     let row = ty.row_bytes(n as u64)? as usize;
@@ -458,19 +499,7 @@ fn rows_with<WB: TileBlock>(
         let (p_off, groups) = act_packed_layout(act, n)?;
         let (t_off, n_tables) = act_scale_tables(act, n)?;
         let end = p_off + groups * PACKED_GROUP_BYTES;
-        let ok = n_tok > 0
-            && a_stride >= end
-            && a_stride.is_multiple_of(32)
-            && (a.as_ptr() as usize).is_multiple_of(32)
-            && (n_tok - 1)
-                .checked_mul(a_stride)
-                .and_then(|v| v.checked_add(end))
-                .is_some_and(|e| e <= a.len())
-            && (n_tok - 1)
-                .checked_mul(out_stride)
-                .and_then(|v| v.checked_add(m - 1))
-                .is_some_and(|last| last < out.len())
-            && (m == 1 || out_stride >= m);
+        let ok = a_stride >= end && batch_fits(a, a_stride, end, 32, n_tok, out, out_stride, m);
         ok.then_some((m, p_off, t_off, n_tables))
     })();
     let Some((m, p_off, t_off, n_tables)) = layout else {
@@ -516,19 +545,11 @@ fn rows_with<WB: TileBlock>(
         |p, t, r| unsafe {
             let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
             let outs = [0, 1, 2, 3].map(|j| o.at((t + j) * out_stride + r));
-            match isa {
-                TileIsa::Avx2 => tile_avx2::<WB, 4>(p, rows, outs),
-                TileIsa::AvxVnni => tile_avxvnni::<WB, 4>(p, rows, outs),
-                TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 4>(p, rows, outs),
-            }
+            run_tile!(isa, tile_avx2, tile_avxvnni, tile_avx512vnni, <WB, 4>(p, rows, outs))
         },
         |p, t, r| unsafe {
             let (rows, outs) = ([row(t)], [o.at(t * out_stride + r)]);
-            match isa {
-                TileIsa::Avx2 => tile_avx2::<WB, 1>(p, rows, outs),
-                TileIsa::AvxVnni => tile_avxvnni::<WB, 1>(p, rows, outs),
-                TileIsa::Avx512Vnni => tile_avx512vnni::<WB, 1>(p, rows, outs),
-            }
+            run_tile!(isa, tile_avx2, tile_avxvnni, tile_avx512vnni, <WB, 1>(p, rows, outs))
         },
     );
 }
@@ -777,20 +798,7 @@ fn krows_with<WB: KTileBlock>(
 ) {
     let a_row = GgmlType::Q8_K.row_bytes(n as u64).map(|b| b as usize);
     let m = whole_rows(WB::TYPE, n, w).filter(|&m| {
-        a_row.is_some_and(|a_row| {
-            n_tok > 0
-                && a_stride.is_multiple_of(4)
-                && (a.as_ptr() as usize).is_multiple_of(4)
-                && (n_tok - 1)
-                    .checked_mul(a_stride)
-                    .and_then(|v| v.checked_add(a_row))
-                    .is_some_and(|e| e <= a.len())
-                && (n_tok - 1)
-                    .checked_mul(out_stride)
-                    .and_then(|v| v.checked_add(m - 1))
-                    .is_some_and(|last| last < out.len())
-                && (m == 1 || out_stride >= m)
-        })
+        a_row.is_some_and(|a_row| batch_fits(a, a_stride, a_row, 4, n_tok, out, out_stride, m))
     });
     let Some(m) = m else {
         return fallback_rows(
@@ -820,19 +828,11 @@ fn krows_with<WB: KTileBlock>(
         |p, t, r| unsafe {
             let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
             let outs = [0, 1, 2, 3].map(|j| o.at((t + j) * out_stride + r));
-            match isa {
-                TileIsa::Avx2 => ktile_avx2::<WB, 4>(p, rows, outs),
-                TileIsa::AvxVnni => ktile_avxvnni::<WB, 4>(p, rows, outs),
-                TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 4>(p, rows, outs),
-            }
+            run_tile!(isa, ktile_avx2, ktile_avxvnni, ktile_avx512vnni, <WB, 4>(p, rows, outs))
         },
         |p, t, r| unsafe {
             let (rows, outs) = ([row(t)], [o.at(t * out_stride + r)]);
-            match isa {
-                TileIsa::Avx2 => ktile_avx2::<WB, 1>(p, rows, outs),
-                TileIsa::AvxVnni => ktile_avxvnni::<WB, 1>(p, rows, outs),
-                TileIsa::Avx512Vnni => ktile_avx512vnni::<WB, 1>(p, rows, outs),
-            }
+            run_tile!(isa, ktile_avx2, ktile_avxvnni, ktile_avx512vnni, <WB, 1>(p, rows, outs))
         },
     );
 }
