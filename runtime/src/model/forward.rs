@@ -31,12 +31,15 @@ pub enum LogitsWanted {
     All,
 }
 
-/// Activations quantized for the last product, and the type they were quantized to (so the
-/// Q/K/V or gate/up products of one input share one quantization).
+/// Activations quantized for the last product, and the layout they were quantized to: the
+/// paired type and whether the rows carry the packed copy of the tile kernels (so the Q/K/V
+/// or gate/up products of one input share one quantization when their kernels read the same
+/// layout; a row's stride differs between the two, so a mismatch would misread every row but
+/// the first).
 #[derive(Default)]
 struct Quantized {
     buf: AlignedBuf,
-    ty: Option<GgmlType>,
+    ty: Option<(GgmlType, bool)>,
 }
 
 /// Scratch reused across layers, chunks and calls (sized by the largest batch seen).
@@ -127,9 +130,10 @@ fn linear(
             ),
         });
     }
-    if !(same_input && xq.ty == Some(kernel.act_type)) {
+    let layout = (kernel.act_type, kernel.packed_act);
+    if !(same_input && xq.ty == Some(layout)) {
         quantize_rows(&kernel, x, k, &mut xq.buf)?;
-        xq.ty = Some(kernel.act_type);
+        xq.ty = Some(layout);
     }
     out.resize(n * w.rows(), 0.0);
     matmul(&m.pool, &kernel, lease.part(w.part), k, &xq.buf, n, out)?;
