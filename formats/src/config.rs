@@ -6,6 +6,7 @@
 //! fault when something is missing or inconsistent.
 
 use crate::gguf::{GgufModel, Metadata, Value};
+use crate::tensor_names::TensorRole;
 use crate::{FormatError, Result};
 
 /// An architecture flashstream runs.
@@ -115,8 +116,51 @@ pub struct RopeConfig {
     pub scaling: RopeScaling,
 }
 
+/// The gated activation of the feed-forward blocks: `down(act(gate(x)) * up(x))`.
+///
+/// gpt-oss would add its clamped SwiGLU (`x·σ(1.702x)·(y+1)`, `x = min(gate, 7)`,
+/// `y = clamp(up, ±7)`) as a variant with its constants.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `silu(gate) * up` (llama, Qwen, Mixtral).
+    Swiglu,
+    /// `gelu(gate) * up`, GELU's tanh form through ggml's f16 table (Gemma).
+    GegluF16Table,
+}
+
+/// Where attention's score scale is applied (the placement is visible in the last bits).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttnScale {
+    /// Scores multiplied by this (usually `1/sqrt(head_dim_k)`).
+    Scores(f32),
+    /// Queries multiplied by this before attention, scores not scaled (Gemma, as llama.cpp).
+    Query(f32),
+}
+
+impl AttnScale {
+    /// The query pre-scale (if any) and the score scale.
+    pub fn split(self) -> (Option<f32>, f32) {
+        match self {
+            AttnScale::Scores(s) => (None, s),
+            AttnScale::Query(s) => (Some(s), 1.0),
+        }
+    }
+}
+
+/// How the router's logits become the weights of the selected experts.
+///
+/// Planned variants: gpt-oss selects top-k on the raw logits and takes the softmax over the
+/// selected ones; deepseek2 and glm4moe take sigmoids, select with a per-expert score bias
+/// (deepseek2 within the best expert groups) and weight by the unbiased scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gating {
+    /// Softmax over all experts, then top-k (Mixtral, Qwen-MoE); see
+    /// [`MoeConfig::norm_top_k`].
+    Softmax,
+}
+
 /// Mixture-of-experts parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeConfig {
     /// Experts per layer (`expert_count`).
     pub n_expert: usize,
@@ -128,6 +172,11 @@ pub struct MoeConfig {
     pub n_ff_shared: Option<usize>,
     /// Whether the selected experts' weights are renormalised to sum to one.
     pub norm_top_k: bool,
+    /// How router logits become expert weights.
+    pub gating: Gating,
+    /// Leading layers with a dense FFN instead of experts (`leading_dense_block_count`,
+    /// default 0).
+    pub n_leading_dense: usize,
 }
 
 /// Sliding-window attention layout (Gemma 3).
@@ -185,6 +234,12 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// Whether the output head reuses `token_embd.weight` (no `output.weight`).
     pub tied_output: bool,
+    /// Factor applied to the embedding rows (Gemma: `sqrt(n_embd)`).
+    pub embedding_scale: Option<f32>,
+    /// Feed-forward activation (dense FFN, experts and shared expert alike).
+    pub activation: Activation,
+    /// Attention score scale and where it is applied.
+    pub attn_scale: AttnScale,
 }
 
 struct Keys<'a> {
@@ -376,12 +431,26 @@ impl ModelConfig {
                 // llama.cpp: Mixtral and Qwen3-MoE renormalise, Qwen2-MoE does not.
                 None => arch != Architecture::Qwen2Moe,
             };
+            let lead_key = k.key("leading_dense_block_count");
+            let n_leading_dense = k.usize_opt("leading_dense_block_count")?.unwrap_or(0);
+            if n_leading_dense > n_layer {
+                return Err(bad(
+                    &lead_key,
+                    &format!("{n_leading_dense} exceeds block_count {n_layer}"),
+                ));
+            }
+            if n_leading_dense > 0 {
+                positive(&k.key("feed_forward_length"), n_ff)
+                    .map_err(|_| FormatError::MissingKey(k.key("feed_forward_length")))?;
+            }
             Some(MoeConfig {
                 n_expert,
                 n_expert_used,
                 n_ff_expert,
                 n_ff_shared,
                 norm_top_k,
+                gating: Gating::Softmax,
+                n_leading_dense,
             })
         } else {
             match arch {
@@ -407,6 +476,33 @@ impl ModelConfig {
             )
         } else {
             (None, None)
+        };
+
+        // Gemma scales the embedding by sqrt(n_embd) and its queries (not the scores); its
+        // 27B (62 layers) by 1/sqrt(n_embd / n_head), llama.cpp's rule after the reference
+        // implementation.
+        let (embedding_scale, activation, attn_scale) = match arch {
+            Architecture::Gemma3 => {
+                let q = if n_layer == 62 {
+                    1.0 / ((n_embd / n_head) as f32).sqrt()
+                } else {
+                    1.0 / (head_dim_k as f32).sqrt()
+                };
+                (
+                    Some((n_embd as f32).sqrt()),
+                    Activation::GegluF16Table,
+                    AttnScale::Query(q),
+                )
+            }
+            Architecture::Llama
+            | Architecture::Qwen2
+            | Architecture::Qwen3
+            | Architecture::Qwen2Moe
+            | Architecture::Qwen3Moe => (
+                None,
+                Activation::Swiglu,
+                AttnScale::Scores(1.0 / (head_dim_k as f32).sqrt()),
+            ),
         };
 
         let n_vocab = match meta.get("tokenizer.ggml.tokens") {
@@ -442,6 +538,9 @@ impl ModelConfig {
             attn_softcap: k.f32_opt("attn_logit_softcapping")?,
             final_softcap: k.f32_opt("final_logit_softcapping")?,
             tied_output: false,
+            embedding_scale,
+            activation,
+            attn_scale,
         })
     }
 
@@ -474,7 +573,7 @@ impl ModelConfig {
     /// Checks the config against the tensor table: the embedding's shape fixes `n_vocab`, the
     /// attention and FFN shapes must agree with the head counts and sizes.
     fn check_tensors(mut self, model: &GgufModel) -> Result<Self> {
-        let embd = model.require_tensor("token_embd.weight")?;
+        let embd = model.require_tensor(&TensorRole::TokenEmbd.global_name())?;
         self.expect_shape(embd, &[self.n_embd as u64, 0])?;
         let vocab = embd.shape.get(1).copied().unwrap_or(0) as usize;
         if self.n_vocab != 0 && self.n_vocab != vocab {
@@ -487,8 +586,9 @@ impl ModelConfig {
             ));
         }
         self.n_vocab = vocab;
-        self.tied_output = model.tensor("output.weight").is_none();
-        if let Some(out) = model.tensor("output.weight") {
+        let output = model.tensor(&TensorRole::Output.global_name());
+        self.tied_output = output.is_none();
+        if let Some(out) = output {
             self.expect_shape(out, &[self.n_embd as u64, vocab as u64])?;
         }
         let q_out = (self.n_head * self.head_dim_k) as u64;
@@ -496,31 +596,32 @@ impl ModelConfig {
         let kv_v = (self.n_head_kv * self.head_dim_v) as u64;
         let e = self.n_embd as u64;
         for il in 0..self.n_layer {
-            let name = |s: &str| format!("blk.{il}.{s}.weight");
-            self.expect_shape(model.require_tensor(&name("attn_q"))?, &[e, q_out])?;
-            self.expect_shape(model.require_tensor(&name("attn_k"))?, &[e, kv_k])?;
-            self.expect_shape(model.require_tensor(&name("attn_v"))?, &[e, kv_v])?;
+            let need = |r: TensorRole| model.require_tensor(&r.name(il));
+            self.expect_shape(need(TensorRole::AttnQ)?, &[e, q_out])?;
+            self.expect_shape(need(TensorRole::AttnK)?, &[e, kv_k])?;
+            self.expect_shape(need(TensorRole::AttnV)?, &[e, kv_v])?;
             self.expect_shape(
-                model.require_tensor(&name("attn_output"))?,
+                need(TensorRole::AttnOut)?,
                 &[(self.n_head * self.head_dim_v) as u64, e],
             )?;
-            match self.moe {
+            match self.moe.filter(|_| self.is_moe_layer(il)) {
                 None => {
                     let ff = self.n_ff as u64;
-                    self.expect_shape(model.require_tensor(&name("ffn_up"))?, &[e, ff])?;
-                    self.expect_shape(model.require_tensor(&name("ffn_down"))?, &[ff, e])?;
+                    self.expect_shape(need(TensorRole::FfnUp)?, &[e, ff])?;
+                    self.expect_shape(need(TensorRole::FfnDown)?, &[ff, e])?;
                 }
                 Some(m) => {
-                    let gate = model.require_tensor(&name("ffn_gate_inp"))?;
-                    self.expect_shape(gate, &[e, m.n_expert as u64])?;
+                    self.expect_shape(need(TensorRole::FfnRouter)?, &[e, m.n_expert as u64])?;
                     // Fused expert tensors; the older per-expert names are also accepted.
-                    if let Some(up) = model.tensor(&name("ffn_up_exps")) {
+                    let fused = TensorRole::FfnUpExps;
+                    if let Some(up) = model.tensor(&fused.name(il)) {
                         self.expect_shape(up, &[e, m.n_ff_expert as u64, m.n_expert as u64])?;
                     } else {
-                        let n = format!("blk.{il}.ffn_up.0.weight");
+                        let n = fused.per_expert_name(il, 0).unwrap_or_default();
                         let up = model.tensor(&n).ok_or_else(|| {
                             FormatError::MissingTensor(format!(
-                                "blk.{il}.ffn_up_exps.weight (or per-expert {n})"
+                                "{} (or per-expert {n})",
+                                fused.name(il)
                             ))
                         })?;
                         self.expect_shape(up, &[e, m.n_ff_expert as u64])?;
@@ -548,6 +649,12 @@ impl ModelConfig {
                 ),
             })
         }
+    }
+
+    /// Whether layer `il`'s feed-forward block is a mixture of experts (not one of the
+    /// leading dense layers of a MoE model).
+    pub fn is_moe_layer(&self, il: usize) -> bool {
+        self.moe.is_some_and(|m| il >= m.n_leading_dense)
     }
 
     /// Whether layer `il` uses sliding-window attention.
@@ -631,6 +738,19 @@ mod tests {
             (16, 4, 512)
         );
         assert!(!moe.norm_top_k);
+        assert_eq!((moe.gating, moe.n_leading_dense), (Gating::Softmax, 0));
+        assert!(c.is_moe_layer(0) && c.is_moe_layer(3));
+        assert_eq!(c.activation, Activation::Swiglu);
+        assert_eq!(c.attn_scale, AttnScale::Scores(0.125));
+        assert_eq!(c.embedding_scale, None);
+        m.insert("qwen2moe.leading_dense_block_count", Value::U32(1))
+            .unwrap();
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert!(!c.is_moe_layer(0) && c.is_moe_layer(1));
+        m.set("qwen2moe.leading_dense_block_count", Value::U32(5));
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("leading_dense_block_count"), "{e}");
+        m.set("qwen2moe.leading_dense_block_count", Value::U32(0));
         m.set("qwen2moe.expert_used_count", Value::U32(17));
         assert!(ModelConfig::from_metadata(&m).is_err());
 
@@ -640,5 +760,10 @@ mod tests {
         let c = ModelConfig::from_metadata(&g).unwrap();
         assert!(c.is_swa_layer(0) && c.is_swa_layer(4) && !c.is_swa_layer(5));
         assert_eq!(c.rope.style, RopeStyle::Neox);
+        assert_eq!(c.activation, Activation::GegluF16Table);
+        assert_eq!(c.attn_scale, AttnScale::Query(0.125));
+        assert_eq!(c.attn_scale.split(), (Some(0.125), 1.0));
+        assert_eq!(c.embedding_scale, Some(16.0));
+        assert!(!c.is_moe_layer(0));
     }
 }

@@ -6,11 +6,13 @@
 //! `blk.N.ffn_{gate,up,down}.E.weight` tensors) is another. The output head (`output.weight`)
 //! is one unit; the token embedding is its own unit, from which single rows can also be read;
 //! every other tensor outside the layers (`output_norm`, `rope_freqs`, ...) is small, used at
-//! any time, and lives in the [`UnitId::Globals`] unit, which is always resident.
+//! any time, and lives in the [`UnitId::Globals`] unit, which is always resident. Tensor names
+//! and which roles are sliced per expert come from [`flashstream_formats::tensor_names`].
 
 use std::collections::HashMap;
 
-use flashstream_formats::{GgmlType, GgufModel};
+use flashstream_formats::tensor_names::{is_fused_expert, parse_per_expert};
+use flashstream_formats::{GgmlType, GgufModel, TensorRole};
 
 use crate::SchedulerError;
 
@@ -81,18 +83,6 @@ pub struct UnitTable {
     n_expert: usize,
 }
 
-/// `blk.N.ffn_{gate,up,down}.E.weight` → (layer, expert).
-fn per_expert(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let rest = ["ffn_gate.", "ffn_up.", "ffn_down."]
-        .iter()
-        .find_map(|p| rest.strip_prefix(p))?;
-    let (expert, rest) = rest.split_once('.')?;
-    (rest == "weight").then_some(())?;
-    Some((layer.parse().ok()?, expert.parse().ok()?))
-}
-
 /// Most experts per layer a model may have. Real models have at most a few hundred; without a
 /// cap, a hostile tensor table declaring a fused expert tensor of millions of tiny experts
 /// would make millions of units.
@@ -115,10 +105,6 @@ fn expert_count(name: &str, n: u64) -> Result<usize, SchedulerError> {
     }
 }
 
-fn is_fused_experts(name: &str) -> bool {
-    name.contains("_exps.")
-}
-
 impl UnitTable {
     /// Groups the tensors of `model` into units.
     pub fn from_model(model: &GgufModel) -> Result<Self, SchedulerError> {
@@ -126,6 +112,8 @@ impl UnitTable {
         let mut index: HashMap<UnitId, usize> = HashMap::new();
         let mut n_layer = 0;
         let mut n_expert = 0;
+        let embd_name = TensorRole::TokenEmbd.global_name();
+        let head_name = TensorRole::Output.global_name();
         let mut push = |id: UnitId, part: Part, units: &mut Vec<Unit>| {
             let i = *index.entry(id).or_insert_with(|| {
                 units.push(Unit {
@@ -146,16 +134,16 @@ impl UnitTable {
                 len: t.n_bytes,
             };
             match t.layer() {
-                None if t.name == "token_embd.weight" => push(UnitId::Embedding, whole, &mut units),
-                None if t.name == "output.weight" => push(UnitId::Head, whole, &mut units),
+                None if t.name == embd_name => push(UnitId::Embedding, whole, &mut units),
+                None if t.name == head_name => push(UnitId::Head, whole, &mut units),
                 None => push(UnitId::Globals, whole, &mut units),
                 Some(layer) => {
                     n_layer = n_layer.max(index_end(&t.name, "layer", layer)?);
-                    if let Some((_, expert)) = per_expert(&t.name) {
+                    if let Some(expert) = parse_per_expert(&t.name).map(|p| p.expert) {
                         let end = index_end(&t.name, "expert", expert)?;
                         n_expert = n_expert.max(expert_count(&t.name, end as u64)?);
                         push(UnitId::Expert { layer, expert }, whole, &mut units);
-                    } else if is_fused_experts(&t.name) && t.shape.len() == 3 {
+                    } else if is_fused_expert(&t.name, layer) && t.shape.len() == 3 {
                         let n = t.shape[2];
                         if n == 0 || t.n_bytes % n != 0 {
                             return Err(SchedulerError::BadModel(format!(

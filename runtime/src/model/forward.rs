@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 
 use half::f16;
 
-use flashstream_formats::config::{RopeScaling, RopeStyle};
-use flashstream_formats::{Architecture, GgmlType};
+use flashstream_formats::config::{Activation, Gating, RopeScaling, RopeStyle};
+use flashstream_formats::GgmlType;
 use flashstream_scheduler::{Lease, UnitId};
 
 use super::attn;
@@ -155,10 +155,9 @@ fn dense_ffn(
 ) -> Result<(), RuntimeError> {
     linear(m, xq, lease, gate_w, x, n, false, gate)?;
     linear(m, xq, lease, up_w, x, n, true, up)?;
-    if m.config.arch == Architecture::Gemma3 {
-        ops::geglu_f16_table(gate, up);
-    } else {
-        ops::swiglu(gate, up);
+    match m.config.activation {
+        Activation::Swiglu => ops::swiglu(gate, up),
+        Activation::GegluF16Table => ops::geglu_f16_table(gate, up),
     }
     linear(m, xq, lease, down_w, gate, n, false, down)
 }
@@ -281,7 +280,7 @@ impl<'m> Session<'m> {
             let req = |r: Role| {
                 lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                     arch: c.arch,
-                    name: r.tensor_name(il),
+                    name: r.name(il),
                 })
             };
 
@@ -316,7 +315,7 @@ impl<'m> Session<'m> {
                 c.rms_eps,
                 &mut s.cur,
             );
-            if c.moe.is_some() {
+            if c.is_moe_layer(il) {
                 self.moe_ffn(s, il, &lease, n)?;
             } else {
                 let w = (req(Role::FfnGate)?, req(Role::FfnUp)?, req(Role::FfnDown)?);
@@ -363,7 +362,8 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// Embedding rows of `tokens` into `s.x`, dequantized (Gemma scales them by sqrt(n_embd)).
+    /// Embedding rows of `tokens` into `s.x`, dequantized and scaled by the config's
+    /// `embedding_scale` (Gemma: sqrt(n_embd)).
     fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<(), RuntimeError> {
         let m = self.model;
         let e = m.config.n_embd;
@@ -382,8 +382,8 @@ impl<'m> Session<'m> {
         for (src, dst) in s.emb_bytes.chunks_exact(rb).zip(s.x.chunks_exact_mut(e)) {
             scalar::dequantize_row(w.ty, src, dst)?;
         }
-        if m.config.arch == Architecture::Gemma3 {
-            ops::scale(&mut s.x, (e as f32).sqrt());
+        if let Some(f) = m.config.embedding_scale {
+            ops::scale(&mut s.x, f);
         }
         Ok(())
     }
@@ -404,7 +404,7 @@ impl<'m> Session<'m> {
         let req = |r: Role| {
             lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                 arch: c.arch,
-                name: r.tensor_name(il),
+                name: r.name(il),
             })
         };
         let (hd, hdv, nh, nkv) = (c.head_dim_k, c.head_dim_v, c.n_head, c.n_head_kv);
@@ -500,10 +500,9 @@ impl<'m> Session<'m> {
 
         // Gemma scales Q before attention (and attends with scale 1); the others scale the
         // scores.
-        let mut scale = 1.0 / (hd as f32).sqrt();
-        if c.arch == Architecture::Gemma3 {
-            ops::scale(&mut s.q, gemma_query_scale(c));
-            scale = 1.0;
+        let (q_scale, scale) = c.attn_scale.split();
+        if let Some(f) = q_scale {
+            ops::scale(&mut s.q, f);
         }
         // Small batches (and decode steps) take Q in f16, as llama.cpp converts it to the
         // cache's type; large batches stay in f32 (see `attn`).
@@ -679,7 +678,7 @@ impl<'m> Session<'m> {
         let req = |r: Role| {
             lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                 arch: c.arch,
-                name: r.tensor_name(il),
+                name: r.name(il),
             })
         };
         let e = c.n_embd;
@@ -700,7 +699,9 @@ impl<'m> Session<'m> {
         let mut idx: Vec<usize> = Vec::with_capacity(ne);
         for t in 0..n {
             let p = &mut s.router[t * ne..(t + 1) * ne];
-            ops::softmax(p);
+            match moe.gating {
+                Gating::Softmax => ops::softmax(p),
+            }
             idx.clear();
             idx.extend(0..ne);
             idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
@@ -758,8 +759,8 @@ impl<'m> Session<'m> {
                 layer: il,
                 expert: ex,
             })?;
-            let part = |w: &WeightRef| -> Result<WeightRef, RuntimeError> {
-                let name = expert_part_name(w, il, ex);
+            let part = |(w, role): (&WeightRef, Role)| -> Result<WeightRef, RuntimeError> {
+                let name = expert_part_name(w, role, il, ex);
                 let idx =
                     el.unit()
                         .part_index(&name)
@@ -774,7 +775,11 @@ impl<'m> Session<'m> {
                     ..w.clone()
                 })
             };
-            let (gw, uw, dw) = (part(gate_w)?, part(up_w)?, part(down_w)?);
+            let (gw, uw, dw) = (
+                part((gate_w, Role::FfnGateExps))?,
+                part((up_w, Role::FfnUpExps))?,
+                part((down_w, Role::FfnDownExps))?,
+            );
             s.xe.clear();
             for &(t, _) in rows {
                 s.xe.extend_from_slice(&s.cur[t * e..(t + 1) * e]);
@@ -846,27 +851,14 @@ impl<'m> Session<'m> {
     }
 }
 
-/// Gemma's query scale: `1/sqrt(head_dim)`, except the 27B (62 layers) which uses
-/// `1/sqrt(n_embd / n_head)` (llama.cpp's rule, after the reference implementation).
-fn gemma_query_scale(c: &flashstream_formats::ModelConfig) -> f32 {
-    if c.n_layer == 62 {
-        1.0 / ((c.n_embd / c.n_head) as f32).sqrt()
-    } else {
-        1.0 / (c.head_dim_k as f32).sqrt()
-    }
-}
-
-/// The part name of expert `ex` for a fused (`*_exps`) or per-expert weight.
-fn expert_part_name(w: &WeightRef, il: usize, ex: usize) -> String {
-    if w.name.contains("_exps.") {
+/// The part name of expert `ex` for the weight of expert role `role`: the fused tensor's
+/// name, or the older per-expert tensor's.
+fn expert_part_name(w: &WeightRef, role: Role, il: usize, ex: usize) -> String {
+    if w.name == role.name(il) {
         w.name.clone()
     } else {
-        let base = w
-            .name
-            .strip_prefix(&format!("blk.{il}."))
-            .and_then(|s| s.split('.').next())
-            .unwrap_or("ffn");
-        format!("blk.{il}.{base}.{ex}.weight")
+        role.per_expert_name(il, ex)
+            .unwrap_or_else(|| w.name.clone())
     }
 }
 

@@ -23,7 +23,8 @@ use serde_json::json;
 
 use super::size::parse_size;
 use flashstream::formats::gguf::GgufWriter;
-use flashstream::formats::{Array, GgmlType, Value};
+use flashstream::formats::tensor_names::{arch_tensors, Need, TensorSpec};
+use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
 use flashstream::loader::ModelFiles;
 
 #[derive(clap::Args)]
@@ -328,6 +329,7 @@ fn byte_vocab(w: &mut GgufWriter) -> anyhow::Result<()> {
 /// One tensor to generate.
 struct Spec {
     name: String,
+    role: TensorRole,
     ty: GgmlType,
     shape: Vec<u64>,
     /// Norm weights: all ones (plus a little noise) rather than random around zero.
@@ -335,18 +337,20 @@ struct Spec {
 }
 
 impl Spec {
-    fn new(name: impl Into<String>, ty: GgmlType, shape: &[u64]) -> Self {
+    /// The tensor of `role` in layer `il` (ignored for a global role).
+    fn new(role: TensorRole, il: usize, ty: GgmlType, shape: &[u64]) -> Self {
         Spec {
-            name: name.into(),
+            name: role.name(il),
+            role,
             ty,
             shape: shape.to_vec(),
             norm: false,
         }
     }
-    fn norm(name: impl Into<String>, len: u64) -> Self {
+    fn norm(role: TensorRole, il: usize, len: u64) -> Self {
         Spec {
             norm: true,
-            ..Spec::new(name, GgmlType::F32, &[len])
+            ..Spec::new(role, il, GgmlType::F32, &[len])
         }
     }
     fn bytes(&self) -> u64 {
@@ -373,16 +377,17 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
     // hidden state converges to the same direction and a MoE routes all tokens alike.
     let layers = specs
         .iter()
-        .filter(|s| s.name.ends_with(".attn_norm.weight"))
+        .filter(|s| s.role == TensorRole::AttnNorm)
         .count();
     let residual_gain = 1.0 / (2.0 * layers.max(1) as f32).sqrt();
     let gain = move |s: &Spec| -> f32 {
-        if s.name == "token_embd.weight" {
-            (s.shape[0] as f32).sqrt()
-        } else if s.name.contains(".attn_output.") || s.name.contains(".ffn_down") {
-            residual_gain
-        } else {
-            1.0
+        match s.role {
+            TensorRole::TokenEmbd => (s.shape[0] as f32).sqrt(),
+            TensorRole::AttnOut
+            | TensorRole::FfnDown
+            | TensorRole::FfnDownExps
+            | TensorRole::FfnDownShexp => residual_gain,
+            _ => 1.0,
         }
     };
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -516,30 +521,58 @@ fn common_keys(
     byte_vocab(w)
 }
 
-/// Attention tensors of layer `l` (and qwen extras).
-fn attn_specs(l: usize, arch: &str, ty: GgmlType, d: &Dims, out: &mut Vec<Spec>) {
-    let e = d.embd as u64;
-    let hd = (d.embd / d.heads) as u64;
-    let kv = d.kv_heads as u64 * hd;
-    let b = |s: &str| format!("blk.{l}.{s}");
-    out.push(Spec::norm(b("attn_norm.weight"), e));
-    out.push(Spec::new(b("attn_q.weight"), ty, &[e, e]));
-    out.push(Spec::new(b("attn_k.weight"), ty, &[e, kv]));
-    out.push(Spec::new(b("attn_v.weight"), ty, &[e, kv]));
-    out.push(Spec::new(b("attn_output.weight"), ty, &[e, e]));
-    match arch {
-        "qwen3moe" => {
-            out.push(Spec::norm(b("attn_q_norm.weight"), hd));
-            out.push(Spec::norm(b("attn_k_norm.weight"), hd));
+/// Sizes the shapes of a layer's tensors come from.
+struct LayerShape {
+    /// Weight type of the matrices.
+    ty: GgmlType,
+    embd: u64,
+    head_dim: u64,
+    /// Key/value projection rows (`kv_heads × head_dim`).
+    kv: u64,
+    /// Dense FFN (or expert) hidden size.
+    ff: u64,
+    /// Experts per layer (0 for a dense model).
+    experts: u64,
+    /// Shared expert hidden size.
+    shared_ff: u64,
+}
+
+/// The tensor of `role` in layer `l`, shaped by `d`.
+fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec> {
+    use TensorRole::*;
+    let (e, ty) = (d.embd, d.ty);
+    Ok(match role {
+        AttnNorm | FfnNorm | PostAttnNorm | PostFfwNorm => Spec::norm(role, l, e),
+        AttnQNorm | AttnKNorm => Spec::norm(role, l, d.head_dim),
+        AttnQ | AttnOut => Spec::new(role, l, ty, &[e, e]),
+        AttnK | AttnV => Spec::new(role, l, ty, &[e, d.kv]),
+        AttnQBias => Spec::new(role, l, GgmlType::F32, &[e]),
+        AttnKBias | AttnVBias => Spec::new(role, l, GgmlType::F32, &[d.kv]),
+        FfnGate | FfnUp => Spec::new(role, l, ty, &[e, d.ff]),
+        FfnDown => Spec::new(role, l, ty, &[d.ff, e]),
+        FfnRouter => Spec::new(role, l, GgmlType::F32, &[e, d.experts]),
+        FfnGateExps | FfnUpExps => Spec::new(role, l, ty, &[e, d.ff, d.experts]),
+        FfnDownExps => Spec::new(role, l, ty, &[d.ff, e, d.experts]),
+        FfnRouterShexp => Spec::new(role, l, GgmlType::F32, &[e]),
+        FfnGateShexp | FfnUpShexp => Spec::new(role, l, ty, &[e, d.shared_ff]),
+        FfnDownShexp => Spec::new(role, l, ty, &[d.shared_ff, e]),
+        TokenEmbd | OutputNorm | Output | RopeFreqs => {
+            bail!("{role:?} is not a layer tensor")
         }
-        "qwen2moe" => {
-            out.push(Spec::new(b("attn_q.bias"), GgmlType::F32, &[e]));
-            out.push(Spec::new(b("attn_k.bias"), GgmlType::F32, &[kv]));
-            out.push(Spec::new(b("attn_v.bias"), GgmlType::F32, &[kv]));
-        }
-        _ => {}
+    })
+}
+
+/// The required tensors of `specs` in layer `l` (the optional ones are left out).
+fn push_specs(
+    specs: &[TensorSpec],
+    l: usize,
+    d: &LayerShape,
+    out: &mut Vec<Spec>,
+) -> anyhow::Result<()> {
+    for t in specs.iter().filter(|t| t.need == Need::Required) {
+        out.push(role_spec(t.role, l, d)?);
     }
-    out.push(Spec::norm(b("ffn_norm.weight"), e));
+    Ok(())
 }
 
 fn summary(out: &Path, json: bool, fields: serde_json::Value) -> anyhow::Result<()> {
@@ -575,16 +608,28 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let mut w = GgufWriter::new();
     common_keys(&mut w, "llama", c, &d, layers)?;
     w.set("general.file_type", Value::U32(file_type(c.ty)))?;
-    let mut specs = vec![Spec::new("token_embd.weight", GgmlType::F16, &[e, vocab])];
+    let table = arch_tensors(Architecture::Llama);
+    let shape = LayerShape {
+        ty: c.ty,
+        embd: e,
+        head_dim: hd,
+        kv,
+        ff: d.ff as u64,
+        experts: 0,
+        shared_ff: 0,
+    };
+    let mut specs = vec![Spec::new(
+        TensorRole::TokenEmbd,
+        0,
+        GgmlType::F16,
+        &[e, vocab],
+    )];
     for l in 0..layers {
-        attn_specs(l, "llama", c.ty, &d, &mut specs);
-        let b = |s: &str| format!("blk.{l}.{s}");
-        specs.push(Spec::new(b("ffn_gate.weight"), c.ty, &[e, d.ff as u64]));
-        specs.push(Spec::new(b("ffn_up.weight"), c.ty, &[e, d.ff as u64]));
-        specs.push(Spec::new(b("ffn_down.weight"), c.ty, &[d.ff as u64, e]));
+        push_specs(table.attn, l, &shape, &mut specs)?;
+        push_specs(table.dense_ffn, l, &shape, &mut specs)?;
     }
-    specs.push(Spec::norm("output_norm.weight", e));
-    specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
+    specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
+    specs.push(Spec::new(TensorRole::Output, 0, GgmlType::F16, &[e, vocab]));
     let params = declare(&mut w, &specs)?;
     let len = write_random(w, &specs, &c.out, c.seed)?;
     summary(
@@ -676,43 +721,32 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
         w.set(key("attention.value_length"), Value::U32(hd as u32))?;
     }
     w.set("general.file_type", Value::U32(file_type(c.ty)))?;
-    let mut specs = vec![Spec::new("token_embd.weight", GgmlType::F16, &[e, vocab])];
+    let table = arch_tensors(Architecture::from_name(arch)?);
+    let shape = LayerShape {
+        ty: c.ty,
+        embd: e,
+        head_dim: hd,
+        kv,
+        ff: eff as u64,
+        experts: nx,
+        shared_ff,
+    };
+    let mut specs = vec![Spec::new(
+        TensorRole::TokenEmbd,
+        0,
+        GgmlType::F16,
+        &[e, vocab],
+    )];
     for l in 0..layers {
-        attn_specs(l, arch, c.ty, &d, &mut specs);
-        let b = |s: &str| format!("blk.{l}.{s}");
-        specs.push(Spec::new(b("ffn_gate_inp.weight"), GgmlType::F32, &[e, nx]));
-        specs.push(Spec::new(
-            b("ffn_gate_exps.weight"),
-            c.ty,
-            &[e, eff as u64, nx],
-        ));
-        specs.push(Spec::new(
-            b("ffn_up_exps.weight"),
-            c.ty,
-            &[e, eff as u64, nx],
-        ));
-        specs.push(Spec::new(
-            b("ffn_down_exps.weight"),
-            c.ty,
-            &[eff as u64, e, nx],
-        ));
-        if arch == "qwen2moe" {
-            specs.push(Spec::new(
-                b("ffn_gate_inp_shexp.weight"),
-                GgmlType::F32,
-                &[e],
-            ));
-            specs.push(Spec::new(b("ffn_gate_shexp.weight"), c.ty, &[e, shared_ff]));
-            specs.push(Spec::new(b("ffn_up_shexp.weight"), c.ty, &[e, shared_ff]));
-            specs.push(Spec::new(b("ffn_down_shexp.weight"), c.ty, &[shared_ff, e]));
-        }
+        push_specs(table.attn, l, &shape, &mut specs)?;
+        push_specs(table.moe_ffn, l, &shape, &mut specs)?;
     }
-    specs.push(Spec::norm("output_norm.weight", e));
-    specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
+    specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
+    specs.push(Spec::new(TensorRole::Output, 0, GgmlType::F16, &[e, vocab]));
     let params = declare(&mut w, &specs)?;
     let expert_bytes: u64 = specs
         .iter()
-        .filter(|s| s.name.starts_with("blk.0.") && s.name.contains("_exps."))
+        .filter(|s| s.name.starts_with("blk.0.") && s.role.is_expert())
         .map(|s| s.bytes() / nx)
         .sum();
     let len = write_random(w, &specs, &c.out, c.seed)?;
