@@ -10,6 +10,7 @@ pub mod arch;
 pub mod attn;
 mod forward;
 pub mod kv;
+pub mod multi;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
 pub use arch::Role;
 pub use forward::{LogitsWanted, Session};
+pub use multi::{MultiPass, SeqInput};
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
