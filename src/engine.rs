@@ -30,6 +30,7 @@ use std::path::Path;
 use crate::formats::{FormatError, GgufModel, ModelConfig};
 use crate::loader::{open_backend, BackendOptions, IoKind, LoaderError};
 use crate::runtime::memory::{metadata_heap_bytes, runtime_needs, NeedsOptions};
+use crate::runtime::model::multi::multi_pass_extra_bytes;
 use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
@@ -92,6 +93,9 @@ pub struct EngineOptions {
     pub count_tokenizer: bool,
     /// Expert-cache eviction policy (MoE models).
     pub expert_policy: ExpertPolicy,
+    /// Sequences decoded together in shared passes (a server's `--parallel`): the plan counts
+    /// this many KV caches of the context length, and their pass scratch and logits.
+    pub sequences: usize,
 }
 
 impl Default for EngineOptions {
@@ -109,6 +113,7 @@ impl Default for EngineOptions {
             extra_bytes: 0,
             count_tokenizer: true,
             expert_policy: ExpertPolicy::default(),
+            sequences: 1,
         }
     }
 }
@@ -177,6 +182,14 @@ pub fn plan(
             "parsed metadata and tensor table".into(),
             metadata_heap_bytes(&gguf.metadata) + gguf.tensors.len() as u64 * 256,
         ));
+        if opts.sequences > 1 {
+            let n = opts.sequences as u64;
+            needs.kv_bytes_per_pos = needs.kv_bytes_per_pos.saturating_mul(n);
+            needs.fixed.push((
+                format!("shared-pass scratch and logits of {n} sequences"),
+                multi_pass_extra_bytes(config, batch) + n * config.n_vocab as u64 * 4 * 2,
+            ));
+        }
         if opts.extra_bytes + tokenizer_bytes > 0 {
             needs
                 .fixed

@@ -33,4 +33,6 @@ cargo test --workspace --locked
 if [ $quick = 0 ]; then
   step "aarch64 (qemu) and iOS"
   bash ci/aarch64.sh
+  step "serve: openai client, load test in a memory cgroup, chat page in chromium"
+  bash ci/serve.sh
 fi

@@ -156,13 +156,13 @@ pub struct Generation {
 
 /// Holds back text that could still turn into a stop string.
 #[derive(Debug)]
-struct StopFilter {
+pub(crate) struct StopFilter {
     stops: Vec<String>,
     pending: String,
 }
 
 impl StopFilter {
-    fn new(stops: &[String]) -> Self {
+    pub(crate) fn new(stops: &[String]) -> Self {
         StopFilter {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             pending: String::new(),
@@ -171,7 +171,7 @@ impl StopFilter {
 
     /// Adds `text`; returns what can be released and whether a stop string was found (then
     /// the released text ends right before it).
-    fn push(&mut self, text: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
         if let Some(at) = self
             .stops
@@ -198,7 +198,7 @@ impl StopFilter {
         (out, false)
     }
 
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 }

@@ -13,4 +13,5 @@ pub mod model;
 pub mod ops;
 pub mod pool;
 pub mod sampler;
+pub mod sequence;
 pub mod tokenizer;

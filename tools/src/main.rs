@@ -37,6 +37,8 @@ enum Command {
     Run(cmd::run::Args),
     /// An interactive conversation with the model's chat template.
     Chat(cmd::chat::Args),
+    /// An OpenAI-compatible HTTP server; concurrent requests share each weight pass.
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

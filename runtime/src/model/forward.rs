@@ -37,39 +37,39 @@ pub enum LogitsWanted {
 /// layout; a row's stride differs between the two, so a mismatch would misread every row but
 /// the first).
 #[derive(Default)]
-struct Quantized {
+pub(super) struct Quantized {
     buf: AlignedBuf,
     ty: Option<(GgmlType, bool)>,
 }
 
 /// Scratch reused across layers, chunks and calls (sized by the largest batch seen).
 #[derive(Default)]
-struct Scratch {
-    xq: Quantized,
+pub(super) struct Scratch {
+    pub(super) xq: Quantized,
     /// Residual stream, `n × n_embd`.
-    x: Vec<f32>,
+    pub(super) x: Vec<f32>,
     /// Normed input of a block.
-    cur: Vec<f32>,
+    pub(super) cur: Vec<f32>,
     /// Block output before the residual add.
-    out: Vec<f32>,
-    tmp: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
-    router: Vec<f32>,
-    xe: Vec<f32>,
-    emb_bytes: Vec<u8>,
+    pub(super) out: Vec<f32>,
+    pub(super) tmp: Vec<f32>,
+    pub(super) q: Vec<f32>,
+    pub(super) k: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    pub(super) attn: Vec<f32>,
+    pub(super) gate: Vec<f32>,
+    pub(super) up: Vec<f32>,
+    pub(super) down: Vec<f32>,
+    pub(super) router: Vec<f32>,
+    pub(super) xe: Vec<f32>,
+    pub(super) emb_bytes: Vec<u8>,
 }
 
 /// A conversation with a model: a KV cache and scratch buffers.
 pub struct Session<'m> {
     model: &'m Model,
     kv: KvCache,
-    pos: usize,
+    pub(super) pos: usize,
     scratch: Scratch,
     /// MoE: the experts predicted for a layer (layer, sorted expert ids), until it routes.
     predicted: Option<(usize, Vec<usize>)>,
@@ -84,14 +84,14 @@ impl std::fmt::Debug for Session<'_> {
     }
 }
 
-fn f32s<'a>(lease: &'a Lease<'_>, w: &WeightRef) -> Result<&'a [f32], RuntimeError> {
+pub(super) fn f32s<'a>(lease: &'a Lease<'_>, w: &WeightRef) -> Result<&'a [f32], RuntimeError> {
     bytemuck::try_cast_slice(lease.part(w.part)).map_err(|_| RuntimeError::BadTensor {
         name: w.name.clone(),
         reason: "F32 data is not 4-byte aligned in memory".into(),
     })
 }
 
-fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+pub(super) fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -109,7 +109,7 @@ fn add_bias(y: &mut [f32], b: &[f32]) {
 /// reused when `same_input` says `x` is the input of the previous call and the paired type
 /// is the same.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+pub(super) fn linear(
     m: &Model,
     xq: &mut Quantized,
     lease: &Lease<'_>,
@@ -142,7 +142,7 @@ fn linear(
 
 /// `gate = act(x·Gᵀ) * (x·Uᵀ)`, `down = gate·Dᵀ` for `n` rows of `x`.
 #[allow(clippy::too_many_arguments)]
-fn dense_ffn(
+pub(super) fn dense_ffn(
     m: &Model,
     xq: &mut Quantized,
     lease: &Lease<'_>,
@@ -364,7 +364,7 @@ impl<'m> Session<'m> {
 
     /// Embedding rows of `tokens` into `s.x`, dequantized and scaled by the config's
     /// `embedding_scale` (Gemma: sqrt(n_embd)).
-    fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<(), RuntimeError> {
+    pub(super) fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<(), RuntimeError> {
         let m = self.model;
         let e = m.config.n_embd;
         let w = &m.embd;
@@ -407,7 +407,6 @@ impl<'m> Session<'m> {
                 name: r.name(il),
             })
         };
-        let (hd, hdv, nh, nkv) = (c.head_dim_k, c.head_dim_v, c.n_head, c.n_head_kv);
         linear(
             m,
             &mut s.xq,
@@ -438,6 +437,23 @@ impl<'m> Session<'m> {
             true,
             &mut s.v,
         )?;
+        self.attend(s, il, lease, n)
+    }
+
+    /// The rest of [`Self::attention`] for `n` rows whose projections are in `s.q`, `s.k`,
+    /// `s.v` (at this session's next positions): biases, norms, RoPE, cache update and
+    /// attention into `s.attn` (shared weight passes project many sessions' rows at once).
+    pub(super) fn attend(
+        &mut self,
+        s: &mut Scratch,
+        il: usize,
+        lease: &Lease<'_>,
+        n: usize,
+    ) -> Result<(), RuntimeError> {
+        let m = self.model;
+        let c = &m.config;
+        let lw = &m.layers[il];
+        let (hd, hdv, nh, nkv) = (c.head_dim_k, c.head_dim_v, c.n_head, c.n_head_kv);
         for (role, y) in [
             (Role::AttnQBias, &mut s.q),
             (Role::AttnKBias, &mut s.k),
@@ -662,7 +678,7 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    fn moe_ffn(
+    pub(super) fn moe_ffn(
         &mut self,
         s: &mut Scratch,
         il: usize,

@@ -10,6 +10,7 @@
 pub mod attn;
 mod forward;
 pub mod kv;
+pub mod multi;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use flashstream_scheduler::{UnitId, WeightSource};
 use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
 pub use forward::{LogitsWanted, Session};
+pub use multi::{MultiPass, SeqInput};
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
