@@ -34,7 +34,7 @@ mod pretokenize;
 mod special;
 mod stream;
 mod strtable;
-mod unicode;
+pub(crate) mod unicode;
 mod unicode_table;
 mod wordpiece;
 

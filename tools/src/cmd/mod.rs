@@ -11,6 +11,7 @@ pub mod mkmodel;
 pub mod plan;
 pub mod run;
 pub mod size;
+pub mod template;
 pub mod tokenize;
 
 use std::path::Path;
