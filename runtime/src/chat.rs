@@ -301,7 +301,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.render_context(&ctx).unwrap(),
-            "{'z': True, 'a': None, 'n': 1.5}|True|True\n03 Dec 2026"
+            "  {'z': True, 'a': None, 'n': 1.5}|True|True\n03 Dec 2026"
         );
         // Iterating a none `tools` fails as in Jinja2.
         let t = ChatTemplate::new(Some("{% for t in tools %}x{% endfor %}"), "llama", "", "");
