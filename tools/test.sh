@@ -27,6 +27,8 @@ if ! tools/fetch-models.sh; then
   echo "warning: real models unavailable; tests that need them will say they were skipped" >&2
 fi
 
+[ $quick = 1 ] || { step "tokenizer zoo vocab files"; bash ci/zoo.sh; }
+
 step "cargo test (x86-64)"
 cargo test --workspace --locked
 

@@ -33,6 +33,8 @@ enum Command {
     Mkmodel(cmd::mkmodel::Args),
     /// Token ids of a text, by the model's own tokenizer.
     Tokenize(cmd::tokenize::Args),
+    /// Render a chat template (a .jinja file or a GGUF's) with a JSON context.
+    Template(cmd::template::Args),
     /// Generate text from a prompt (streamed to stdout).
     Run(cmd::run::Args),
     /// An interactive conversation with the model's chat template.
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Template(a) => cmd::template::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Serve(a) => cmd::serve::run(a),
