@@ -103,7 +103,7 @@ impl AllowedTokens {
                 continue;
             }
             for (j, l) in chunk.iter_mut().enumerate() {
-                if w >> j & 1 == 0 {
+                if (w >> j) & 1 == 0 {
                     *l = f32::NEG_INFINITY;
                 }
             }
