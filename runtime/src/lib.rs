@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod constraint;
 pub mod generate;
 pub mod kernels;
 pub mod memory;
