@@ -14,3 +14,4 @@ pub mod ops;
 pub mod pool;
 pub mod sampler;
 pub mod tokenizer;
+pub mod yarn;
