@@ -4,7 +4,8 @@
 //! keeps (extrapolates) them in the high-frequency ones, with a linear ramp between the
 //! correction dimensions of `beta_fast` (32) and `beta_slow` (1) rotations over the original
 //! context; cos and sin are scaled by `attn_factor · (1 + 0.1 ln(factor))`, where llama.cpp
-//! sets `attn_factor` so that the product is the model's magnitude scale (1 for gpt-oss).
+//! sets `attn_factor = get_mscale(factor) / (1 + 0.1 ln(factor))` (1 for gpt-oss, so its
+//! tables carry YaRN's magnitude `1 + 0.1 ln 32`).
 
 /// ggml's fixed YaRN rotation counts.
 const BETA_FAST: f32 = 32.0;
@@ -98,13 +99,14 @@ mod tests {
     use super::*;
 
     /// gpt-oss-120b's parameters (factor 32 over 4096, base 150000, 64 dims): ggml's
-    /// correction dims are 8 and 18 (floor 8.09, ceil 17.4), the magnitude is 1, the highest
+    /// correction dims are 8 and 18 (floor 8.09, ceil 17.4), `attn_factor` is 1 and the
+    /// magnitude `1 + 0.1 ln 32`, the highest
     /// frequency pair keeps its angle and the lowest is interpolated by 1/32.
     #[test]
     fn gpt_oss_parameters() {
         let y = Yarn::new(32.0, 4096, 64, 150000.0);
         assert_eq!(y.corr_dims, [8.0, 18.0]);
-        assert!((y.attn_factor * (1.0 + 0.1 * 32f32.ln()) - 1.0).abs() < 1e-6);
+        assert!((y.attn_factor - 1.0).abs() < 1e-6);
         let (mut c, mut s) = (vec![0f32; 32], vec![0f32; 32]);
         let pos = 1000;
         y.cache(pos, 64, 150000.0, None, &mut c, &mut s);
@@ -114,7 +116,10 @@ mod tests {
         let last = pos as f32 * 150000f32.powf(-62.0 / 64.0) / 32.0;
         assert!((c[31] - last.cos() * mag).abs() < 1e-4);
         for i in 0..32 {
-            assert!((c[i] * c[i] + s[i] * s[i] - 1.0).abs() < 1e-4, "pair {i}");
+            assert!(
+                (c[i] * c[i] + s[i] * s[i] - mag * mag).abs() < 1e-4,
+                "pair {i}"
+            );
         }
     }
 
