@@ -72,6 +72,18 @@ pub enum TensorRole {
     FfnDownShexp,
     /// Shared expert sigmoid gate.
     FfnRouterShexp,
+    /// Attention output projection bias (gpt-oss).
+    AttnOutBias,
+    /// Attention sinks: one logit per query head joining the softmax (gpt-oss).
+    AttnSinks,
+    /// MoE router bias (gpt-oss).
+    FfnRouterBias,
+    /// Fused expert gate biases, `[n_ff_expert, n_expert]` (sliced per expert).
+    FfnGateExpsBias,
+    /// Fused expert up biases.
+    FfnUpExpsBias,
+    /// Fused expert down biases, `[n_embd, n_expert]`.
+    FfnDownExpsBias,
 }
 
 /// Whether a model must have a tensor.
@@ -90,12 +102,27 @@ pub struct TensorSpec {
     pub role: TensorRole,
     /// Required or optional.
     pub need: Need,
+    /// The architecture's own base name for the role, where it differs from
+    /// [`TensorRole::base_name`] (gpt-oss calls its pre-FFN norm `post_attention_norm`).
+    pub base: Option<&'static str>,
+}
+
+impl TensorSpec {
+    /// The tensor's name in layer `il` under this architecture's naming.
+    pub fn name(&self, il: usize) -> String {
+        match self.base {
+            Some(b) if !self.role.is_global() => format!("blk.{il}.{b}.{}", self.role.suffix()),
+            Some(b) => format!("{b}.{}", self.role.suffix()),
+            None => self.role.name(il),
+        }
+    }
 }
 
 const fn req(role: TensorRole) -> TensorSpec {
     TensorSpec {
         role,
         need: Need::Required,
+        base: None,
     }
 }
 
@@ -103,6 +130,16 @@ const fn opt(role: TensorRole) -> TensorSpec {
     TensorSpec {
         role,
         need: Need::Optional,
+        base: None,
+    }
+}
+
+/// A required tensor under an architecture-specific base name.
+const fn req_as(role: TensorRole, base: &'static str) -> TensorSpec {
+    TensorSpec {
+        role,
+        need: Need::Required,
+        base: Some(base),
     }
 }
 
@@ -194,8 +231,35 @@ const MOE_SHARED_GATED: &[TensorSpec] = &[
     req(FfnDownShexp),
 ];
 
+/// gpt-oss attention: biases on every projection, sinks; its pre-FFN norm is named
+/// `post_attention_norm`.
+const ATTN_GPT_OSS: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQ),
+    req(AttnK),
+    req(AttnV),
+    req(AttnOut),
+    req(AttnQBias),
+    req(AttnKBias),
+    req(AttnVBias),
+    req(AttnOutBias),
+    req(AttnSinks),
+    req_as(FfnNorm, "post_attention_norm"),
+];
+/// gpt-oss experts: router and every expert projection with a bias.
+const MOE_BIASED: &[TensorSpec] = &[
+    req(FfnRouter),
+    req(FfnRouterBias),
+    req(FfnGateExps),
+    req(FfnGateExpsBias),
+    req(FfnUpExps),
+    req(FfnUpExpsBias),
+    req(FfnDownExps),
+    req(FfnDownExpsBias),
+];
+
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 6] = [
+static TABLE: [ArchTensors; 7] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
@@ -248,6 +312,13 @@ static TABLE: [ArchTensors; 6] = [
         dense_ffn: FFN,
         moe_ffn: MOE,
     },
+    ArchTensors {
+        arch: Architecture::GptOss,
+        globals: GLOBALS,
+        attn: ATTN_GPT_OSS,
+        dense_ffn: FFN,
+        moe_ffn: MOE_BIASED,
+    },
 ];
 
 /// The tensor table row of `arch`.
@@ -260,12 +331,20 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Gemma3 => 3,
         Architecture::Qwen2Moe => 4,
         Architecture::Qwen3Moe => 5,
+        Architecture::GptOss => 6,
     };
     &TABLE[i]
 }
 
 /// The roles whose tensors are sliced per expert (`[.., n_expert]`, the last dimension).
-const EXPERT_ROLES: [TensorRole; 3] = [FfnGateExps, FfnUpExps, FfnDownExps];
+const EXPERT_ROLES: [TensorRole; 6] = [
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    FfnGateExpsBias,
+    FfnUpExpsBias,
+    FfnDownExpsBias,
+];
 
 impl TensorRole {
     /// The name between the layer prefix and the suffix (`attn_q` of `blk.3.attn_q.bias`), or
@@ -297,13 +376,20 @@ impl TensorRole {
             FfnUpShexp => "ffn_up_shexp",
             FfnDownShexp => "ffn_down_shexp",
             FfnRouterShexp => "ffn_gate_inp_shexp",
+            AttnOutBias => "attn_output",
+            AttnSinks => "attn_sinks",
+            FfnRouterBias => "ffn_gate_inp",
+            FfnGateExpsBias => "ffn_gate_exps",
+            FfnUpExpsBias => "ffn_up_exps",
+            FfnDownExpsBias => "ffn_down_exps",
         }
     }
 
     /// `weight` or `bias`.
     pub const fn suffix(self) -> &'static str {
         match self {
-            AttnQBias | AttnKBias | AttnVBias => "bias",
+            AttnQBias | AttnKBias | AttnVBias | AttnOutBias | FfnRouterBias | FfnGateExpsBias
+            | FfnUpExpsBias | FfnDownExpsBias => "bias",
             _ => "weight",
         }
     }
@@ -445,5 +531,25 @@ mod tests {
         }
         assert!(arch_tensors(Architecture::Qwen2Moe).has(FfnRouterShexp, true));
         assert!(!arch_tensors(Architecture::Qwen3).has(AttnQBias, false));
+    }
+
+    /// gpt-oss: the pre-FFN norm under its own name, biases sliced per expert like weights.
+    #[test]
+    fn gpt_oss_names() {
+        let t = arch_tensors(Architecture::GptOss);
+        let names: Vec<String> = t.layer(true).map(|s| s.name(2)).collect();
+        for n in [
+            "blk.2.post_attention_norm.weight",
+            "blk.2.attn_sinks.weight",
+            "blk.2.attn_output.bias",
+            "blk.2.ffn_gate_inp.bias",
+            "blk.2.ffn_down_exps.bias",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        assert!(!names.iter().any(|x| x == "blk.2.ffn_norm.weight"));
+        assert!(is_fused_expert("blk.2.ffn_up_exps.bias", 2));
+        assert!(!is_fused_expert("blk.2.ffn_gate_inp.bias", 2));
+        assert_eq!(FfnUpExpsBias.per_expert_name(2, 1), None);
     }
 }

@@ -16,3 +16,4 @@ pub mod pool;
 pub mod sampler;
 pub mod sequence;
 pub mod tokenizer;
+pub mod yarn;

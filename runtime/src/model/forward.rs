@@ -21,6 +21,7 @@ use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::kernels::{dot_kernel, scalar, AlignedBuf};
 use crate::ops;
 use crate::pool::ChunkCounter;
+use crate::yarn::Yarn;
 
 /// Which positions' logits [`Session::eval`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +147,28 @@ pub(super) fn dense_ffn(
     m: &Model,
     xq: &mut Quantized,
     lease: &Lease<'_>,
+    w: (&WeightRef, &WeightRef, &WeightRef),
+    x: &[f32],
+    n: usize,
+    gate: &mut Vec<f32>,
+    up: &mut Vec<f32>,
+    down: &mut Vec<f32>,
+) -> Result<(), RuntimeError> {
+    ffn_biased(m, xq, lease, w, None, x, n, gate, up, down)
+}
+
+/// The gate, up and down biases of one expert (gpt-oss).
+type FfnBiases<'a> = (&'a [f32], &'a [f32], &'a [f32]);
+
+/// [`dense_ffn`] with optional biases after each of the three products (the down bias
+/// before any routing weight, as llama.cpp adds it).
+#[allow(clippy::too_many_arguments)]
+fn ffn_biased(
+    m: &Model,
+    xq: &mut Quantized,
+    lease: &Lease<'_>,
     (gate_w, up_w, down_w): (&WeightRef, &WeightRef, &WeightRef),
+    biases: Option<FfnBiases<'_>>,
     x: &[f32],
     n: usize,
     gate: &mut Vec<f32>,
@@ -155,11 +177,20 @@ pub(super) fn dense_ffn(
 ) -> Result<(), RuntimeError> {
     linear(m, xq, lease, gate_w, x, n, false, gate)?;
     linear(m, xq, lease, up_w, x, n, true, up)?;
+    if let Some((gb, ub, _)) = biases {
+        add_bias(gate, gb);
+        add_bias(up, ub);
+    }
     match m.config.activation {
         Activation::Swiglu => ops::swiglu(gate, up),
         Activation::GegluF16Table => ops::geglu_f16_table(gate, up),
+        Activation::SwigluOai { alpha, limit } => ops::swiglu_oai(gate, up, alpha, limit),
     }
-    linear(m, xq, lease, down_w, gate, n, false, down)
+    linear(m, xq, lease, down_w, gate, n, false, down)?;
+    if let Some((_, _, db)) = biases {
+        add_bias(down, db);
+    }
+    Ok(())
 }
 
 impl<'m> Session<'m> {
@@ -302,6 +333,9 @@ impl<'m> Session<'m> {
                 false,
                 &mut s.out,
             )?;
+            if let Some(b) = lw.get(Role::AttnOutBias) {
+                add_bias(&mut s.out, f32s(&lease, b)?);
+            }
             if let Some(w) = lw.get(Role::PostAttnNorm) {
                 rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
                 std::mem::swap(&mut s.out, &mut s.tmp);
@@ -475,17 +509,34 @@ impl<'m> Session<'m> {
         // RoPE: sliding-window layers have their own base (and no scaling) where the
         // architecture says so.
         let swa = c.is_swa_layer(il);
-        let (base, freq_scale) = match (swa, c.rope.freq_base_swa) {
-            (true, Some(b)) => (b, 1.0),
-            _ => (
-                c.rope.freq_base,
-                match c.rope.scaling {
-                    RopeScaling::Linear { factor } => 1.0 / factor,
-                    _ => 1.0,
-                },
-            ),
-        };
         let dims = c.rope.dims;
+        let (base, freq_scale, yarn) = match (swa, c.rope.freq_base_swa, c.rope.scaling) {
+            // gpt-oss keeps YaRN on its own SWA base, if it has one; Gemma's SWA layers are
+            // unscaled.
+            (
+                true,
+                Some(b),
+                RopeScaling::Yarn {
+                    factor,
+                    original_context,
+                },
+            ) => (b, 1.0, Some(Yarn::new(factor, original_context, dims, b))),
+            (true, Some(b), _) => (b, 1.0, None),
+            (_, _, RopeScaling::Linear { factor }) => (c.rope.freq_base, 1.0 / factor, None),
+            (
+                _,
+                _,
+                RopeScaling::Yarn {
+                    factor,
+                    original_context,
+                },
+            ) => (
+                c.rope.freq_base,
+                1.0,
+                Some(Yarn::new(factor, original_context, dims, c.rope.freq_base)),
+            ),
+            (_, _, RopeScaling::None) => (c.rope.freq_base, 1.0, None),
+        };
         let neox = c.rope.style == RopeStyle::Neox;
         let head_lease;
         let freq_factors: Option<&[f32]> = match &m.rope_freqs {
@@ -499,7 +550,12 @@ impl<'m> Session<'m> {
         let mut sin = vec![0f32; dims / 2];
         for t in 0..n {
             let p = self.pos + t;
-            ops::rope_cache(p, dims, base, freq_scale, freq_factors, &mut cos, &mut sin);
+            match &yarn {
+                Some(y) => y.cache(p, dims, base, freq_factors, &mut cos, &mut sin),
+                None => {
+                    ops::rope_cache(p, dims, base, freq_scale, freq_factors, &mut cos, &mut sin)
+                }
+            }
             let qt = &mut s.q[t * nh * hd..(t + 1) * nh * hd];
             ops::rope_apply(qt, hd, dims, neox, &cos, &sin);
             let kt = &mut s.k[t * nkv * hd..(t + 1) * nkv * hd];
@@ -542,6 +598,11 @@ impl<'m> Session<'m> {
         let group = nh / nkv;
         let pos0 = self.pos;
         let softcap = c.attn_softcap;
+        let sinks: Option<&[f32]> = match lw.get(Role::AttnSinks) {
+            Some(w) => Some(f32s(lease, w)?),
+            None => None,
+        };
+        let sink_of = |h: usize| sinks.and_then(|v| v.get(h)).copied();
         let q = &s.q;
         let out_ptr = SendPtr(s.attn.as_mut_ptr());
         if tiled {
@@ -573,7 +634,7 @@ impl<'m> Session<'m> {
                         window,
                     };
                     let ot = &mut ot[..(t1 - t0) * hdv];
-                    attn::attend_tile(&qt, pos0 + t0, &cache, &mut scratch, ot);
+                    attn::attend_tile_sink(&qt, pos0 + t0, &cache, sink_of(h), &mut scratch, ot);
                     for (i, t) in (t0..t1).enumerate() {
                         // SAFETY: each (tile, h) item is claimed once and owns the rows
                         // out[(t*nh+h)*hdv..+hdv] of its tokens t.
@@ -607,7 +668,8 @@ impl<'m> Session<'m> {
                     std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * hdv), hdv)
                 };
                 let n_kv = p + 1 - lo;
-                attn::attend_f16(qh, ks, vs, dims, n_kv, scale, softcap, &mut acc, dst);
+                let sink = sink_of(h);
+                attn::attend_f16_sink(qh, ks, vs, dims, n_kv, scale, softcap, sink, &mut acc, dst);
             }
         };
         m.pool.run(work);
@@ -653,6 +715,9 @@ impl<'m> Session<'m> {
             false,
             &mut s.router,
         )?;
+        if let Some(b) = lw.get(Role::FfnRouterBias) {
+            add_bias(&mut s.router, f32s(&lease, b)?);
+        }
         let ne = router.rows();
         let mut chosen = vec![false; ne];
         let mut idx: Vec<usize> = Vec::with_capacity(ne);
@@ -709,26 +774,33 @@ impl<'m> Session<'m> {
             &mut s.router,
         )?;
         let ne = moe.n_expert;
+        if let Some(b) = lw.get(Role::FfnRouterBias) {
+            add_bias(&mut s.router, f32s(lease, b)?);
+        }
         let k_used = moe.n_expert_used.min(ne);
         // Per row: the selected experts in order of weight, and their weights.
         let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
         let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let mut sel = Vec::with_capacity(k_used);
         for t in 0..n {
             let p = &mut s.router[t * ne..(t + 1) * ne];
-            match moe.gating {
-                Gating::Softmax => ops::softmax(p),
+            if moe.gating == Gating::Softmax {
+                ops::softmax(p);
             }
             idx.clear();
             idx.extend(0..ne);
             idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
             let top = &idx[..k_used];
-            let sum: f32 = top.iter().map(|&i| p[i]).sum();
+            sel.clear();
+            sel.extend(top.iter().map(|&i| p[i]));
+            if moe.gating == Gating::SoftmaxSelected {
+                ops::softmax(&mut sel);
+            }
+            let sum: f32 = sel.iter().sum();
             let row: Vec<(usize, f32)> = top
                 .iter()
-                .map(|&i| {
-                    let w = if moe.norm_top_k { p[i] / sum } else { p[i] };
-                    (i, w)
-                })
+                .zip(&sel)
+                .map(|(&i, &w)| (i, if moe.norm_top_k { w / sum } else { w }))
                 .collect();
             picks.push(row);
         }
@@ -796,15 +868,51 @@ impl<'m> Session<'m> {
                 part((up_w, Role::FfnUpExps))?,
                 part((down_w, Role::FfnDownExps))?,
             );
+            // Per-expert biases (gpt-oss): slices of the fused bias tensors in the unit.
+            let bias = |role: Role, len: usize| -> Result<Option<&[f32]>, RuntimeError> {
+                if lw.get(role).is_none() {
+                    return Ok(None);
+                }
+                let name = role.name(il);
+                let idx =
+                    el.unit()
+                        .part_index(&name)
+                        .ok_or_else(|| RuntimeError::MissingTensor {
+                            arch: c.arch,
+                            name: name.clone(),
+                        })?;
+                let v: &[f32] = bytemuck::try_cast_slice(el.part(idx)).map_err(|_| {
+                    RuntimeError::BadTensor {
+                        name: name.clone(),
+                        reason: "F32 data is not 4-byte aligned in memory".into(),
+                    }
+                })?;
+                if v.len() != len {
+                    return Err(RuntimeError::BadTensor {
+                        name,
+                        reason: format!("expected {len} F32 values per expert, found {}", v.len()),
+                    });
+                }
+                Ok(Some(v))
+            };
+            let biases = match (
+                bias(Role::FfnGateExpsBias, moe.n_ff_expert)?,
+                bias(Role::FfnUpExpsBias, moe.n_ff_expert)?,
+                bias(Role::FfnDownExpsBias, e)?,
+            ) {
+                (Some(g), Some(u), Some(d)) => Some((g, u, d)),
+                _ => None,
+            };
             s.xe.clear();
             for &(t, _) in rows {
                 s.xe.extend_from_slice(&s.cur[t * e..(t + 1) * e]);
             }
-            dense_ffn(
+            ffn_biased(
                 m,
                 &mut s.xq,
                 &el,
                 (&gw, &uw, &dw),
+                biases,
                 &s.xe,
                 rows.len(),
                 &mut s.gate,

@@ -280,7 +280,7 @@ impl Model {
             let mut lw = LayerWeights::default();
             for spec in table.layer(config.is_moe_layer(il)) {
                 let role = spec.role;
-                let name = role.name(il);
+                let name = spec.name(il);
                 let found = if role.is_expert() {
                     let expert0 = UnitId::Expert {
                         layer: il,
@@ -366,6 +366,9 @@ impl Model {
                 (Role::AttnQBias, c.n_head * c.head_dim_k),
                 (Role::AttnKBias, c.n_head_kv * c.head_dim_k),
                 (Role::AttnVBias, c.n_head_kv * c.head_dim_v),
+                (Role::AttnOutBias, c.n_embd),
+                (Role::AttnSinks, c.n_head),
+                (Role::FfnRouterBias, c.moe.map_or(0, |m| m.n_expert)),
             ] {
                 if let Some(w) = lw.get(role) {
                     check(w, len)?;
