@@ -133,15 +133,18 @@ fn shared_passes_equal_sequences_alone_dense() {
 fn shared_passes_equal_sequences_alone_moe() {
     check(workspace().join("testdata/models/rand-qwen3moe-q4km.gguf"));
     check(workspace().join("testdata/models/rand-qwen2moe-q2k.gguf"));
+    check(workspace().join("testdata/models/rand-gptoss-mxfp4.gguf"));
 }
 
-/// SmolLM2 only: on Gemma 3 270M (Q5_0, Q4_K, Q8_0, Q6_K) a sequence's rows gave different
-/// logits at another row offset of a batch (70 prompt rows after 2 rows of another
-/// sequence), so a batch kernel of one of those types looks row-offset dependent on this
-/// CPU; reported to the lead, to be fixed in the kernels.
+/// Both real models. Gemma 3 mixes weight types whose batch kernels read different
+/// activation layouts on CPUs without VNNI (Q5_0 tiled, Q8_0 not); it caught the forward
+/// pass reusing one layout for both.
 #[test]
 fn shared_passes_equal_sequences_alone_real_models() {
-    for name in ["SmolLM2-135M-Instruct.Q4_1.gguf"] {
+    for name in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+    ] {
         let p = workspace().join("models").join(name);
         if !p.exists() {
             assert!(

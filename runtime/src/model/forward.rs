@@ -100,7 +100,7 @@ pub(super) fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     }
 }
 
-fn add_bias(y: &mut [f32], b: &[f32]) {
+pub(super) fn add_bias(y: &mut [f32], b: &[f32]) {
     for row in y.chunks_exact_mut(b.len()) {
         ops::add_assign(row, b);
     }

@@ -12,7 +12,7 @@
 
 use flashstream_scheduler::UnitId;
 
-use super::forward::{dense_ffn, f32s, linear, rms_rows, Scratch};
+use super::forward::{add_bias, dense_ffn, f32s, linear, rms_rows, Scratch};
 use super::{Model, Role, RuntimeError, Session};
 use crate::ops;
 
@@ -212,6 +212,9 @@ impl MultiPass {
                 false,
                 &mut s.out,
             )?;
+            if let Some(b) = lw.get(Role::AttnOutBias) {
+                add_bias(&mut s.out, f32s(&lease, b)?);
+            }
             if let Some(w) = lw.get(Role::PostAttnNorm) {
                 rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
                 std::mem::swap(&mut s.out, &mut s.tmp);
