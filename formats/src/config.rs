@@ -24,17 +24,21 @@ pub enum Architecture {
     Qwen2Moe,
     /// Qwen3-MoE: experts with renormalised top-k weights, per-head q/k norms.
     Qwen3Moe,
+    /// DeepSeek-V2/V3, Kimi-K2: multi-head latent attention ([`MlaConfig`]), sigmoid routing
+    /// with a score bias and expert groups, leading dense layers, a shared expert.
+    Deepseek2,
 }
 
 impl Architecture {
     /// Every supported architecture.
-    pub const ALL: [Architecture; 6] = [
+    pub const ALL: [Architecture; 7] = [
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Qwen3,
         Architecture::Gemma3,
         Architecture::Qwen2Moe,
         Architecture::Qwen3Moe,
+        Architecture::Deepseek2,
     ];
 
     /// The `general.architecture` string.
@@ -46,6 +50,7 @@ impl Architecture {
             Architecture::Gemma3 => "gemma3",
             Architecture::Qwen2Moe => "qwen2moe",
             Architecture::Qwen3Moe => "qwen3moe",
+            Architecture::Deepseek2 => "deepseek2",
         }
     }
 
@@ -61,7 +66,7 @@ impl Architecture {
     /// How this architecture rotates query/key pairs (llama.cpp's `llama_model_rope_type`).
     pub const fn rope_style(self) -> RopeStyle {
         match self {
-            Architecture::Llama => RopeStyle::Normal,
+            Architecture::Llama | Architecture::Deepseek2 => RopeStyle::Normal,
             _ => RopeStyle::Neox,
         }
     }
@@ -92,12 +97,24 @@ pub enum RopeScaling {
         /// The factor.
         factor: f32,
     },
-    /// YaRN (read so it can be rejected clearly or supported later).
+    /// YaRN: frequencies interpolated by `1/factor` below the correction range, kept above
+    /// it, ramped between (ggml's `rope_yarn`), cos/sin scaled by `attn_factor·(1 + 0.1 ln
+    /// factor)`.
     Yarn {
         /// The factor.
         factor: f32,
         /// Context length the model was trained on before scaling.
         original_context: usize,
+        /// `rope.scaling.yarn_beta_fast` (default 32).
+        beta_fast: f32,
+        /// `rope.scaling.yarn_beta_slow` (default 1).
+        beta_slow: f32,
+        /// The magnitude factor given to RoPE (llama.cpp's `yarn_attn_factor` after its
+        /// context set-up: the mscale ratio, divided by `1 + 0.1 ln factor`).
+        attn_factor: f32,
+        /// `rope.scaling.yarn_log_multiplier` as llama.cpp uses it (deepseek2: the stored value
+        /// divided by 0.1), 0 when absent.
+        log_mul: f32,
     },
 }
 
@@ -157,6 +174,10 @@ pub enum Gating {
     /// Softmax over all experts, then top-k (Mixtral, Qwen-MoE); see
     /// [`MoeConfig::norm_top_k`].
     Softmax,
+    /// Sigmoid of each logit (deepseek2, glm4moe); the layer's `exp_probs_b` score bias, when
+    /// present, is added for the selection only (within the best groups when
+    /// [`MoeConfig::n_group`] > 1); the weights are the unbiased sigmoids.
+    Sigmoid,
 }
 
 /// Mixture-of-experts parameters.
@@ -177,6 +198,33 @@ pub struct MoeConfig {
     /// Leading layers with a dense FFN instead of experts (`leading_dense_block_count`,
     /// default 0).
     pub n_leading_dense: usize,
+    /// Expert groups (`expert_group_count`, default 1): with more than one, only experts of
+    /// the [`MoeConfig::n_group_used`] groups with the best top-2 score sums are selectable.
+    pub n_group: usize,
+    /// Groups kept (`expert_group_used_count`, default `n_group`).
+    pub n_group_used: usize,
+    /// Factor on the selected experts' weights after normalising (`expert_weights_scale`,
+    /// default 1).
+    pub weights_scale: f32,
+}
+
+/// Multi-head latent attention (deepseek2), in the absorbed form llama.cpp computes: the
+/// cache holds per position one latent of `kv_lora_rank` values and one rope key of
+/// `rope.dims` values (the config's `n_head_kv` is 1, `head_dim_k` their sum, `head_dim_v`
+/// the latent), the per-head key and value up-projections are applied to the query and to
+/// the attention output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaConfig {
+    /// Rank of the query down-projection (`attention.q_lora_rank`); `None` when the queries
+    /// are one projection `attn_q` (DeepSeek-V2-Lite).
+    pub q_lora_rank: Option<usize>,
+    /// Rank of the key/value latent (`attention.kv_lora_rank`).
+    pub kv_lora_rank: usize,
+    /// Query/key head size before absorption, nope part then rope part
+    /// (`attention.key_length_mla`).
+    pub head_dim_qk: usize,
+    /// Value head size after the up-projection (`attention.value_length_mla`).
+    pub head_dim_v: usize,
 }
 
 /// Sliding-window attention layout (Gemma 3).
@@ -240,6 +288,8 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// Attention score scale and where it is applied.
     pub attn_scale: AttnScale,
+    /// Multi-head latent attention, for architectures with it.
+    pub mla: Option<MlaConfig>,
 }
 
 struct Keys<'a> {
@@ -305,6 +355,50 @@ impl Keys<'_> {
             }
         }
     }
+}
+
+/// llama.cpp's RoPE magnitude factor for YaRN (its context set-up): the mscale ratio for a
+/// `log_mul`, divided by the `1 + 0.1 ln factor` that ggml's `rope_yarn` multiplies back.
+fn yarn_attn_factor(factor: f32, log_mul: f32, arch: Architecture) -> f32 {
+    let get_mscale = |scale: f32, mscale: f32| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * mscale * scale.ln() + 1.0
+        }
+    };
+    let freq_scale = 1.0 / factor;
+    let factor = 1.0 / freq_scale;
+    let af = if log_mul != 0.0 {
+        let mscale = if arch == Architecture::Deepseek2 && log_mul != 1.0 {
+            log_mul
+        } else {
+            1.0
+        };
+        get_mscale(factor, mscale) / get_mscale(factor, log_mul)
+    } else {
+        get_mscale(factor, 1.0)
+    };
+    af * (1.0 / (1.0 + 0.1 * factor.ln()))
+}
+
+/// deepseek2's attention score scale (`src/models/deepseek2.cpp`): `mscale² / sqrt(head_dim_qk)`
+/// with the YaRN mscale, 1 without YaRN.
+fn mla_kq_scale(scaling: RopeScaling, mla: MlaConfig) -> f32 {
+    let mscale = match scaling {
+        RopeScaling::Yarn {
+            factor,
+            attn_factor,
+            log_mul,
+            ..
+        } => {
+            let freq_scale = 1.0 / factor;
+            let org = attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln());
+            org * (1.0 + 0.1 * log_mul * (1.0 / freq_scale).ln())
+        }
+        _ => 1.0,
+    };
+    mscale * mscale / (mla.head_dim_qk as f32).sqrt()
 }
 
 fn bad(key: &str, reason: &str) -> FormatError {
@@ -407,7 +501,7 @@ impl ModelConfig {
         if freq_base <= 0.0 {
             return Err(bad(&k.key("rope.freq_base"), "must be positive"));
         }
-        let scaling = Self::rope_scaling(&k)?;
+        let scaling = Self::rope_scaling(&k, arch)?;
 
         let n_expert = k.usize_opt("expert_count")?.unwrap_or(0);
         let moe = if n_expert > 0 {
@@ -443,18 +537,61 @@ impl ModelConfig {
                 positive(&k.key("feed_forward_length"), n_ff)
                     .map_err(|_| FormatError::MissingKey(k.key("feed_forward_length")))?;
             }
+            let n_group = k.usize_opt("expert_group_count")?.unwrap_or(1).max(1);
+            let n_group_used = k.usize_opt("expert_group_used_count")?.unwrap_or(n_group);
+            if n_group > 1 {
+                if n_expert % n_group != 0 {
+                    return Err(bad(
+                        &k.key("expert_group_count"),
+                        &format!("{n_group} does not divide expert_count {n_expert}"),
+                    ));
+                }
+                if n_group_used == 0
+                    || n_group_used > n_group
+                    || n_group_used * (n_expert / n_group) < n_expert_used
+                {
+                    return Err(bad(
+                        &k.key("expert_group_used_count"),
+                        &format!(
+                            "{n_group_used} must be in 1..={n_group} and keep at least \
+                             expert_used_count {n_expert_used} experts"
+                        ),
+                    ));
+                }
+            }
+            // llama.cpp's `expert_gating_func`: 1 softmax, 2 sigmoid; absent means softmax.
+            let gating = match k.usize_opt("expert_gating_func")? {
+                None | Some(0) | Some(1) => Gating::Softmax,
+                Some(2) => Gating::Sigmoid,
+                Some(other) => {
+                    return Err(bad(
+                        &k.key("expert_gating_func"),
+                        &format!("{other} is not supported (1 softmax, 2 sigmoid)"),
+                    ))
+                }
+            };
+            let weights_scale = k.f32_opt("expert_weights_scale")?.unwrap_or(1.0);
+            // deepseek2 states the shared experts as a count of expert-sized blocks.
+            let n_ff_shared = match (n_ff_shared, k.usize_opt("expert_shared_count")?) {
+                (Some(v), _) => Some(v),
+                (None, Some(c)) if c > 0 => Some(c * n_ff_expert),
+                _ => None,
+            };
             Some(MoeConfig {
                 n_expert,
                 n_expert_used,
                 n_ff_expert,
                 n_ff_shared,
                 norm_top_k,
-                gating: Gating::Softmax,
+                gating,
                 n_leading_dense,
+                n_group,
+                n_group_used,
+                weights_scale,
             })
         } else {
             match arch {
-                Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
+                Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::Deepseek2 => {
                     return Err(FormatError::MissingKey(k.key("expert_count")))
                 }
                 _ => None,
@@ -503,6 +640,14 @@ impl ModelConfig {
                 Activation::Swiglu,
                 AttnScale::Scores(1.0 / (head_dim_k as f32).sqrt()),
             ),
+            Architecture::Deepseek2 => (None, Activation::Swiglu, AttnScale::Scores(0.0)),
+        };
+        let (mla, attn_scale) = match arch {
+            Architecture::Deepseek2 => {
+                let mla = Self::mla(&k, n_head_kv, head_dim_k, head_dim_v, dims)?;
+                (Some(mla), AttnScale::Scores(mla_kq_scale(scaling, mla)))
+            }
+            _ => (None, attn_scale),
         };
 
         let n_vocab = match meta.get("tokenizer.ggml.tokens") {
@@ -541,10 +686,59 @@ impl ModelConfig {
             embedding_scale,
             activation,
             attn_scale,
+            mla,
         })
     }
 
-    fn rope_scaling(k: &Keys<'_>) -> Result<RopeScaling> {
+    /// The MLA dimensions of a deepseek2 model, checked against the absorbed cache layout
+    /// its `key_length`/`value_length` describe.
+    fn mla(
+        k: &Keys<'_>,
+        n_head_kv: usize,
+        head_dim_k: usize,
+        head_dim_v: usize,
+        rope_dims: usize,
+    ) -> Result<MlaConfig> {
+        let kv_lora_rank = positive(
+            &k.key("attention.kv_lora_rank"),
+            k.usize_req("attention.kv_lora_rank")?,
+        )?;
+        let q_lora_rank = k.usize_opt("attention.q_lora_rank")?.filter(|&r| r > 0);
+        let head_dim_qk = positive(
+            &k.key("attention.key_length_mla"),
+            k.usize_req("attention.key_length_mla")?,
+        )?;
+        let head_dim_v_mla = positive(
+            &k.key("attention.value_length_mla"),
+            k.usize_req("attention.value_length_mla")?,
+        )?;
+        if n_head_kv != 1 || head_dim_k != kv_lora_rank + rope_dims || head_dim_v != kv_lora_rank {
+            return Err(bad(
+                &k.key("attention.key_length"),
+                &format!(
+                    "MLA files store the absorbed layout: head_count_kv 1, key_length = \
+                     kv_lora_rank + rope.dimension_count ({}), value_length = kv_lora_rank \
+                     ({kv_lora_rank}); found {n_head_kv}, {head_dim_k}, {head_dim_v} (a file \
+                     converted without split attn_k_b/attn_v_b is not supported)",
+                    kv_lora_rank + rope_dims
+                ),
+            ));
+        }
+        if head_dim_qk <= rope_dims {
+            return Err(bad(
+                &k.key("attention.key_length_mla"),
+                &format!("{head_dim_qk} must exceed rope.dimension_count {rope_dims}"),
+            ));
+        }
+        Ok(MlaConfig {
+            q_lora_rank,
+            kv_lora_rank,
+            head_dim_qk,
+            head_dim_v: head_dim_v_mla,
+        })
+    }
+
+    fn rope_scaling(k: &Keys<'_>, arch: Architecture) -> Result<RopeScaling> {
         let ty_key = k.key("rope.scaling.type");
         let ty = match k.meta.get(&ty_key) {
             None => return Ok(RopeScaling::None),
@@ -556,12 +750,28 @@ impl ModelConfig {
         match ty {
             "none" => Ok(RopeScaling::None),
             "linear" if factor > 0.0 => Ok(RopeScaling::Linear { factor }),
-            "yarn" if factor > 0.0 => Ok(RopeScaling::Yarn {
-                factor,
-                original_context: k
-                    .usize_opt("rope.scaling.original_context_length")?
-                    .unwrap_or(0),
-            }),
+            "yarn" if factor > 0.0 => {
+                // deepseek2 files store the multiplier times 0.1 (llama.cpp cancels it).
+                let log_mul = match arch {
+                    Architecture::Deepseek2 => {
+                        k.f32_opt("rope.scaling.yarn_log_multiplier")?
+                            .unwrap_or(0.0)
+                            / 0.1
+                    }
+                    _ => 0.0,
+                };
+                Ok(RopeScaling::Yarn {
+                    factor,
+                    original_context: k
+                        .usize_opt("rope.scaling.original_context_length")?
+                        .unwrap_or(0),
+                    beta_fast: k.f32_opt("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                    beta_slow: k.f32_opt("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                    attn_factor: yarn_attn_factor(factor, log_mul, arch)
+                        * k.f32_opt("rope.scaling.attn_factor")?.unwrap_or(1.0),
+                    log_mul,
+                })
+            }
             "linear" | "yarn" => Err(bad(&k.key("rope.scaling.factor"), "must be positive")),
             other => Err(bad(
                 &ty_key,
@@ -597,13 +807,17 @@ impl ModelConfig {
         let e = self.n_embd as u64;
         for il in 0..self.n_layer {
             let need = |r: TensorRole| model.require_tensor(&r.name(il));
-            self.expect_shape(need(TensorRole::AttnQ)?, &[e, q_out])?;
-            self.expect_shape(need(TensorRole::AttnK)?, &[e, kv_k])?;
-            self.expect_shape(need(TensorRole::AttnV)?, &[e, kv_v])?;
-            self.expect_shape(
-                need(TensorRole::AttnOut)?,
-                &[(self.n_head * self.head_dim_v) as u64, e],
-            )?;
+            if let Some(mla) = self.mla {
+                self.check_mla(model, il, mla)?;
+            } else {
+                self.expect_shape(need(TensorRole::AttnQ)?, &[e, q_out])?;
+                self.expect_shape(need(TensorRole::AttnK)?, &[e, kv_k])?;
+                self.expect_shape(need(TensorRole::AttnV)?, &[e, kv_v])?;
+                self.expect_shape(
+                    need(TensorRole::AttnOut)?,
+                    &[(self.n_head * self.head_dim_v) as u64, e],
+                )?;
+            }
             match self.moe.filter(|_| self.is_moe_layer(il)) {
                 None => {
                     let ff = self.n_ff as u64;
@@ -630,6 +844,27 @@ impl ModelConfig {
             }
         }
         Ok(self)
+    }
+
+    /// The MLA projections of layer `il` (llama.cpp's shapes for split `attn_k_b`/`attn_v_b`).
+    fn check_mla(&self, model: &GgufModel, il: usize, mla: MlaConfig) -> Result<()> {
+        let need = |r: TensorRole| model.require_tensor(&r.name(il));
+        let (e, h) = (self.n_embd as u64, self.n_head as u64);
+        let rope = self.rope.dims as u64;
+        let nope = (mla.head_dim_qk - self.rope.dims) as u64;
+        let (qk, lora) = (mla.head_dim_qk as u64, mla.kv_lora_rank as u64);
+        match mla.q_lora_rank {
+            Some(r) => {
+                let r = r as u64;
+                self.expect_shape(need(TensorRole::AttnQA)?, &[e, r])?;
+                self.expect_shape(need(TensorRole::AttnQB)?, &[r, h * qk])?;
+            }
+            None => self.expect_shape(need(TensorRole::AttnQ)?, &[e, h * qk])?,
+        }
+        self.expect_shape(need(TensorRole::AttnKvAMqa)?, &[e, lora + rope])?;
+        self.expect_shape(need(TensorRole::AttnKB)?, &[nope, lora, h])?;
+        self.expect_shape(need(TensorRole::AttnVB)?, &[lora, mla.head_dim_v as u64, h])?;
+        self.expect_shape(need(TensorRole::AttnOut)?, &[h * mla.head_dim_v as u64, e])
     }
 
     fn expect_shape(&self, t: &crate::TensorInfo, want: &[u64]) -> Result<()> {
@@ -663,8 +898,19 @@ impl ModelConfig {
     }
 
     /// Bytes of K and V cache per token over all layers, at `bytes_per_value` (2 for f16).
+    /// With MLA the values are the first `kv_lora_rank` values of each key row, not stored
+    /// again.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
-        self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v) * bytes_per_value
+        self.n_layer * self.n_head_kv * self.kv_values_per_head() * bytes_per_value
+    }
+
+    /// Cache values stored per position, layer and KV head: `head_dim_k + head_dim_v`, or
+    /// `head_dim_k` alone with MLA (the latent and the rope key).
+    pub fn kv_values_per_head(&self) -> usize {
+        match self.mla {
+            Some(_) => self.head_dim_k,
+            None => self.head_dim_k + self.head_dim_v,
+        }
     }
 }
 

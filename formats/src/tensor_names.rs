@@ -72,6 +72,24 @@ pub enum TensorRole {
     FfnDownShexp,
     /// Shared expert sigmoid gate.
     FfnRouterShexp,
+    /// MLA query down-projection (`attn_q_a`).
+    AttnQA,
+    /// RMSNorm weight of the query latent (`attn_q_a_norm`).
+    AttnQANorm,
+    /// MLA query up-projection (`attn_q_b`), heads of `[nope | rope]`.
+    AttnQB,
+    /// MLA key/value down-projection to `[latent | rope key]` (`attn_kv_a_mqa`).
+    AttnKvAMqa,
+    /// RMSNorm weight of the key/value latent (`attn_kv_a_norm`).
+    AttnKvANorm,
+    /// Per-head key up-projection `[nope, kv_lora_rank, n_head]` (`attn_k_b`), absorbed
+    /// into the query.
+    AttnKB,
+    /// Per-head value up-projection `[kv_lora_rank, head_dim_v, n_head]` (`attn_v_b`),
+    /// applied to the attention output.
+    AttnVB,
+    /// Per-expert score bias added for expert selection only (`exp_probs_b.bias`).
+    FfnExpProbsB,
 }
 
 /// Whether a model must have a tensor.
@@ -194,8 +212,35 @@ const MOE_SHARED_GATED: &[TensorSpec] = &[
     req(FfnDownShexp),
 ];
 
+/// Multi-head latent attention (deepseek2): the query through a low-rank pair (or one
+/// `attn_q` without q low-rank), keys and values through one latent.
+const ATTN_MLA: &[TensorSpec] = &[
+    req(AttnNorm),
+    opt(AttnQA),
+    opt(AttnQANorm),
+    opt(AttnQB),
+    opt(AttnQ),
+    req(AttnKvAMqa),
+    req(AttnKvANorm),
+    req(AttnKB),
+    req(AttnVB),
+    req(AttnOut),
+    req(FfnNorm),
+];
+/// Sigmoid routing with a selection bias, and an ungated shared expert.
+const MOE_BIASED_SHARED: &[TensorSpec] = &[
+    req(FfnRouter),
+    opt(FfnExpProbsB),
+    req(FfnGateExps),
+    req(FfnUpExps),
+    req(FfnDownExps),
+    req(FfnGateShexp),
+    req(FfnUpShexp),
+    req(FfnDownShexp),
+];
+
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 6] = [
+static TABLE: [ArchTensors; 7] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
@@ -248,6 +293,13 @@ static TABLE: [ArchTensors; 6] = [
         dense_ffn: FFN,
         moe_ffn: MOE,
     },
+    ArchTensors {
+        arch: Architecture::Deepseek2,
+        globals: GLOBALS,
+        attn: ATTN_MLA,
+        dense_ffn: FFN,
+        moe_ffn: MOE_BIASED_SHARED,
+    },
 ];
 
 /// The tensor table row of `arch`.
@@ -260,6 +312,7 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Gemma3 => 3,
         Architecture::Qwen2Moe => 4,
         Architecture::Qwen3Moe => 5,
+        Architecture::Deepseek2 => 6,
     };
     &TABLE[i]
 }
@@ -297,13 +350,21 @@ impl TensorRole {
             FfnUpShexp => "ffn_up_shexp",
             FfnDownShexp => "ffn_down_shexp",
             FfnRouterShexp => "ffn_gate_inp_shexp",
+            AttnQA => "attn_q_a",
+            AttnQANorm => "attn_q_a_norm",
+            AttnQB => "attn_q_b",
+            AttnKvAMqa => "attn_kv_a_mqa",
+            AttnKvANorm => "attn_kv_a_norm",
+            AttnKB => "attn_k_b",
+            AttnVB => "attn_v_b",
+            FfnExpProbsB => "exp_probs_b",
         }
     }
 
     /// `weight` or `bias`.
     pub const fn suffix(self) -> &'static str {
         match self {
-            AttnQBias | AttnKBias | AttnVBias => "bias",
+            AttnQBias | AttnKBias | AttnVBias | FfnExpProbsB => "bias",
             _ => "weight",
         }
     }
@@ -435,7 +496,12 @@ mod tests {
                 if moe && t.moe_ffn.is_empty() {
                     continue;
                 }
-                for r in [AttnNorm, AttnQ, AttnK, AttnV, AttnOut, FfnNorm] {
+                let qkv: &[TensorRole] = if t.has(AttnKvAMqa, moe) {
+                    &[AttnKB, AttnVB]
+                } else {
+                    &[AttnK, AttnV]
+                };
+                for &r in [AttnNorm, AttnQ, AttnOut, FfnNorm].iter().chain(qkv) {
                     assert!(t.has(r, moe), "{a} lacks {r:?}");
                 }
                 assert!(t.layer(moe).all(|s| !s.role.is_global()), "{a}");
@@ -445,5 +511,10 @@ mod tests {
         }
         assert!(arch_tensors(Architecture::Qwen2Moe).has(FfnRouterShexp, true));
         assert!(!arch_tensors(Architecture::Qwen3).has(AttnQBias, false));
+        let ds = arch_tensors(Architecture::Deepseek2);
+        assert!(ds.has(AttnQA, false) && ds.has(AttnKvAMqa, true) && !ds.has(AttnK, true));
+        assert!(ds.has(FfnExpProbsB, true) && !ds.has(FfnRouterShexp, true));
+        assert_eq!(FfnExpProbsB.name(1), "blk.1.exp_probs_b.bias");
+        assert!(!AttnKB.is_expert() && !FfnExpProbsB.is_expert());
     }
 }

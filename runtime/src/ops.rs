@@ -148,6 +148,52 @@ pub fn rope_cache(
     }
 }
 
+/// YaRN's correction range for `dims` rotated dimensions (ggml's `ggml_rope_yarn_corr_dims`):
+/// the pair indices below which frequencies are kept and above which they are interpolated.
+pub fn yarn_corr_dims(
+    dims: usize,
+    original_context: usize,
+    base: f32,
+    beta_fast: f32,
+    beta_slow: f32,
+) -> [f32; 2] {
+    let corr = |n_rot: f32| {
+        dims as f32 * (original_context as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    let start = corr(beta_fast).floor();
+    let end = corr(beta_slow).ceil();
+    [start.max(0.0), end.min(dims as f32 - 1.0)]
+}
+
+/// [`rope_cache`] with YaRN (ggml's `rope_yarn`): each angle mixes the interpolated
+/// (`freq_scale·θ`) and the original θ by a ramp over `corr_dims`, and cos/sin are scaled by
+/// `attn_factor·(1 + 0.1 ln(1/freq_scale))`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_cache_yarn(
+    pos: usize,
+    dims: usize,
+    base: f32,
+    freq_scale: f32,
+    corr_dims: [f32; 2],
+    attn_factor: f32,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    let theta_scale = base.powf(-2.0 / dims as f32);
+    let mscale = attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln());
+    let mut theta = pos as f32;
+    for i in 0..dims / 2 {
+        let interp = freq_scale * theta;
+        let y = (i as f32 - corr_dims[0]) / (corr_dims[1] - corr_dims[0]).max(0.001);
+        let ramp = 1.0 - y.clamp(0.0, 1.0);
+        let t = interp * (1.0 - ramp) + theta * ramp;
+        cos[i] = t.cos() * mscale;
+        sin[i] = t.sin() * mscale;
+        theta *= theta_scale;
+    }
+}
+
 /// Rotates the first `dims` elements of each head of `x` (heads of `head_dim`) in place.
 /// `neox` pairs element `i` with `i + dims/2`; otherwise adjacent pairs `(2i, 2i+1)`.
 pub fn rope_apply(

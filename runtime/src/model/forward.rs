@@ -10,12 +10,15 @@ use std::sync::atomic::Ordering;
 
 use half::f16;
 
-use flashstream_formats::config::{Activation, Gating, RopeScaling, RopeStyle};
+use flashstream_formats::config::{Activation, RopeScaling, RopeStyle};
 use flashstream_formats::GgmlType;
 use flashstream_scheduler::{Lease, UnitId};
 
 use super::attn;
+#[path = "mla.rs"]
+mod mla;
 use super::kv::KvCache;
+use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::kernels::{dot_kernel, scalar, AlignedBuf};
@@ -167,7 +170,13 @@ impl<'m> Session<'m> {
                 c.n_ctx_train
             )));
         }
-        let (kd, vd) = (c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v);
+        // With MLA the values are the first part of each cached key row.
+        let vd = if c.mla.is_some() {
+            0
+        } else {
+            c.n_head_kv * c.head_dim_v
+        };
+        let kd = c.n_head_kv * c.head_dim_k;
         let kv =
             KvCache::new(c.n_layer, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
                 what: format!(
@@ -287,7 +296,11 @@ impl<'m> Session<'m> {
                 c.rms_eps,
                 &mut s.cur,
             );
-            self.attention(s, il, &lease, n)?;
+            if c.mla.is_some() {
+                self.mla_attention(s, il, &lease, n)?;
+            } else {
+                self.attention(s, il, &lease, n)?;
+            }
             linear(
                 m,
                 &mut s.xq,
@@ -692,24 +705,15 @@ impl<'m> Session<'m> {
         let k_used = moe.n_expert_used.min(ne);
         // Per row: the selected experts in order of weight, and their weights.
         let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let bias = match lw.get(Role::FfnExpProbsB) {
+            Some(w) => Some(f32s(lease, w)?),
+            None => None,
+        };
+        let mut rs = RouteScratch::default();
         for t in 0..n {
             let p = &mut s.router[t * ne..(t + 1) * ne];
-            match moe.gating {
-                Gating::Softmax => ops::softmax(p),
-            }
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top = &idx[..k_used];
-            let sum: f32 = top.iter().map(|&i| p[i]).sum();
-            let row: Vec<(usize, f32)> = top
-                .iter()
-                .map(|&i| {
-                    let w = if moe.norm_top_k { p[i] / sum } else { p[i] };
-                    (i, w)
-                })
-                .collect();
+            let mut row = Vec::with_capacity(k_used);
+            route(p, bias, &moe, &mut rs, &mut row);
             picks.push(row);
         }
         // Per expert: the rows routed to it and the rank of the expert in each row's pick.

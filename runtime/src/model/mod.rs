@@ -10,6 +10,7 @@
 pub mod attn;
 mod forward;
 pub mod kv;
+mod routing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -371,6 +372,17 @@ impl Model {
             }
             if let Some(w) = lw.get(Role::FfnRouterShexp) {
                 check(w, c.n_embd)?;
+            }
+            if let Some(mla) = c.mla {
+                if let (Some(w), Some(r)) = (lw.get(Role::AttnQANorm), mla.q_lora_rank) {
+                    check(w, r)?;
+                }
+                if let Some(w) = lw.get(Role::AttnKvANorm) {
+                    check(w, mla.kv_lora_rank)?;
+                }
+            }
+            if let (Some(w), Some(moe)) = (lw.get(Role::FfnExpProbsB), c.moe) {
+                check(w, moe.n_expert)?;
             }
         }
         if let Some(w) = &self.rope_freqs {

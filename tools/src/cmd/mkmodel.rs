@@ -5,7 +5,8 @@
 //!   from the size (or given), weights random but well-scaled (finite, unit-ish activations).
 //! - `mkmodel moe OUT --arch qwen3moe --size 20GiB --experts 128 --top-k 8`: the same for a
 //!   mixture of experts (`qwen3moe`, `qwen2moe` with a shared expert, or Mixtral-style
-//!   `llama`), fused `*_exps` tensors.
+//!   `llama`), fused `*_exps` tensors; `--arch deepseek2` (or `--shape deepseek-v3|kimi-k2`,
+//!   the real dimensions) in `mkmodel_mla.rs`.
 //! - `mkmodel upcycle DENSE OUT --experts N --top-k K`: a Mixtral-style MoE whose N experts
 //!   are exact copies of each layer's dense FFN, with a random router. The top-k weights are
 //!   renormalised to one, so it computes the dense model's function while every token routes.
@@ -26,6 +27,9 @@ use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need, TensorSpec};
 use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
 use flashstream::loader::ModelFiles;
+
+#[path = "mkmodel_mla.rs"]
+mod mla;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -95,6 +99,10 @@ struct MoeArgs {
     /// Hidden size of one expert (default: 3/8 of the hidden size).
     #[arg(long)]
     expert_ff: Option<usize>,
+    /// A real model's dimensions (deepseek2: deepseek-v3, kimi-k2); `--layers N` keeps the
+    /// shape with fewer layers.
+    #[arg(long)]
+    shape: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -556,6 +564,8 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
         FfnRouterShexp => Spec::new(role, l, GgmlType::F32, &[e]),
         FfnGateShexp | FfnUpShexp => Spec::new(role, l, ty, &[e, d.shared_ff]),
         FfnDownShexp => Spec::new(role, l, ty, &[d.shared_ff, e]),
+        AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB
+        | FfnExpProbsB => bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)"),
         TokenEmbd | OutputNorm | Output | RopeFreqs => {
             bail!("{role:?} is not a layer tensor")
         }
@@ -674,8 +684,17 @@ fn file_type(ty: GgmlType) -> u32 {
 fn moe(a: MoeArgs) -> anyhow::Result<()> {
     let c = &a.c;
     let arch = a.arch.as_str();
+    if arch == "deepseek2" || matches!(a.shape.as_deref(), Some("deepseek-v3" | "kimi-k2")) {
+        let shape = a.shape.clone();
+        return mla::deepseek2(a, shape.as_deref());
+    }
+    if let Some(s) = &a.shape {
+        bail!("unknown --shape {s:?} (known: deepseek-v3, kimi-k2)");
+    }
     if !matches!(arch, "qwen3moe" | "qwen2moe" | "llama") {
-        bail!("unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe or llama)");
+        bail!(
+            "unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama or deepseek2)"
+        );
     }
     if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
         bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
