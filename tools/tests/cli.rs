@@ -528,3 +528,55 @@ fn run_and_tokenize_errors_are_clear() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mkmodel moe --arch deepseek2`: a small MLA model that loads, and whose logits are the
+/// same resident and under a budget where its experts stream; an unknown `--shape` is named.
+#[test]
+fn mkmodel_deepseek2_runs_resident_and_streamed_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ds2.gguf");
+    let o = out.to_str().unwrap();
+    let j = ok_json(&[
+        "mkmodel",
+        "moe",
+        o,
+        "--arch",
+        "deepseek2",
+        "--size",
+        "1MiB",
+        "--embd",
+        "256",
+        "--experts",
+        "16",
+        "--top-k",
+        "4",
+        "--layers",
+        "3",
+        "--type",
+        "q4_k",
+        "--json",
+    ]);
+    assert_eq!(j["architecture"], "deepseek2");
+    assert_eq!(
+        (j["layers"].as_u64(), j["dense_layers"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let logits = |extra: &[&str]| {
+        let mut args = vec!["logits", o, "--tokens", "1,2,3,200", "--top", "5", "--json"];
+        args.extend_from_slice(extra);
+        ok_json(&args)["positions"].clone()
+    };
+    let resident = logits(&[]);
+    let streamed = logits(&["--mem", "12MiB"]);
+    assert_eq!(resident, streamed);
+    let e = err_line(&[
+        "mkmodel",
+        "moe",
+        o,
+        "--size",
+        "1MiB",
+        "--shape",
+        "deepseek-v9",
+    ]);
+    assert!(e.contains("deepseek-v9"), "{e}");
+}

@@ -692,9 +692,7 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
         bail!("unknown --shape {s:?} (known: deepseek-v3, kimi-k2)");
     }
     if !matches!(arch, "qwen3moe" | "qwen2moe" | "llama") {
-        bail!(
-            "unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama or deepseek2)"
-        );
+        bail!("unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama or deepseek2)");
     }
     if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
         bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);

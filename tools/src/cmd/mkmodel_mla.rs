@@ -296,7 +296,12 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
         layer_specs(l, &s, ty, &mut specs)?;
     }
     specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
-    specs.push(Spec::new(TensorRole::Output, 0, GgmlType::Q8_0, &[e, vocab]));
+    specs.push(Spec::new(
+        TensorRole::Output,
+        0,
+        GgmlType::Q8_0,
+        &[e, vocab],
+    ));
     let params = declare(&mut w, &specs)?;
     let nx = s.experts as u64;
     let moe_layer = dense_lead.min(layers - 1);
