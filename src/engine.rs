@@ -26,15 +26,18 @@
 //! ```
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::formats::{FormatError, GgufModel, ModelConfig};
 use crate::loader::{open_backend, BackendOptions, IoKind, LoaderError};
+use crate::runtime::chat::ChatTemplate;
 use crate::runtime::memory::{metadata_heap_bytes, runtime_needs, NeedsOptions};
+use crate::runtime::model::multi::multi_pass_extra_bytes;
 use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
-    sysmem, ExpertPolicy, Plan, PlanRequest, SchedulerError, SourceStats, StreamingSource,
-    UnitTable, CHUNK_BYTES,
+    sysmem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds, SchedulerError, SourceStats,
+    StreamingSource, UnitTable, CHUNK_BYTES,
 };
 
 /// Errors of [`Engine`].
@@ -92,6 +95,22 @@ pub struct EngineOptions {
     pub count_tokenizer: bool,
     /// Expert-cache eviction policy (MoE models).
     pub expert_policy: ExpertPolicy,
+    /// Sequences decoded together in shared passes (a server's `--parallel`): the plan counts
+    /// this many KV caches of the context length, and their pass scratch and logits.
+    pub sequences: usize,
+    /// Told how reading the pinned weights goes; returning false cancels the load
+    /// ([`SchedulerError::Cancelled`]).
+    pub progress: Option<LoadProgress>,
+}
+
+/// A load-progress callback: `(bytes_read, bytes_to_read) -> keep going`.
+#[derive(Clone)]
+pub struct LoadProgress(pub Arc<dyn Fn(u64, u64) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for LoadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadProgress")
+    }
 }
 
 impl Default for EngineOptions {
@@ -109,6 +128,8 @@ impl Default for EngineOptions {
             extra_bytes: 0,
             count_tokenizer: true,
             expert_policy: ExpertPolicy::default(),
+            sequences: 1,
+            progress: None,
         }
     }
 }
@@ -148,40 +169,12 @@ pub fn plan(
         ));
     }
     let units = UnitTable::from_model(gguf)?;
-    let mut req = PlanRequest::new(budget(opts)?, config.tied_output);
-    req.ctx = opts.ctx;
-    req.min_ctx = opts.min_ctx.max(1);
-    if let Some(w) = opts.wanted_ctx {
-        req.default_ctx = w.max(req.min_ctx);
-    }
-    req.prefetch_depth = opts.prefetch;
-    req.expert_policy = opts.expert_policy;
-    let tokenizer_bytes = if opts.count_tokenizer {
-        tokenizer_estimate(gguf)
-    } else {
-        0
-    };
+    let req = plan_request(config, opts)?;
     let mut batch = opts.max_batch;
     loop {
-        let mut needs = runtime_needs(
-            config,
-            &NeedsOptions {
-                max_batch: batch,
-                threads: opts.threads,
-                logits_rows: opts.logits_rows.min(batch),
-            },
-        );
+        let needs = needs_for(gguf, config, opts, batch);
         // Item 0 of runtime_needs is the batch-dependent activations and scratch.
         let scratch = needs.fixed.first().map_or(0, |f| f.1);
-        needs.fixed.push((
-            "parsed metadata and tensor table".into(),
-            metadata_heap_bytes(&gguf.metadata) + gguf.tensors.len() as u64 * 256,
-        ));
-        if opts.extra_bytes + tokenizer_bytes > 0 {
-            needs
-                .fixed
-                .push(("tokenizer".into(), opts.extra_bytes + tokenizer_bytes));
-        }
         if batch > MIN_BATCH && scratch > req.budget / 8 {
             batch = (batch / 2).max(MIN_BATCH);
             continue;
@@ -194,6 +187,59 @@ pub fn plan(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The plan request `opts` makes (budget, context, prefetch depth, expert policy).
+fn plan_request(config: &ModelConfig, opts: &EngineOptions) -> Result<PlanRequest, EngineError> {
+    let mut req = PlanRequest::new(budget(opts)?, config.tied_output);
+    req.ctx = opts.ctx;
+    req.min_ctx = opts.min_ctx.max(1);
+    if let Some(w) = opts.wanted_ctx {
+        req.default_ctx = w.max(req.min_ctx);
+    }
+    req.prefetch_depth = opts.prefetch;
+    req.expert_policy = opts.expert_policy;
+    Ok(req)
+}
+
+/// What the runtime and the caller hold beside the weights at batch size `batch`.
+fn needs_for(
+    gguf: &GgufModel,
+    config: &ModelConfig,
+    opts: &EngineOptions,
+    batch: usize,
+) -> RuntimeNeeds {
+    let tokenizer_bytes = if opts.count_tokenizer {
+        tokenizer_estimate(gguf)
+    } else {
+        0
+    };
+    let mut needs = runtime_needs(
+        config,
+        &NeedsOptions {
+            max_batch: batch,
+            threads: opts.threads,
+            logits_rows: opts.logits_rows.min(batch),
+        },
+    );
+    needs.fixed.push((
+        "parsed metadata and tensor table".into(),
+        metadata_heap_bytes(&gguf.metadata) + gguf.tensors.len() as u64 * 256,
+    ));
+    if opts.sequences > 1 {
+        let n = opts.sequences as u64;
+        needs.kv_bytes_per_pos = needs.kv_bytes_per_pos.saturating_mul(n);
+        needs.fixed.push((
+            format!("shared-pass scratch and logits of {n} sequences"),
+            multi_pass_extra_bytes(config, batch) + n * config.n_vocab as u64 * 4 * 2,
+        ));
+    }
+    if opts.extra_bytes + tokenizer_bytes > 0 {
+        needs
+            .fixed
+            .push(("tokenizer".into(), opts.extra_bytes + tokenizer_bytes));
+    }
+    needs
 }
 
 /// An upper bound of a tokenizer's heap from its metadata (the vocabulary, scores, types and
@@ -220,7 +266,14 @@ fn tokenizer_estimate(gguf: &GgufModel) -> u64 {
 pub struct Engine {
     gguf: GgufModel,
     model: Model,
-    plan: Plan,
+    /// The source the model leases from (the model holds another handle to it).
+    source: Arc<StreamingSource>,
+    /// The plan in force (replaced by [`Engine::set_budget`]).
+    plan: RwLock<Plan>,
+    /// What it was opened with (a new budget is planned with the same options).
+    opts: EngineOptions,
+    /// Serializes budget changes.
+    budget_lock: Mutex<()>,
     io: IoKind,
     batch: usize,
 }
@@ -230,7 +283,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("io", &self.io)
             .field("batch", &self.batch)
-            .field("n_ctx", &self.plan.n_ctx)
+            .field("n_ctx", &self.n_ctx())
             .finish()
     }
 }
@@ -264,11 +317,18 @@ impl Engine {
                 queue_depth: None,
             },
         )?;
-        let source = StreamingSource::with_backend(&gguf, plan.clone(), backend, CHUNK_BYTES)?;
+        let progress = opts.progress.clone();
+        let source = Arc::new(StreamingSource::with_progress(
+            &gguf,
+            plan.clone(),
+            backend,
+            CHUNK_BYTES,
+            &mut |done, total| progress.as_ref().is_none_or(|p| (p.0)(done, total)),
+        )?);
         let io = source.io_kind();
         let model = Model::new(
             &gguf,
-            Box::new(source),
+            Box::new(Arc::clone(&source)),
             &ModelOptions {
                 threads: opts.threads,
                 max_batch: batch.min(opts.max_batch),
@@ -278,7 +338,13 @@ impl Engine {
         Ok(Engine {
             gguf,
             model,
-            plan,
+            source,
+            plan: RwLock::new(plan),
+            opts: EngineOptions {
+                progress: None,
+                ..opts.clone()
+            },
+            budget_lock: Mutex::new(()),
             io,
             batch: batch.min(opts.max_batch),
         })
@@ -289,9 +355,66 @@ impl Engine {
         &self.model
     }
 
-    /// The residency plan it runs.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+    /// The residency plan it runs now (a copy: [`Engine::set_budget`] may replace it).
+    pub fn plan(&self) -> Plan {
+        self.read_plan().clone()
+    }
+
+    fn read_plan(&self) -> std::sync::RwLockReadGuard<'_, Plan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The KV-cache positions of a session (fixed at load; a new budget keeps it).
+    pub fn n_ctx(&self) -> usize {
+        self.read_plan().n_ctx
+    }
+
+    /// The budget in force, in bytes.
+    pub fn budget(&self) -> u64 {
+        self.read_plan().budget
+    }
+
+    /// The smallest budget this engine can run under with its context and batch size (what
+    /// [`Engine::set_budget`] accepts at least).
+    pub fn min_budget(&self) -> Result<u64, EngineError> {
+        match self.plan_for(1) {
+            Err(EngineError::Scheduler(SchedulerError::BudgetTooSmall { minimum, .. })) => {
+                Ok(minimum)
+            }
+            Err(e) => Err(e),
+            Ok(p) => Ok(p.total_bytes()),
+        }
+    }
+
+    /// The plan under `bytes` for what is loaded: the same context, batch and options.
+    fn plan_for(&self, bytes: u64) -> Result<Plan, EngineError> {
+        let config = self.model.config();
+        let mut opts = self.opts.clone();
+        opts.mem = Some(bytes);
+        let mut req = plan_request(config, &opts)?;
+        req.ctx = Some(self.n_ctx());
+        let needs = needs_for(&self.gguf, config, &opts, self.batch);
+        let units = UnitTable::from_model(&self.gguf)?;
+        Ok(Plan::compute(&units, &needs, &req)?)
+    }
+
+    /// Moves the budget to `bytes` while the model stays loaded: plans the same model, context
+    /// and batch size under it and changes the residency to that plan before returning
+    /// (shrinking frees pinned layers, ring and expert-cache slots and gives the memory back
+    /// to the OS; growing pins more, reading it from the file). Safe from any thread, also
+    /// while a session generates in another: the change waits for a moment when that pass
+    /// holds no weights (between layers or tokens) and the pass goes on under the new plan;
+    /// the numbers it computes are the same.
+    ///
+    /// A budget below what this engine needs at least is
+    /// [`SchedulerError::BudgetTooSmall`] (stating the minimum) and nothing changes.
+    pub fn set_budget(&self, bytes: u64) -> Result<(), EngineError> {
+        let _one = self.budget_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _span = tracing::info_span!("set_budget", bytes).entered();
+        let plan = self.plan_for(bytes)?;
+        self.source.rebudget(plan.clone())?;
+        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = plan;
+        Ok(())
     }
 
     /// The parsed GGUF (metadata, tensor table).
@@ -311,12 +434,25 @@ impl Engine {
 
     /// A session with the planned context (its KV cache was counted in the budget).
     pub fn session(&self) -> Result<Session<'_>, EngineError> {
-        Ok(self.model.session(self.plan.n_ctx)?)
+        Ok(self.model.session(self.n_ctx())?)
     }
 
     /// The model's tokenizer (counted in the budget unless `count_tokenizer` was off).
     pub fn tokenizer(&self) -> Result<Tokenizer, EngineError> {
         Ok(Tokenizer::from_metadata(&self.gguf.metadata)?)
+    }
+
+    /// The model's chat template: its own (`tokenizer.chat_template`), else a built-in one for
+    /// its architecture.
+    pub fn chat_template(&self, tok: &Tokenizer) -> ChatTemplate {
+        let piece = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(&tok.token_to_piece_with(i, true)).into_owned())
+                .unwrap_or_default()
+        };
+        let md = &self.gguf.metadata;
+        let arch = md.get_str("general.architecture").unwrap_or_default();
+        let template = md.get("tokenizer.chat_template").and_then(|v| v.as_str());
+        ChatTemplate::new(template, arch, &piece(tok.bos()), &piece(tok.eos()))
     }
 
     /// The weight source's counters so far (bytes read, stalls, expert cache).

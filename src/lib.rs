@@ -7,7 +7,7 @@
 
 pub mod engine;
 
-pub use engine::{Engine, EngineError, EngineOptions};
+pub use engine::{Engine, EngineError, EngineOptions, LoadProgress};
 
 pub use flashstream_formats as formats;
 pub use flashstream_loader as loader;

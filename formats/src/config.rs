@@ -27,11 +27,14 @@ pub enum Architecture {
     /// DeepSeek-V2/V3, Kimi-K2: multi-head latent attention ([`MlaConfig`]), sigmoid routing
     /// with a score bias and expert groups, leading dense layers, a shared expert.
     Deepseek2,
+    /// gpt-oss: biased projections, attention sinks, sliding window on even layers, YaRN,
+    /// biased experts with a clamped SwiGLU, softmax over the selected experts.
+    GptOss,
 }
 
 impl Architecture {
     /// Every supported architecture.
-    pub const ALL: [Architecture; 7] = [
+    pub const ALL: [Architecture; 8] = [
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Qwen3,
@@ -39,6 +42,7 @@ impl Architecture {
         Architecture::Qwen2Moe,
         Architecture::Qwen3Moe,
         Architecture::Deepseek2,
+        Architecture::GptOss,
     ];
 
     /// The `general.architecture` string.
@@ -51,6 +55,7 @@ impl Architecture {
             Architecture::Qwen2Moe => "qwen2moe",
             Architecture::Qwen3Moe => "qwen3moe",
             Architecture::Deepseek2 => "deepseek2",
+            Architecture::GptOss => "gpt-oss",
         }
     }
 
@@ -134,15 +139,20 @@ pub struct RopeConfig {
 }
 
 /// The gated activation of the feed-forward blocks: `down(act(gate(x)) * up(x))`.
-///
-/// gpt-oss would add its clamped SwiGLU (`x·σ(1.702x)·(y+1)`, `x = min(gate, 7)`,
-/// `y = clamp(up, ±7)`) as a variant with its constants.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// `silu(gate) * up` (llama, Qwen, Mixtral).
     Swiglu,
     /// `gelu(gate) * up`, GELU's tanh form through ggml's f16 table (Gemma).
     GegluF16Table,
+    /// gpt-oss's clamped SwiGLU: `x·σ(alpha·x)·(y + 1)` with `x = min(gate, limit)`,
+    /// `y = clamp(up, -limit, limit)` (llama.cpp's `swiglu_oai`, alpha 1.702, limit 7).
+    SwigluOai {
+        /// Slope inside the sigmoid.
+        alpha: f32,
+        /// Clamp of the gate (above) and the up projection (both sides).
+        limit: f32,
+    },
 }
 
 /// Where attention's score scale is applied (the placement is visible in the last bits).
@@ -166,8 +176,7 @@ impl AttnScale {
 
 /// How the router's logits become the weights of the selected experts.
 ///
-/// Planned variants: gpt-oss selects top-k on the raw logits and takes the softmax over the
-/// selected ones; deepseek2 and glm4moe take sigmoids, select with a per-expert score bias
+/// Planned variants: deepseek2 and glm4moe take sigmoids, select with a per-expert score bias
 /// (deepseek2 within the best expert groups) and weight by the unbiased scores.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Gating {
@@ -178,6 +187,9 @@ pub enum Gating {
     /// present, is added for the selection only (within the best groups when
     /// [`MoeConfig::n_group`] > 1); the weights are the unbiased sigmoids.
     Sigmoid,
+    /// Top-k of the raw (biased) logits, then a softmax over the selected k only (gpt-oss,
+    /// llama.cpp's `SOFTMAX_WEIGHT`).
+    SoftmaxSelected,
 }
 
 /// Mixture-of-experts parameters.
@@ -501,7 +513,7 @@ impl ModelConfig {
         if freq_base <= 0.0 {
             return Err(bad(&k.key("rope.freq_base"), "must be positive"));
         }
-        let scaling = Self::rope_scaling(&k, arch)?;
+        let scaling = Self::rope_scaling(&k, arch, n_ctx_train)?;
 
         let n_expert = k.usize_opt("expert_count")?.unwrap_or(0);
         let moe = if n_expert > 0 {
@@ -522,8 +534,9 @@ impl ModelConfig {
                 Some(v) => v
                     .as_bool()
                     .ok_or_else(|| bad(&k.key("expert_weights_norm"), "expected a bool"))?,
-                // llama.cpp: Mixtral and Qwen3-MoE renormalise, Qwen2-MoE does not.
-                None => arch != Architecture::Qwen2Moe,
+                // llama.cpp: Mixtral and Qwen3-MoE renormalise, Qwen2-MoE does not, and
+                // gpt-oss's softmax over the selected experts already sums to one.
+                None => !matches!(arch, Architecture::Qwen2Moe | Architecture::GptOss),
             };
             let lead_key = k.key("leading_dense_block_count");
             let n_leading_dense = k.usize_opt("leading_dense_block_count")?.unwrap_or(0);
@@ -560,13 +573,16 @@ impl ModelConfig {
                 }
             }
             // llama.cpp's `expert_gating_func`: 1 softmax, 2 sigmoid; absent means softmax.
+            // gpt-oss's top-k-then-softmax is fixed by its architecture (llama.cpp's 3).
             let gating = match k.usize_opt("expert_gating_func")? {
+                _ if arch == Architecture::GptOss => Gating::SoftmaxSelected,
                 None | Some(0) | Some(1) => Gating::Softmax,
                 Some(2) => Gating::Sigmoid,
+                Some(3) => Gating::SoftmaxSelected,
                 Some(other) => {
                     return Err(bad(
                         &k.key("expert_gating_func"),
-                        &format!("{other} is not supported (1 softmax, 2 sigmoid)"),
+                        &format!("{other} is not supported (1 softmax, 2 sigmoid, 3 softmax over the selected)"),
                     ))
                 }
             };
@@ -591,7 +607,10 @@ impl ModelConfig {
             })
         } else {
             match arch {
-                Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::Deepseek2 => {
+                Architecture::Qwen2Moe
+                | Architecture::Qwen3Moe
+                | Architecture::Deepseek2
+                | Architecture::GptOss => {
                     return Err(FormatError::MissingKey(k.key("expert_count")))
                 }
                 _ => None,
@@ -602,17 +621,28 @@ impl ModelConfig {
                 .map_err(|_| FormatError::MissingKey(k.key("feed_forward_length")))?;
         }
 
-        let (sliding_window, freq_base_swa) = if arch == Architecture::Gemma3 {
-            let window = k.usize_opt("attention.sliding_window")?;
-            let pattern = k
-                .usize_opt("attention.sliding_window_pattern")?
-                .unwrap_or(6);
-            (
-                window.map(|window| SlidingWindow { window, pattern }),
-                Some(10000.0),
-            )
-        } else {
-            (None, None)
+        let (sliding_window, freq_base_swa) = match arch {
+            Architecture::Gemma3 => {
+                let window = k.usize_opt("attention.sliding_window")?;
+                let pattern = k
+                    .usize_opt("attention.sliding_window_pattern")?
+                    .unwrap_or(6);
+                (
+                    window.map(|window| SlidingWindow { window, pattern }),
+                    Some(10000.0),
+                )
+            }
+            // gpt-oss: windowed even layers, full odd ones (llama.cpp's pattern 2); the
+            // window is required, the base shared unless `rope.freq_base_swa` is set.
+            Architecture::GptOss => {
+                let key = k.key("attention.sliding_window");
+                let window = positive(&key, k.usize_req("attention.sliding_window")?)?;
+                (
+                    Some(SlidingWindow { window, pattern: 2 }),
+                    k.f32_opt("rope.freq_base_swa")?,
+                )
+            }
+            _ => (None, None),
         };
 
         // Gemma scales the embedding by sqrt(n_embd) and its queries (not the scores); its
@@ -631,6 +661,14 @@ impl ModelConfig {
                     AttnScale::Query(q),
                 )
             }
+            Architecture::GptOss => (
+                None,
+                Activation::SwigluOai {
+                    alpha: 1.702,
+                    limit: 7.0,
+                },
+                AttnScale::Scores(1.0 / (head_dim_k as f32).sqrt()),
+            ),
             Architecture::Llama
             | Architecture::Qwen2
             | Architecture::Qwen3
@@ -738,7 +776,7 @@ impl ModelConfig {
         })
     }
 
-    fn rope_scaling(k: &Keys<'_>, arch: Architecture) -> Result<RopeScaling> {
+    fn rope_scaling(k: &Keys<'_>, arch: Architecture, n_ctx_train: usize) -> Result<RopeScaling> {
         let ty_key = k.key("rope.scaling.type");
         let ty = match k.meta.get(&ty_key) {
             None => return Ok(RopeScaling::None),
@@ -762,9 +800,11 @@ impl ModelConfig {
                 };
                 Ok(RopeScaling::Yarn {
                     factor,
+                    // llama.cpp falls back to the training context.
                     original_context: k
                         .usize_opt("rope.scaling.original_context_length")?
-                        .unwrap_or(0),
+                        .filter(|&n| n > 0)
+                        .unwrap_or(n_ctx_train),
                     beta_fast: k.f32_opt("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
                     beta_slow: k.f32_opt("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
                     attn_factor: yarn_attn_factor(factor, log_mul, arch)
@@ -1011,5 +1051,69 @@ mod tests {
         assert_eq!(c.attn_scale.split(), (Some(0.125), 1.0));
         assert_eq!(c.embedding_scale, Some(16.0));
         assert!(!c.is_moe_layer(0));
+    }
+
+    /// gpt-oss: window on even layers, YaRN read with its original context (or the
+    /// training context), softmax over the selected experts without renormalising, the
+    /// clamped SwiGLU; the window is required.
+    #[test]
+    fn gpt_oss() {
+        let mut m = base("gpt-oss");
+        for (k, v) in [
+            ("expert_count", 16u32),
+            ("expert_used_count", 4),
+            ("attention.sliding_window", 128),
+            ("context_length", 8192),
+        ] {
+            m.set(format!("gpt-oss.{k}"), Value::U32(v));
+        }
+        m.set("gpt-oss.rope.scaling.type", Value::String("yarn".into()));
+        m.set("gpt-oss.rope.scaling.factor", Value::F32(32.0));
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert_eq!(c.arch, Architecture::GptOss);
+        assert_eq!(c.rope.style, RopeStyle::Neox);
+        match c.rope.scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                attn_factor,
+                log_mul,
+            } => {
+                assert_eq!((factor, original_context), (32.0, 8192));
+                assert_eq!((beta_fast, beta_slow, log_mul), (32.0, 1.0, 0.0));
+                // llama.cpp's magnitude for gpt-oss: attn_factor 1 (tables carry 1 + 0.1 ln 32).
+                assert!((attn_factor - 1.0).abs() < 1e-6, "{attn_factor}");
+            }
+            other => panic!("expected YaRN, got {other:?}"),
+        }
+        assert!(c.is_swa_layer(0) && !c.is_swa_layer(1) && c.is_swa_layer(2));
+        assert_eq!(c.rope.freq_base_swa, None);
+        let moe = c.moe.unwrap();
+        assert_eq!(moe.gating, Gating::SoftmaxSelected);
+        assert!(!moe.norm_top_k);
+        assert_eq!(
+            c.activation,
+            Activation::SwigluOai {
+                alpha: 1.702,
+                limit: 7.0
+            }
+        );
+        m.set(
+            "gpt-oss.rope.scaling.original_context_length",
+            Value::U32(4096),
+        );
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert!(matches!(
+            c.rope.scaling,
+            RopeScaling::Yarn {
+                original_context: 4096,
+                ..
+            }
+        ));
+        m.remove("gpt-oss.attention.sliding_window");
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("gpt-oss.attention.sliding_window"), "{e}");
     }
 }

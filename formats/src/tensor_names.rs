@@ -90,6 +90,18 @@ pub enum TensorRole {
     AttnVB,
     /// Per-expert score bias added for expert selection only (`exp_probs_b.bias`).
     FfnExpProbsB,
+    /// Attention output projection bias (gpt-oss).
+    AttnOutBias,
+    /// Attention sinks: one logit per query head joining the softmax (gpt-oss).
+    AttnSinks,
+    /// MoE router bias (gpt-oss).
+    FfnRouterBias,
+    /// Fused expert gate biases, `[n_ff_expert, n_expert]` (sliced per expert).
+    FfnGateExpsBias,
+    /// Fused expert up biases.
+    FfnUpExpsBias,
+    /// Fused expert down biases, `[n_embd, n_expert]`.
+    FfnDownExpsBias,
 }
 
 /// Whether a model must have a tensor.
@@ -108,12 +120,27 @@ pub struct TensorSpec {
     pub role: TensorRole,
     /// Required or optional.
     pub need: Need,
+    /// The architecture's own base name for the role, where it differs from
+    /// [`TensorRole::base_name`] (gpt-oss calls its pre-FFN norm `post_attention_norm`).
+    pub base: Option<&'static str>,
+}
+
+impl TensorSpec {
+    /// The tensor's name in layer `il` under this architecture's naming.
+    pub fn name(&self, il: usize) -> String {
+        match self.base {
+            Some(b) if !self.role.is_global() => format!("blk.{il}.{b}.{}", self.role.suffix()),
+            Some(b) => format!("{b}.{}", self.role.suffix()),
+            None => self.role.name(il),
+        }
+    }
 }
 
 const fn req(role: TensorRole) -> TensorSpec {
     TensorSpec {
         role,
         need: Need::Required,
+        base: None,
     }
 }
 
@@ -121,6 +148,16 @@ const fn opt(role: TensorRole) -> TensorSpec {
     TensorSpec {
         role,
         need: Need::Optional,
+        base: None,
+    }
+}
+
+/// A required tensor under an architecture-specific base name.
+const fn req_as(role: TensorRole, base: &'static str) -> TensorSpec {
+    TensorSpec {
+        role,
+        need: Need::Required,
+        base: Some(base),
     }
 }
 
@@ -238,9 +275,35 @@ const MOE_BIASED_SHARED: &[TensorSpec] = &[
     req(FfnUpShexp),
     req(FfnDownShexp),
 ];
+/// gpt-oss attention: biases on every projection, sinks; its pre-FFN norm is named
+/// `post_attention_norm`.
+const ATTN_GPT_OSS: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQ),
+    req(AttnK),
+    req(AttnV),
+    req(AttnOut),
+    req(AttnQBias),
+    req(AttnKBias),
+    req(AttnVBias),
+    req(AttnOutBias),
+    req(AttnSinks),
+    req_as(FfnNorm, "post_attention_norm"),
+];
+/// gpt-oss experts: router and every expert projection with a bias.
+const MOE_BIASED: &[TensorSpec] = &[
+    req(FfnRouter),
+    req(FfnRouterBias),
+    req(FfnGateExps),
+    req(FfnGateExpsBias),
+    req(FfnUpExps),
+    req(FfnUpExpsBias),
+    req(FfnDownExps),
+    req(FfnDownExpsBias),
+];
 
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 7] = [
+static TABLE: [ArchTensors; 8] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
@@ -300,6 +363,13 @@ static TABLE: [ArchTensors; 7] = [
         dense_ffn: FFN,
         moe_ffn: MOE_BIASED_SHARED,
     },
+    ArchTensors {
+        arch: Architecture::GptOss,
+        globals: GLOBALS,
+        attn: ATTN_GPT_OSS,
+        dense_ffn: FFN,
+        moe_ffn: MOE_BIASED,
+    },
 ];
 
 /// The tensor table row of `arch`.
@@ -313,12 +383,20 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Qwen2Moe => 4,
         Architecture::Qwen3Moe => 5,
         Architecture::Deepseek2 => 6,
+        Architecture::GptOss => 7,
     };
     &TABLE[i]
 }
 
 /// The roles whose tensors are sliced per expert (`[.., n_expert]`, the last dimension).
-const EXPERT_ROLES: [TensorRole; 3] = [FfnGateExps, FfnUpExps, FfnDownExps];
+const EXPERT_ROLES: [TensorRole; 6] = [
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    FfnGateExpsBias,
+    FfnUpExpsBias,
+    FfnDownExpsBias,
+];
 
 impl TensorRole {
     /// The name between the layer prefix and the suffix (`attn_q` of `blk.3.attn_q.bias`), or
@@ -358,13 +436,20 @@ impl TensorRole {
             AttnKB => "attn_k_b",
             AttnVB => "attn_v_b",
             FfnExpProbsB => "exp_probs_b",
+            AttnOutBias => "attn_output",
+            AttnSinks => "attn_sinks",
+            FfnRouterBias => "ffn_gate_inp",
+            FfnGateExpsBias => "ffn_gate_exps",
+            FfnUpExpsBias => "ffn_up_exps",
+            FfnDownExpsBias => "ffn_down_exps",
         }
     }
 
     /// `weight` or `bias`.
     pub const fn suffix(self) -> &'static str {
         match self {
-            AttnQBias | AttnKBias | AttnVBias | FfnExpProbsB => "bias",
+            AttnQBias | AttnKBias | AttnVBias | AttnOutBias | FfnRouterBias | FfnGateExpsBias
+            | FfnUpExpsBias | FfnDownExpsBias | FfnExpProbsB => "bias",
             _ => "weight",
         }
     }
@@ -516,5 +601,25 @@ mod tests {
         assert!(ds.has(FfnExpProbsB, true) && !ds.has(FfnRouterShexp, true));
         assert_eq!(FfnExpProbsB.name(1), "blk.1.exp_probs_b.bias");
         assert!(!AttnKB.is_expert() && !FfnExpProbsB.is_expert());
+    }
+
+    /// gpt-oss: the pre-FFN norm under its own name, biases sliced per expert like weights.
+    #[test]
+    fn gpt_oss_names() {
+        let t = arch_tensors(Architecture::GptOss);
+        let names: Vec<String> = t.layer(true).map(|s| s.name(2)).collect();
+        for n in [
+            "blk.2.post_attention_norm.weight",
+            "blk.2.attn_sinks.weight",
+            "blk.2.attn_output.bias",
+            "blk.2.ffn_gate_inp.bias",
+            "blk.2.ffn_down_exps.bias",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        assert!(!names.iter().any(|x| x == "blk.2.ffn_norm.weight"));
+        assert!(is_fused_expert("blk.2.ffn_up_exps.bias", 2));
+        assert!(!is_fused_expert("blk.2.ffn_gate_inp.bias", 2));
+        assert_eq!(FfnUpExpsBias.per_expert_name(2, 1), None);
     }
 }

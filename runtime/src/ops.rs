@@ -103,6 +103,16 @@ pub fn geglu_f16_table(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// gpt-oss's clamped SwiGLU as ggml's `swiglu_oai`: `gate[i] = x·σ(alpha·x)·(y + 1)` with
+/// `x = min(gate[i], limit)`, `y = clamp(up[i], -limit, limit)`.
+pub fn swiglu_oai(gate: &mut [f32], up: &[f32], alpha: f32, limit: f32) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = g.min(limit);
+        let y = u.clamp(-limit, limit);
+        *g = x / (1.0 + (alpha * -x).exp()) * (y + 1.0);
+    }
+}
+
 /// `y += x`.
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
     for (a, &b) in y.iter_mut().zip(x) {
@@ -144,52 +154,6 @@ pub fn rope_cache(
         let t = freq_scale * (theta / ff);
         cos[i] = t.cos();
         sin[i] = t.sin();
-        theta *= theta_scale;
-    }
-}
-
-/// YaRN's correction range for `dims` rotated dimensions (ggml's `ggml_rope_yarn_corr_dims`):
-/// the pair indices below which frequencies are kept and above which they are interpolated.
-pub fn yarn_corr_dims(
-    dims: usize,
-    original_context: usize,
-    base: f32,
-    beta_fast: f32,
-    beta_slow: f32,
-) -> [f32; 2] {
-    let corr = |n_rot: f32| {
-        dims as f32 * (original_context as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
-            / (2.0 * base.ln())
-    };
-    let start = corr(beta_fast).floor();
-    let end = corr(beta_slow).ceil();
-    [start.max(0.0), end.min(dims as f32 - 1.0)]
-}
-
-/// [`rope_cache`] with YaRN (ggml's `rope_yarn`): each angle mixes the interpolated
-/// (`freq_scale·θ`) and the original θ by a ramp over `corr_dims`, and cos/sin are scaled by
-/// `attn_factor·(1 + 0.1 ln(1/freq_scale))`.
-#[allow(clippy::too_many_arguments)]
-pub fn rope_cache_yarn(
-    pos: usize,
-    dims: usize,
-    base: f32,
-    freq_scale: f32,
-    corr_dims: [f32; 2],
-    attn_factor: f32,
-    cos: &mut [f32],
-    sin: &mut [f32],
-) {
-    let theta_scale = base.powf(-2.0 / dims as f32);
-    let mscale = attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln());
-    let mut theta = pos as f32;
-    for i in 0..dims / 2 {
-        let interp = freq_scale * theta;
-        let y = (i as f32 - corr_dims[0]) / (corr_dims[1] - corr_dims[0]).max(0.001);
-        let ramp = 1.0 - y.clamp(0.0, 1.0);
-        let t = interp * (1.0 - ramp) + theta * ramp;
-        cos[i] = t.cos() * mscale;
-        sin[i] = t.sin() * mscale;
         theta *= theta_scale;
     }
 }
@@ -270,6 +234,19 @@ mod tests {
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
         assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
         assert_eq!(silu(0.0), 0.0);
+    }
+
+    /// The clamps: the gate only from above, the up projection on both sides.
+    #[test]
+    fn swiglu_oai_clamps() {
+        let mut g = [10.0f32, -10.0, 1.0, 0.0];
+        let u = [20.0f32, 0.0, -20.0, 5.0];
+        swiglu_oai(&mut g, &u, 1.702, 7.0);
+        let act = |x: f32| x / (1.0 + (-1.702 * x).exp());
+        assert_eq!(g[0], act(7.0) * 8.0);
+        assert_eq!(g[1], act(-10.0));
+        assert_eq!(g[2], act(1.0) * -6.0);
+        assert_eq!(g[3], 0.0);
     }
 
     #[test]

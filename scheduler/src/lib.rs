@@ -75,6 +75,9 @@ pub enum SchedulerError {
     /// A read failed; every later lease fails the same way.
     #[error("{0}")]
     ReadFailed(String),
+    /// The caller's progress callback asked to stop loading.
+    #[error("loading was cancelled by the progress callback")]
+    Cancelled,
     /// The I/O thread could not be started.
     #[error("cannot start the I/O thread: {0}")]
     Thread(String),

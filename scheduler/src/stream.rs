@@ -1,9 +1,15 @@
 //! The streaming weight source: pinned units, a slot ring for the per-token units that do not
 //! fit, an expert cache, and a dedicated I/O thread that keeps reads in flight.
 //!
-//! Memory: everything is allocated once, in [`StreamingSource::new`], exactly as the [`Plan`]
-//! counted it: one buffer per pinned unit, `n_slots` ring slots, the expert-cache slots and the
-//! embedding-row scratch. Nothing is allocated per token.
+//! Memory: everything is allocated up front, in [`StreamingSource::with_backend`], exactly as
+//! the [`Plan`] counted it: one buffer per pinned unit, `n_slots` ring slots, the expert-cache
+//! slots and the embedding-row scratch. Nothing is allocated per token.
+//!
+//! A new budget ([`StreamingSource::rebudget`] with a plan for it): the source waits for a
+//! moment when no lease is held (new leases wait meanwhile), stops the I/O thread, frees what
+//! the new plan does not keep (and returns it to the OS), allocates and reads what it adds,
+//! and restarts the thread. Leases count in a gate for this; units, layouts and the bytes a
+//! lease carries do not change.
 //!
 //! The ring: per-token units are used in a fixed cyclic order (the plan's `cycle`: the
 //! streamed layers, then the output head). Read number `k` of the run holds unit
@@ -27,7 +33,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use flashstream_formats::GgufModel;
 use flashstream_loader::{AlignedBuffer, Completion, IoKind, ReadBackend, ReadOp};
@@ -102,7 +108,6 @@ struct Static {
     units: UnitTable,
     chunk: u64,
     align: u64,
-    embd: Option<EmbdInfo>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -177,6 +182,39 @@ struct State {
 }
 
 impl State {
+    fn new(
+        n_slots: usize,
+        expert_slots: usize,
+        window: u64,
+        layers: usize,
+        policy: ExpertPolicy,
+        stats: SourceStats,
+    ) -> State {
+        State {
+            ring: vec![RingSlot::default(); n_slots],
+            next_read: 0,
+            next_lease: 0,
+            cache: vec![CacheSlot::default(); expert_slots],
+            cache_of: HashMap::new(),
+            demand: VecDeque::new(),
+            urgent: None,
+            predicted: VecDeque::new(),
+            epoch: 1,
+            clock: 0,
+            window,
+            layers,
+            cur_layer: 0,
+            hit_rate: 0.5,
+            guess_use_rate: 0.5,
+            policy,
+            rows: None,
+            busy_since: None,
+            failed: None,
+            shutdown: false,
+            stats,
+        }
+    }
+
     fn protected(&self, slot: usize) -> bool {
         let p = self.cache[slot].protect;
         p != 0 && p + 1 >= self.epoch
@@ -291,27 +329,121 @@ enum Target {
 }
 
 /// A [`WeightSource`] that streams what the [`Plan`] does not pin.
+///
+/// Its residency can change while it runs ([`StreamingSource::rebudget`]): the memory behind
+/// the plan (the [`Core`]) is rebuilt at a moment when no lease is held, and the unit table and
+/// layouts that leases borrow stay.
 pub struct StreamingSource {
+    units: UnitTable,
+    layouts: Vec<UnitLayout>,
+    embd: Option<EmbdInfo>,
+    row_foot: u64,
+    chunk: u64,
+    align: u64,
+    kind: IoKind,
+    core: RwLock<Core>,
+    /// Leases (and embedding-row reads) outstanding, and whether a rebudget waits for none.
+    gate: Mutex<Gate>,
+    gate_cv: Condvar,
+    row_lock: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    outstanding: usize,
+    closed: bool,
+}
+
+/// The memory and the I/O thread of one plan.
+struct Core {
     st: Arc<Static>,
     shared: Arc<Shared>,
-    io: Option<JoinHandle<()>>,
+    io: Option<JoinHandle<Box<dyn ReadBackend>>>,
     plan: Plan,
-    kind: IoKind,
     /// Pinned region of each unit (by position), if pinned.
     pinned: Vec<Option<Region>>,
     cycle_pos: HashMap<UnitId, usize>,
-    row_lock: Mutex<()>,
-    _buffers: Vec<AlignedBuffer>,
+    /// The pinned buffers, by unit position (kept across a rebudget that keeps them pinned).
+    pinned_bufs: HashMap<usize, AlignedBuffer>,
+    /// Ring, expert-cache and row-scratch buffers (the regions of `st` point into them).
+    _slot_bufs: Vec<AlignedBuffer>,
 }
+
+impl Core {
+    /// Stops the I/O thread (it waits for its reads in flight) and returns the backend.
+    fn stop(&mut self) -> Option<Box<dyn ReadBackend>> {
+        self.shared.st.lock().shutdown = true;
+        self.shared.work.notify_all();
+        self.io.take().and_then(|h| h.join().ok())
+    }
+}
+
+impl Core {
+    /// A core without memory whose every lease fails with `msg` (before the first build, and
+    /// after a rebudget that could restore nothing).
+    fn failed(plan: &Plan, msg: &str) -> Core {
+        let stat = Arc::new(Static {
+            cycle: Vec::new(),
+            ring: Vec::new(),
+            cache: Vec::new(),
+            row_scratch: Region {
+                ptr: NonNull::dangling(),
+                len: 0,
+            },
+            row_foot: 0,
+            layouts: Vec::new(),
+            units: UnitTable::default(),
+            chunk: 0,
+            align: 1,
+        });
+        let shared = Arc::new(Shared {
+            st: Mutex::new(State::new(
+                0,
+                0,
+                0,
+                0,
+                plan.expert_policy,
+                SourceStats::default(),
+            )),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        shared.st.lock().failed = Some(msg.to_string());
+        Core {
+            st: stat,
+            shared,
+            io: None,
+            plan: plan.clone(),
+            pinned: vec![None; plan.layouts.len()],
+            cycle_pos: HashMap::new(),
+            pinned_bufs: HashMap::new(),
+            _slot_bufs: Vec::new(),
+        }
+    }
+}
+
+/// Gives freed memory back to the OS now (glibc keeps freed heap chunks below its mmap
+/// threshold in the process; `malloc_trim` returns them).
+fn release_to_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Lease "slot" number of pinned leases (they only count in the gate).
+const PINNED_SLOT: usize = usize::MAX;
 
 impl std::fmt::Debug for StreamingSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.core.read();
         f.debug_struct("StreamingSource")
             .field("io", &self.kind)
-            .field("pinned", &self.plan.pinned.len())
-            .field("cycle", &self.plan.cycle.len())
-            .field("slots", &self.plan.n_slots)
-            .field("expert_slots", &self.plan.expert_slots)
+            .field("pinned", &c.plan.pinned.len())
+            .field("cycle", &c.plan.cycle.len())
+            .field("slots", &c.plan.n_slots)
+            .field("expert_slots", &c.plan.expert_slots)
             .finish()
     }
 }
@@ -352,8 +484,21 @@ impl StreamingSource {
     pub fn with_backend(
         model: &GgufModel,
         plan: Plan,
-        mut backend: Box<dyn ReadBackend>,
+        backend: Box<dyn ReadBackend>,
         chunk_bytes: u64,
+    ) -> Result<Self, SchedulerError> {
+        Self::with_progress(model, plan, backend, chunk_bytes, &mut |_, _| true)
+    }
+
+    /// [`StreamingSource::with_backend`], telling `progress(bytes_read, bytes_to_read)` how the
+    /// read of the pinned units goes (after each completed read); when it returns false the
+    /// load stops (reads in flight are waited for) with [`SchedulerError::Cancelled`].
+    pub fn with_progress(
+        model: &GgufModel,
+        plan: Plan,
+        backend: Box<dyn ReadBackend>,
+        chunk_bytes: u64,
+        progress: &mut dyn FnMut(u64, u64) -> bool,
     ) -> Result<Self, SchedulerError> {
         let _span = tracing::info_span!("streaming_source").entered();
         let units = UnitTable::from_model(model)?;
@@ -376,48 +521,6 @@ impl StreamingSource {
         }
         let kind = backend.kind();
         let chunk = (chunk_bytes.max(align) / align) * align;
-
-        let mut buffers = Vec::new();
-        let mut pinned = vec![None; plan.layouts.len()];
-        for &id in &plan.pinned {
-            let Some(pos) = units.position(id) else {
-                continue;
-            };
-            let mut b = alloc(plan.layouts[pos].bytes, &format!("pinned unit {id:?}"))?;
-            pinned[pos] = Some(Region::of(&mut b));
-            buffers.push(b);
-        }
-        let mut ring = Vec::with_capacity(plan.n_slots);
-        for i in 0..plan.n_slots {
-            let mut b = alloc(plan.slot_bytes, &format!("ring slot {i}"))?;
-            ring.push(Region::of(&mut b));
-            buffers.push(b);
-        }
-        let mut cache = Vec::with_capacity(plan.expert_slots);
-        for i in 0..plan.expert_slots {
-            let mut b = alloc(plan.expert_slot_bytes, &format!("expert slot {i}"))?;
-            cache.push(Region::of(&mut b));
-            buffers.push(b);
-        }
-        let mut scratch = alloc(plan.row_scratch_bytes, "embedding-row scratch")?;
-        let row_scratch = Region::of(&mut scratch);
-        buffers.push(scratch);
-        // Every unit that can land in a slot must fit it.
-        for (pos, u) in units.iter().enumerate() {
-            let need = plan.layouts[pos].bytes;
-            let cap = match u.id {
-                UnitId::Expert { .. } if plan.expert_slots > 0 => plan.expert_slot_bytes,
-                id if plan.cycle.contains(&id) => plan.slot_bytes,
-                _ => need,
-            };
-            if need > cap {
-                return Err(SchedulerError::BadRequest(format!(
-                    "unit {:?} needs {need} bytes but its slots hold {cap}",
-                    u.id
-                )));
-            }
-        }
-
         let embd = match (
             units.position(UnitId::Embedding),
             model.tensor("token_embd.weight"),
@@ -432,99 +535,189 @@ impl StreamingSource {
             _ => None,
         };
         let row_foot = embd.map_or(0, |e| e.row_bytes.div_ceil(align) * align + align);
-        if plan.embedding_on_demand && (row_foot == 0 || (plan.row_scratch_bytes) < row_foot) {
+        let layouts = plan.layouts.clone();
+        let mut src = StreamingSource {
+            units,
+            layouts,
+            embd,
+            row_foot,
+            chunk,
+            align,
+            kind,
+            core: RwLock::new(Core::failed(&plan, "not loaded")),
+            gate: Mutex::new(Gate::default()),
+            gate_cv: Condvar::new(),
+            row_lock: Mutex::new(()),
+        };
+        let core = src
+            .build_core(
+                plan,
+                backend,
+                HashMap::new(),
+                SourceStats::default(),
+                progress,
+            )
+            .map_err(|(e, _)| e)?;
+        *src.core.get_mut() = core;
+        Ok(src)
+    }
+
+    /// Checks that `plan` can run here (its slots hold every unit that can land in them, the
+    /// row scratch holds a row) before anything is freed or allocated for it.
+    fn check_plan(&self, plan: &Plan) -> Result<(), SchedulerError> {
+        if plan.layouts.len() != self.layouts.len() || plan.align != self.align {
+            return Err(SchedulerError::BadRequest(
+                "the plan was made for another model or alignment".into(),
+            ));
+        }
+        for (pos, u) in self.units.iter().enumerate() {
+            let need = plan.layouts[pos].bytes;
+            let cap = match u.id {
+                UnitId::Expert { .. } if plan.expert_slots > 0 => plan.expert_slot_bytes,
+                id if plan.cycle.contains(&id) => plan.slot_bytes,
+                _ => need,
+            };
+            if need > cap {
+                return Err(SchedulerError::BadRequest(format!(
+                    "unit {:?} needs {need} bytes but its slots hold {cap}",
+                    u.id
+                )));
+            }
+        }
+        if plan.embedding_on_demand
+            && (self.row_foot == 0 || plan.row_scratch_bytes < self.row_foot)
+        {
             return Err(SchedulerError::BadRequest(
                 "the plan reads embedding rows on demand but has no room for one".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Allocates what `plan` counts (reusing the buffers of `keep`, pinned units by position
+    /// that stay pinned), reads the pinned units that are not in `keep` and starts the I/O
+    /// thread. On failure the backend is handed back when the thread was not started.
+    #[allow(clippy::type_complexity)]
+    fn build_core(
+        &self,
+        plan: Plan,
+        mut backend: Box<dyn ReadBackend>,
+        mut keep: HashMap<usize, AlignedBuffer>,
+        mut stats: SourceStats,
+        progress: &mut dyn FnMut(u64, u64) -> bool,
+    ) -> Result<Core, (SchedulerError, Option<Box<dyn ReadBackend>>)> {
+        if let Err(e) = self.check_plan(&plan) {
+            return Err((e, Some(backend)));
+        }
+        let units = &self.units;
+        let mut pinned_bufs = HashMap::new();
+        let mut pinned = vec![None; plan.layouts.len()];
+        let mut fresh = Vec::new();
+        let mut slot_bufs = Vec::new();
+        let allocated = (|| {
+            for &id in &plan.pinned {
+                let Some(pos) = units.position(id) else {
+                    continue;
+                };
+                let mut b = match keep.remove(&pos) {
+                    Some(b) => b,
+                    None => {
+                        fresh.push(pos);
+                        alloc(plan.layouts[pos].bytes, &format!("pinned unit {id:?}"))?
+                    }
+                };
+                pinned[pos] = Some(Region::of(&mut b));
+                pinned_bufs.insert(pos, b);
+            }
+            drop(std::mem::take(&mut keep));
+            for i in 0..plan.n_slots {
+                slot_bufs.push(alloc(plan.slot_bytes, &format!("ring slot {i}"))?);
+            }
+            for i in 0..plan.expert_slots {
+                slot_bufs.push(alloc(plan.expert_slot_bytes, &format!("expert slot {i}"))?);
+            }
+            slot_bufs.push(alloc(plan.row_scratch_bytes, "embedding-row scratch")?);
+            Ok(())
+        })();
+        if let Err(e) = allocated {
+            return Err((e, Some(backend)));
+        }
+        let mut regions: Vec<Region> = slot_bufs.iter_mut().map(Region::of).collect();
+        let row_scratch = regions.pop().unwrap_or(Region {
+            ptr: NonNull::dangling(),
+            len: 0,
+        });
+        let cache = regions.split_off(plan.n_slots);
+        let ring = regions;
 
         // The slots are read into over and over: register them with the backend (io_uring
         // fixed buffers, where the kernel and memlock limit allow; a no-op elsewhere).
-        let regions: Vec<(NonNull<u8>, usize)> = ring
+        let reg: Vec<(NonNull<u8>, usize)> = ring
             .iter()
             .chain(&cache)
             .chain(std::iter::once(&row_scratch))
             .filter(|r| r.len > 0)
             .map(|r| (r.ptr, r.len))
             .collect();
-        // SAFETY: the regions live in `buffers`, which the source keeps until after the I/O
-        // thread (which owns the backend) has been joined.
-        let registered = unsafe { backend.register_buffers(&regions) };
-        tracing::debug!(
-            registered,
-            regions = regions.len(),
-            "slot memory registration"
-        );
+        // SAFETY: the regions live in `slot_bufs`, which the core keeps until after the I/O
+        // thread (which owns the backend) has been joined, and which are unregistered (the
+        // backend's buffers replaced) before a rebudget frees them.
+        let registered = unsafe { backend.register_buffers(&reg) };
+        tracing::debug!(registered, regions = reg.len(), "slot memory registration");
 
-        // Read the pinned units now.
+        // Read the pinned units that are not in RAM yet.
         let t0 = Instant::now();
         let mut ops = Vec::new();
-        for &id in &plan.pinned {
-            if let Some(pos) = units.position(id) {
-                if let Some(r) = pinned[pos] {
-                    unit_ops(&plan.layouts[pos], r, chunk, pos as u64, &mut ops);
-                }
+        for &pos in &fresh {
+            if let Some(r) = pinned[pos] {
+                unit_ops(&plan.layouts[pos], r, self.chunk, pos as u64, &mut ops);
             }
         }
-        let load_bytes = read_all(backend.as_mut(), &ops, &units)?;
+        let load_bytes = match read_all(backend.as_mut(), &ops, units, progress) {
+            Ok(b) => b,
+            Err(e) => return Err((e, Some(backend))),
+        };
         let load_s = t0.elapsed().as_secs_f64();
-        tracing::debug!(load_bytes, load_s, backend = %kind, "pinned units loaded");
+        tracing::debug!(load_bytes, load_s, backend = %self.kind, "pinned units loaded");
+        stats.load_bytes += load_bytes;
+        stats.load_s += load_s;
 
         let n_layer = units.n_layer();
+        stats.expert_layers.resize(
+            if plan.expert_slots > 0 { n_layer } else { 0 },
+            LayerExpertStats::default(),
+        );
         let stat = Arc::new(Static {
             cycle: plan.cycle.clone(),
             ring,
             cache,
             row_scratch,
-            row_foot,
-            layouts: plan.layouts.clone(),
+            row_foot: self.row_foot,
+            layouts: self.layouts.clone(),
             units: units.clone(),
-            chunk,
-            align,
-            embd,
+            chunk: self.chunk,
+            align: self.align,
         });
-        let stats = SourceStats {
-            load_bytes,
-            load_s,
-            expert_layers: vec![
-                LayerExpertStats::default();
-                if plan.expert_slots > 0 { n_layer } else { 0 }
-            ],
-            ..SourceStats::default()
-        };
         let shared = Arc::new(Shared {
-            st: Mutex::new(State {
-                ring: vec![RingSlot::default(); plan.n_slots],
-                next_read: 0,
-                next_lease: 0,
-                cache: vec![CacheSlot::default(); plan.expert_slots],
-                cache_of: HashMap::new(),
-                demand: VecDeque::new(),
-                urgent: None,
-                predicted: VecDeque::new(),
-                epoch: 1,
-                clock: 0,
-                window: plan.expert_leases_per_token,
-                layers: n_layer,
-                cur_layer: 0,
-                hit_rate: 0.5,
-                guess_use_rate: 0.5,
-                policy: plan.expert_policy,
-                rows: None,
-                busy_since: None,
-                failed: None,
-                shutdown: false,
+            st: Mutex::new(State::new(
+                plan.n_slots,
+                plan.expert_slots,
+                plan.expert_leases_per_token,
+                n_layer,
+                plan.expert_policy,
                 stats,
-            }),
+            )),
             work: Condvar::new(),
             done: Condvar::new(),
         });
+        // The backend moves into the thread; if the thread cannot start it is lost with the
+        // closure, so a failed spawn cannot hand it back.
         let io = {
             let (stat, shared) = (Arc::clone(&stat), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("fs-io".into())
                 .spawn(move || io_thread(backend, &stat, &shared))
-                .map_err(|e| SchedulerError::Thread(e.to_string()))?
+                .map_err(|e| (SchedulerError::Thread(e.to_string()), None))?
         };
         let cycle_pos = plan
             .cycle
@@ -532,22 +725,129 @@ impl StreamingSource {
             .enumerate()
             .map(|(i, &u)| (u, i))
             .collect();
-        Ok(StreamingSource {
+        Ok(Core {
             st: stat,
             shared,
             io: Some(io),
             plan,
-            kind,
             pinned,
             cycle_pos,
-            row_lock: Mutex::new(()),
-            _buffers: buffers,
+            pinned_bufs,
+            _slot_bufs: slot_bufs,
         })
     }
 
-    /// The plan it runs.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+    /// Changes the residency to `plan` (a plan for the same model and alignment, normally the
+    /// same model under another budget): waits until no lease is held (a forward pass in
+    /// another thread goes on to its next lease-free moment: between layers or tokens; new
+    /// leases wait meanwhile), stops the I/O thread, frees the ring, the expert cache and the
+    /// pinned units the new plan does not pin (and gives the freed memory back to the OS),
+    /// allocates what the new plan counts and reads the units it pins anew. Leases then
+    /// continue under the new plan; the bytes they carry are the same.
+    ///
+    /// A plan that cannot run here is an error before anything changes. If building the new
+    /// residency fails (allocation, a read error), the old plan is restored; if even that
+    /// fails, every later lease fails with the error.
+    pub fn rebudget(&self, plan: Plan) -> Result<(), SchedulerError> {
+        let _span = tracing::info_span!("rebudget", budget = plan.budget).entered();
+        self.check_plan(&plan)?;
+        {
+            let mut g = self.gate.lock();
+            while g.closed {
+                self.gate_cv.wait(&mut g);
+            }
+            g.closed = true;
+            while g.outstanding > 0 {
+                self.gate_cv.wait(&mut g);
+            }
+        }
+        let result = self.swap_core(plan);
+        let mut g = self.gate.lock();
+        g.closed = false;
+        self.gate_cv.notify_all();
+        result
+    }
+
+    fn swap_core(&self, plan: Plan) -> Result<(), SchedulerError> {
+        let mut core = self.core.write();
+        if let Some(m) = &core.shared.st.lock().failed {
+            return Err(SchedulerError::ReadFailed(m.clone()));
+        }
+        let old_plan = core.plan.clone();
+        let stats = core.shared.st.lock().stats.clone();
+        let Some(mut backend) = core.stop() else {
+            return Err(SchedulerError::Thread(
+                "the I/O thread ended abnormally".into(),
+            ));
+        };
+        let failed = core.shared.st.lock().failed.clone();
+        if let Some(m) = failed {
+            // A read failed while the thread wound down: keep that state.
+            *core = Core::failed(&old_plan, &m);
+            return Err(SchedulerError::ReadFailed(m));
+        }
+        // Unregister the slot memory before it is freed.
+        // SAFETY: no regions.
+        unsafe { backend.register_buffers(&[]) };
+        let mut keep = std::mem::take(&mut core.pinned_bufs);
+        let new_pins: std::collections::HashSet<usize> = plan
+            .pinned
+            .iter()
+            .filter_map(|&id| self.units.position(id))
+            .collect();
+        keep.retain(|pos, _| new_pins.contains(pos));
+        *core = Core::failed(&old_plan, "the residency is being changed");
+        release_to_os();
+        match self.build_core(plan, backend, keep, stats.clone(), &mut |_, _| true) {
+            Ok(c) => {
+                *core = c;
+                release_to_os();
+                Ok(())
+            }
+            Err((e, Some(backend))) => {
+                tracing::warn!(error = %e, "rebudget failed; restoring the previous plan");
+                release_to_os();
+                let restored = self.build_core(
+                    old_plan.clone(),
+                    backend,
+                    HashMap::new(),
+                    stats,
+                    &mut |_, _| true,
+                );
+                match restored {
+                    Ok(c) => *core = c,
+                    Err((e2, _)) => *core = Core::failed(&old_plan, &e2.to_string()),
+                }
+                Err(e)
+            }
+            Err((e, None)) => {
+                *core = Core::failed(&old_plan, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The plan it runs now.
+    pub fn plan(&self) -> Plan {
+        self.core.read().plan.clone()
+    }
+
+    /// Counts a lease (or a row read) about to start; waits while a rebudget is due and none
+    /// is outstanding.
+    fn enter(&self) {
+        let mut g = self.gate.lock();
+        while g.closed && g.outstanding == 0 {
+            self.gate_cv.wait(&mut g);
+        }
+        g.outstanding += 1;
+    }
+
+    fn exit(&self) {
+        let mut g = self.gate.lock();
+        g.outstanding -= 1;
+        if g.outstanding == 0 {
+            self.gate_cv.notify_all();
+        }
     }
 
     /// The backend in use (after `auto` resolved).
@@ -559,10 +859,11 @@ impl StreamingSource {
     /// ones are protected from eviction for this request and the next; the others are queued
     /// for reading (demand ahead of the ring and of predictions, predictions behind).
     fn request(&self, units: &[UnitId], demand: bool) {
-        if self.st.cache.is_empty() {
+        let core = self.core.read();
+        if core.st.cache.is_empty() {
             return;
         }
-        let mut st = self.shared.st.lock();
+        let mut st = core.shared.st.lock();
         st.epoch += 1;
         let epoch = st.epoch;
         let mut any = false;
@@ -570,7 +871,7 @@ impl StreamingSource {
             let UnitId::Expert { layer, .. } = id else {
                 continue;
             };
-            if self.st.units.position(id).is_none() {
+            if self.units.position(id).is_none() {
                 continue;
             }
             if demand {
@@ -595,7 +896,7 @@ impl StreamingSource {
             st.predicted.pop_front();
         }
         if any {
-            self.shared.work.notify_one();
+            core.shared.work.notify_one();
         }
     }
 
@@ -606,12 +907,13 @@ impl StreamingSource {
         }
     }
 
-    fn lease_ring(&self, id: UnitId, pos: usize) -> Result<Lease<'_>, SchedulerError> {
-        let s = &self.st;
+    fn lease_ring(&self, core: &Core, id: UnitId, pos: usize) -> Result<Lease<'_>, SchedulerError> {
+        let s = &core.st;
+        let shared = &core.shared;
         let (n, len) = (s.ring.len() as u64, s.cycle.len() as u64);
-        let unit = s.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
-        let offsets = &s.layouts[pos].part_offsets;
-        let mut st = self.shared.st.lock();
+        let unit = self.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
+        let offsets = &self.layouts[pos].part_offsets;
+        let mut st = shared.st.lock();
         let mut waited: Option<Instant> = None;
         // A second lease of the unit leased last, still held: share its slot.
         if st.next_lease > 0 {
@@ -627,7 +929,7 @@ impl StreamingSource {
                 return Ok(Lease::new(unit, data, offsets, Some((self, slot))));
             }
         }
-        let c = self.cycle_pos[&id] as u64;
+        let c = core.cycle_pos[&id] as u64;
         let cur = st.next_lease;
         let skip = (c + len - cur % len) % len;
         if skip > 0 {
@@ -636,7 +938,7 @@ impl StreamingSource {
             if st.next_read < st.next_lease {
                 st.next_read = st.next_lease;
             }
-            self.shared.work.notify_one();
+            shared.work.notify_one();
         }
         let seq = st.next_lease;
         let slot = (seq % n) as usize;
@@ -650,28 +952,30 @@ impl StreamingSource {
                 if let Some(t) = waited {
                     st.stats.stall_s += t.elapsed().as_secs_f64();
                 }
-                self.shared.work.notify_one();
+                shared.work.notify_one();
                 // SAFETY: the slot is ready and leased: the I/O thread does not write it until
                 // the lease is dropped and its sequence has been passed.
                 let data = unsafe { s.ring[slot].slice() };
                 return Ok(Lease::new(unit, data, offsets, Some((self, slot))));
             }
             waited.get_or_insert_with(Instant::now);
-            self.shared.work.notify_one();
-            self.shared.done.wait(&mut st);
+            shared.work.notify_one();
+            shared.done.wait(&mut st);
         }
     }
 
     fn lease_expert(
         &self,
+        core: &Core,
         id: UnitId,
         pos: usize,
         layer: usize,
     ) -> Result<Lease<'_>, SchedulerError> {
-        let s = &self.st;
-        let unit = s.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
-        let offsets = &s.layouts[pos].part_offsets;
-        let mut st = self.shared.st.lock();
+        let s = &core.st;
+        let shared = &core.shared;
+        let unit = self.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
+        let offsets = &self.layouts[pos].part_offsets;
+        let mut st = shared.st.lock();
         st.cur_layer = layer;
         let mut first = true;
         let mut waited: Option<Instant> = None;
@@ -742,8 +1046,8 @@ impl StreamingSource {
             }
             first = false;
             waited.get_or_insert_with(Instant::now);
-            self.shared.work.notify_one();
-            self.shared.done.wait(&mut st);
+            shared.work.notify_one();
+            shared.done.wait(&mut st);
         }
     }
 }
@@ -753,7 +1057,12 @@ fn read_all(
     backend: &mut dyn ReadBackend,
     ops: &[ReadOp],
     units: &UnitTable,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<u64, SchedulerError> {
+    let total: u64 = ops.iter().map(|o| o.len as u64).sum();
+    if !progress(0, total) {
+        return Err(SchedulerError::Cancelled);
+    }
     let qd = backend.queue_depth().max(1);
     let mut next = 0;
     let mut bytes = 0u64;
@@ -784,6 +1093,9 @@ fn read_all(
                 }
             }
         }
+        if first_err.is_none() && !progress(bytes.min(total), total) {
+            first_err = Some(SchedulerError::Cancelled);
+        }
     }
     match first_err {
         Some(e) => Err(e),
@@ -793,76 +1105,54 @@ fn read_all(
 
 impl Release for StreamingSource {
     fn release(&self, slot: usize) {
-        let mut st = self.shared.st.lock();
-        let n = st.ring.len();
-        if slot < n {
-            st.ring[slot].leases = st.ring[slot].leases.saturating_sub(1);
-        } else if let Some(c) = st.cache.get_mut(slot - n) {
-            c.leases = c.leases.saturating_sub(1);
+        if slot != PINNED_SLOT {
+            // No rebudget runs while this lease is outstanding: the core is the one it came from.
+            let core = self.core.read();
+            let mut st = core.shared.st.lock();
+            let n = st.ring.len();
+            if slot < n {
+                st.ring[slot].leases = st.ring[slot].leases.saturating_sub(1);
+            } else if let Some(c) = st.cache.get_mut(slot - n) {
+                c.leases = c.leases.saturating_sub(1);
+            }
+            core.shared.work.notify_one();
         }
-        self.shared.work.notify_one();
+        self.exit();
     }
 }
 
-impl WeightSource for StreamingSource {
-    fn units(&self) -> &UnitTable {
-        &self.st.units
-    }
-
-    fn lease(&self, id: UnitId) -> Result<Lease<'_>, SchedulerError> {
+impl StreamingSource {
+    fn lease_in(&self, core: &Core, id: UnitId) -> Result<Lease<'_>, SchedulerError> {
         let pos = self
-            .st
             .units
             .position(id)
             .ok_or(SchedulerError::NoSuchUnit(id))?;
-        if let Some(r) = self.pinned[pos] {
-            let unit = self
-                .st
-                .units
-                .get(id)
-                .ok_or(SchedulerError::NoSuchUnit(id))?;
-            // SAFETY: pinned regions are written once, before the source is returned.
+        if let Some(r) = core.pinned[pos] {
+            let unit = self.units.get(id).ok_or(SchedulerError::NoSuchUnit(id))?;
+            // SAFETY: pinned regions are written before the core is installed and freed only
+            // by a rebudget, which waits until no lease is outstanding.
             let data = unsafe { r.slice() };
             return Ok(Lease::new(
                 unit,
                 data,
-                &self.st.layouts[pos].part_offsets,
-                None,
+                &self.layouts[pos].part_offsets,
+                Some((self, PINNED_SLOT)),
             ));
         }
-        if self.cycle_pos.contains_key(&id) {
-            return self.lease_ring(id, pos);
+        Self::fail_check(&core.shared.st.lock())?;
+        if core.cycle_pos.contains_key(&id) {
+            return self.lease_ring(core, id, pos);
         }
         if let UnitId::Expert { layer, .. } = id {
-            if !self.st.cache.is_empty() {
-                return self.lease_expert(id, pos, layer);
+            if !core.st.cache.is_empty() {
+                return self.lease_expert(core, id, pos, layer);
             }
         }
         Err(SchedulerError::NotResident(id))
     }
 
-    fn prefetch(&self, upcoming: &[UnitId]) {
-        self.request(upcoming, false);
-    }
-
-    fn will_need(&self, units: &[UnitId]) {
-        self.request(units, true);
-    }
-
-    fn all_resident(&self) -> bool {
-        self.st.cycle.is_empty() && self.st.cache.is_empty()
-    }
-
-    fn is_resident(&self, id: UnitId) -> bool {
-        self.st
-            .units
-            .position(id)
-            .is_some_and(|p| self.pinned[p].is_some())
-    }
-
-    fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
+    fn rows_in(&self, core: &Core, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
         let e = self
-            .st
             .embd
             .ok_or(SchedulerError::NoSuchUnit(UnitId::Embedding))?;
         let rb = e.row_bytes as usize;
@@ -881,18 +1171,20 @@ impl WeightSource for StreamingSource {
                 });
             }
         }
-        if let Some(r) = self.pinned[e.pos] {
-            // SAFETY: pinned regions are immutable after construction.
+        if let Some(r) = core.pinned[e.pos] {
+            // SAFETY: pinned regions are immutable while the core is installed.
             let table = unsafe { r.slice() };
-            let base = self.st.layouts[e.pos].part_offsets[0];
+            let base = self.layouts[e.pos].part_offsets[0];
             for (&t, dst) in tokens.iter().zip(out.chunks_exact_mut(rb)) {
                 let o = base + t as usize * rb;
                 dst.copy_from_slice(&table[o..o + rb]);
             }
             return Ok(());
         }
+        Self::fail_check(&core.shared.st.lock())?;
         let _one = self.row_lock.lock();
-        let s = &self.st;
+        let s = &core.st;
+        let shared = &core.shared;
         let per = (s.row_scratch.len as u64 / s.row_foot.max(1)).max(1) as usize;
         for (chunk_i, chunk) in tokens.chunks(per).enumerate() {
             let mut ops = Vec::with_capacity(chunk.len());
@@ -914,14 +1206,14 @@ impl WeightSource for StreamingSource {
                 inner.push((dst_off + (start - a)) as usize);
             }
             {
-                let mut st = self.shared.st.lock();
+                let mut st = shared.st.lock();
                 Self::fail_check(&st)?;
                 st.rows = Some(RowJob {
                     outstanding: ops.len(),
                     ops,
                     issued: false,
                 });
-                self.shared.work.notify_one();
+                shared.work.notify_one();
                 let t0 = Instant::now();
                 loop {
                     Self::fail_check(&st)?;
@@ -932,7 +1224,7 @@ impl WeightSource for StreamingSource {
                     {
                         break;
                     }
-                    self.shared.done.wait(&mut st);
+                    shared.done.wait(&mut st);
                 }
                 st.rows = None;
                 st.stats.stall_s += t0.elapsed().as_secs_f64();
@@ -947,9 +1239,52 @@ impl WeightSource for StreamingSource {
         }
         Ok(())
     }
+}
+
+impl WeightSource for StreamingSource {
+    fn units(&self) -> &UnitTable {
+        &self.units
+    }
+
+    fn lease(&self, id: UnitId) -> Result<Lease<'_>, SchedulerError> {
+        self.enter();
+        let r = self.lease_in(&self.core.read(), id);
+        if r.is_err() {
+            self.exit();
+        }
+        r
+    }
+
+    fn prefetch(&self, upcoming: &[UnitId]) {
+        self.request(upcoming, false);
+    }
+
+    fn will_need(&self, units: &[UnitId]) {
+        self.request(units, true);
+    }
+
+    fn all_resident(&self) -> bool {
+        let c = self.core.read();
+        c.st.cycle.is_empty() && c.st.cache.is_empty()
+    }
+
+    fn is_resident(&self, id: UnitId) -> bool {
+        let c = self.core.read();
+        self.units
+            .position(id)
+            .is_some_and(|p| c.pinned.get(p).is_some_and(|r| r.is_some()))
+    }
+
+    fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
+        self.enter();
+        let r = self.rows_in(&self.core.read(), tokens, out);
+        self.exit();
+        r
+    }
 
     fn stats(&self) -> SourceStats {
-        let st = self.shared.st.lock();
+        let core = self.core.read();
+        let st = core.shared.st.lock();
         let mut s = st.stats.clone();
         // A busy stretch still going on counts up to now.
         if let Some(t) = st.busy_since {
@@ -961,13 +1296,45 @@ impl WeightSource for StreamingSource {
 
 impl Drop for StreamingSource {
     fn drop(&mut self) {
-        self.shared.st.lock().shutdown = true;
-        self.shared.work.notify_all();
-        if let Some(h) = self.io.take() {
-            // The thread waits for every read in flight before it returns, so the buffers are
-            // free to go afterwards.
-            let _ = h.join();
-        }
+        // The thread waits for every read in flight before it returns, so the buffers are
+        // free to go afterwards.
+        self.core.get_mut().stop();
+    }
+}
+
+/// A shared source (the owner keeps a handle to change its budget while a model leases from
+/// it).
+impl WeightSource for Arc<StreamingSource> {
+    fn units(&self) -> &UnitTable {
+        (**self).units()
+    }
+
+    fn lease(&self, id: UnitId) -> Result<Lease<'_>, SchedulerError> {
+        (**self).lease(id)
+    }
+
+    fn prefetch(&self, upcoming: &[UnitId]) {
+        (**self).prefetch(upcoming)
+    }
+
+    fn will_need(&self, units: &[UnitId]) {
+        (**self).will_need(units)
+    }
+
+    fn is_resident(&self, id: UnitId) -> bool {
+        (**self).is_resident(id)
+    }
+
+    fn all_resident(&self) -> bool {
+        (**self).all_resident()
+    }
+
+    fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
+        (**self).embedding_rows(tokens, out)
+    }
+
+    fn stats(&self) -> SourceStats {
+        (**self).stats()
     }
 }
 
@@ -1185,7 +1552,11 @@ fn apply(s: &Static, st: &mut State, slab: &mut Slab, c: Completion) {
     }
 }
 
-fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
+fn io_thread(
+    mut backend: Box<dyn ReadBackend>,
+    s: &Static,
+    shared: &Shared,
+) -> Box<dyn ReadBackend> {
     let _span = tracing::debug_span!("io_thread", backend = %backend.kind()).entered();
     let qd = backend.queue_depth().max(1);
     let mut slab = Slab::default();
@@ -1197,7 +1568,7 @@ fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
             let mut st = shared.st.lock();
             loop {
                 if st.shutdown && backend.in_flight() == 0 {
-                    return;
+                    return backend;
                 }
                 if !st.shutdown && st.failed.is_none() {
                     plan_work(s, &mut st, &mut slab, &mut urgent, &mut background);
@@ -1243,7 +1614,7 @@ fn io_thread(mut backend: Box<dyn ReadBackend>, s: &Static, shared: &Shared) {
                     .failed
                     .get_or_insert_with(|| format!("read backend failed: {e}"));
                 shared.done.notify_all();
-                return;
+                return backend;
             }
         }
         if !comps.is_empty() {

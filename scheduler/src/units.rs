@@ -143,8 +143,10 @@ impl UnitTable {
                         let end = index_end(&t.name, "expert", expert)?;
                         n_expert = n_expert.max(expert_count(&t.name, end as u64)?);
                         push(UnitId::Expert { layer, expert }, whole, &mut units);
-                    } else if is_fused_expert(&t.name, layer) && t.shape.len() == 3 {
-                        let n = t.shape[2];
+                    } else if is_fused_expert(&t.name, layer) && t.shape.len() >= 2 {
+                        // Weights `[k, rows, n_expert]`, biases `[rows, n_expert]`: the last
+                        // dimension counts the experts.
+                        let n = t.shape[t.shape.len() - 1];
                         if n == 0 || t.n_bytes % n != 0 {
                             return Err(SchedulerError::BadModel(format!(
                                 "{}: {} bytes do not split into {n} experts",
@@ -160,7 +162,7 @@ impl UnitTable {
                                     expert: e as usize,
                                 },
                                 Part {
-                                    shape: t.shape[..2].to_vec(),
+                                    shape: t.shape[..t.shape.len() - 1].to_vec(),
                                     offset: t.offset + e * each,
                                     len: each,
                                     ..whole.clone()

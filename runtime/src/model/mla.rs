@@ -21,6 +21,7 @@ use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::model::{attn, Model, Role, RuntimeError, WeightRef};
 use crate::ops;
 use crate::pool::ChunkCounter;
+use crate::yarn::Yarn;
 
 /// `out = x · W_hᵀ` for `n` rows of `x`, where `W_h` is head `head`'s matrix of the 3-D
 /// per-head weight `w` (`[k, rows, n_head]`).
@@ -58,7 +59,7 @@ fn head_linear(
         )));
     }
     quantize_rows(&kernel, x, k, &mut xq.buf)?;
-    xq.ty = Some(kernel.act_type);
+    xq.ty = Some((kernel.act_type, kernel.packed_act));
     out.clear();
     out.resize(n * rows, 0.0);
     matmul(&m.pool, &kernel, bytes, k, &xq.buf, n, out)?;
@@ -156,43 +157,18 @@ impl Session<'_> {
         }
 
         // RoPE (adjacent pairs) on the rope parts of the queries and of the cached key.
-        let (freq_scale, yarn) = match c.rope.scaling {
-            RopeScaling::None => (1.0, None),
-            RopeScaling::Linear { factor } => (1.0 / factor, None),
-            RopeScaling::Yarn {
-                factor,
-                original_context,
-                beta_fast,
-                beta_slow,
-                attn_factor,
-                ..
-            } => {
-                let corr = ops::yarn_corr_dims(
-                    rope,
-                    original_context,
-                    c.rope.freq_base,
-                    beta_fast,
-                    beta_slow,
-                );
-                (1.0 / factor, Some((corr, attn_factor)))
-            }
+        let freq_scale = match c.rope.scaling {
+            RopeScaling::Linear { factor } => 1.0 / factor,
+            _ => 1.0,
         };
+        let yarn = Yarn::from_scaling(c.rope.scaling, rope, c.rope.freq_base);
         let neox = c.rope.style == flashstream_formats::config::RopeStyle::Neox;
         let mut cos = vec![0f32; rope / 2];
         let mut sin = vec![0f32; rope / 2];
         for t in 0..n {
             let p = self.pos + t;
-            match yarn {
-                Some((corr, af)) => ops::rope_cache_yarn(
-                    p,
-                    rope,
-                    c.rope.freq_base,
-                    freq_scale,
-                    corr,
-                    af,
-                    &mut cos,
-                    &mut sin,
-                ),
+            match &yarn {
+                Some(y) => y.cache(p, rope, c.rope.freq_base, None, &mut cos, &mut sin),
                 None => ops::rope_cache(
                     p,
                     rope,

@@ -10,6 +10,7 @@
 pub mod attn;
 mod forward;
 pub mod kv;
+pub mod multi;
 mod routing;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use flashstream_scheduler::{UnitId, WeightSource};
 use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
 pub use forward::{LogitsWanted, Session};
+pub use multi::{MultiPass, SeqInput};
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +281,7 @@ impl Model {
             let mut lw = LayerWeights::default();
             for spec in table.layer(config.is_moe_layer(il)) {
                 let role = spec.role;
-                let name = role.name(il);
+                let name = spec.name(il);
                 let found = if role.is_expert() {
                     let expert0 = UnitId::Expert {
                         layer: il,
@@ -365,6 +367,9 @@ impl Model {
                 (Role::AttnQBias, c.n_head * c.head_dim_k),
                 (Role::AttnKBias, c.n_head_kv * c.head_dim_k),
                 (Role::AttnVBias, c.n_head_kv * c.head_dim_v),
+                (Role::AttnOutBias, c.n_embd),
+                (Role::AttnSinks, c.n_head),
+                (Role::FfnRouterBias, c.moe.map_or(0, |m| m.n_expert)),
             ] {
                 if let Some(w) = lw.get(role) {
                     check(w, len)?;

@@ -1,12 +1,14 @@
 //! MoE routing: from one row of router logits to the selected experts and their weights, as
 //! llama.cpp's `build_moe_ffn` computes it, driven by the config alone:
 //!
-//! 1. gating: softmax over all experts, or a sigmoid of each logit;
+//! 1. gating: softmax over all experts, a sigmoid of each logit, or (gpt-oss,
+//!    [`Gating::SoftmaxSelected`]) the raw logits, the softmax coming after the selection;
 //! 2. selection scores: the gated scores plus the layer's score bias (`exp_probs_b`), if any;
 //! 3. with expert groups (`n_group > 1`): each group scored by the sum of its two best
 //!    selection scores, only the `n_group_used` best groups' experts stay selectable;
 //! 4. the `k` best selection scores (ties to the lower index);
-//! 5. weights: the unbiased gated scores of those experts, optionally divided by their sum
+//! 5. weights: the unbiased gated scores of those experts (a softmax over them for
+//!    [`Gating::SoftmaxSelected`]), optionally divided by their sum
 //!    (summed in f64, clamped below at f16's smallest normal), then times `weights_scale`.
 
 use flashstream_formats::config::{Gating, MoeConfig};
@@ -47,6 +49,7 @@ pub(crate) fn route(
                 *v = 1.0 / (1.0 + (-*v).exp());
             }
         }
+        Gating::SoftmaxSelected => {}
     }
     let probs: &[f32] = logits;
     s.select.clear();
@@ -87,6 +90,14 @@ pub(crate) fn route(
     sort_desc(&mut s.idx, &s.select);
     out.clear();
     out.extend(s.idx[..k].iter().map(|&i| (i, probs[i])));
+    if moe.gating == Gating::SoftmaxSelected {
+        s.select.clear();
+        s.select.extend(out.iter().map(|&(_, w)| w));
+        ops::softmax(&mut s.select);
+        for ((_, w), &p) in out.iter_mut().zip(&s.select) {
+            *w = p;
+        }
+    }
     if moe.norm_top_k {
         let sum = (out.iter().map(|&(_, w)| w as f64).sum::<f64>() as f32).max(MIN_WEIGHT_SUM);
         for (_, w) in out.iter_mut() {
@@ -160,6 +171,22 @@ mod tests {
             &mut out,
         );
         assert_eq!(out[0].0, 0);
+    }
+
+    /// gpt-oss: the best raw logits are selected, and their weights are a softmax over the
+    /// selected ones only.
+    #[test]
+    fn softmax_over_selected() {
+        let mut logits = vec![0.0, 2.0, -1.0, 1.0, 0.5, 3.0, 0.0, 0.0];
+        let mut m = moe(Gating::SoftmaxSelected, (1, 1), 2);
+        m.norm_top_k = false;
+        m.weights_scale = 1.0;
+        let (mut s, mut out) = (RouteScratch::default(), Vec::new());
+        route(&mut logits, None, &m, &mut s, &mut out);
+        assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), [5, 1]);
+        let (e3, e2) = (3f32.exp(), 2f32.exp());
+        assert!((out[0].1 - e3 / (e3 + e2)).abs() < 1e-6);
+        assert!((out[1].1 - e2 / (e3 + e2)).abs() < 1e-6);
     }
 
     #[test]

@@ -41,7 +41,8 @@ impl MemArgs {
 }
 
 /// A one-paragraph description of a plan, for stderr and `plan`.
-pub fn describe_plan(p: &Plan) -> String {
+pub fn describe_plan(p: impl std::borrow::Borrow<Plan>) -> String {
+    let p = p.borrow();
     let mut s = String::new();
     s.push_str(&format!(
         "budget {} (planned {}): {} of weights, {} pinned units, {} streamed per token",

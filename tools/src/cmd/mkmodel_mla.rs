@@ -11,8 +11,8 @@ use anyhow::bail;
 use serde_json::json;
 
 use super::{
-    byte_vocab, check_dims, declare, dims_for, file_type, summary, write_random, Dims, MoeArgs,
-    Spec,
+    byte_vocab, check_dims, declare, dims_for, file_type, size_of, summary, write_random, Dims,
+    MoeArgs, Spec,
 };
 use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need};
@@ -87,11 +87,11 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
 }
 
 /// A DeepSeek-V3-like shape scaled to the hidden size `--size` suggests.
-fn scaled(a: &MoeArgs) -> Shape {
+fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
     let c = &a.c;
     let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
     let d = dims_for(
-        c.size as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
+        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
         c.embd,
     );
     let round = |x: usize| x.div_ceil(256).max(1) * 256;
@@ -100,7 +100,7 @@ fn scaled(a: &MoeArgs) -> Shape {
     } else {
         1
     };
-    Shape {
+    Ok(Shape {
         layers: c.layers,
         dense_lead: 1,
         embd: d.embd,
@@ -121,7 +121,7 @@ fn scaled(a: &MoeArgs) -> Shape {
         vocab: 257,
         rope_base: 10000.0,
         yarn: (40.0, 4096, 32.0, 1.0),
-    }
+    })
 }
 
 /// The tensor of `role` in layer `l`.
@@ -175,7 +175,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     let c = &a.c;
     let mut s = match shape {
         Some(name) => preset(name)?,
-        None => scaled(&a),
+        None => scaled(&a)?,
     };
     if shape.is_some() {
         if let Some(n) = c.layers {
@@ -212,7 +212,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
             layer_specs(s.dense_lead.max(1), &s, ty, &mut one)?;
             let per_layer: u64 = one.iter().map(Spec::bytes).sum();
             let fixed = 2 * s.vocab as u64 * e;
-            ((c.size.saturating_sub(fixed) as f64 / per_layer as f64).round() as usize).max(2)
+            ((size_of(c)?.saturating_sub(fixed) as f64 / per_layer as f64).round() as usize).max(2)
         }
     };
     let dense_lead = s.dense_lead.min(layers - 1);
