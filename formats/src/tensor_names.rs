@@ -72,6 +72,14 @@ pub enum TensorRole {
     FfnDownShexp,
     /// Shared expert sigmoid gate.
     FfnRouterShexp,
+    /// Pre-FFN RMSNorm weight stored as `post_attention_norm` (GLM-4.5: llama.cpp's
+    /// `attn_post_norm`, applied to the residual stream before the FFN, like [`FfnNorm`]).
+    ///
+    /// [`FfnNorm`]: TensorRole::FfnNorm
+    PostAttnFfnNorm,
+    /// Per-expert score bias added to the router's scores for selecting experts only
+    /// (`exp_probs_b.bias`, GLM-4.5, DeepSeek-V3).
+    FfnExpProbsBias,
 }
 
 /// Whether a model must have a tensor.
@@ -176,6 +184,29 @@ const ATTN_QK_NORM: &[TensorSpec] = &[
     req(AttnKNorm),
     req(FfnNorm),
 ];
+const ATTN_GLM4MOE: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQ),
+    req(AttnK),
+    req(AttnV),
+    opt(AttnQBias),
+    opt(AttnKBias),
+    opt(AttnVBias),
+    opt(AttnQNorm),
+    opt(AttnKNorm),
+    req(AttnOut),
+    req(PostAttnFfnNorm),
+];
+const MOE_SHARED_BIASED: &[TensorSpec] = &[
+    req(FfnRouter),
+    req(FfnExpProbsBias),
+    req(FfnGateExps),
+    req(FfnUpExps),
+    req(FfnDownExps),
+    req(FfnGateShexp),
+    req(FfnUpShexp),
+    req(FfnDownShexp),
+];
 const FFN: &[TensorSpec] = &[req(FfnGate), req(FfnUp), req(FfnDown)];
 const MOE: &[TensorSpec] = &[
     req(FfnRouter),
@@ -195,7 +226,7 @@ const MOE_SHARED_GATED: &[TensorSpec] = &[
 ];
 
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 6] = [
+static TABLE: [ArchTensors; 7] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
@@ -248,6 +279,13 @@ static TABLE: [ArchTensors; 6] = [
         dense_ffn: FFN,
         moe_ffn: MOE,
     },
+    ArchTensors {
+        arch: Architecture::Glm4Moe,
+        globals: GLOBALS,
+        attn: ATTN_GLM4MOE,
+        dense_ffn: FFN,
+        moe_ffn: MOE_SHARED_BIASED,
+    },
 ];
 
 /// The tensor table row of `arch`.
@@ -260,6 +298,7 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Gemma3 => 3,
         Architecture::Qwen2Moe => 4,
         Architecture::Qwen3Moe => 5,
+        Architecture::Glm4Moe => 6,
     };
     &TABLE[i]
 }
@@ -297,13 +336,15 @@ impl TensorRole {
             FfnUpShexp => "ffn_up_shexp",
             FfnDownShexp => "ffn_down_shexp",
             FfnRouterShexp => "ffn_gate_inp_shexp",
+            PostAttnFfnNorm => "post_attention_norm",
+            FfnExpProbsBias => "exp_probs_b",
         }
     }
 
     /// `weight` or `bias`.
     pub const fn suffix(self) -> &'static str {
         match self {
-            AttnQBias | AttnKBias | AttnVBias => "bias",
+            AttnQBias | AttnKBias | AttnVBias | FfnExpProbsBias => "bias",
             _ => "weight",
         }
     }
@@ -435,9 +476,19 @@ mod tests {
                 if moe && t.moe_ffn.is_empty() {
                     continue;
                 }
-                for r in [AttnNorm, AttnQ, AttnK, AttnV, AttnOut, FfnNorm] {
+                for r in [AttnNorm, AttnQ, AttnK, AttnV, AttnOut] {
                     assert!(t.has(r, moe), "{a} lacks {r:?}");
                 }
+                // Exactly one pre-FFN norm.
+                let ffn_norms = [FfnNorm, PostAttnFfnNorm]
+                    .iter()
+                    .filter(|&&r| t.has(r, moe))
+                    .count();
+                assert_eq!(ffn_norms, 1, "{a}");
+                assert!(
+                    !(t.has(PostAttnFfnNorm, moe) && t.has(PostAttnNorm, moe)),
+                    "{a}"
+                );
                 assert!(t.layer(moe).all(|s| !s.role.is_global()), "{a}");
             }
             assert!(t.globals.iter().all(|s| s.role.is_global()), "{a}");
@@ -445,5 +496,10 @@ mod tests {
         }
         assert!(arch_tensors(Architecture::Qwen2Moe).has(FfnRouterShexp, true));
         assert!(!arch_tensors(Architecture::Qwen3).has(AttnQBias, false));
+        let glm = arch_tensors(Architecture::Glm4Moe);
+        assert!(glm.has(FfnExpProbsBias, true) && !glm.has(FfnRouterShexp, true));
+        assert!(glm.has(FfnGate, false) && !glm.has(FfnExpProbsBias, false));
+        assert_eq!(FfnExpProbsBias.name(3), "blk.3.exp_probs_b.bias");
+        assert_eq!(PostAttnFfnNorm.name(0), "blk.0.post_attention_norm.weight");
     }
 }

@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering;
 
 use half::f16;
 
-use flashstream_formats::config::{Activation, Gating, RopeScaling, RopeStyle};
+use flashstream_formats::config::{Activation, RopeScaling, RopeStyle};
 use flashstream_formats::GgmlType;
 use flashstream_scheduler::{Lease, UnitId};
 
 use super::attn;
 use super::kv::KvCache;
+use super::route::{RouteScratch, Router};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::kernels::{dot_kernel, scalar, AlignedBuf};
@@ -304,13 +305,12 @@ impl<'m> Session<'m> {
             }
             ops::add_assign(&mut s.x, &s.out);
 
-            // Feed-forward block.
-            rms_rows(
-                &s.x,
-                f32s(&lease, req(Role::FfnNorm)?)?,
-                c.rms_eps,
-                &mut s.cur,
-            );
+            // Feed-forward block (GLM-4.5 stores its pre-FFN norm as post_attention_norm).
+            let ffn_norm = match lw.get(Role::PostAttnFfnNorm) {
+                Some(w) => w,
+                None => req(Role::FfnNorm)?,
+            };
+            rms_rows(&s.x, f32s(&lease, ffn_norm)?, c.rms_eps, &mut s.cur);
             if c.is_moe_layer(il) {
                 self.moe_ffn(s, il, &lease, n)?;
             } else {
@@ -618,10 +618,17 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         let lw = &m.layers[next];
-        let (Some(norm), Some(router)) = (lw.get(Role::FfnNorm), lw.get(Role::FfnRouter)) else {
+        let norm = lw.get(Role::FfnNorm).or(lw.get(Role::PostAttnFfnNorm));
+        let (Some(norm), Some(router), Some(moe)) = (norm, lw.get(Role::FfnRouter), c.moe.as_ref())
+        else {
             return Ok(());
         };
         let lease = m.source.lease(UnitId::Layer(next))?;
+        let score_bias = match lw.get(Role::FfnExpProbsBias) {
+            Some(b) => Some(f32s(&lease, b)?),
+            None => None,
+        };
+        let route = Router { moe, score_bias };
         rms_rows(&s.x, f32s(&lease, norm)?, c.rms_eps, &mut s.tmp);
         linear(
             m,
@@ -634,14 +641,15 @@ impl<'m> Session<'m> {
             &mut s.router,
         )?;
         let ne = router.rows();
+        if ne != moe.n_expert || k_used != route.k() {
+            return Ok(());
+        }
         let mut chosen = vec![false; ne];
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let mut rs = RouteScratch::default();
+        let mut pick = Vec::with_capacity(k_used);
         for t in 0..n {
-            let p = &s.router[t * ne..(t + 1) * ne];
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            for &x in &idx[..k_used.min(ne)] {
+            route.route(&mut s.router[t * ne..(t + 1) * ne], &mut rs, &mut pick);
+            for &(x, _) in &pick {
                 chosen[x] = true;
             }
         }
@@ -689,27 +697,30 @@ impl<'m> Session<'m> {
             &mut s.router,
         )?;
         let ne = moe.n_expert;
-        let k_used = moe.n_expert_used.min(ne);
+        let score_bias = match lw.get(Role::FfnExpProbsBias) {
+            Some(b) => Some(f32s(lease, b)?),
+            None => None,
+        };
+        let route = Router {
+            moe: &moe,
+            score_bias,
+        };
+        let k_used = route.k();
+        if s.router.len() != n * ne {
+            return Err(RuntimeError::BadTensor {
+                name: Role::FfnRouter.name(il),
+                reason: format!(
+                    "gives {} logits for {n} rows of {ne} experts",
+                    s.router.len()
+                ),
+            });
+        }
         // Per row: the selected experts in order of weight, and their weights.
         let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let mut rs = RouteScratch::default();
         for t in 0..n {
-            let p = &mut s.router[t * ne..(t + 1) * ne];
-            match moe.gating {
-                Gating::Softmax => ops::softmax(p),
-            }
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top = &idx[..k_used];
-            let sum: f32 = top.iter().map(|&i| p[i]).sum();
-            let row: Vec<(usize, f32)> = top
-                .iter()
-                .map(|&i| {
-                    let w = if moe.norm_top_k { p[i] / sum } else { p[i] };
-                    (i, w)
-                })
-                .collect();
+            let mut row = Vec::with_capacity(k_used);
+            route.route(&mut s.router[t * ne..(t + 1) * ne], &mut rs, &mut row);
             picks.push(row);
         }
         // Per expert: the rows routed to it and the rank of the expert in each row's pick.

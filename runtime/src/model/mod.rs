@@ -10,6 +10,7 @@
 pub mod attn;
 mod forward;
 pub mod kv;
+mod route;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -364,6 +365,8 @@ impl Model {
                 (Role::AttnQBias, c.n_head * c.head_dim_k),
                 (Role::AttnKBias, c.n_head_kv * c.head_dim_k),
                 (Role::AttnVBias, c.n_head_kv * c.head_dim_v),
+                (Role::PostAttnFfnNorm, c.n_embd),
+                (Role::FfnExpProbsBias, c.moe.map_or(0, |m| m.n_expert)),
             ] {
                 if let Some(w) = lw.get(role) {
                     check(w, len)?;
