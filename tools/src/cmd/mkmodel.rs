@@ -542,7 +542,8 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
     use TensorRole::*;
     let (e, ty) = (d.embd, d.ty);
     Ok(match role {
-        AttnNorm | FfnNorm | PostAttnNorm | PostFfwNorm => Spec::norm(role, l, e),
+        AttnNorm | FfnNorm | PostAttnNorm | PostFfwNorm | PostAttnFfnNorm => Spec::norm(role, l, e),
+        FfnExpProbsBias => Spec::new(role, l, GgmlType::F32, &[d.experts]),
         AttnQNorm | AttnKNorm => Spec::norm(role, l, d.head_dim),
         AttnQ | AttnOut => Spec::new(role, l, ty, &[e, e]),
         AttnK | AttnV => Spec::new(role, l, ty, &[e, d.kv]),
