@@ -388,7 +388,7 @@ impl ModelConfig {
         let n_layer_nextn = k.usize_opt("nextn_predict_layers")?.unwrap_or(0);
         let n_layer = positive(
             &k.key("nextn_predict_layers"),
-            n_block.checked_sub(n_layer_nextn).unwrap_or(0),
+            n_block.saturating_sub(n_layer_nextn),
         )
         .map_err(|_| {
             bad(
@@ -488,7 +488,7 @@ impl ModelConfig {
             };
             let weights_scale = match k.f32_opt("expert_weights_scale")? {
                 None => 1.0,
-                Some(s) if s == 0.0 => 1.0,
+                Some(0.0) => 1.0,
                 Some(s) => s,
             };
             let gating_key = k.key("expert_gating_func");

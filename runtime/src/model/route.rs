@@ -12,7 +12,7 @@ use flashstream_formats::config::{Gating, MoeConfig};
 use crate::ops;
 
 /// The smallest normal f16, llama.cpp's floor for the weight sum before renormalising.
-const MIN_WEIGHT_SUM: f32 = 6.103_515_625e-5;
+const MIN_WEIGHT_SUM: f32 = 1.0 / 16384.0;
 
 /// How a layer routes: the model's MoE config and the layer's score bias.
 #[derive(Debug, Clone, Copy)]
