@@ -30,11 +30,15 @@ pub enum Architecture {
     /// gpt-oss: biased projections, attention sinks, sliding window on even layers, YaRN,
     /// biased experts with a clamped SwiGLU, softmax over the selected experts.
     GptOss,
+    /// GLM-4.5/4.6/4.7 and GLM-4.5-Air: q/k/v biases, per-head q/k norms, partial NeoX RoPE,
+    /// leading dense layers, sigmoid + score-bias routing, an ungated shared expert, and
+    /// NextN/MTP layers after the trunk (skipped).
+    Glm4Moe,
 }
 
 impl Architecture {
     /// Every supported architecture.
-    pub const ALL: [Architecture; 8] = [
+    pub const ALL: [Architecture; 9] = [
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Qwen3,
@@ -43,6 +47,7 @@ impl Architecture {
         Architecture::Qwen3Moe,
         Architecture::Deepseek2,
         Architecture::GptOss,
+        Architecture::Glm4Moe,
     ];
 
     /// The `general.architecture` string.
@@ -56,6 +61,7 @@ impl Architecture {
             Architecture::Qwen3Moe => "qwen3moe",
             Architecture::Deepseek2 => "deepseek2",
             Architecture::GptOss => "gpt-oss",
+            Architecture::Glm4Moe => "glm4moe",
         }
     }
 
@@ -176,12 +182,14 @@ impl AttnScale {
 
 /// How the router's logits become the weights of the selected experts.
 ///
-/// Planned variants: deepseek2 and glm4moe take sigmoids, select with a per-expert score bias
-/// (deepseek2 within the best expert groups) and weight by the unbiased scores.
+/// The scores are computed from the logits as this says; top-k selects on the scores plus the
+/// layer's expert score bias (`exp_probs_b`, when present; deepseek2 within the best expert
+/// groups), the weights are the unbiased scores of the selected experts, renormalised if
+/// [`MoeConfig::norm_top_k`] and times [`MoeConfig::weights_scale`]
+/// (`runtime/src/model/routing.rs`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Gating {
-    /// Softmax over all experts, then top-k (Mixtral, Qwen-MoE); see
-    /// [`MoeConfig::norm_top_k`].
+    /// Softmax over all experts (Mixtral, Qwen-MoE; `expert_gating_func` 1).
     Softmax,
     /// Sigmoid of each logit (deepseek2, glm4moe); the layer's `exp_probs_b` score bias, when
     /// present, is added for the selection only (within the best groups when
@@ -201,10 +209,15 @@ pub struct MoeConfig {
     pub n_expert_used: usize,
     /// Hidden size of one expert (`expert_feed_forward_length`, default `feed_forward_length`).
     pub n_ff_expert: usize,
-    /// Hidden size of the shared expert, if any (`expert_shared_feed_forward_length`).
+    /// Hidden size of the shared expert, if any (`expert_shared_feed_forward_length`, else
+    /// `expert_shared_count × n_ff_expert` when `expert_shared_count` is set).
     pub n_ff_shared: Option<usize>,
-    /// Whether the selected experts' weights are renormalised to sum to one.
+    /// Whether the selected experts' weights are renormalised to sum to one
+    /// (`expert_weights_norm`; the sum is clamped below at 2^-14 first, as llama.cpp does).
     pub norm_top_k: bool,
+    /// Factor on the selected experts' weights after renormalising (`expert_weights_scale`;
+    /// 1 when absent or 0).
+    pub weights_scale: f32,
     /// How router logits become expert weights.
     pub gating: Gating,
     /// Leading layers with a dense FFN instead of experts (`leading_dense_block_count`,
@@ -215,9 +228,6 @@ pub struct MoeConfig {
     pub n_group: usize,
     /// Groups kept (`expert_group_used_count`, default `n_group`).
     pub n_group_used: usize,
-    /// Factor on the selected experts' weights after normalising (`expert_weights_scale`,
-    /// default 1).
-    pub weights_scale: f32,
 }
 
 /// Multi-head latent attention (deepseek2), in the absorbed form llama.cpp computes: the
@@ -255,6 +265,24 @@ impl SlidingWindow {
     }
 }
 
+/// The index of the first NextN / multi-token-prediction layer (`block_count −
+/// nextn_predict_layers` of the model's architecture), when the metadata declares such layers.
+///
+/// Those layers (GLM-4.5, DeepSeek-V3) follow the trunk and serve only speculative decoding,
+/// which flashstream does not do; their tensors are left out of the units, like llama.cpp
+/// skips them when it runs without MTP. Reads only the two keys, so it works for any
+/// architecture string; `None` when either is absent or not a count.
+pub fn first_nextn_layer(meta: &Metadata) -> Option<usize> {
+    let arch = meta.get("general.architecture")?.as_str()?;
+    let get = |k: &str| {
+        meta.get(&format!("{arch}.{k}"))?
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+    };
+    let nextn = get("nextn_predict_layers").filter(|&n| n > 0)?;
+    get("block_count")?.checked_sub(nextn)
+}
+
 /// A model's validated hyperparameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -262,8 +290,11 @@ pub struct ModelConfig {
     pub arch: Architecture,
     /// `general.name`, if present.
     pub name: Option<String>,
-    /// Number of transformer blocks.
+    /// Number of transformer blocks run (the trunk: `block_count` minus the NextN layers).
     pub n_layer: usize,
+    /// NextN / multi-token-prediction layers after the trunk (`nextn_predict_layers`), which
+    /// flashstream does not run: their tensors are neither loaded nor streamed.
+    pub n_layer_nextn: usize,
     /// Hidden size.
     pub n_embd: usize,
     /// Query heads.
@@ -453,7 +484,18 @@ impl ModelConfig {
             arch: arch_name,
         };
 
-        let n_layer = positive(&k.key("block_count"), k.usize_req("block_count")?)?;
+        let n_block = positive(&k.key("block_count"), k.usize_req("block_count")?)?;
+        let n_layer_nextn = k.usize_opt("nextn_predict_layers")?.unwrap_or(0);
+        let n_layer = positive(
+            &k.key("nextn_predict_layers"),
+            n_block.saturating_sub(n_layer_nextn),
+        )
+        .map_err(|_| {
+            bad(
+                &k.key("nextn_predict_layers"),
+                &format!("{n_layer_nextn} leaves no trunk layers of block_count {n_block}"),
+            )
+        })?;
         let n_embd = positive(&k.key("embedding_length"), k.usize_req("embedding_length")?)?;
         let n_head = positive(
             &k.key("attention.head_count"),
@@ -529,14 +571,27 @@ impl ModelConfig {
                 Some(v) => positive(&k.key("expert_feed_forward_length"), v)?,
                 None => positive(&k.key("feed_forward_length"), n_ff)?,
             };
-            let n_ff_shared = k.usize_opt("expert_shared_feed_forward_length")?;
+            let n_ff_shared = match k.usize_opt("expert_shared_feed_forward_length")? {
+                Some(v) => Some(v),
+                None => k
+                    .usize_opt("expert_shared_count")?
+                    .filter(|&c| c > 0)
+                    .map(|c| c * n_ff_expert),
+            };
             let norm_top_k = match meta.get(&k.key("expert_weights_norm")) {
                 Some(v) => v
                     .as_bool()
                     .ok_or_else(|| bad(&k.key("expert_weights_norm"), "expected a bool"))?,
-                // llama.cpp: Mixtral and Qwen3-MoE renormalise, Qwen2-MoE does not, and
-                // gpt-oss's softmax over the selected experts already sums to one.
-                None => !matches!(arch, Architecture::Qwen2Moe | Architecture::GptOss),
+                // llama.cpp: Mixtral and Qwen3-MoE renormalise; Qwen2-MoE does not, nor
+                // deepseek2 and GLM-4.5 unless their key says so, and gpt-oss's softmax over
+                // the selected experts already sums to one.
+                None => !matches!(
+                    arch,
+                    Architecture::Qwen2Moe
+                        | Architecture::GptOss
+                        | Architecture::Deepseek2
+                        | Architecture::Glm4Moe
+                ),
             };
             let lead_key = k.key("leading_dense_block_count");
             let n_leading_dense = k.usize_opt("leading_dense_block_count")?.unwrap_or(0);
@@ -572,26 +627,32 @@ impl ModelConfig {
                     ));
                 }
             }
-            // llama.cpp's `expert_gating_func`: 1 softmax, 2 sigmoid; absent means softmax.
-            // gpt-oss's top-k-then-softmax is fixed by its architecture (llama.cpp's 3).
+            // llama.cpp's `expert_gating_func`: 0 or absent the architecture's default
+            // (sigmoid for GLM-4.5, softmax otherwise), 1 softmax, 2 sigmoid, 3 softmax over the
+            // selected; gpt-oss's top-k-then-softmax is fixed by its architecture.
             let gating = match k.usize_opt("expert_gating_func")? {
                 _ if arch == Architecture::GptOss => Gating::SoftmaxSelected,
-                None | Some(0) | Some(1) => Gating::Softmax,
+                None | Some(0) => match arch {
+                    Architecture::Glm4Moe => Gating::Sigmoid,
+                    _ => Gating::Softmax,
+                },
+                Some(1) => Gating::Softmax,
                 Some(2) => Gating::Sigmoid,
                 Some(3) => Gating::SoftmaxSelected,
                 Some(other) => {
                     return Err(bad(
                         &k.key("expert_gating_func"),
-                        &format!("{other} is not supported (1 softmax, 2 sigmoid, 3 softmax over the selected)"),
+                        &format!(
+                            "{other} is not supported (1 softmax, 2 sigmoid, 3 softmax over the \
+                             selected)"
+                        ),
                     ))
                 }
             };
-            let weights_scale = k.f32_opt("expert_weights_scale")?.unwrap_or(1.0);
-            // deepseek2 states the shared experts as a count of expert-sized blocks.
-            let n_ff_shared = match (n_ff_shared, k.usize_opt("expert_shared_count")?) {
-                (Some(v), _) => Some(v),
-                (None, Some(c)) if c > 0 => Some(c * n_ff_expert),
-                _ => None,
+            // llama.cpp treats a scale of 0 as absent.
+            let weights_scale = match k.f32_opt("expert_weights_scale")? {
+                None | Some(0.0) => 1.0,
+                Some(s) => s,
             };
             Some(MoeConfig {
                 n_expert,
@@ -610,7 +671,8 @@ impl ModelConfig {
                 Architecture::Qwen2Moe
                 | Architecture::Qwen3Moe
                 | Architecture::Deepseek2
-                | Architecture::GptOss => {
+                | Architecture::GptOss
+                | Architecture::Glm4Moe => {
                     return Err(FormatError::MissingKey(k.key("expert_count")))
                 }
                 _ => None,
@@ -673,7 +735,8 @@ impl ModelConfig {
             | Architecture::Qwen2
             | Architecture::Qwen3
             | Architecture::Qwen2Moe
-            | Architecture::Qwen3Moe => (
+            | Architecture::Qwen3Moe
+            | Architecture::Glm4Moe => (
                 None,
                 Activation::Swiglu,
                 AttnScale::Scores(1.0 / (head_dim_k as f32).sqrt()),
@@ -700,6 +763,7 @@ impl ModelConfig {
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
             n_layer,
+            n_layer_nextn,
             n_embd,
             n_head,
             n_head_kv,
@@ -1115,5 +1179,54 @@ mod tests {
         m.remove("gpt-oss.attention.sliding_window");
         let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
         assert!(e.contains("gpt-oss.attention.sliding_window"), "{e}");
+    }
+
+    #[test]
+    fn glm4moe_routing_nextn_and_partial_rope() {
+        let mut m = base("glm4moe");
+        for (k, v) in [
+            ("block_count", 5u32),
+            ("nextn_predict_layers", 1),
+            ("expert_count", 16),
+            ("expert_used_count", 4),
+            ("expert_feed_forward_length", 128),
+            ("expert_shared_count", 1),
+            ("leading_dense_block_count", 1),
+            ("rope.dimension_count", 32),
+        ] {
+            m.set(format!("glm4moe.{k}"), Value::U32(v));
+        }
+        m.set("glm4moe.expert_weights_scale", Value::F32(2.5));
+        m.set("glm4moe.expert_weights_norm", Value::Bool(true));
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert_eq!((c.n_layer, c.n_layer_nextn), (4, 1));
+        assert_eq!(first_nextn_layer(&m), Some(4));
+        assert_eq!(
+            (c.rope.style, c.rope.dims, c.head_dim_k),
+            (RopeStyle::Neox, 32, 64)
+        );
+        let moe = c.moe.unwrap();
+        // No gating key: GLM-4.5 defaults to sigmoid, as llama.cpp.
+        assert_eq!(moe.gating, Gating::Sigmoid);
+        assert_eq!((moe.weights_scale, moe.norm_top_k), (2.5, true));
+        assert_eq!((moe.n_ff_expert, moe.n_ff_shared), (128, Some(128)));
+        assert!(!c.is_moe_layer(0) && c.is_moe_layer(1) && c.is_moe_layer(3));
+        m.set("glm4moe.expert_gating_func", Value::U32(1));
+        let moe = ModelConfig::from_metadata(&m).unwrap().moe.unwrap();
+        assert_eq!(moe.gating, Gating::Softmax);
+        m.set("glm4moe.expert_gating_func", Value::U32(4));
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("expert_gating_func"), "{e}");
+        m.set("glm4moe.expert_gating_func", Value::U32(2));
+        m.set("glm4moe.nextn_predict_layers", Value::U32(5));
+        let e = ModelConfig::from_metadata(&m).unwrap_err().to_string();
+        assert!(e.contains("nextn_predict_layers"), "{e}");
+        // Without the key: all blocks are trunk; without the norm key, not renormalised.
+        m.remove("glm4moe.nextn_predict_layers");
+        m.remove("glm4moe.expert_weights_norm");
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert_eq!((c.n_layer, c.n_layer_nextn), (5, 0));
+        assert!(!c.moe.unwrap().norm_top_k);
+        assert_eq!(first_nextn_layer(&m), None);
     }
 }

@@ -231,6 +231,21 @@ const ATTN_QK_NORM: &[TensorSpec] = &[
     req(AttnKNorm),
     req(FfnNorm),
 ];
+/// GLM-4.5 attention: optional q/k/v biases and q/k norms; its pre-FFN norm is named
+/// `post_attention_norm`.
+const ATTN_GLM4MOE: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQ),
+    req(AttnK),
+    req(AttnV),
+    opt(AttnQBias),
+    opt(AttnKBias),
+    opt(AttnVBias),
+    opt(AttnQNorm),
+    opt(AttnKNorm),
+    req(AttnOut),
+    req_as(FfnNorm, "post_attention_norm"),
+];
 const FFN: &[TensorSpec] = &[req(FfnGate), req(FfnUp), req(FfnDown)];
 const MOE: &[TensorSpec] = &[
     req(FfnRouter),
@@ -264,7 +279,8 @@ const ATTN_MLA: &[TensorSpec] = &[
     req(AttnOut),
     req(FfnNorm),
 ];
-/// Sigmoid routing with a selection bias, and an ungated shared expert.
+/// Sigmoid routing with a selection bias (required by llama.cpp for GLM-4.5, optional for
+/// deepseek2), and an ungated shared expert.
 const MOE_BIASED_SHARED: &[TensorSpec] = &[
     req(FfnRouter),
     opt(FfnExpProbsB),
@@ -303,7 +319,7 @@ const MOE_BIASED: &[TensorSpec] = &[
 ];
 
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 8] = [
+static TABLE: [ArchTensors; 9] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
@@ -370,6 +386,13 @@ static TABLE: [ArchTensors; 8] = [
         dense_ffn: FFN,
         moe_ffn: MOE_BIASED,
     },
+    ArchTensors {
+        arch: Architecture::Glm4Moe,
+        globals: GLOBALS,
+        attn: ATTN_GLM4MOE,
+        dense_ffn: FFN,
+        moe_ffn: MOE_BIASED_SHARED,
+    },
 ];
 
 /// The tensor table row of `arch`.
@@ -384,6 +407,7 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Qwen3Moe => 5,
         Architecture::Deepseek2 => 6,
         Architecture::GptOss => 7,
+        Architecture::Glm4Moe => 8,
     };
     &TABLE[i]
 }
@@ -596,6 +620,16 @@ mod tests {
         }
         assert!(arch_tensors(Architecture::Qwen2Moe).has(FfnRouterShexp, true));
         assert!(!arch_tensors(Architecture::Qwen3).has(AttnQBias, false));
+        let glm = arch_tensors(Architecture::Glm4Moe);
+        assert!(glm.has(FfnExpProbsB, true) && !glm.has(FfnRouterShexp, true));
+        assert!(glm.has(FfnGate, false) && !glm.has(FfnExpProbsB, false));
+        assert_eq!(FfnExpProbsB.name(3), "blk.3.exp_probs_b.bias");
+        // The pre-FFN norm under its `post_attention_norm` name, as gpt-oss's.
+        let names: Vec<String> = glm.layer(false).map(|s| s.name(0)).collect();
+        assert!(names
+            .iter()
+            .any(|x| x == "blk.0.post_attention_norm.weight"));
+        assert!(!names.iter().any(|x| x == "blk.0.ffn_norm.weight"));
         let ds = arch_tensors(Architecture::Deepseek2);
         assert!(ds.has(AttnQA, false) && ds.has(AttnKvAMqa, true) && !ds.has(AttnK, true));
         assert!(ds.has(FfnExpProbsB, true) && !ds.has(FfnRouterShexp, true));

@@ -355,7 +355,7 @@ impl<'m> Session<'m> {
             }
             ops::add_assign(&mut s.x, &s.out);
 
-            // Feed-forward block.
+            // Feed-forward block (the table names the pre-FFN norm per architecture).
             rms_rows(
                 &s.x,
                 f32s(&lease, req(Role::FfnNorm)?)?,
@@ -701,10 +701,18 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         let lw = &m.layers[next];
-        let (Some(norm), Some(router)) = (lw.get(Role::FfnNorm), lw.get(Role::FfnRouter)) else {
+        let (Some(norm), Some(router), Some(moe)) = (
+            lw.get(Role::FfnNorm),
+            lw.get(Role::FfnRouter),
+            c.moe.as_ref(),
+        ) else {
             return Ok(());
         };
         let lease = m.source.lease(UnitId::Layer(next))?;
+        let bias = match lw.get(Role::FfnExpProbsB) {
+            Some(b) => Some(f32s(&lease, b)?),
+            None => None,
+        };
         rms_rows(&s.x, f32s(&lease, norm)?, c.rms_eps, &mut s.tmp);
         linear(
             m,
@@ -720,14 +728,22 @@ impl<'m> Session<'m> {
             add_bias(&mut s.router, f32s(&lease, b)?);
         }
         let ne = router.rows();
+        // The prediction routes as the layer will (same function), when the shapes agree.
+        if ne != moe.n_expert || k_used != moe.n_expert_used.min(ne) {
+            return Ok(());
+        }
         let mut chosen = vec![false; ne];
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let mut rs = RouteScratch::default();
+        let mut pick = Vec::with_capacity(k_used);
         for t in 0..n {
-            let p = &s.router[t * ne..(t + 1) * ne];
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            for &x in &idx[..k_used.min(ne)] {
+            route(
+                &mut s.router[t * ne..(t + 1) * ne],
+                bias,
+                moe,
+                &mut rs,
+                &mut pick,
+            );
+            for &(x, _) in &pick {
                 chosen[x] = true;
             }
         }
@@ -779,6 +795,15 @@ impl<'m> Session<'m> {
             add_bias(&mut s.router, f32s(lease, b)?);
         }
         let k_used = moe.n_expert_used.min(ne);
+        if s.router.len() != n * ne {
+            return Err(RuntimeError::BadTensor {
+                name: Role::FfnRouter.name(il),
+                reason: format!(
+                    "gives {} logits for {n} rows of {ne} experts",
+                    s.router.len()
+                ),
+            });
+        }
         // Per row: the selected experts in order of weight, and their weights.
         let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
         let bias = match lw.get(Role::FfnExpProbsB) {

@@ -24,7 +24,7 @@ pub(crate) struct RouteScratch {
 }
 
 /// Smallest weight sum divided by (llama.cpp clamps it to f16's smallest normal).
-const MIN_WEIGHT_SUM: f32 = 6.103_515_6e-5;
+const MIN_WEIGHT_SUM: f32 = 1.0 / 16384.0;
 
 /// Orders indices by descending score, ties to the lower index.
 fn sort_desc(idx: &mut [usize], score: &[f32]) {
@@ -187,6 +187,23 @@ mod tests {
         let (e3, e2) = (3f32.exp(), 2f32.exp());
         assert!((out[0].1 - e3 / (e3 + e2)).abs() < 1e-6);
         assert!((out[1].1 - e2 / (e3 + e2)).abs() < 1e-6);
+    }
+
+    /// llama.cpp clamps the weight sum at 2^-14 before dividing: tiny sigmoids stay tiny
+    /// instead of being blown up to 1/k each.
+    #[test]
+    fn renormalised_sum_is_clamped() {
+        let mut logits = vec![-30.0, -30.0, -40.0, -40.0, -40.0, -40.0, -40.0, -40.0];
+        let mut m = moe(Gating::Sigmoid, (1, 1), 2);
+        m.weights_scale = 1.0;
+        let (mut s, mut out) = (RouteScratch::default(), Vec::new());
+        route(&mut logits, None, &m, &mut s, &mut out);
+        let sig = 1.0 / (1.0 + 30f32.exp());
+        assert_eq!(
+            out,
+            vec![(0, sig / MIN_WEIGHT_SUM), (1, sig / MIN_WEIGHT_SUM)]
+        );
+        assert!(out[0].1 < 1e-8);
     }
 
     #[test]

@@ -589,6 +589,7 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
     let (e, ty) = (d.embd, d.ty);
     Ok(match role {
         AttnNorm | FfnNorm | PostAttnNorm | PostFfwNorm => Spec::norm(role, l, e),
+        FfnExpProbsB => Spec::new(role, l, GgmlType::F32, &[d.experts]),
         AttnQNorm | AttnKNorm => Spec::norm(role, l, d.head_dim),
         AttnQ => Spec::new(role, l, ty, &[e, d.q]),
         AttnOut => Spec::new(role, l, ty, &[d.q, e]),
@@ -608,8 +609,9 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
         FfnRouterShexp => Spec::new(role, l, GgmlType::F32, &[e]),
         FfnGateShexp | FfnUpShexp => Spec::new(role, l, ty, &[e, d.shared_ff]),
         FfnDownShexp => Spec::new(role, l, ty, &[d.shared_ff, e]),
-        AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB
-        | FfnExpProbsB => bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)"),
+        AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB => {
+            bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)")
+        }
         TokenEmbd | OutputNorm | Output | RopeFreqs => {
             bail!("{role:?} is not a layer tensor")
         }
