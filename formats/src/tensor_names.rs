@@ -72,6 +72,24 @@ pub enum TensorRole {
     FfnDownShexp,
     /// Shared expert sigmoid gate.
     FfnRouterShexp,
+    /// MLA query down-projection (`attn_q_a`).
+    AttnQA,
+    /// RMSNorm weight of the query latent (`attn_q_a_norm`).
+    AttnQANorm,
+    /// MLA query up-projection (`attn_q_b`), heads of `[nope | rope]`.
+    AttnQB,
+    /// MLA key/value down-projection to `[latent | rope key]` (`attn_kv_a_mqa`).
+    AttnKvAMqa,
+    /// RMSNorm weight of the key/value latent (`attn_kv_a_norm`).
+    AttnKvANorm,
+    /// Per-head key up-projection `[nope, kv_lora_rank, n_head]` (`attn_k_b`), absorbed
+    /// into the query.
+    AttnKB,
+    /// Per-head value up-projection `[kv_lora_rank, head_dim_v, n_head]` (`attn_v_b`),
+    /// applied to the attention output.
+    AttnVB,
+    /// Per-expert score bias added for expert selection only (`exp_probs_b.bias`).
+    FfnExpProbsB,
     /// Attention output projection bias (gpt-oss).
     AttnOutBias,
     /// Attention sinks: one logit per query head joining the softmax (gpt-oss).
@@ -213,6 +231,21 @@ const ATTN_QK_NORM: &[TensorSpec] = &[
     req(AttnKNorm),
     req(FfnNorm),
 ];
+/// GLM-4.5 attention: optional q/k/v biases and q/k norms; its pre-FFN norm is named
+/// `post_attention_norm`.
+const ATTN_GLM4MOE: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQ),
+    req(AttnK),
+    req(AttnV),
+    opt(AttnQBias),
+    opt(AttnKBias),
+    opt(AttnVBias),
+    opt(AttnQNorm),
+    opt(AttnKNorm),
+    req(AttnOut),
+    req_as(FfnNorm, "post_attention_norm"),
+];
 const FFN: &[TensorSpec] = &[req(FfnGate), req(FfnUp), req(FfnDown)];
 const MOE: &[TensorSpec] = &[
     req(FfnRouter),
@@ -231,6 +264,33 @@ const MOE_SHARED_GATED: &[TensorSpec] = &[
     req(FfnDownShexp),
 ];
 
+/// Multi-head latent attention (deepseek2): the query through a low-rank pair (or one
+/// `attn_q` without q low-rank), keys and values through one latent.
+const ATTN_MLA: &[TensorSpec] = &[
+    req(AttnNorm),
+    opt(AttnQA),
+    opt(AttnQANorm),
+    opt(AttnQB),
+    opt(AttnQ),
+    req(AttnKvAMqa),
+    req(AttnKvANorm),
+    req(AttnKB),
+    req(AttnVB),
+    req(AttnOut),
+    req(FfnNorm),
+];
+/// Sigmoid routing with a selection bias (required by llama.cpp for GLM-4.5, optional for
+/// deepseek2), and an ungated shared expert.
+const MOE_BIASED_SHARED: &[TensorSpec] = &[
+    req(FfnRouter),
+    opt(FfnExpProbsB),
+    req(FfnGateExps),
+    req(FfnUpExps),
+    req(FfnDownExps),
+    req(FfnGateShexp),
+    req(FfnUpShexp),
+    req(FfnDownShexp),
+];
 /// gpt-oss attention: biases on every projection, sinks; its pre-FFN norm is named
 /// `post_attention_norm`.
 const ATTN_GPT_OSS: &[TensorSpec] = &[
@@ -259,7 +319,7 @@ const MOE_BIASED: &[TensorSpec] = &[
 ];
 
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 7] = [
+static TABLE: [ArchTensors; 9] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
@@ -313,11 +373,25 @@ static TABLE: [ArchTensors; 7] = [
         moe_ffn: MOE,
     },
     ArchTensors {
+        arch: Architecture::Deepseek2,
+        globals: GLOBALS,
+        attn: ATTN_MLA,
+        dense_ffn: FFN,
+        moe_ffn: MOE_BIASED_SHARED,
+    },
+    ArchTensors {
         arch: Architecture::GptOss,
         globals: GLOBALS,
         attn: ATTN_GPT_OSS,
         dense_ffn: FFN,
         moe_ffn: MOE_BIASED,
+    },
+    ArchTensors {
+        arch: Architecture::Glm4Moe,
+        globals: GLOBALS,
+        attn: ATTN_GLM4MOE,
+        dense_ffn: FFN,
+        moe_ffn: MOE_BIASED_SHARED,
     },
 ];
 
@@ -331,7 +405,9 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Gemma3 => 3,
         Architecture::Qwen2Moe => 4,
         Architecture::Qwen3Moe => 5,
-        Architecture::GptOss => 6,
+        Architecture::Deepseek2 => 6,
+        Architecture::GptOss => 7,
+        Architecture::Glm4Moe => 8,
     };
     &TABLE[i]
 }
@@ -376,6 +452,14 @@ impl TensorRole {
             FfnUpShexp => "ffn_up_shexp",
             FfnDownShexp => "ffn_down_shexp",
             FfnRouterShexp => "ffn_gate_inp_shexp",
+            AttnQA => "attn_q_a",
+            AttnQANorm => "attn_q_a_norm",
+            AttnQB => "attn_q_b",
+            AttnKvAMqa => "attn_kv_a_mqa",
+            AttnKvANorm => "attn_kv_a_norm",
+            AttnKB => "attn_k_b",
+            AttnVB => "attn_v_b",
+            FfnExpProbsB => "exp_probs_b",
             AttnOutBias => "attn_output",
             AttnSinks => "attn_sinks",
             FfnRouterBias => "ffn_gate_inp",
@@ -389,7 +473,7 @@ impl TensorRole {
     pub const fn suffix(self) -> &'static str {
         match self {
             AttnQBias | AttnKBias | AttnVBias | AttnOutBias | FfnRouterBias | FfnGateExpsBias
-            | FfnUpExpsBias | FfnDownExpsBias => "bias",
+            | FfnUpExpsBias | FfnDownExpsBias | FfnExpProbsB => "bias",
             _ => "weight",
         }
     }
@@ -521,7 +605,12 @@ mod tests {
                 if moe && t.moe_ffn.is_empty() {
                     continue;
                 }
-                for r in [AttnNorm, AttnQ, AttnK, AttnV, AttnOut, FfnNorm] {
+                let qkv: &[TensorRole] = if t.has(AttnKvAMqa, moe) {
+                    &[AttnKB, AttnVB]
+                } else {
+                    &[AttnK, AttnV]
+                };
+                for &r in [AttnNorm, AttnQ, AttnOut, FfnNorm].iter().chain(qkv) {
                     assert!(t.has(r, moe), "{a} lacks {r:?}");
                 }
                 assert!(t.layer(moe).all(|s| !s.role.is_global()), "{a}");
@@ -531,6 +620,21 @@ mod tests {
         }
         assert!(arch_tensors(Architecture::Qwen2Moe).has(FfnRouterShexp, true));
         assert!(!arch_tensors(Architecture::Qwen3).has(AttnQBias, false));
+        let glm = arch_tensors(Architecture::Glm4Moe);
+        assert!(glm.has(FfnExpProbsB, true) && !glm.has(FfnRouterShexp, true));
+        assert!(glm.has(FfnGate, false) && !glm.has(FfnExpProbsB, false));
+        assert_eq!(FfnExpProbsB.name(3), "blk.3.exp_probs_b.bias");
+        // The pre-FFN norm under its `post_attention_norm` name, as gpt-oss's.
+        let names: Vec<String> = glm.layer(false).map(|s| s.name(0)).collect();
+        assert!(names
+            .iter()
+            .any(|x| x == "blk.0.post_attention_norm.weight"));
+        assert!(!names.iter().any(|x| x == "blk.0.ffn_norm.weight"));
+        let ds = arch_tensors(Architecture::Deepseek2);
+        assert!(ds.has(AttnQA, false) && ds.has(AttnKvAMqa, true) && !ds.has(AttnK, true));
+        assert!(ds.has(FfnExpProbsB, true) && !ds.has(FfnRouterShexp, true));
+        assert_eq!(FfnExpProbsB.name(1), "blk.1.exp_probs_b.bias");
+        assert!(!AttnKB.is_expert() && !FfnExpProbsB.is_expert());
     }
 
     /// gpt-oss: the pre-FFN norm under its own name, biases sliced per expert like weights.

@@ -5,11 +5,11 @@
 //! correction dimensions of `beta_fast` (32) and `beta_slow` (1) rotations over the original
 //! context; cos and sin are scaled by `attn_factor · (1 + 0.1 ln(factor))`, where llama.cpp
 //! sets `attn_factor = get_mscale(factor) / (1 + 0.1 ln(factor))` (1 for gpt-oss, so its
-//! tables carry YaRN's magnitude `1 + 0.1 ln 32`).
+//! tables carry YaRN's magnitude `1 + 0.1 ln 32`; deepseek2's mscale ratio with its log
+//! multiplier, computed where the config reads the file). The one YaRN implementation, used
+//! by the standard attention (gpt-oss) and by MLA (deepseek2).
 
-/// ggml's fixed YaRN rotation counts.
-const BETA_FAST: f32 = 32.0;
-const BETA_SLOW: f32 = 1.0;
+use flashstream_formats::config::RopeScaling;
 
 /// The YaRN parameters of one RoPE base.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,15 +25,6 @@ pub struct Yarn {
     pub corr_dims: [f32; 2],
 }
 
-/// llama.cpp's `get_mscale`: `1 + 0.1·mscale·ln(scale)` above 1.
-fn get_mscale(scale: f32, mscale: f32) -> f32 {
-    if scale <= 1.0 {
-        1.0
-    } else {
-        0.1 * mscale * scale.ln() + 1.0
-    }
-}
-
 /// ggml's `rope_yarn_corr_dim`: the dimension whose wavelength makes `n_rot` rotations over
 /// `n_ctx_orig` positions.
 fn corr_dim(n_dims: usize, n_ctx_orig: usize, n_rot: f32, base: f32) -> f32 {
@@ -42,22 +33,30 @@ fn corr_dim(n_dims: usize, n_ctx_orig: usize, n_rot: f32, base: f32) -> f32 {
 }
 
 impl Yarn {
-    /// The parameters for `factor`, the original context `n_ctx_orig`, `n_dims` rotated
-    /// dimensions and the RoPE `base`, as llama.cpp's context and rope op derive them
-    /// (`rope.scaling.attn_factor` and `yarn_log_multiplier` not applied: 1 and 0).
-    pub fn new(factor: f32, n_ctx_orig: usize, n_dims: usize, base: f32) -> Self {
-        let freq_scale = 1.0 / factor;
-        // llama.cpp recovers the factor from the stored scale.
-        let f = 1.0 / freq_scale;
-        let attn_factor = get_mscale(f, 1.0) * (1.0 / (1.0 + 0.1 * f.ln()));
-        let start = corr_dim(n_dims, n_ctx_orig, BETA_FAST, base).floor();
-        let end = corr_dim(n_dims, n_ctx_orig, BETA_SLOW, base).ceil();
-        Yarn {
-            freq_scale,
+    /// The parameters of a [`RopeScaling::Yarn`] for `n_dims` rotated dimensions and the
+    /// RoPE `base`, as llama.cpp's context and rope op derive them (the config's
+    /// `attn_factor` already holds llama.cpp's mscale ratio, `rope.scaling.attn_factor` and
+    /// deepseek2's `yarn_log_multiplier`); `None` for any other scaling.
+    pub fn from_scaling(scaling: RopeScaling, n_dims: usize, base: f32) -> Option<Self> {
+        let RopeScaling::Yarn {
+            factor,
+            original_context,
+            beta_fast,
+            beta_slow,
+            attn_factor,
+            ..
+        } = scaling
+        else {
+            return None;
+        };
+        let start = corr_dim(n_dims, original_context, beta_fast, base).floor();
+        let end = corr_dim(n_dims, original_context, beta_slow, base).ceil();
+        Some(Yarn {
+            freq_scale: 1.0 / factor,
             ext_factor: 1.0,
             attn_factor,
             corr_dims: [start.max(0.0), end.min(n_dims as f32 - 1.0)],
-        }
+        })
     }
 
     /// The cos/sin tables of position `pos` for `dims` rotated dimensions (`dims/2` pairs),
@@ -104,7 +103,17 @@ mod tests {
     /// frequency pair keeps its angle and the lowest is interpolated by 1/32.
     #[test]
     fn gpt_oss_parameters() {
-        let y = Yarn::new(32.0, 4096, 64, 150000.0);
+        // As the config reads a gpt-oss file: default betas, llama.cpp's attn_factor.
+        let f = 1.0 / (1.0 / 32f32);
+        let scaling = RopeScaling::Yarn {
+            factor: 32.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attn_factor: (0.1 * f.ln() + 1.0) / (1.0 + 0.1 * f.ln()),
+            log_mul: 0.0,
+        };
+        let y = Yarn::from_scaling(scaling, 64, 150000.0).unwrap();
         assert_eq!(y.corr_dims, [8.0, 18.0]);
         assert!((y.attn_factor - 1.0).abs() < 1e-6);
         let (mut c, mut s) = (vec![0f32; 32], vec![0f32; 32]);

@@ -181,8 +181,18 @@ fn golden_rand_qwen2moe_q2k() {
 }
 
 #[test]
+fn golden_rand_deepseek2_q4k() {
+    check_random("generate.rand-deepseek2-q4k.jsonl");
+}
+
+#[test]
 fn golden_rand_gptoss_mxfp4() {
     check_random("generate.rand-gptoss-mxfp4.jsonl");
+}
+
+#[test]
+fn golden_rand_glm4moe_q5k() {
+    check_random("generate.rand-glm4moe-q5k.jsonl");
 }
 
 /// Real models. The README asks for every logit of the reference top-10 within

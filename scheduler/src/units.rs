@@ -8,9 +8,14 @@
 //! every other tensor outside the layers (`output_norm`, `rope_freqs`, ...) is small, used at
 //! any time, and lives in the [`UnitId::Globals`] unit, which is always resident. Tensor names
 //! and which roles are sliced per expert come from [`flashstream_formats::tensor_names`].
+//!
+//! NextN / multi-token-prediction layers after the trunk (GLM-4.5, DeepSeek-V3:
+//! `nextn_predict_layers`, see [`first_nextn_layer`]) are not run, so their tensors are in no
+//! unit: never read, never counted.
 
 use std::collections::HashMap;
 
+use flashstream_formats::config::first_nextn_layer;
 use flashstream_formats::tensor_names::{is_fused_expert, parse_per_expert};
 use flashstream_formats::{GgmlType, GgufModel, TensorRole};
 
@@ -114,6 +119,7 @@ impl UnitTable {
         let mut n_expert = 0;
         let embd_name = TensorRole::TokenEmbd.global_name();
         let head_name = TensorRole::Output.global_name();
+        let nextn_from = first_nextn_layer(&model.metadata);
         let mut push = |id: UnitId, part: Part, units: &mut Vec<Unit>| {
             let i = *index.entry(id).or_insert_with(|| {
                 units.push(Unit {
@@ -137,6 +143,7 @@ impl UnitTable {
                 None if t.name == embd_name => push(UnitId::Embedding, whole, &mut units),
                 None if t.name == head_name => push(UnitId::Head, whole, &mut units),
                 None => push(UnitId::Globals, whole, &mut units),
+                Some(layer) if nextn_from.is_some_and(|f| layer >= f) => {}
                 Some(layer) => {
                     n_layer = n_layer.max(index_end(&t.name, "layer", layer)?);
                     if let Some(expert) = parse_per_expert(&t.name).map(|p| p.expert) {
@@ -224,7 +231,7 @@ impl UnitTable {
 #[cfg(test)]
 mod tests {
     use flashstream_formats::gguf::GgufWriter;
-    use flashstream_formats::GgmlType;
+    use flashstream_formats::{GgmlType, Value};
 
     use super::*;
 
@@ -258,6 +265,63 @@ mod tests {
         let name = format!("blk.{}.ffn_up.{}.weight", max - 1, MAX_EXPERTS - 1);
         let t = UnitTable::from_model(&model_with(&name, &[1])).unwrap();
         assert_eq!((t.n_layer(), t.n_expert()), (max, MAX_EXPERTS));
+    }
+
+    /// The NextN / MTP layers after the trunk (GLM-4.5's `nextn_predict_layers`) are in no
+    /// unit: not read, not streamed, not counted in the plan.
+    #[test]
+    fn nextn_layers_are_skipped() {
+        let build = |nextn: Option<u32>| {
+            let mut w = GgufWriter::new();
+            w.set("general.architecture", Value::String("glm4moe".into()))
+                .unwrap();
+            w.set("glm4moe.block_count", Value::U32(3)).unwrap();
+            if let Some(n) = nextn {
+                w.set("glm4moe.nextn_predict_layers", Value::U32(n))
+                    .unwrap();
+            }
+            let names = [
+                "blk.0.attn_q.weight",
+                "blk.1.ffn_up_exps.weight",
+                "blk.2.attn_q.weight",
+                "blk.2.ffn_up_exps.weight",
+                "blk.2.nextn.eh_proj.weight",
+                "output_norm.weight",
+            ];
+            let mut data = Vec::new();
+            for n in names {
+                let shape: &[u64] = if n.contains("exps") { &[4, 1, 2] } else { &[4] };
+                w.add_tensor(n, GgmlType::F32, shape).unwrap();
+                data.push(vec![0u8; 4 * shape.iter().product::<u64>() as usize]);
+            }
+            let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+            let m = GgufModel::from_bytes(&w.to_bytes(&refs).unwrap()).unwrap();
+            UnitTable::from_model(&m).unwrap()
+        };
+        let all = build(None);
+        assert_eq!(all.n_layer(), 3);
+        assert!(all.get(UnitId::Layer(2)).is_some());
+        let trunk = build(Some(1));
+        assert_eq!((trunk.n_layer(), trunk.n_expert()), (2, 2));
+        assert!(trunk.get(UnitId::Layer(2)).is_none());
+        assert!(trunk
+            .get(UnitId::Expert {
+                layer: 2,
+                expert: 0
+            })
+            .is_none());
+        assert!(trunk
+            .get(UnitId::Expert {
+                layer: 1,
+                expert: 1
+            })
+            .is_some());
+        assert!(trunk.get(UnitId::Globals).is_some());
+        assert!(trunk
+            .iter()
+            .all(|u| u.parts.iter().all(|p| !p.name.starts_with("blk.2."))));
+        let skipped = 4 * (4 + 8 + 4) as u64;
+        assert_eq!(trunk.total_bytes() + skipped, all.total_bytes());
     }
 
     /// Found by the `gguf_struct` fuzz target: a fused expert tensor of 2^20 one-element

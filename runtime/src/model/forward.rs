@@ -10,12 +10,15 @@ use std::sync::atomic::Ordering;
 
 use half::f16;
 
-use flashstream_formats::config::{Activation, Gating, RopeScaling, RopeStyle};
+use flashstream_formats::config::{Activation, RopeScaling, RopeStyle};
 use flashstream_formats::GgmlType;
 use flashstream_scheduler::{Lease, UnitId};
 
 use super::attn;
+#[path = "mla.rs"]
+mod mla;
 use super::kv::KvCache;
+use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::kernels::{dot_kernel, scalar, AlignedBuf};
@@ -202,7 +205,13 @@ impl<'m> Session<'m> {
                 c.n_ctx_train
             )));
         }
-        let (kd, vd) = (c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v);
+        // With MLA the values are the first part of each cached key row.
+        let vd = if c.mla.is_some() {
+            0
+        } else {
+            c.n_head_kv * c.head_dim_v
+        };
+        let kd = c.n_head_kv * c.head_dim_k;
         let kv =
             KvCache::new(c.n_layer, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
                 what: format!(
@@ -322,7 +331,11 @@ impl<'m> Session<'m> {
                 c.rms_eps,
                 &mut s.cur,
             );
-            self.attention(s, il, &lease, n)?;
+            if c.mla.is_some() {
+                self.mla_attention(s, il, &lease, n)?;
+            } else {
+                self.attention(s, il, &lease, n)?;
+            }
             linear(
                 m,
                 &mut s.xq,
@@ -342,7 +355,7 @@ impl<'m> Session<'m> {
             }
             ops::add_assign(&mut s.x, &s.out);
 
-            // Feed-forward block.
+            // Feed-forward block (the table names the pre-FFN norm per architecture).
             rms_rows(
                 &s.x,
                 f32s(&lease, req(Role::FfnNorm)?)?,
@@ -513,27 +526,15 @@ impl<'m> Session<'m> {
         let (base, freq_scale, yarn) = match (swa, c.rope.freq_base_swa, c.rope.scaling) {
             // gpt-oss keeps YaRN on its own SWA base, if it has one; Gemma's SWA layers are
             // unscaled.
-            (
-                true,
-                Some(b),
-                RopeScaling::Yarn {
-                    factor,
-                    original_context,
-                },
-            ) => (b, 1.0, Some(Yarn::new(factor, original_context, dims, b))),
+            (true, Some(b), y @ RopeScaling::Yarn { .. }) => {
+                (b, 1.0, Yarn::from_scaling(y, dims, b))
+            }
             (true, Some(b), _) => (b, 1.0, None),
             (_, _, RopeScaling::Linear { factor }) => (c.rope.freq_base, 1.0 / factor, None),
-            (
-                _,
-                _,
-                RopeScaling::Yarn {
-                    factor,
-                    original_context,
-                },
-            ) => (
+            (_, _, y @ RopeScaling::Yarn { .. }) => (
                 c.rope.freq_base,
                 1.0,
-                Some(Yarn::new(factor, original_context, dims, c.rope.freq_base)),
+                Yarn::from_scaling(y, dims, c.rope.freq_base),
             ),
             (_, _, RopeScaling::None) => (c.rope.freq_base, 1.0, None),
         };
@@ -700,10 +701,18 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         let lw = &m.layers[next];
-        let (Some(norm), Some(router)) = (lw.get(Role::FfnNorm), lw.get(Role::FfnRouter)) else {
+        let (Some(norm), Some(router), Some(moe)) = (
+            lw.get(Role::FfnNorm),
+            lw.get(Role::FfnRouter),
+            c.moe.as_ref(),
+        ) else {
             return Ok(());
         };
         let lease = m.source.lease(UnitId::Layer(next))?;
+        let bias = match lw.get(Role::FfnExpProbsB) {
+            Some(b) => Some(f32s(&lease, b)?),
+            None => None,
+        };
         rms_rows(&s.x, f32s(&lease, norm)?, c.rms_eps, &mut s.tmp);
         linear(
             m,
@@ -719,14 +728,22 @@ impl<'m> Session<'m> {
             add_bias(&mut s.router, f32s(&lease, b)?);
         }
         let ne = router.rows();
+        // The prediction routes as the layer will (same function), when the shapes agree.
+        if ne != moe.n_expert || k_used != moe.n_expert_used.min(ne) {
+            return Ok(());
+        }
         let mut chosen = vec![false; ne];
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let mut rs = RouteScratch::default();
+        let mut pick = Vec::with_capacity(k_used);
         for t in 0..n {
-            let p = &s.router[t * ne..(t + 1) * ne];
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            for &x in &idx[..k_used.min(ne)] {
+            route(
+                &mut s.router[t * ne..(t + 1) * ne],
+                bias,
+                moe,
+                &mut rs,
+                &mut pick,
+            );
+            for &(x, _) in &pick {
                 chosen[x] = true;
             }
         }
@@ -778,30 +795,26 @@ impl<'m> Session<'m> {
             add_bias(&mut s.router, f32s(lease, b)?);
         }
         let k_used = moe.n_expert_used.min(ne);
+        if s.router.len() != n * ne {
+            return Err(RuntimeError::BadTensor {
+                name: Role::FfnRouter.name(il),
+                reason: format!(
+                    "gives {} logits for {n} rows of {ne} experts",
+                    s.router.len()
+                ),
+            });
+        }
         // Per row: the selected experts in order of weight, and their weights.
         let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
-        let mut sel = Vec::with_capacity(k_used);
+        let bias = match lw.get(Role::FfnExpProbsB) {
+            Some(w) => Some(f32s(lease, w)?),
+            None => None,
+        };
+        let mut rs = RouteScratch::default();
         for t in 0..n {
             let p = &mut s.router[t * ne..(t + 1) * ne];
-            if moe.gating == Gating::Softmax {
-                ops::softmax(p);
-            }
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top = &idx[..k_used];
-            sel.clear();
-            sel.extend(top.iter().map(|&i| p[i]));
-            if moe.gating == Gating::SoftmaxSelected {
-                ops::softmax(&mut sel);
-            }
-            let sum: f32 = sel.iter().sum();
-            let row: Vec<(usize, f32)> = top
-                .iter()
-                .zip(&sel)
-                .map(|(&i, &w)| (i, if moe.norm_top_k { w / sum } else { w }))
-                .collect();
+            let mut row = Vec::with_capacity(k_used);
+            route(p, bias, &moe, &mut rs, &mut row);
             picks.push(row);
         }
         // Per expert: the rows routed to it and the rank of the expert in each row's pick.

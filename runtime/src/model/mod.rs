@@ -11,6 +11,7 @@ pub mod attn;
 mod forward;
 pub mod kv;
 pub mod multi;
+mod routing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -376,6 +377,17 @@ impl Model {
             }
             if let Some(w) = lw.get(Role::FfnRouterShexp) {
                 check(w, c.n_embd)?;
+            }
+            if let Some(mla) = c.mla {
+                if let (Some(w), Some(r)) = (lw.get(Role::AttnQANorm), mla.q_lora_rank) {
+                    check(w, r)?;
+                }
+                if let Some(w) = lw.get(Role::AttnKvANorm) {
+                    check(w, mla.kv_lora_rank)?;
+                }
+            }
+            if let (Some(w), Some(moe)) = (lw.get(Role::FfnExpProbsB), c.moe) {
+                check(w, moe.n_expert)?;
             }
         }
         if let Some(w) = &self.rope_freqs {

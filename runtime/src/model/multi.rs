@@ -77,6 +77,13 @@ impl MultiPass {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
+        if c.mla.is_some() {
+            return Err(RuntimeError::Invalid(format!(
+                "shared passes do not run multi-head latent attention ({}); evaluate each \
+                 session on its own (parallel 1)",
+                c.arch.name()
+            )));
+        }
         if total > model.max_batch {
             return Err(RuntimeError::Invalid(format!(
                 "a shared pass of {total} tokens exceeds the batch of {} (give fewer prompt tokens per pass)",

@@ -5,7 +5,8 @@
 //!   from the size (or given), weights random but well-scaled (finite, unit-ish activations).
 //! - `mkmodel moe OUT --arch qwen3moe --size 20GiB --experts 128 --top-k 8`: the same for a
 //!   mixture of experts (`qwen3moe`, `qwen2moe` with a shared expert, or Mixtral-style
-//!   `llama`), fused `*_exps` tensors.
+//!   `llama`), fused `*_exps` tensors; `--arch deepseek2` (or `--shape deepseek-v3|kimi-k2`,
+//!   the real dimensions) in `mkmodel_mla.rs`.
 //! - `mkmodel moe OUT --arch gpt-oss --size 4GiB --type mxfp4`, and `mkmodel moe OUT --shape
 //!   gpt-oss-120b [--layers N]`: a gpt-oss MoE, or one with a real model's per-layer shape and
 //!   quant types (see `mkmodel_shapes.rs`).
@@ -32,6 +33,9 @@ use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need, TensorSpec};
 use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
 use flashstream::loader::ModelFiles;
+
+#[path = "mkmodel_mla.rs"]
+mod mla;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -90,14 +94,15 @@ struct DenseArgs {
 struct MoeArgs {
     #[command(flatten)]
     c: Common,
-    /// Architecture: qwen3moe, qwen2moe (with a shared expert), llama (Mixtral-style) or
-    /// gpt-oss.
+    /// Architecture: qwen3moe, qwen2moe (with a shared expert), llama (Mixtral-style),
+    /// deepseek2 or gpt-oss.
     #[arg(long, default_value = "qwen3moe")]
     arch: String,
     /// A real model's shape: its per-layer dimensions, expert counts, vocabulary and quant
     /// types (gpt-oss-120b, gpt-oss-20b); `--layers` (or `--size`) keeps the shape with fewer
     /// layers. Sets the architecture; `--type`, `--embd`, `--experts`, `--top-k` and
-    /// `--expert-ff` do not apply.
+    /// `--expert-ff` do not apply. deepseek2's real dimensions (deepseek-v3, kimi-k2) take
+    /// `--type` for the experts (the rest Q8_0) and `--layers N` or `--size`.
     #[arg(long)]
     shape: Option<String>,
     /// Experts per layer.
@@ -584,6 +589,7 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
     let (e, ty) = (d.embd, d.ty);
     Ok(match role {
         AttnNorm | FfnNorm | PostAttnNorm | PostFfwNorm => Spec::norm(role, l, e),
+        FfnExpProbsB => Spec::new(role, l, GgmlType::F32, &[d.experts]),
         AttnQNorm | AttnKNorm => Spec::norm(role, l, d.head_dim),
         AttnQ => Spec::new(role, l, ty, &[e, d.q]),
         AttnOut => Spec::new(role, l, ty, &[d.q, e]),
@@ -603,6 +609,9 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
         FfnRouterShexp => Spec::new(role, l, GgmlType::F32, &[e]),
         FfnGateShexp | FfnUpShexp => Spec::new(role, l, ty, &[e, d.shared_ff]),
         FfnDownShexp => Spec::new(role, l, ty, &[d.shared_ff, e]),
+        AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB => {
+            bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)")
+        }
         TokenEmbd | OutputNorm | Output | RopeFreqs => {
             bail!("{role:?} is not a layer tensor")
         }
@@ -735,11 +744,18 @@ fn file_type(ty: GgmlType) -> u32 {
 fn moe(a: MoeArgs) -> anyhow::Result<()> {
     let c = &a.c;
     let arch = a.arch.as_str();
+    if arch == "deepseek2" || matches!(a.shape.as_deref(), Some("deepseek-v3" | "kimi-k2")) {
+        let shape = a.shape.clone();
+        return mla::deepseek2(a, shape.as_deref());
+    }
     if a.shape.is_some() || arch == "gpt-oss" {
         return shapes::moe_shaped(&a);
     }
     if !matches!(arch, "qwen3moe" | "qwen2moe" | "llama") {
-        bail!("unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama or gpt-oss)");
+        bail!(
+            "unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama, deepseek2 or \
+             gpt-oss)"
+        );
     }
     if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
         bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);

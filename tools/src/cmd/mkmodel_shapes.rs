@@ -63,7 +63,9 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
             experts: 32,
             ..base
         },
-        other => bail!("unknown --shape {other:?} (known: gpt-oss-120b, gpt-oss-20b)"),
+        other => bail!(
+            "unknown --shape {other:?} (known: gpt-oss-120b, gpt-oss-20b, deepseek-v3, kimi-k2)"
+        ),
     })
 }
 
