@@ -196,6 +196,52 @@ fn ffn_biased(
     Ok(())
 }
 
+/// The Q, K and V projections of the normed rows in `s.cur` into `s.q`, `s.k`, `s.v`.
+pub(super) fn project_qkv(
+    m: &Model,
+    s: &mut Scratch,
+    il: usize,
+    lease: &Lease<'_>,
+    n: usize,
+) -> Result<(), RuntimeError> {
+    let outs = [
+        (Role::AttnQ, false, &mut s.q),
+        (Role::AttnK, true, &mut s.k),
+        (Role::AttnV, true, &mut s.v),
+    ];
+    for (role, reuse, out) in outs {
+        let w = m.layers[il]
+            .get(role)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                arch: m.config.arch,
+                name: role.name(il),
+            })?;
+        linear(m, &mut s.xq, lease, w, &s.cur, n, reuse, out)?;
+    }
+    Ok(())
+}
+
+/// The output norm, head and final soft-cap on the rows of `s.x` from `first` on; the logits
+/// (one row of `n_vocab` per input row) are left in `s.tmp`.
+pub(super) fn output_head(m: &Model, s: &mut Scratch, first: usize) -> Result<(), RuntimeError> {
+    let c = &m.config;
+    let rows = &s.x[first * c.n_embd..];
+    let n_out = rows.len() / c.n_embd;
+    {
+        let globals = m.source.lease(UnitId::Globals)?;
+        rms_rows(rows, f32s(&globals, &m.output_norm)?, c.rms_eps, &mut s.cur);
+    }
+    let head = m.source.lease(m.output.unit)?;
+    linear(
+        m, &mut s.xq, &head, &m.output, &s.cur, n_out, false, &mut s.tmp,
+    )?;
+    drop(head);
+    if let Some(cap) = c.final_softcap {
+        ops::softcap(&mut s.tmp, cap);
+    }
+    Ok(())
+}
+
 impl<'m> Session<'m> {
     pub(super) fn new(model: &'m Model, n_ctx: usize) -> Result<Self, RuntimeError> {
         let c = &model.config;
@@ -309,7 +355,6 @@ impl<'m> Session<'m> {
         let m = self.model;
         let c = &m.config;
         let n = tokens.len();
-        let e = c.n_embd;
         self.embed(s, tokens)?;
 
         let n_layer = c.n_layer;
@@ -336,76 +381,88 @@ impl<'m> Session<'m> {
             } else {
                 self.attention(s, il, &lease, n)?;
             }
-            linear(
-                m,
-                &mut s.xq,
-                &lease,
-                req(Role::AttnOut)?,
-                &s.attn,
-                n,
-                false,
-                &mut s.out,
-            )?;
-            if let Some(b) = lw.get(Role::AttnOutBias) {
-                add_bias(&mut s.out, f32s(&lease, b)?);
-            }
-            if let Some(w) = lw.get(Role::PostAttnNorm) {
-                rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
-                std::mem::swap(&mut s.out, &mut s.tmp);
-            }
-            ops::add_assign(&mut s.x, &s.out);
-
-            // Feed-forward block (the table names the pre-FFN norm per architecture).
-            rms_rows(
-                &s.x,
-                f32s(&lease, req(Role::FfnNorm)?)?,
-                c.rms_eps,
-                &mut s.cur,
-            );
-            if c.is_moe_layer(il) {
-                self.moe_ffn(s, il, &lease, n)?;
-            } else {
-                let w = (req(Role::FfnGate)?, req(Role::FfnUp)?, req(Role::FfnDown)?);
-                dense_ffn(
-                    m,
-                    &mut s.xq,
-                    &lease,
-                    w,
-                    &s.cur,
-                    n,
-                    &mut s.gate,
-                    &mut s.up,
-                    &mut s.out,
-                )?;
-            }
-            if let Some(w) = lw.get(Role::PostFfwNorm) {
-                rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
-                std::mem::swap(&mut s.out, &mut s.tmp);
-            }
-            ops::add_assign(&mut s.x, &s.out);
+            self.finish_layer(s, il, &lease, n)?;
         }
         self.pos += n;
 
         // Output head on the rows whose logits are wanted.
-        let rows: &[f32] = match want {
+        let first = match want {
             None => return Ok(()),
-            Some(LogitsWanted::All) => &s.x,
-            Some(LogitsWanted::Last) => &s.x[(n - 1) * e..],
+            Some(LogitsWanted::All) => 0,
+            Some(LogitsWanted::Last) => n - 1,
         };
-        let n_out = rows.len() / e;
-        {
-            let globals = m.source.lease(UnitId::Globals)?;
-            rms_rows(rows, f32s(&globals, &m.output_norm)?, c.rms_eps, &mut s.cur);
-        }
-        let head = m.source.lease(m.output.unit)?;
-        linear(
-            m, &mut s.xq, &head, &m.output, &s.cur, n_out, false, &mut s.tmp,
-        )?;
-        drop(head);
-        if let Some(cap) = c.final_softcap {
-            ops::softcap(&mut s.tmp, cap);
-        }
+        output_head(m, s, first)?;
         logits.extend_from_slice(&s.tmp);
+        Ok(())
+    }
+
+    /// The rest of layer `il` once the attention output is in `s.attn`: the output projection
+    /// (and bias, and post-attention norm), the residual, the pre-FFN norm, the dense or MoE
+    /// feed-forward (MoE on the union of the rows' routed experts), its post norm and the
+    /// residual. Shared by [`Self::eval`] and the shared weight passes.
+    pub(super) fn finish_layer(
+        &mut self,
+        s: &mut Scratch,
+        il: usize,
+        lease: &Lease<'_>,
+        n: usize,
+    ) -> Result<(), RuntimeError> {
+        let m = self.model;
+        let c = &m.config;
+        let lw = &m.layers[il];
+        let req = |r: Role| {
+            lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
+                arch: c.arch,
+                name: r.name(il),
+            })
+        };
+        linear(
+            m,
+            &mut s.xq,
+            lease,
+            req(Role::AttnOut)?,
+            &s.attn,
+            n,
+            false,
+            &mut s.out,
+        )?;
+        if let Some(b) = lw.get(Role::AttnOutBias) {
+            add_bias(&mut s.out, f32s(lease, b)?);
+        }
+        if let Some(w) = lw.get(Role::PostAttnNorm) {
+            rms_rows(&s.out, f32s(lease, w)?, c.rms_eps, &mut s.tmp);
+            std::mem::swap(&mut s.out, &mut s.tmp);
+        }
+        ops::add_assign(&mut s.x, &s.out);
+
+        // Feed-forward block (the table names the pre-FFN norm per architecture).
+        rms_rows(
+            &s.x,
+            f32s(lease, req(Role::FfnNorm)?)?,
+            c.rms_eps,
+            &mut s.cur,
+        );
+        if c.is_moe_layer(il) {
+            self.moe_ffn(s, il, lease, n)?;
+        } else {
+            let w = (req(Role::FfnGate)?, req(Role::FfnUp)?, req(Role::FfnDown)?);
+            dense_ffn(
+                m,
+                &mut s.xq,
+                lease,
+                w,
+                &s.cur,
+                n,
+                &mut s.gate,
+                &mut s.up,
+                &mut s.out,
+            )?;
+        }
+        if let Some(w) = lw.get(Role::PostFfwNorm) {
+            rms_rows(&s.out, f32s(lease, w)?, c.rms_eps, &mut s.tmp);
+            std::mem::swap(&mut s.out, &mut s.tmp);
+        }
+        ops::add_assign(&mut s.x, &s.out);
         Ok(())
     }
 
@@ -445,45 +502,7 @@ impl<'m> Session<'m> {
         lease: &Lease<'_>,
         n: usize,
     ) -> Result<(), RuntimeError> {
-        let m = self.model;
-        let c = &m.config;
-        let lw = &m.layers[il];
-        let req = |r: Role| {
-            lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
-                arch: c.arch,
-                name: r.name(il),
-            })
-        };
-        linear(
-            m,
-            &mut s.xq,
-            lease,
-            req(Role::AttnQ)?,
-            &s.cur,
-            n,
-            false,
-            &mut s.q,
-        )?;
-        linear(
-            m,
-            &mut s.xq,
-            lease,
-            req(Role::AttnK)?,
-            &s.cur,
-            n,
-            true,
-            &mut s.k,
-        )?;
-        linear(
-            m,
-            &mut s.xq,
-            lease,
-            req(Role::AttnV)?,
-            &s.cur,
-            n,
-            true,
-            &mut s.v,
-        )?;
+        project_qkv(self.model, s, il, lease, n)?;
         self.attend(s, il, lease, n)
     }
 

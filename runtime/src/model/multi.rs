@@ -12,9 +12,8 @@
 
 use flashstream_scheduler::UnitId;
 
-use super::forward::{add_bias, dense_ffn, f32s, linear, rms_rows, Scratch};
+use super::forward::{f32s, output_head, project_qkv, rms_rows, Scratch};
 use super::{Model, Role, RuntimeError, Session};
-use crate::ops;
 
 /// One session's share of a shared pass.
 pub struct SeqInput<'a, 'm> {
@@ -170,36 +169,7 @@ impl MultiPass {
                 c.rms_eps,
                 &mut s.cur,
             );
-            linear(
-                m,
-                &mut s.xq,
-                &lease,
-                req(Role::AttnQ)?,
-                &s.cur,
-                n,
-                false,
-                &mut s.q,
-            )?;
-            linear(
-                m,
-                &mut s.xq,
-                &lease,
-                req(Role::AttnK)?,
-                &s.cur,
-                n,
-                true,
-                &mut s.k,
-            )?;
-            linear(
-                m,
-                &mut s.xq,
-                &lease,
-                req(Role::AttnV)?,
-                &s.cur,
-                n,
-                true,
-                &mut s.v,
-            )?;
+            project_qkv(m, s, il, &lease, n)?;
             s.attn.clear();
             s.attn.resize(n * ad, 0.0);
             for (inp, &(r0, r1)) in inputs.iter_mut().zip(&ranges) {
@@ -209,53 +179,7 @@ impl MultiPass {
                 inp.session.attend(seg, il, &lease, r1 - r0)?;
                 s.attn[r0 * ad..r1 * ad].copy_from_slice(&seg.attn[..(r1 - r0) * ad]);
             }
-            linear(
-                m,
-                &mut s.xq,
-                &lease,
-                req(Role::AttnOut)?,
-                &s.attn,
-                n,
-                false,
-                &mut s.out,
-            )?;
-            if let Some(b) = lw.get(Role::AttnOutBias) {
-                add_bias(&mut s.out, f32s(&lease, b)?);
-            }
-            if let Some(w) = lw.get(Role::PostAttnNorm) {
-                rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
-                std::mem::swap(&mut s.out, &mut s.tmp);
-            }
-            ops::add_assign(&mut s.x, &s.out);
-
-            // Feed-forward on all rows (MoE: the union of the routed experts).
-            rms_rows(
-                &s.x,
-                f32s(&lease, req(Role::FfnNorm)?)?,
-                c.rms_eps,
-                &mut s.cur,
-            );
-            if c.is_moe_layer(il) {
-                inputs[0].session.moe_ffn(s, il, &lease, n)?;
-            } else {
-                let w = (req(Role::FfnGate)?, req(Role::FfnUp)?, req(Role::FfnDown)?);
-                dense_ffn(
-                    m,
-                    &mut s.xq,
-                    &lease,
-                    w,
-                    &s.cur,
-                    n,
-                    &mut s.gate,
-                    &mut s.up,
-                    &mut s.out,
-                )?;
-            }
-            if let Some(w) = lw.get(Role::PostFfwNorm) {
-                rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
-                std::mem::swap(&mut s.out, &mut s.tmp);
-            }
-            ops::add_assign(&mut s.x, &s.out);
+            inputs[0].session.finish_layer(s, il, &lease, n)?;
         }
 
         // Output head on the last row of each input whose logits are wanted.
@@ -266,35 +190,13 @@ impl MultiPass {
         if wanted.is_empty() {
             return Ok(out);
         }
-        let mut rows = Vec::with_capacity(wanted.len() * e);
-        for &i in &wanted {
+        // The wanted rows move to the front of `s.x` (no longer needed after the last layer).
+        for (j, &i) in wanted.iter().enumerate() {
             let last = ranges[i].1 - 1;
-            rows.extend_from_slice(&s.x[last * e..(last + 1) * e]);
+            s.x.copy_within(last * e..(last + 1) * e, j * e);
         }
-        {
-            let globals = m.source.lease(UnitId::Globals)?;
-            rms_rows(
-                &rows,
-                f32s(&globals, &m.output_norm)?,
-                c.rms_eps,
-                &mut s.cur,
-            );
-        }
-        let head = m.source.lease(m.output.unit)?;
-        linear(
-            m,
-            &mut s.xq,
-            &head,
-            &m.output,
-            &s.cur,
-            wanted.len(),
-            false,
-            &mut s.tmp,
-        )?;
-        drop(head);
-        if let Some(cap) = c.final_softcap {
-            ops::softcap(&mut s.tmp, cap);
-        }
+        s.x.truncate(wanted.len() * e);
+        output_head(m, s, 0)?;
         let nv = s.tmp.len() / wanted.len();
         for (j, &i) in wanted.iter().enumerate() {
             out[i] = Some(s.tmp[j * nv..(j + 1) * nv].to_vec());
