@@ -210,12 +210,7 @@ pub(super) fn project_qkv(
         (Role::AttnV, true, &mut s.v),
     ];
     for (role, reuse, out) in outs {
-        let w = m.layers[il]
-            .get(role)
-            .ok_or_else(|| RuntimeError::MissingTensor {
-                arch: m.config.arch,
-                name: role.name(il),
-            })?;
+        let w = m.layer_weight(il, role)?;
         linear(m, &mut s.xq, lease, w, &s.cur, n, reuse, out)?;
     }
     Ok(())
@@ -361,13 +356,7 @@ impl<'m> Session<'m> {
         for il in 0..n_layer {
             let _l = tracing::trace_span!("layer", il).entered();
             let lease = m.source.lease(UnitId::Layer(il))?;
-            let lw = &m.layers[il];
-            let req = |r: Role| {
-                lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
-                    arch: c.arch,
-                    name: r.name(il),
-                })
-            };
+            let req = |r: Role| m.layer_weight(il, r);
 
             // Attention block.
             rms_rows(
@@ -410,12 +399,7 @@ impl<'m> Session<'m> {
         let m = self.model;
         let c = &m.config;
         let lw = &m.layers[il];
-        let req = |r: Role| {
-            lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
-                arch: c.arch,
-                name: r.name(il),
-            })
-        };
+        let req = |r: Role| m.layer_weight(il, r);
         linear(
             m,
             &mut s.xq,
@@ -792,12 +776,7 @@ impl<'m> Session<'m> {
             .moe
             .ok_or_else(|| RuntimeError::Invalid("not a MoE model".into()))?;
         let lw = &m.layers[il];
-        let req = |r: Role| {
-            lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
-                arch: c.arch,
-                name: r.name(il),
-            })
-        };
+        let req = |r: Role| m.layer_weight(il, r);
         let e = c.n_embd;
         linear(
             m,

@@ -89,13 +89,7 @@ impl Session<'_> {
         let mla = c
             .mla
             .ok_or_else(|| RuntimeError::Invalid("not an MLA model".into()))?;
-        let lw = &m.layers[il];
-        let req = |r: Role| {
-            lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
-                arch: c.arch,
-                name: r.name(il),
-            })
-        };
+        let req = |r: Role| m.layer_weight(il, r);
         let nh = c.n_head;
         let rope = c.rope.dims;
         let qk = mla.head_dim_qk;

@@ -255,6 +255,16 @@ fn find(
 }
 
 impl Model {
+    /// Layer `il`'s tensor of `role`, or `MissingTensor` naming it.
+    pub(super) fn layer_weight(&self, il: usize, role: Role) -> Result<&WeightRef, RuntimeError> {
+        self.layers[il]
+            .get(role)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                arch: self.config.arch,
+                name: role.name(il),
+            })
+    }
+
     /// Validates `gguf` against its architecture and prepares to run it with weights from
     /// `source`.
     pub fn new(

@@ -154,13 +154,7 @@ impl MultiPass {
         for il in 0..c.n_layer {
             let _l = tracing::trace_span!("layer", il).entered();
             let lease = m.source.lease(UnitId::Layer(il))?;
-            let lw = &m.layers[il];
-            let req = |r: Role| {
-                lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
-                    arch: c.arch,
-                    name: r.name(il),
-                })
-            };
+            let req = |r: Role| m.layer_weight(il, r);
 
             // Attention: projections of all rows at once, attention per session.
             rms_rows(
