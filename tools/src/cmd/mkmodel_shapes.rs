@@ -3,12 +3,14 @@
 //! expert counts, vocabulary size and quant types (`--layers N` keeps the shape with fewer
 //! layers), so a benchmark can run a slice of the real model's shape.
 //!
-//! The real shapes are those of OpenAI's released configs as llama.cpp converts them
-//! (`conversion/gpt_oss.py`; 24 layers = 20B, 36 = 120B in `src/models/openai-moe.cpp`): hidden
+//! The real shapes are those of OpenAI's released config.json (openai/gpt-oss-120b and
+//! gpt-oss-20b; transformers' and vLLM's `GptOssConfig` defaults are the 120B's) as llama.cpp
+//! converts them (24 layers = 20B, 36 = 120B in `src/models/openai-moe.cpp`): hidden
 //! 2880, 64 query heads and 8 KV heads of 64, experts of 2880, top-4, a 128-token window on
 //! even layers, RoPE base 150000 with YaRN factor 32 over 4096 positions, vocabulary 201088.
-//! Quant types as llama.cpp's `MXFP4_MOE` file type: experts MXFP4, the other matrices Q8_0,
-//! router, norms, biases and sinks F32.
+//! Quant types as ggml-org's MXFP4 release (llama.cpp's `MXFP4_MOE` file type): experts
+//! MXFP4, the other matrices Q8_0, router, norms, biases and sinks F32. The 120B: 36 layers
+//! of 128 experts, top-4; the 20B: 24 layers of 32 experts, top-4.
 
 use anyhow::bail;
 use serde_json::json;
@@ -64,7 +66,8 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
             ..base
         },
         other => bail!(
-            "unknown --shape {other:?} (known: gpt-oss-120b, gpt-oss-20b, deepseek-v3, kimi-k2)"
+            "unknown --shape {other:?} (known: gpt-oss-120b, gpt-oss-20b, deepseek-v3, kimi-k2, \
+             glm-4.5-air, glm-4.6)"
         ),
     })
 }
