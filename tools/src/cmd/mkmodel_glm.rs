@@ -21,13 +21,11 @@
 use anyhow::bail;
 use serde_json::json;
 
-use super::{
-    byte_token, byte_vocab, declare, dims_for, file_type, size_of, summary, write_random, MoeArgs,
-    Spec,
-};
+use super::shapes::{header, moe_dims};
+use super::{declare, file_type, size_of, summary, write_random, MoeArgs, Spec};
 use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need};
-use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
+use flashstream::formats::{Architecture, GgmlType, TensorRole, Value};
 
 /// The types of the routed-expert matrices.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +78,48 @@ impl ExpertQuant {
             ExpertQuant::Uniform(t) => t.to_string(),
             ExpertQuant::Q4KM { .. } => "Q4_K_M".into(),
         }
+    }
+}
+
+/// The FFN of a leading-dense, shared-expert, sigmoid-routed MoE (deepseek2 and glm4moe
+/// alike): Q8_0 dense and shared matrices, F32 router and score bias, experts by `quant`.
+pub(super) struct MoeFfn {
+    pub(super) embd: usize,
+    pub(super) dense_ff: usize,
+    pub(super) expert_ff: usize,
+    pub(super) experts: usize,
+    pub(super) shared: usize,
+    pub(super) quant: ExpertQuant,
+}
+
+impl MoeFfn {
+    /// The FFN tensor of `role` in layer `l`, or `None` for a role outside the FFN.
+    pub(super) fn spec(&self, role: TensorRole, l: usize) -> Option<Spec> {
+        use TensorRole::*;
+        let (q8, f32t) = (GgmlType::Q8_0, GgmlType::F32);
+        let u = |x: usize| x as u64;
+        let (e, ff, eff, nx) = (
+            u(self.embd),
+            u(self.dense_ff),
+            u(self.expert_ff),
+            u(self.experts),
+        );
+        let shared_ff = eff * u(self.shared);
+        let exps = |down: bool| {
+            self.quant
+                .ty(down, l, if down { self.expert_ff } else { self.embd })
+        };
+        Some(match role {
+            FfnGate | FfnUp => Spec::new(role, l, q8, &[e, ff]),
+            FfnDown => Spec::new(role, l, q8, &[ff, e]),
+            FfnRouter => Spec::new(role, l, f32t, &[e, nx]),
+            FfnExpProbsB => Spec::new(role, l, f32t, &[nx]),
+            FfnGateExps | FfnUpExps => Spec::new(role, l, exps(false), &[e, eff, nx]),
+            FfnDownExps => Spec::new(role, l, exps(true), &[eff, e, nx]),
+            FfnGateShexp | FfnUpShexp => Spec::new(role, l, q8, &[e, shared_ff]),
+            FfnDownShexp => Spec::new(role, l, q8, &[shared_ff, e]),
+            _ => return None,
+        })
     }
 }
 
@@ -145,14 +185,7 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
 /// A GLM-4.5-like shape scaled to the hidden size `--size` suggests (or `--embd`).
 fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
     let c = &a.c;
-    if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
-        bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
-    }
-    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
-    let d = dims_for(
-        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
-        c.embd,
-    );
+    let d = moe_dims(a)?;
     Ok(Shape {
         layers: c.layers,
         dense_lead: 1,
@@ -178,29 +211,31 @@ fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
 /// The tensor of `role` in layer `l`.
 fn spec(role: TensorRole, l: usize, s: &Shape) -> anyhow::Result<Spec> {
     use TensorRole::*;
-    let q8 = GgmlType::Q8_0;
-    let f32t = GgmlType::F32;
-    let u = |x: usize| x as u64;
-    let e = u(s.embd);
-    let (q, kv) = (u(s.heads * s.head_dim), u(s.kv_heads * s.head_dim));
-    let (eff, nx) = (u(s.expert_ff), u(s.experts));
-    let shared_ff = u(s.expert_ff * s.shared);
+    let ffn = MoeFfn {
+        embd: s.embd,
+        dense_ff: s.dense_ff,
+        expert_ff: s.expert_ff,
+        experts: s.experts,
+        shared: s.shared,
+        quant: s.quant,
+    };
+    if let Some(x) = ffn.spec(role, l) {
+        return Ok(x);
+    }
+    let (q8, f32t) = (GgmlType::Q8_0, GgmlType::F32);
+    let e = s.embd as u64;
+    let (q, kv) = (
+        (s.heads * s.head_dim) as u64,
+        (s.kv_heads * s.head_dim) as u64,
+    );
     Ok(match role {
         AttnNorm | FfnNorm => Spec::norm(role, l, e),
-        AttnQNorm | AttnKNorm => Spec::norm(role, l, u(s.head_dim)),
+        AttnQNorm | AttnKNorm => Spec::norm(role, l, s.head_dim as u64),
         AttnQ => Spec::new(role, l, q8, &[e, q]),
         AttnK | AttnV => Spec::new(role, l, q8, &[e, kv]),
         AttnQBias => Spec::new(role, l, f32t, &[q]),
         AttnKBias | AttnVBias => Spec::new(role, l, f32t, &[kv]),
         AttnOut => Spec::new(role, l, q8, &[q, e]),
-        FfnGate | FfnUp => Spec::new(role, l, q8, &[e, u(s.dense_ff)]),
-        FfnDown => Spec::new(role, l, q8, &[u(s.dense_ff), e]),
-        FfnRouter => Spec::new(role, l, f32t, &[e, nx]),
-        FfnExpProbsB => Spec::new(role, l, f32t, &[nx]),
-        FfnGateExps | FfnUpExps => Spec::new(role, l, s.quant.ty(false, l, s.embd), &[e, eff, nx]),
-        FfnDownExps => Spec::new(role, l, s.quant.ty(true, l, s.expert_ff), &[eff, e, nx]),
-        FfnGateShexp | FfnUpShexp => Spec::new(role, l, q8, &[e, shared_ff]),
-        FfnDownShexp => Spec::new(role, l, q8, &[shared_ff, e]),
         other => bail!("{other:?} is not a glm4moe layer tensor"),
     })
 }
@@ -278,16 +313,7 @@ pub(super) fn glm4moe(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     let mut w = GgufWriter::new();
     let arch = Architecture::Glm4Moe.name();
     let key = |k: &str| format!("{arch}.{k}");
-    w.set("general.architecture", Value::String(arch.into()))?;
-    w.set(
-        "general.name",
-        Value::String(format!(
-            "flashstream mkmodel {arch} {} seed {}",
-            shape.unwrap_or("scaled"),
-            c.seed
-        )),
-    )?;
-    let u32s: [(&str, usize); 16] = [
+    let keys: [(&str, usize); 16] = [
         ("block_count", layers),
         ("context_length", c.ctx),
         ("embedding_length", s.embd),
@@ -305,26 +331,13 @@ pub(super) fn glm4moe(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
         ("expert_gating_func", 2),
         ("nextn_predict_layers", 0),
     ];
-    for (k, v) in u32s {
-        w.set(key(k), Value::U32(v as u32))?;
-    }
+    let made = shape.unwrap_or("scaled");
+    header(&mut w, arch, made, c.seed, &keys, s.vocab)?;
     w.set(key("expert_weights_scale"), Value::F32(s.scale))?;
     w.set(key("expert_weights_norm"), Value::Bool(true))?;
     w.set(key("rope.freq_base"), Value::F32(1_000_000.0))?;
     w.set(key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))?;
-    w.set("general.quantization_version", Value::U32(2))?;
     w.set("general.file_type", Value::U32(s.quant.file_type()))?;
-    byte_vocab(&mut w)?;
-    if s.vocab > 257 {
-        // The real vocabulary's size: the 257 byte-level tokens, then unused control tokens.
-        let mut tokens: Vec<String> = (0..=255u8).map(byte_token).collect();
-        tokens.push("<|endoftext|>".into());
-        tokens.extend((257..s.vocab).map(|i| format!("<|unused_{i}|>")));
-        let mut types = vec![1i32; 256];
-        types.resize(s.vocab, 3);
-        w.set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))?;
-        w.set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))?;
-    }
 
     let q8 = GgmlType::Q8_0;
     let mut specs = vec![Spec::new(TensorRole::TokenEmbd, 0, q8, &[e, vocab])];
@@ -347,7 +360,7 @@ pub(super) fn glm4moe(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     summary(
         &c.out,
         c.json,
-        json!({"path": c.out, "architecture": arch, "shape": shape.unwrap_or("scaled"),
+        json!({"path": c.out, "architecture": arch, "shape": made,
                "bytes": len, "params": params, "layers": layers,
                "dense_layers": s.dense_lead, "embd": s.embd, "heads": s.heads,
                "kv_heads": s.kv_heads, "expert_ff": s.expert_ff, "experts": s.experts,

@@ -22,13 +22,12 @@
 use anyhow::bail;
 use serde_json::json;
 
-use super::glm::ExpertQuant;
-use super::{
-    byte_vocab, check_dims, declare, dims_for, size_of, summary, write_random, Dims, MoeArgs, Spec,
-};
+use super::glm::{ExpertQuant, MoeFfn};
+use super::shapes::{header, moe_dims};
+use super::{check_dims, declare, size_of, summary, write_random, Dims, MoeArgs, Spec};
 use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need};
-use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
+use flashstream::formats::{Architecture, GgmlType, TensorRole, Value};
 
 /// The dimensions of a deepseek2 model.
 #[derive(Debug, Clone)]
@@ -104,11 +103,7 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
 /// A DeepSeek-V3-like shape scaled to the hidden size `--size` suggests.
 fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
     let c = &a.c;
-    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
-    let d = dims_for(
-        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
-        c.embd,
-    );
+    let d = moe_dims(a)?;
     let round = |x: usize| x.div_ceil(256).max(1) * 256;
     let groups = if a.experts >= 64 && a.experts.is_multiple_of(8) {
         8
@@ -143,10 +138,20 @@ fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
 /// The tensor of `role` in layer `l`.
 fn spec(role: TensorRole, l: usize, s: &Shape) -> anyhow::Result<Spec> {
     use TensorRole::*;
+    let ffn = MoeFfn {
+        embd: s.embd,
+        dense_ff: s.dense_ff,
+        expert_ff: s.expert_ff,
+        experts: s.experts,
+        shared: s.shared,
+        quant: s.quant,
+    };
+    if let Some(x) = ffn.spec(role, l) {
+        return Ok(x);
+    }
     let q8 = GgmlType::Q8_0;
     let u = |x: usize| x as u64;
     let (e, h) = (u(s.embd), u(s.heads));
-    let shared_ff = u(s.expert_ff * s.shared);
     Ok(match role {
         AttnNorm | FfnNorm => Spec::norm(role, l, e),
         AttnQANorm => Spec::norm(role, l, u(s.q_lora)),
@@ -157,24 +162,6 @@ fn spec(role: TensorRole, l: usize, s: &Shape) -> anyhow::Result<Spec> {
         AttnKB => Spec::new(role, l, q8, &[u(s.nope), u(s.kv_lora), h]),
         AttnVB => Spec::new(role, l, q8, &[u(s.kv_lora), u(s.v), h]),
         AttnOut => Spec::new(role, l, q8, &[h * u(s.v), e]),
-        FfnGate | FfnUp => Spec::new(role, l, q8, &[e, u(s.dense_ff)]),
-        FfnDown => Spec::new(role, l, q8, &[u(s.dense_ff), e]),
-        FfnRouter => Spec::new(role, l, GgmlType::F32, &[e, u(s.experts)]),
-        FfnExpProbsB => Spec::new(role, l, GgmlType::F32, &[u(s.experts)]),
-        FfnGateExps | FfnUpExps => Spec::new(
-            role,
-            l,
-            s.quant.ty(false, l, s.embd),
-            &[e, u(s.expert_ff), u(s.experts)],
-        ),
-        FfnDownExps => Spec::new(
-            role,
-            l,
-            s.quant.ty(true, l, s.expert_ff),
-            &[u(s.expert_ff), e, u(s.experts)],
-        ),
-        FfnGateShexp | FfnUpShexp => Spec::new(role, l, q8, &[e, shared_ff]),
-        FfnDownShexp => Spec::new(role, l, q8, &[shared_ff, e]),
         other => bail!("{other:?} is not a deepseek2 layer tensor"),
     })
 }
@@ -248,16 +235,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     let mut w = GgufWriter::new();
     let arch = "deepseek2";
     let key = |k: &str| format!("{arch}.{k}");
-    w.set("general.architecture", Value::String(arch.into()))?;
-    w.set(
-        "general.name",
-        Value::String(format!(
-            "flashstream mkmodel {arch} {} seed {}",
-            shape.unwrap_or("scaled"),
-            c.seed
-        )),
-    )?;
-    let u32s: [(&str, usize); 20] = [
+    let keys: [(&str, usize); 20] = [
         ("block_count", layers),
         ("context_length", c.ctx),
         ("embedding_length", s.embd),
@@ -279,9 +257,8 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
         ("expert_group_used_count", s.groups_used),
         ("leading_dense_block_count", dense_lead),
     ];
-    for (k, v) in u32s {
-        w.set(key(k), Value::U32(v as u32))?;
-    }
+    let made = shape.unwrap_or("scaled");
+    header(&mut w, arch, made, c.seed, &keys, s.vocab)?;
     w.set(key("expert_gating_func"), Value::U32(2))?;
     w.set(key("expert_weights_scale"), Value::F32(s.scale))?;
     w.set(key("expert_weights_norm"), Value::Bool(true))?;
@@ -297,21 +274,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     w.set(key("rope.scaling.yarn_beta_fast"), Value::F32(fast))?;
     w.set(key("rope.scaling.yarn_beta_slow"), Value::F32(slow))?;
     w.set(key("rope.scaling.yarn_log_multiplier"), Value::F32(0.1))?;
-    w.set("general.quantization_version", Value::U32(2))?;
     w.set("general.file_type", Value::U32(s.quant.file_type()))?;
-    byte_vocab(&mut w)?;
-    if s.vocab > 257 {
-        // The real vocabulary's size: the 257 byte-level tokens, then unused fillers.
-        let mut tokens: Vec<String> = (0..=255u8).map(super::byte_token).collect();
-        tokens.push("<|endoftext|>".into());
-        tokens.extend((257..s.vocab).map(|i| format!("<|unused_{i}|>")));
-        let mut types = vec![1i32; 256];
-        types.push(3);
-        types.resize(s.vocab, 5);
-        w.set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))?;
-        w.set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))?;
-    }
-
     let vocab = s.vocab as u64;
     let mut specs = vec![Spec::new(
         TensorRole::TokenEmbd,
@@ -344,7 +307,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     summary(
         &c.out,
         c.json,
-        json!({"path": c.out, "architecture": arch, "shape": shape.unwrap_or("scaled"),
+        json!({"path": c.out, "architecture": arch, "shape": made,
                "bytes": len, "params": params, "layers": layers, "dense_layers": dense_lead,
                "embd": s.embd, "heads": s.heads, "expert_ff": s.expert_ff,
                "experts": s.experts, "top_k": s.top_k, "vocab": s.vocab,
