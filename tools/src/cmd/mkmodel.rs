@@ -15,6 +15,9 @@
 //!   are exact copies of each layer's dense FFN, with a random router. The top-k weights are
 //!   renormalised to one, so it computes the dense model's function while every token routes.
 //!
+//! (Past 800 lines: the dense, MoE and upcycle writers share the random-block generator, the
+//! tensor specs and the metadata helpers kept here; each real-shape family has its own file.)
+//!
 //! Everything is written through the GGUF writer in one streaming pass (the data is generated
 //! chunk by chunk on a second thread), then flushed and dropped from the page cache so that a
 //! benchmark right after does not read it from RAM.

@@ -370,3 +370,62 @@ pub(super) fn glm4moe(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
                    params - moe_layers * expert_params * (nx - s.top_k as u64)}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::mkmodel::{random_tensor, Rng};
+    use flashstream::runtime::kernels::scalar::dequantize_row;
+
+    #[test]
+    fn q4_k_m_raises_ffn_down_on_the_layers_llama_cpp_picks() {
+        let q = ExpertQuant::Q4KM { layers: 61 };
+        // use_more_bits(l, 61): l < 7, l >= 53, or (l - 7) % 3 == 2.
+        let six: Vec<usize> = (0..61)
+            .filter(|&l| q.ty(true, l, 2048) == GgmlType::Q6_K)
+            .collect();
+        let want: Vec<usize> = (0..7).chain((9..53).step_by(3)).chain(53..61).collect();
+        assert_eq!(six, want);
+        assert!((0..61).all(|l| q.ty(false, l, 7168) == GgmlType::Q4_K));
+        // Rows that are not a multiple of 256 (GLM-4.5-Air's 1408): llama.cpp's fallbacks.
+        let air = ExpertQuant::Q4KM { layers: 46 };
+        assert_eq!(air.ty(true, 0, 1408), GgmlType::Q8_0);
+        assert_eq!(air.ty(true, 6, 1408), GgmlType::Q5_0);
+        assert_eq!(
+            ExpertQuant::Uniform(GgmlType::Q4_0).ty(true, 0, 1408),
+            GgmlType::Q4_0
+        );
+    }
+
+    #[test]
+    fn random_q5_0_weights_have_the_intended_scale() {
+        let k = 1408;
+        let mut bytes = Vec::new();
+        let mut rng = Rng::new(3, 0);
+        random_tensor(
+            GgmlType::Q5_0,
+            k,
+            (k * 64) as u64,
+            1.0,
+            &mut rng,
+            1 << 16,
+            |b| {
+                bytes.extend_from_slice(b);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let row = k / 32 * 22;
+        assert_eq!(bytes.len(), 64 * row);
+        let mut w = vec![0f32; k * 64];
+        for (src, dst) in bytes.chunks_exact(row).zip(w.chunks_exact_mut(k)) {
+            dequantize_row(GgmlType::Q5_0, src, dst).unwrap();
+        }
+        let n = w.len() as f64;
+        let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let sd = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let want = 1.0 / (k as f64).sqrt();
+        assert!((sd / want - 1.0).abs() < 0.1, "sd {sd} vs {want}");
+        assert!(mean.abs() < 0.1 * want, "mean {mean}");
+    }
+}
