@@ -597,8 +597,9 @@ impl Plan {
                 bytes: *b,
             });
         }
+        // Only the layers with experts route (not deepseek2's / GLM's leading dense ones).
         let expert_bytes_per_token_max = if expert_slots > 0 {
-            units.n_layer() as u64 * needs.experts_per_token as u64 * expert_slot_bytes
+            units.n_expert_layers() as u64 * needs.experts_per_token as u64 * expert_slot_bytes
         } else {
             0
         };

@@ -222,6 +222,20 @@ impl UnitTable {
         self.n_expert
     }
 
+    /// Layers with experts (a model's leading dense layers have none).
+    pub fn n_expert_layers(&self) -> usize {
+        let mut layers: Vec<usize> = self
+            .units
+            .iter()
+            .filter_map(|u| match u.id {
+                UnitId::Expert { layer, .. } => Some(layer),
+                _ => None,
+            })
+            .collect();
+        layers.dedup();
+        layers.len()
+    }
+
     /// Total bytes of all units.
     pub fn total_bytes(&self) -> u64 {
         self.units.iter().map(Unit::bytes).sum()

@@ -313,3 +313,70 @@ fn moe_pins_the_shared_parts_and_gives_the_rest_to_the_expert_cache() {
     let err = Plan::compute(&units, &n, &req).unwrap_err();
     assert!(err.to_string().contains("expert slots"), "{err}");
 }
+
+/// Leading dense layers (deepseek2, GLM-4.5) route no experts: the routed bytes a token may
+/// read count only the layers that have experts.
+#[test]
+fn routed_bytes_per_token_count_only_the_layers_with_experts() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/models");
+    // (file, trunk layers, leading dense layers, experts used per token)
+    for (name, layers, dense, top_k) in [
+        ("rand-deepseek2-q4k.gguf", None, 1, None),
+        ("rand-glm4moe-q5k.gguf", Some(4), 1, Some(4)),
+        ("rand-qwen3moe-q4km.gguf", None, 0, None),
+    ] {
+        let m = GgufModel::open(dir.join(name)).unwrap();
+        let units = UnitTable::from_model(&m).unwrap();
+        let n_layer = units.n_layer();
+        if let Some(l) = layers {
+            assert_eq!(
+                n_layer, l,
+                "{name}: the NextN layer is not part of the trunk"
+            );
+        }
+        let arch = m
+            .metadata
+            .get_str("general.architecture")
+            .unwrap()
+            .to_string();
+        let lead = m
+            .metadata
+            .get(&format!("{arch}.leading_dense_block_count"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        assert_eq!(lead, dense, "{name}");
+        assert_eq!(units.n_expert_layers(), n_layer - dense, "{name}");
+        let used = m
+            .metadata
+            .get(&format!("{arch}.expert_used_count"))
+            .and_then(|v| v.as_u64())
+            .unwrap() as usize;
+        if let Some(k) = top_k {
+            assert_eq!(used, k);
+        }
+        let mut n = needs(MIB, 1024);
+        n.experts_per_token = used;
+        let mut req = PlanRequest::new(1 << 40, m.tensor("output.weight").is_none());
+        req.ctx = Some(64);
+        // A budget with room for the expert cache but not for every expert.
+        let min = match Plan::compute(
+            &units,
+            &n,
+            &PlanRequest {
+                budget: 1 << 12,
+                ..req.clone()
+            },
+        ) {
+            Err(SchedulerError::BudgetTooSmall { minimum, .. }) => minimum,
+            other => panic!("{name}: {:?}", other.map(|p| p.budget)),
+        };
+        req.budget = min;
+        let p = Plan::compute(&units, &n, &req).unwrap();
+        assert!(p.expert_slots > 0, "{name}");
+        assert_eq!(
+            p.expert_bytes_per_token_max,
+            ((n_layer - dense) * used) as u64 * p.expert_slot_bytes,
+            "{name}"
+        );
+    }
+}

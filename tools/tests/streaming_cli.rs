@@ -179,6 +179,10 @@ fn moe_goldens_hold_when_experts_stream() {
             "rand-qwen3moe-q4km.gguf",
         ),
         ("generate.rand-qwen2moe-q2k.jsonl", "rand-qwen2moe-q2k.gguf"),
+        (
+            "generate.rand-deepseek2-q4k.jsonl",
+            "rand-deepseek2-q4k.gguf",
+        ),
         ("generate.rand-gptoss-mxfp4.jsonl", "rand-gptoss-mxfp4.gguf"),
         ("generate.rand-glm4moe-q5k.jsonl", "rand-glm4moe-q5k.gguf"),
     ] {

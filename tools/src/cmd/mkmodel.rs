@@ -6,13 +6,17 @@
 //! - `mkmodel moe OUT --arch qwen3moe --size 20GiB --experts 128 --top-k 8`: the same for a
 //!   mixture of experts (`qwen3moe`, `qwen2moe` with a shared expert, or Mixtral-style
 //!   `llama`), fused `*_exps` tensors; `--arch deepseek2` (or `--shape deepseek-v3|kimi-k2`,
-//!   the real dimensions) in `mkmodel_mla.rs`.
+//!   the real dimensions) in `mkmodel_mla.rs`; `--arch glm4moe` (or `--shape
+//!   glm-4.5-air|glm-4.6`) in `mkmodel_glm.rs`.
 //! - `mkmodel moe OUT --arch gpt-oss --size 4GiB --type mxfp4`, and `mkmodel moe OUT --shape
 //!   gpt-oss-120b [--layers N]`: a gpt-oss MoE, or one with a real model's per-layer shape and
 //!   quant types (see `mkmodel_shapes.rs`).
 //! - `mkmodel upcycle DENSE OUT --experts N --top-k K`: a Mixtral-style MoE whose N experts
 //!   are exact copies of each layer's dense FFN, with a random router. The top-k weights are
 //!   renormalised to one, so it computes the dense model's function while every token routes.
+//!
+//! (Past 800 lines: the dense, MoE and upcycle writers share the random-block generator, the
+//! tensor specs and the metadata helpers kept here; each real-shape family has its own file.)
 //!
 //! Everything is written through the GGUF writer in one streaming pass (the data is generated
 //! chunk by chunk on a second thread), then flushed and dropped from the page cache so that a
@@ -36,6 +40,9 @@ use flashstream::loader::ModelFiles;
 
 #[path = "mkmodel_mla.rs"]
 mod mla;
+
+#[path = "mkmodel_glm.rs"]
+mod glm;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -95,14 +102,14 @@ struct MoeArgs {
     #[command(flatten)]
     c: Common,
     /// Architecture: qwen3moe, qwen2moe (with a shared expert), llama (Mixtral-style),
-    /// deepseek2 or gpt-oss.
+    /// deepseek2, glm4moe or gpt-oss.
     #[arg(long, default_value = "qwen3moe")]
     arch: String,
-    /// A real model's shape: its per-layer dimensions, expert counts, vocabulary and quant
-    /// types (gpt-oss-120b, gpt-oss-20b); `--layers` (or `--size`) keeps the shape with fewer
-    /// layers. Sets the architecture; `--type`, `--embd`, `--experts`, `--top-k` and
-    /// `--expert-ff` do not apply. deepseek2's real dimensions (deepseek-v3, kimi-k2) take
-    /// `--type` for the experts (the rest Q8_0) and `--layers N` or `--size`.
+    /// A real model's shape: its per-layer dimensions, expert counts, vocabulary and the quant
+    /// types of its common GGUF release (gpt-oss-120b, gpt-oss-20b: MXFP4; deepseek-v3,
+    /// kimi-k2, glm-4.5-air, glm-4.6: Q4_K_M); `--layers N` keeps the shape with fewer layers.
+    /// Sets the architecture; `--type`, `--embd`, `--experts`, `--top-k` and `--expert-ff` do
+    /// not apply.
     #[arg(long)]
     shape: Option<String>,
     /// Experts per layer.
@@ -223,6 +230,11 @@ fn recipe(ty: GgmlType) -> Option<BlockRecipe> {
         GgmlType::Q8_0 => BlockRecipe {
             bytes: 34,
             fields: &[(0, 1.0 / 73.6)],
+        },
+        // d, 4 bytes of fifth bits, 16 of nibbles: w = d*(q - 16), q ~ U(0,31) ~ 9.2.
+        GgmlType::Q5_0 => BlockRecipe {
+            bytes: 22,
+            fields: &[(0, 1.0 / 9.2)],
         },
         // d, then dmin: w = d*sc*q - dmin*m with q ~ U(0,15), sc, m ~ U(0,63).
         GgmlType::Q4_K => BlockRecipe {
@@ -748,13 +760,17 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
         let shape = a.shape.clone();
         return mla::deepseek2(a, shape.as_deref());
     }
+    if arch == "glm4moe" || matches!(a.shape.as_deref(), Some("glm-4.5-air" | "glm-4.6")) {
+        let shape = a.shape.clone();
+        return glm::glm4moe(a, shape.as_deref());
+    }
     if a.shape.is_some() || arch == "gpt-oss" {
         return shapes::moe_shaped(&a);
     }
     if !matches!(arch, "qwen3moe" | "qwen2moe" | "llama") {
         bail!(
-            "unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama, deepseek2 or \
-             gpt-oss)"
+            "unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama, deepseek2, \
+             glm4moe or gpt-oss)"
         );
     }
     if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {

@@ -3,20 +3,31 @@
 //! expert), shaped from `--size` or from a real model's `--shape` (`deepseek-v3`, `kimi-k2`,
 //! their config.json dimensions; `--layers N` keeps the shape with fewer layers).
 //!
-//! Types: the experts take `--type`; the per-head `attn_k_b`/`attn_v_b` (rows of 128 / 512)
-//! and every other matrix (attention, dense and shared FFN, head, embedding) are Q8_0, as the
-//! dynamic quants people stream keep them at high precision; norms, router and score bias F32.
+//! The presets are the Hugging Face config.json values of deepseek-ai/DeepSeek-V3 and
+//! moonshotai/Kimi-K2-Instruct, cross-checked against THUDM slime's Megatron recipes
+//! `scripts/models/deepseek-v3.sh` and `kimi-k2.sh`: 61 layers (DeepSeek-V3's one MTP layer is
+//! not part of the GGUF trunk), hidden 7168, dense FFN 18432 on the first 3 / 1 layers
+//! (`first_k_dense_replace`), experts of 2048, 256 / 384 routed experts, top-8, one shared
+//! expert, 128 / 64 heads, q rank 1536, kv rank 512, nope 128 + rope 64, v 128, 8 groups keep 4
+//! / one group, routed scale 2.5 / 2.827, vocabulary 129280 / 163840, RoPE base 10000 / 50000,
+//! YaRN factor 40 / 32 over 4096 positions with beta_fast 32 / 1 and beta_slow 1, mscale 1.
+//! (Kimi-K2-Instruct-0905 raised the YaRN factor to 64; the per-layer shape is unchanged.)
+//!
+//! Types: the routed experts as the common Q4_K_M releases (unsloth; see
+//! `mkmodel_glm.rs`'s `ExpertQuant`) for a `--shape`, `--type` otherwise; the per-head
+//! `attn_k_b`/`attn_v_b` (rows of 128 / 512) and every other matrix (attention, dense and
+//! shared FFN, head, embedding) Q8_0, as the dynamic quants people stream keep them at high
+//! precision; norms, router and score bias F32.
 
 use anyhow::bail;
 use serde_json::json;
 
-use super::{
-    byte_vocab, check_dims, declare, dims_for, file_type, size_of, summary, write_random, Dims,
-    MoeArgs, Spec,
-};
+use super::glm::{ExpertQuant, MoeFfn};
+use super::shapes::{header, moe_dims};
+use super::{check_dims, declare, size_of, summary, write_random, Dims, MoeArgs, Spec};
 use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need};
-use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
+use flashstream::formats::{Architecture, GgmlType, TensorRole, Value};
 
 /// The dimensions of a deepseek2 model.
 #[derive(Debug, Clone)]
@@ -42,6 +53,8 @@ struct Shape {
     rope_base: f32,
     /// YaRN factor, original context, beta_fast, beta_slow.
     yarn: (f32, usize, f32, f32),
+    /// Routed-expert types.
+    quant: ExpertQuant,
 }
 
 /// The real models' config.json dimensions.
@@ -67,6 +80,7 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
         vocab: 129280,
         rope_base: 10000.0,
         yarn: (40.0, 4096, 32.0, 1.0),
+        quant: ExpertQuant::Q4KM { layers: 61 },
     };
     Ok(match name {
         "deepseek-v3" => v3,
@@ -89,11 +103,7 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
 /// A DeepSeek-V3-like shape scaled to the hidden size `--size` suggests.
 fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
     let c = &a.c;
-    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
-    let d = dims_for(
-        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
-        c.embd,
-    );
+    let d = moe_dims(a)?;
     let round = |x: usize| x.div_ceil(256).max(1) * 256;
     let groups = if a.experts >= 64 && a.experts.is_multiple_of(8) {
         8
@@ -121,16 +131,27 @@ fn scaled(a: &MoeArgs) -> anyhow::Result<Shape> {
         vocab: 257,
         rope_base: 10000.0,
         yarn: (40.0, 4096, 32.0, 1.0),
+        quant: ExpertQuant::Uniform(c.ty),
     })
 }
 
 /// The tensor of `role` in layer `l`.
-fn spec(role: TensorRole, l: usize, s: &Shape, ty: GgmlType) -> anyhow::Result<Spec> {
+fn spec(role: TensorRole, l: usize, s: &Shape) -> anyhow::Result<Spec> {
     use TensorRole::*;
+    let ffn = MoeFfn {
+        embd: s.embd,
+        dense_ff: s.dense_ff,
+        expert_ff: s.expert_ff,
+        experts: s.experts,
+        shared: s.shared,
+        quant: s.quant,
+    };
+    if let Some(x) = ffn.spec(role, l) {
+        return Ok(x);
+    }
     let q8 = GgmlType::Q8_0;
     let u = |x: usize| x as u64;
     let (e, h) = (u(s.embd), u(s.heads));
-    let shared_ff = u(s.expert_ff * s.shared);
     Ok(match role {
         AttnNorm | FfnNorm => Spec::norm(role, l, e),
         AttnQANorm => Spec::norm(role, l, u(s.q_lora)),
@@ -141,20 +162,12 @@ fn spec(role: TensorRole, l: usize, s: &Shape, ty: GgmlType) -> anyhow::Result<S
         AttnKB => Spec::new(role, l, q8, &[u(s.nope), u(s.kv_lora), h]),
         AttnVB => Spec::new(role, l, q8, &[u(s.kv_lora), u(s.v), h]),
         AttnOut => Spec::new(role, l, q8, &[h * u(s.v), e]),
-        FfnGate | FfnUp => Spec::new(role, l, q8, &[e, u(s.dense_ff)]),
-        FfnDown => Spec::new(role, l, q8, &[u(s.dense_ff), e]),
-        FfnRouter => Spec::new(role, l, GgmlType::F32, &[e, u(s.experts)]),
-        FfnExpProbsB => Spec::new(role, l, GgmlType::F32, &[u(s.experts)]),
-        FfnGateExps | FfnUpExps => Spec::new(role, l, ty, &[e, u(s.expert_ff), u(s.experts)]),
-        FfnDownExps => Spec::new(role, l, ty, &[u(s.expert_ff), e, u(s.experts)]),
-        FfnGateShexp | FfnUpShexp => Spec::new(role, l, q8, &[e, shared_ff]),
-        FfnDownShexp => Spec::new(role, l, q8, &[shared_ff, e]),
         other => bail!("{other:?} is not a deepseek2 layer tensor"),
     })
 }
 
 /// The tensors of layer `l`: the row's required ones, the low-rank query and the score bias.
-fn layer_specs(l: usize, s: &Shape, ty: GgmlType, out: &mut Vec<Spec>) -> anyhow::Result<()> {
+fn layer_specs(l: usize, s: &Shape, out: &mut Vec<Spec>) -> anyhow::Result<()> {
     let table = arch_tensors(Architecture::Deepseek2);
     for t in table.layer(l >= s.dense_lead) {
         let wanted = t.need == Need::Required
@@ -164,7 +177,7 @@ fn layer_specs(l: usize, s: &Shape, ty: GgmlType, out: &mut Vec<Spec>) -> anyhow
             )
             || t.role == TensorRole::FfnExpProbsB;
         if wanted {
-            out.push(spec(t.role, l, s, ty)?);
+            out.push(spec(t.role, l, s)?);
         }
     }
     Ok(())
@@ -182,13 +195,15 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
             s.layers = Some(n);
         }
     }
-    let bs = c.ty.block_size();
-    if !s.embd.is_multiple_of(bs) || !s.expert_ff.is_multiple_of(bs) {
+    let bs_in = s.quant.ty(false, s.dense_lead, s.embd).block_size();
+    let bs_down = s.quant.ty(true, s.dense_lead, s.expert_ff).block_size();
+    if !s.embd.is_multiple_of(bs_in) || !s.expert_ff.is_multiple_of(bs_down) {
         bail!(
-            "hidden size {} and expert FFN size {} must be multiples of {}'s block size {bs}",
+            "hidden size {} and expert FFN size {} must be multiples of the expert type's block \
+             size ({})",
             s.embd,
             s.expert_ff,
-            c.ty
+            s.quant.name()
         );
     }
     check_dims(
@@ -203,13 +218,12 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     if s.top_k > s.experts || s.top_k == 0 {
         bail!("--top-k {} must be in 1..=--experts {}", s.top_k, s.experts);
     }
-    let ty = c.ty;
     let e = s.embd as u64;
     let layers = match s.layers {
         Some(n) => n.max(1),
         None => {
             let mut one = Vec::new();
-            layer_specs(s.dense_lead.max(1), &s, ty, &mut one)?;
+            layer_specs(s.dense_lead.max(1), &s, &mut one)?;
             let per_layer: u64 = one.iter().map(Spec::bytes).sum();
             let fixed = 2 * s.vocab as u64 * e;
             ((size_of(c)?.saturating_sub(fixed) as f64 / per_layer as f64).round() as usize).max(2)
@@ -221,16 +235,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     let mut w = GgufWriter::new();
     let arch = "deepseek2";
     let key = |k: &str| format!("{arch}.{k}");
-    w.set("general.architecture", Value::String(arch.into()))?;
-    w.set(
-        "general.name",
-        Value::String(format!(
-            "flashstream mkmodel {arch} {} seed {}",
-            shape.unwrap_or("scaled"),
-            c.seed
-        )),
-    )?;
-    let u32s: [(&str, usize); 20] = [
+    let keys: [(&str, usize); 20] = [
         ("block_count", layers),
         ("context_length", c.ctx),
         ("embedding_length", s.embd),
@@ -252,9 +257,8 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
         ("expert_group_used_count", s.groups_used),
         ("leading_dense_block_count", dense_lead),
     ];
-    for (k, v) in u32s {
-        w.set(key(k), Value::U32(v as u32))?;
-    }
+    let made = shape.unwrap_or("scaled");
+    header(&mut w, arch, made, c.seed, &keys, s.vocab)?;
     w.set(key("expert_gating_func"), Value::U32(2))?;
     w.set(key("expert_weights_scale"), Value::F32(s.scale))?;
     w.set(key("expert_weights_norm"), Value::Bool(true))?;
@@ -270,21 +274,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     w.set(key("rope.scaling.yarn_beta_fast"), Value::F32(fast))?;
     w.set(key("rope.scaling.yarn_beta_slow"), Value::F32(slow))?;
     w.set(key("rope.scaling.yarn_log_multiplier"), Value::F32(0.1))?;
-    w.set("general.quantization_version", Value::U32(2))?;
-    w.set("general.file_type", Value::U32(file_type(ty)))?;
-    byte_vocab(&mut w)?;
-    if s.vocab > 257 {
-        // The real vocabulary's size: the 257 byte-level tokens, then unused fillers.
-        let mut tokens: Vec<String> = (0..=255u8).map(super::byte_token).collect();
-        tokens.push("<|endoftext|>".into());
-        tokens.extend((257..s.vocab).map(|i| format!("<|unused_{i}|>")));
-        let mut types = vec![1i32; 256];
-        types.push(3);
-        types.resize(s.vocab, 5);
-        w.set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))?;
-        w.set("tokenizer.ggml.token_type", Value::Array(Array::I32(types)))?;
-    }
-
+    w.set("general.file_type", Value::U32(s.quant.file_type()))?;
     let vocab = s.vocab as u64;
     let mut specs = vec![Spec::new(
         TensorRole::TokenEmbd,
@@ -293,7 +283,7 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
         &[e, vocab],
     )];
     for l in 0..layers {
-        layer_specs(l, &s, ty, &mut specs)?;
+        layer_specs(l, &s, &mut specs)?;
     }
     specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
     specs.push(Spec::new(
@@ -317,11 +307,11 @@ pub(super) fn deepseek2(a: MoeArgs, shape: Option<&str>) -> anyhow::Result<()> {
     summary(
         &c.out,
         c.json,
-        json!({"path": c.out, "architecture": arch, "shape": shape.unwrap_or("scaled"),
+        json!({"path": c.out, "architecture": arch, "shape": made,
                "bytes": len, "params": params, "layers": layers, "dense_layers": dense_lead,
                "embd": s.embd, "heads": s.heads, "expert_ff": s.expert_ff,
                "experts": s.experts, "top_k": s.top_k, "vocab": s.vocab,
-               "expert_bytes": expert_bytes, "type": ty.to_string(),
+               "expert_bytes": expert_bytes, "expert_type": s.quant.name(), "type": "Q8_0",
                "kv_bytes_per_token": layers * (s.kv_lora + s.rope) * 2,
                "active_params_per_token":
                    params - moe_layers * expert_params * (nx - s.top_k as u64)}),

@@ -3,20 +3,22 @@
 //! expert counts, vocabulary size and quant types (`--layers N` keeps the shape with fewer
 //! layers), so a benchmark can run a slice of the real model's shape.
 //!
-//! The real shapes are those of OpenAI's released configs as llama.cpp converts them
-//! (`conversion/gpt_oss.py`; 24 layers = 20B, 36 = 120B in `src/models/openai-moe.cpp`): hidden
+//! The real shapes are those of OpenAI's released config.json (openai/gpt-oss-120b and
+//! gpt-oss-20b; transformers' and vLLM's `GptOssConfig` defaults are the 120B's) as llama.cpp
+//! converts them (24 layers = 20B, 36 = 120B in `src/models/openai-moe.cpp`): hidden
 //! 2880, 64 query heads and 8 KV heads of 64, experts of 2880, top-4, a 128-token window on
 //! even layers, RoPE base 150000 with YaRN factor 32 over 4096 positions, vocabulary 201088.
-//! Quant types as llama.cpp's `MXFP4_MOE` file type: experts MXFP4, the other matrices Q8_0,
-//! router, norms, biases and sinks F32.
+//! Quant types as ggml-org's MXFP4 release (llama.cpp's `MXFP4_MOE` file type): experts
+//! MXFP4, the other matrices Q8_0, router, norms, biases and sinks F32. The 120B: 36 layers
+//! of 128 experts, top-4; the 20B: 24 layers of 32 experts, top-4.
 
 use anyhow::bail;
 use serde_json::json;
 
 use super::{
-    arch_tensors, byte_token, common_keys, declare, dims_for, file_type, layer_count, push_specs,
-    size_of, summary, write_random, Architecture, Array, Dims, GgmlType, GgufWriter, LayerShape,
-    MoeArgs, Spec, TensorRole, Value,
+    arch_tensors, byte_token, byte_vocab, common_keys, declare, dims_for, file_type, layer_count,
+    push_specs, size_of, summary, write_random, Architecture, Array, Dims, GgmlType, GgufWriter,
+    LayerShape, MoeArgs, Spec, TensorRole, Value,
 };
 
 /// One gpt-oss shape.
@@ -64,7 +66,8 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
             ..base
         },
         other => bail!(
-            "unknown --shape {other:?} (known: gpt-oss-120b, gpt-oss-20b, deepseek-v3, kimi-k2)"
+            "unknown --shape {other:?} (known: gpt-oss-120b, gpt-oss-20b, deepseek-v3, kimi-k2, \
+             glm-4.5-air, glm-4.6)"
         ),
     })
 }
@@ -73,14 +76,7 @@ fn preset(name: &str) -> anyhow::Result<Shape> {
 /// experts as wide as the hidden size (gpt-oss's choice) unless `--expert-ff` says otherwise.
 fn from_args(a: &MoeArgs) -> anyhow::Result<Shape> {
     let c = &a.c;
-    if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
-        bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
-    }
-    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
-    let d = dims_for(
-        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
-        c.embd,
-    );
+    let d = moe_dims(a)?;
     let heads = (d.embd / 64).max(1);
     Ok(Shape {
         layers: 0,
@@ -212,6 +208,46 @@ pub(super) fn moe_shaped(a: &MoeArgs) -> anyhow::Result<()> {
                "expert_type": s.expert_ty.to_string(), "type": s.ty.to_string(),
                "active_params_per_token": params - (layers as u64) * 3 * e * ff * (nx - s.top_k as u64)}),
     )
+}
+
+/// The opening keys of a deepseek2 / glm4moe file: the architecture, a name saying what
+/// made it, `arch.KEY` for each of `keys`, and the byte vocabulary padded to `vocab` tokens.
+pub(super) fn header(
+    w: &mut GgufWriter,
+    arch: &str,
+    made: &str,
+    seed: u64,
+    keys: &[(&str, usize)],
+    vocab: usize,
+) -> anyhow::Result<()> {
+    w.set("general.architecture", Value::String(arch.into()))?;
+    w.set(
+        "general.name",
+        Value::String(format!("flashstream mkmodel {arch} {made} seed {seed}")),
+    )?;
+    for (k, v) in keys {
+        w.set(format!("{arch}.{k}"), Value::U32(*v as u32))?;
+    }
+    w.set("general.quantization_version", Value::U32(2))?;
+    byte_vocab(w)?;
+    if vocab > 257 {
+        pad_vocab(w, vocab)?;
+    }
+    Ok(())
+}
+
+/// The dimensions `--size` (or `--embd`) suggests for a MoE of `--experts` (about a quarter
+/// of them counted, as only some are read per token), after checking `--top-k`.
+pub(super) fn moe_dims(a: &MoeArgs) -> anyhow::Result<Dims> {
+    let c = &a.c;
+    if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
+        bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
+    }
+    let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
+    Ok(dims_for(
+        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
+        c.embd,
+    ))
 }
 
 /// Replaces the 257-token byte vocabulary with one of `n` tokens: the 256 bytes,
