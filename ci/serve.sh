@@ -3,6 +3,8 @@
 #  1. client tests with the real `openai` package (a venv under target/): models, greedy chat
 #     equal to `flashstream run --chat --temp 0`, stream deltas equal to the non-stream text,
 #     completions, concurrent requests equal to the same alone, 4xx cases, tokenize, metrics;
+#     structured output (12 JSON schemas validated with `jsonschema`, json_object, Lark
+#     grammars, 400 for schemas that do not compile) and the frequency/presence penalties;
 #  2. a bounded load test (32 concurrent requests, all complete or get 503) with the server in
 #     a memory cgroup of its budget + 64 MiB: nothing may be killed;
 #  3. the chat page in Debian's headless chromium: it sends a message and shows streamed text.
@@ -23,8 +25,8 @@ bin=target/release/flashstream
 id=$(basename "$model" .gguf)
 
 venv=target/serve-venv/py
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
-  python3 -m venv "$venv" && "$venv/bin/pip" install -q "openai==3.60.0" || { skip "cannot make a venv with openai"; exit 0; }
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai, jsonschema" 2>/dev/null; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q "openai==3.60.0" "jsonschema==4.26.0" || { skip "cannot make a venv with openai and jsonschema"; exit 0; }
 fi
 py=$venv/bin/python
 

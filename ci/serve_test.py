@@ -6,37 +6,20 @@ Loopback only; every request has a timeout.
 """
 
 import concurrent.futures
+import functools
 import json
+import re
 import sys
 
-import urllib.error
-import urllib.request
+import jsonschema
 import openai
+
+from serve_common import request as request_at
 
 base, model_id, ref_path = sys.argv[1], sys.argv[2], sys.argv[3]
 ref = json.load(open(ref_path))
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=120, max_retries=0)
-BASE = base
-
-
-class Resp:
-    def __init__(self, status, text):
-        self.status_code, self.text = status, text
-
-    def json(self):
-        return json.loads(self.text)
-
-
-def request(method, path, body=None, raw=None, headers=None, timeout=120):
-    """One HTTP request with urllib (loopback), any status."""
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    h = {"Content-Type": "application/json", **(headers or {})}
-    req = urllib.request.Request(BASE + path, data=data, method=method, headers=h)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return Resp(r.status, r.read().decode())
-    except urllib.error.HTTPError as e:
-        return Resp(e.code, e.read().decode())
+request = functools.partial(request_at, base)
 failures = []
 
 
@@ -127,12 +110,164 @@ d = request("POST", "/detokenize", {"tokens": t}).json()["content"]
 check(len(t) > 0 and d == "Hello world", f"tokenize/detokenize round trip ({t}, {d!r})")
 check(request("POST", "/detokenize", {"tokens": [10**9]}).status_code == 400, "detokenize of a bad id is 400")
 
+# Structured output: every schema's output must finish (finish_reason "stop": the grammar is
+# complete), parse with json.loads and validate with jsonschema (formats checked too).
+S = {"type": "string", "maxLength": 24}
+SCHEMAS = [
+    ("person", "A person with a name and an age.", {
+        "type": "object", "properties": {"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"], "additionalProperties": False}),
+    ("account", "A user account: a user with an id and an email address, and a few tags.", {
+        "type": "object",
+        "properties": {
+            "user": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 100000},
+                                                      "email": {"type": "string", "format": "email", "maxLength": 40}},
+                     "required": ["id", "email"], "additionalProperties": False},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}},
+        "required": ["user", "tags"], "additionalProperties": False}),
+    ("shirt", "A shirt with a color and a size.", {
+        "type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}, "size": {"enum": ["S", "M", "L", "XL"]}},
+        "required": ["color", "size"], "additionalProperties": False}),
+    ("order", "A shopping order: a list of items, each with a name and a quantity.", {
+        "type": "object",
+        "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+            "type": "object", "properties": {"name": S, "qty": {"type": "integer", "minimum": 1, "maximum": 99}},
+            "required": ["name", "qty"], "additionalProperties": False}}},
+        "required": ["items"], "additionalProperties": False}),
+    ("place", "The coordinates of Paris.", {
+        "type": "object", "properties": {"lat": {"type": "number", "minimum": -90, "maximum": 90},
+                                         "lon": {"type": "number", "minimum": -180, "maximum": 180}},
+        "required": ["lat", "lon"], "additionalProperties": False}),
+    ("book", "A book with a title and, if you know them, a subtitle and a year.", {
+        "type": "object", "properties": {"title": S, "subtitle": S, "year": {"type": "integer", "minimum": 1400, "maximum": 2100}},
+        "required": ["title"], "additionalProperties": False}),
+    ("address", "A US postal code and a short phone number.", {
+        "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+                                         "phone": {"type": "string", "pattern": "^[0-9]{3}-[0-9]{4}$"}},
+        "required": ["zip", "phone"], "additionalProperties": False}),
+    ("digits", "A few digits.", {
+        "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 2, "maxItems": 5}),
+    ("status", "A status report.", {
+        "type": "object", "properties": {"ok": {"type": "boolean"}, "version": {"const": 2},
+                                         "note": {"anyOf": [S, {"type": "null"}]}},
+        "required": ["ok", "version", "note"], "additionalProperties": False}),
+    ("line", "A line segment from one point to another.", {
+        "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": -100, "maximum": 100},
+                                                            "y": {"type": "integer", "minimum": -100, "maximum": 100}},
+                            "required": ["x", "y"], "additionalProperties": False}},
+        "type": "object", "properties": {"start": {"$ref": "#/$defs/point"}, "end": {"$ref": "#/$defs/point"}},
+        "required": ["start", "end"], "additionalProperties": False}),
+    ("event", "An event with a date and whether it is done.", {
+        "type": "object", "properties": {"date": {"type": "string", "format": "date"}, "done": {"type": "boolean"}},
+        "required": ["date", "done"], "additionalProperties": False}),
+    ("tree", "A nested configuration.", {
+        "type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "object", "properties": {
+            "c": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "maxItems": 2}},
+            "required": ["c"], "additionalProperties": False}}, "required": ["b"], "additionalProperties": False}},
+        "required": ["a"], "additionalProperties": False}),
+]
+STRUCT_MAX = 160
+
+
+def structured(i, name, what, schema):
+    """One schema through the client (stream for every third); returns (finish_reason, text, timings)."""
+    msgs = [{"role": "system", "content": "You answer with JSON only."}, {"role": "user", "content": what}]
+    rf = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if i % 3 == 0:
+        chunks = list(client.chat.completions.create(model=model_id, messages=msgs, temperature=0, max_tokens=STRUCT_MAX,
+                                                     response_format=rf, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+        return last.choices[0].finish_reason, text, (last.model_extra or {}).get("timings", {})
+    r = client.chat.completions.create(model=model_id, messages=msgs, temperature=0, max_tokens=STRUCT_MAX,
+                                       response_format=rf)
+    return r.choices[0].finish_reason, r.choices[0].message.content, (r.model_extra or {}).get("timings", {})
+
+
+with concurrent.futures.ThreadPoolExecutor(4) as ex:
+    outs = list(ex.map(lambda a: structured(a[0], *a[1]), enumerate(SCHEMAS)))
+mask_ms, masks = 0.0, 0
+for (name, _, schema), (reason, text, timings) in zip(SCHEMAS, outs):
+    try:
+        value = json.loads(text)
+        jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+        valid = ""
+    except (ValueError, jsonschema.ValidationError) as e:
+        valid = f"{type(e).__name__}: {e}"[:300]
+    st_t = timings.get("structured", {})
+    mask_ms += st_t.get("mask_ms", 0.0)
+    masks += st_t.get("masks", 0)
+    check(reason == "stop" and not valid and st_t.get("masks", 0) > 0,
+          f"json_schema {name}: finish {reason}, {text!r} {valid}")
+print(f"structured: {masks} masks, {mask_ms / max(masks, 1):.3f} ms per masked token (SmolLM2, 49152 tokens)")
+
+# The same schema alone equals it beside the others (greedy, shared passes, own constraints).
+alone = structured(1, *SCHEMAS[1])
+check(alone[:2] == outs[1][:2], "a constrained request alone equals it beside others")
+
+# Any JSON object; the completions endpoint takes response_format too.
+r = client.chat.completions.create(model=model_id, temperature=0, max_tokens=STRUCT_MAX,
+                                   messages=[{"role": "system", "content": "You answer with JSON only."},
+                                             {"role": "user", "content": "Describe a cat as a JSON object with its name and age."}],
+                                   response_format={"type": "json_object"})
+try:
+    obj = json.loads(r.choices[0].message.content)
+except ValueError:
+    obj = None
+check(r.choices[0].finish_reason == "stop" and isinstance(obj, dict), f"json_object gives an object ({r.choices[0].message.content!r})")
+c = client.completions.create(model=model_id, prompt="Paris as JSON:", temperature=0, max_tokens=STRUCT_MAX,
+                              extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMAS[4][2]}}})
+try:
+    jsonschema.validate(json.loads(c.choices[0].text), SCHEMAS[4][2])
+    ok = c.choices[0].finish_reason == "stop"
+except (ValueError, jsonschema.ValidationError):
+    ok = False
+check(ok, f"completions with json_schema ({c.choices[0].text!r})")
+r = client.chat.completions.create(model=model_id, temperature=0, max_tokens=8, messages=msgs, response_format={"type": "text"})
+check(r.choices[0].message.content == ref["text"][:len(r.choices[0].message.content)] and r.choices[0].message.content,
+      "response_format text is unconstrained")
+
+# A Lark grammar (llguidance's dialect), through the `grammar` extension.
+lark = 'start: "The answer is " ANSWER "."\nANSWER: "yes" | "no" | "maybe"\n'
+r = client.chat.completions.create(model=model_id, temperature=0, max_tokens=20,
+                                   messages=[{"role": "user", "content": "Is the sky blue?"}], extra_body={"grammar": lark})
+check(r.choices[0].finish_reason == "stop" and re.fullmatch(r"The answer is (yes|no|maybe)\.", r.choices[0].message.content),
+      f"a Lark grammar is followed ({r.choices[0].message.content!r})")
+lark2 = 'start: NUM ("," NUM)*\nNUM: /[1-9][0-9]?/\n'
+cs = client.completions.create(model=model_id, prompt="Some numbers:", temperature=0, max_tokens=12, stream=True,
+                               extra_body={"grammar": lark2})
+text = "".join(x.choices[0].text for x in cs if x.choices)
+check(re.fullmatch(r"[1-9][0-9]?(,[1-9][0-9]?)*,?", text) is not None, f"a streamed Lark grammar is followed ({text!r})")
+
+# Schemas and grammars that do not compile are a 400 naming the problem.
+bad = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "object", "properties": {"a": {"type": "strng"}}}}}
+st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, response_format=bad))
+check(st == 400 and "schema" in msg and "strng" in msg, f"an invalid schema is a 400 naming it ({msg})")
+st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, response_format={"type": "json_schema"}))
+check(st == 400 and "json_schema" in msg, f"json_schema without a schema object is 400 ({msg})")
+st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, response_format={"type": "yaml"}))
+check(st == 400 and "yaml" in msg, f"an unknown response_format type is 400 ({msg})")
+st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, extra_body={"grammar": "start: foo("}))
+check(st == 400 and "grammar" in msg, f"an invalid Lark grammar is 400 ({msg})")
+
+# presence_penalty / frequency_penalty: taken, in OpenAI's range, and they change the output.
+count = [{"role": "user", "content": "List the numbers from 1 to 30, separated by commas."}]
+plain = client.chat.completions.create(model=model_id, messages=count, temperature=0, max_tokens=40).choices[0].message.content
+pen = client.chat.completions.create(model=model_id, messages=count, temperature=0, max_tokens=40,
+                                     frequency_penalty=1.5, presence_penalty=0.5).choices[0].message.content
+check(plain != pen, f"frequency/presence penalties change greedy output ({plain!r} vs {pen!r})")
+st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, presence_penalty=3))
+check(st == 400 and "presence_penalty" in msg, f"presence_penalty outside -2..2 is 400 ({msg})")
+
 # Health and metrics.
 check(request("GET", "/health").json() == {"status": "ok"}, "health ok")
 m = request("GET", "/metrics").text
 for name in ["requests_total", "prompt_tokens_total", "completion_tokens_total", "bytes_read_total",
-             "stall_seconds_total", "queue_length", "active_sequences", "tokens_per_second"]:
+             "stall_seconds_total", "queue_length", "active_sequences", "tokens_per_second",
+             "structured_mask_seconds_total", "structured_masked_tokens_total"]:
     check(f"\nflashstream_{name} " in m, f"metrics has {name}")
+masked = int(re.search(r"\nflashstream_structured_masked_tokens_total (\d+)", m).group(1))
+check(masked >= masks, f"metrics count the masked tokens ({masked})")
 
 # The chat page.
 page = request("GET", "/")

@@ -1,8 +1,9 @@
-//! Token sampling: greedy, temperature, top-k, top-p, min-p and repetition penalty, with a
-//! seeded generator so a run is reproducible.
+//! Token sampling: greedy, temperature, top-k, top-p, min-p and the repetition, frequency
+//! and presence penalties, with a seeded generator so a run is reproducible.
 //!
-//! The chain is applied in llama.cpp's default order: repetition penalty, top-k, top-p,
-//! min-p, temperature, then a draw. Temperature 0 is greedy (the largest logit; ties go to the
+//! The chain is applied in llama.cpp's default order: penalties, top-k, top-p, min-p,
+//! temperature, then a draw. The three penalties look at the same window as llama.cpp's
+//! penalties sampler: the last `repeat_last_n` tokens of the history (prompt and output). Temperature 0 is greedy (the largest logit; ties go to the
 //! lowest id).
 
 /// Sampling parameters.
@@ -18,8 +19,14 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens by this (1 = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalties look at (repetition, frequency, presence).
     pub repeat_last_n: usize,
+    /// Subtracted from the logit of a token once per occurrence in the window (OpenAI's
+    /// `frequency_penalty`; 0 = off).
+    pub frequency_penalty: f32,
+    /// Subtracted from the logit of a token that occurs in the window at all (OpenAI's
+    /// `presence_penalty`; 0 = off).
+    pub presence_penalty: f32,
     /// Seed of the generator.
     pub seed: u64,
 }
@@ -33,6 +40,8 @@ impl Default for SamplerConfig {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0x5EED,
         }
     }
@@ -88,7 +97,22 @@ impl SamplerConfig {
                 "a finite number > 0",
             ));
         }
+        for (name, v) in [
+            ("--frequency-penalty", self.frequency_penalty),
+            ("--presence-penalty", self.presence_penalty),
+        ] {
+            if !v.is_finite() {
+                return Err(bad(name, v, "a finite number (OpenAI takes -2..2)"));
+            }
+        }
         Ok(())
+    }
+
+    fn penalizes(&self) -> bool {
+        self.repeat_last_n > 0
+            && (self.repeat_penalty != 1.0
+                || self.frequency_penalty != 0.0
+                || self.presence_penalty != 0.0)
     }
 }
 
@@ -125,18 +149,13 @@ impl Sampler {
         let cands = &mut self.scratch;
         cands.clear();
         cands.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        if c.repeat_penalty != 1.0 {
+        if c.penalizes() {
             let start = history.len().saturating_sub(c.repeat_last_n);
             let mut seen: Vec<u32> = history[start..].to_vec();
             seen.sort_unstable();
-            seen.dedup();
-            for t in seen {
-                if let Some(e) = cands.get_mut(t as usize) {
-                    e.1 = if e.1 > 0.0 {
-                        e.1 / c.repeat_penalty
-                    } else {
-                        e.1 * c.repeat_penalty
-                    };
+            for run in seen.chunk_by(|a, b| a == b) {
+                if let Some(e) = cands.get_mut(run[0] as usize) {
+                    e.1 = penalize(e.1, run.len(), c);
                 }
             }
         }
@@ -196,6 +215,18 @@ impl Sampler {
     }
 }
 
+/// A logit of a token seen `count` (> 0) times in the window: the repetition penalty
+/// divides a positive logit (multiplies a negative one), then `count * frequency + presence`
+/// is subtracted (llama.cpp's penalties sampler, OpenAI's formula).
+fn penalize(logit: f32, count: usize, c: &SamplerConfig) -> f32 {
+    let l = if logit > 0.0 {
+        logit / c.repeat_penalty
+    } else {
+        logit * c.repeat_penalty
+    };
+    l - count as f32 * c.frequency_penalty - c.presence_penalty
+}
+
 /// Softmax of `logits / temp` over candidates sorted descending.
 fn softmax_sorted(cands: &[(u32, f32)], temp: f32) -> Vec<f64> {
     let max = cands[0].1 as f64 / temp as f64;
@@ -250,6 +281,62 @@ mod tests {
         .unwrap();
         assert_eq!(s.sample(&logits(), &[1]).unwrap(), 3);
         assert_eq!(s.sample(&logits(), &[1, 3]).unwrap(), 2);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_follow_openai() {
+        // logit -= count * frequency + (count > 0) * presence, over the last n tokens.
+        let cfg = SamplerConfig {
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            repeat_last_n: 4,
+            ..SamplerConfig::greedy()
+        };
+        assert_eq!(penalize(3.0, 1, &cfg), 3.0 - 0.5 - 0.25);
+        assert_eq!(penalize(3.0, 3, &cfg), 3.0 - 1.5 - 0.25);
+        assert_eq!(penalize(-1.0, 2, &cfg), -1.0 - 1.0 - 0.25);
+        // With the repetition penalty too: divide/multiply first, then subtract.
+        let both = SamplerConfig {
+            repeat_penalty: 2.0,
+            ..cfg.clone()
+        };
+        assert_eq!(penalize(3.0, 2, &both), 1.5 - 1.0 - 0.25);
+        assert_eq!(penalize(-1.0, 1, &both), -2.0 - 0.5 - 0.25);
+
+        // Through the sampler: logits [1, 3, 2, 3, -1, 0.5]. Token 1 seen twice: 3 - 1.25 =
+        // 1.75 < 2, so greedy moves to token 3 (first maximum after 1).
+        let mut s = Sampler::new(cfg.clone()).unwrap();
+        assert_eq!(s.sample(&logits(), &[1, 1]).unwrap(), 3);
+        // Tokens 1 and 3 once each: 3 - 0.75 = 2.25 > 2, still the first of them.
+        assert_eq!(s.sample(&logits(), &[3, 1]).unwrap(), 1);
+        // 1 twice and 3 once: 1.75 vs 2.25.
+        assert_eq!(s.sample(&logits(), &[1, 3, 1]).unwrap(), 3);
+        // 3 twice, 1 twice: both 1.75 < 2, token 2 wins.
+        assert_eq!(s.sample(&logits(), &[1, 3, 1, 3]).unwrap(), 2);
+        // Only the last 4 tokens count: the leading 3s fell out of the window.
+        assert_eq!(s.sample(&logits(), &[3, 3, 3, 1, 1, 0, 0]).unwrap(), 3);
+        // Presence alone: one occurrence or many costs the same.
+        let mut p = Sampler::new(SamplerConfig {
+            presence_penalty: 1.5,
+            ..SamplerConfig::greedy()
+        })
+        .unwrap();
+        assert_eq!(p.sample(&logits(), &[1]).unwrap(), 3);
+        assert_eq!(p.sample(&logits(), &[1, 3, 3, 3]).unwrap(), 2);
+        // A negative penalty favours what was seen.
+        let mut n = Sampler::new(SamplerConfig {
+            frequency_penalty: -2.0,
+            ..SamplerConfig::greedy()
+        })
+        .unwrap();
+        assert_eq!(n.sample(&logits(), &[5, 5]).unwrap(), 5);
+        assert!(Sampler::new(SamplerConfig {
+            presence_penalty: f32::NAN,
+            ..SamplerConfig::greedy()
+        })
+        .unwrap_err()
+        .to_string()
+        .contains("--presence-penalty"));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! One sequence's generation, a token at a time, for callers that run the forward passes
 //! themselves (a server decoding several sequences in shared passes): sampling, end of
 //! generation, stop strings and streamed UTF-8 text exactly as [`crate::generate::generate`]
-//! does them, fed one logit vector at a time.
+//! does them, fed one logit vector at a time, with an optional output constraint per
+//! sequence as [`crate::generate::generate_constrained`] applies it.
 
-use crate::generate::{GenerateOptions, StopFilter, StopReason};
+use crate::constraint::LogitsConstraint;
+use crate::generate::{GenerateError, GenerateOptions, StopFilter, StopReason};
 use crate::sampler::{Sampler, SamplerError};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -61,14 +63,39 @@ impl<'t> SequenceGen<'t> {
     /// with [`StopReason::ContextFull`]).
     pub fn step(&mut self, logits: &[f32], room: bool) -> Result<Step, SamplerError> {
         let tok = self.sampler.sample(logits, &self.history)?;
+        Ok(self.advance(tok, false, room))
+    }
+
+    /// [`step`](Self::step) under an output constraint: it masks `logits` (in place), the
+    /// sampled token is passed to its [`accept`](LogitsConstraint::accept), and the
+    /// generation ends ([`StopReason::EndOfGeneration`]) once it is
+    /// [`finished`](LogitsConstraint::finished).
+    pub fn step_constrained(
+        &mut self,
+        logits: &mut [f32],
+        room: bool,
+        constraint: &mut dyn LogitsConstraint,
+    ) -> Result<Step, GenerateError> {
+        constraint.apply(logits)?;
+        let tok = self.sampler.sample(logits, &self.history)?;
+        constraint.accept(tok)?;
+        Ok(self.advance(tok, constraint.finished(), room))
+    }
+
+    /// Records `tok`; `complete` says the output constraint ends here.
+    fn advance(&mut self, tok: u32, complete: bool, room: bool) -> Step {
         self.tokens.push(tok);
         self.history.push(tok);
         let eog = self.stop_at_eog && self.tokenizer.is_eog(tok);
-        let piece = if eog {
+        let mut piece = if eog {
             self.decoder.flush().unwrap_or_default()
         } else {
             self.decoder.push(tok).unwrap_or_default()
         };
+        if complete && !eog {
+            piece.push_str(&self.decoder.flush().unwrap_or_default());
+        }
+        let eog = eog || complete;
         let (mut out, stopped) = self.filter.push(&piece);
         if eog && !stopped {
             out.push_str(&self.filter.finish());
@@ -99,11 +126,11 @@ impl<'t> SequenceGen<'t> {
         }
         self.text.push_str(&out);
         self.finished = finished;
-        Ok(Step {
+        Step {
             token: tok,
             text: out,
             finished,
-        })
+        }
     }
 
     /// The tokens generated so far (an end-of-generation token included).

@@ -552,3 +552,64 @@ fn constraint_is_send() {
     fn sync<T: Sync>() {}
     sync::<StructuredVocab>();
 }
+
+/// A server's per-sequence loop (`SequenceGen::step_constrained`, one logit vector at a time)
+/// gives exactly what `generate_constrained` gives, greedy and sampled, and ends where the
+/// grammar completes.
+#[test]
+fn sequence_gen_steps_like_generate_constrained() {
+    use flashstream_runtime::model::LogitsWanted;
+    use flashstream_runtime::sequence::SequenceGen;
+    let Some(f) = fixture() else { return };
+    let schemas = schemas();
+    for (i, sampler) in [
+        SamplerConfig::greedy(),
+        SamplerConfig {
+            temperature: 0.9,
+            seed: 11,
+            frequency_penalty: 0.3,
+            presence_penalty: 0.2,
+            ..SamplerConfig::default()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (question, schema) = &schemas[i];
+        let grammar = Grammar::json_schema(schema);
+        let max = 120;
+        let whole = run(f, question, &grammar, sampler.clone(), max);
+        let rendered = f
+            .template
+            .render(&[Message::new("user", question)], true)
+            .unwrap();
+        let prompt = f.tok.encode(&rendered, true, true).unwrap();
+        let mut session = f.model.session(prompt.len() + max + 1).unwrap();
+        let mut constraint = Constraint::new(&f.vocab, &grammar).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: max,
+            sampler,
+            ..GenerateOptions::default()
+        };
+        let mut gen = SequenceGen::new(&f.tok, &prompt, &opts).unwrap();
+        let mut logits = session.eval(&prompt, LogitsWanted::Last).unwrap();
+        let mut text = String::new();
+        let stop = loop {
+            let room = session.pos() < session.n_ctx();
+            let step = gen
+                .step_constrained(&mut logits, room, &mut constraint)
+                .unwrap();
+            text.push_str(&step.text);
+            if let Some(r) = step.finished {
+                break r;
+            }
+            logits = session.eval(&[step.token], LogitsWanted::Last).unwrap();
+        };
+        assert_eq!((text.as_str(), stop), (whole.text.as_str(), whole.stop));
+        assert_eq!(gen.tokens().len(), whole.tokens);
+        assert_eq!(stop, StopReason::EndOfGeneration, "{text}");
+        assert!(constraint.is_finished());
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert!(jsonschema::is_valid(schema, &value), "{text}");
+    }
+}

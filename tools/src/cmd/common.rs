@@ -116,9 +116,15 @@ pub struct SamplingArgs {
     /// Penalty for repeating recent tokens (1 = off).
     #[arg(long, default_value_t = SamplerConfig::default().repeat_penalty)]
     pub repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
+    /// How many recent tokens the repetition, frequency and presence penalties look at.
     #[arg(long, default_value_t = SamplerConfig::default().repeat_last_n)]
     pub repeat_last_n: usize,
+    /// Subtract this from a token's logit per occurrence among the recent tokens (0 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().frequency_penalty, allow_hyphen_values = true)]
+    pub frequency_penalty: f32,
+    /// Subtract this from the logit of a token present among the recent tokens (0 = off).
+    #[arg(long, default_value_t = SamplerConfig::default().presence_penalty, allow_hyphen_values = true)]
+    pub presence_penalty: f32,
 }
 
 impl SamplingArgs {
@@ -131,6 +137,8 @@ impl SamplingArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
             seed: self.seed,
         }
     }

@@ -11,6 +11,7 @@ use super::errors::ApiError;
 use flashstream::runtime::chat::Message;
 use flashstream::runtime::generate::StopReason;
 use flashstream::runtime::sampler::SamplerConfig;
+use flashstream_structured::Grammar;
 
 /// Which endpoint a body is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// What the output must fit (`response_format` or the `grammar` extension), if anything.
+    pub grammar: Option<Grammar>,
 }
 
 /// Parameters both endpoints take (and those taken only with their default value).
@@ -61,11 +64,12 @@ const COMMON: &[&str] = &[
     "user",
     "logprobs",
     "logit_bias",
+    "response_format",
+    "grammar",
 ];
 const CHAT_ONLY: &[&str] = &[
     "messages",
     "max_completion_tokens",
-    "response_format",
     "top_logprobs",
     "parallel_tool_calls",
     "store",
@@ -268,10 +272,10 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<GenRequest, ApiError> {
         }
     }
     for key in ["presence_penalty", "frequency_penalty"] {
-        if num(&o, key)?.is_some_and(|x| x != 0.0) {
-            return Err(ApiError::unsupported(
+        if num(&o, key)?.is_some_and(|x| !(-2.0..=2.0).contains(&x)) {
+            return Err(ApiError::param(
                 key,
-                "other than 0 (use repeat_penalty)",
+                format!("'{key}' must be between -2.0 and 2.0"),
             ));
         }
     }
@@ -301,16 +305,7 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<GenRequest, ApiError> {
     if !matches!(o.get("suffix"), None | Some(Value::Null)) {
         return Err(ApiError::unsupported("suffix", "(no insertion)"));
     }
-    match o.get("response_format") {
-        None | Some(Value::Null) => {}
-        Some(rf) if rf.get("type").and_then(Value::as_str) == Some("text") => {}
-        Some(_) => {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "other than {\"type\":\"text\"} (structured output is not available in this build)",
-            ))
-        }
-    }
+    let grammar = grammar(&o)?;
     if boolean(&o, "parallel_tool_calls")? == Some(true) {
         return Err(ApiError::unsupported("parallel_tool_calls", "(no tools)"));
     }
@@ -349,6 +344,8 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<GenRequest, ApiError> {
         min_p: f32_or("min_p", d.min_p)?,
         repeat_penalty: f32_or("repeat_penalty", d.repeat_penalty)?,
         repeat_last_n: uint(&o, "repeat_last_n")?.map_or(d.repeat_last_n, |x| x as usize),
+        frequency_penalty: f32_or("frequency_penalty", d.frequency_penalty)?,
+        presence_penalty: f32_or("presence_penalty", d.presence_penalty)?,
         seed: match o.get("seed") {
             None | Some(Value::Null) => d.seed,
             Some(v) => v
@@ -411,7 +408,34 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<GenRequest, ApiError> {
         ignore_eos: boolean(&o, "ignore_eos")?.unwrap_or(false),
         stream,
         include_usage,
+        grammar,
     })
+}
+
+/// The output constraint of `response_format` and the `grammar` extension (a Lark grammar in
+/// llguidance's dialect); at most one of them may constrain. Only the shape is checked here:
+/// the grammar is compiled (and a schema that does not compile refused) before queueing.
+fn grammar(o: &Map<String, Value>) -> Result<Option<Grammar>, ApiError> {
+    let from_format = match o.get("response_format") {
+        None | Some(Value::Null) => None,
+        Some(rf) => Grammar::from_response_format(rf)
+            .map_err(|e| ApiError::param("response_format", e.to_string()))?,
+    };
+    let lark = match o.get("grammar") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(g)) => Some(Grammar::lark(g)),
+        Some(_) => return Err(ApiError::param(
+            "grammar",
+            "'grammar' must be a string: a Lark grammar (llguidance's dialect, top rule `start`)",
+        )),
+    };
+    match (from_format, lark) {
+        (Some(_), Some(_)) => Err(ApiError::param(
+            "grammar",
+            "give either 'grammar' or a JSON 'response_format', not both",
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 /// OpenAI's `finish_reason` for a stop reason.

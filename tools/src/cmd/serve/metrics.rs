@@ -21,6 +21,21 @@ pub struct Metrics {
     tokens_per_s: AtomicU64,
     pub queue_len: AtomicU64,
     pub active: AtomicU64,
+    /// Requests with an output constraint (`response_format` JSON, `grammar`).
+    pub structured_requests: AtomicU64,
+    /// Grammar masks computed (one per constrained token) and their nanoseconds.
+    pub masks: AtomicU64,
+    mask_ns: AtomicU64,
+    /// Nanoseconds committing sampled tokens to the grammar.
+    commit_ns: AtomicU64,
+    /// Nanoseconds compiling grammars.
+    compile_ns: AtomicU64,
+    /// f64 bits: seconds building the token trie (once, at the first constrained request).
+    vocab_s: AtomicU64,
+}
+
+fn ns(s: f64) -> u64 {
+    (s.max(0.0) * 1e9) as u64
 }
 
 impl Metrics {
@@ -30,6 +45,19 @@ impl Metrics {
 
     pub fn set_tokens_per_s(&self, s: f64) {
         self.tokens_per_s.store(s.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Adds grammar time: `masks` masks taking `mask_s`, commits taking `commit_s`,
+    /// compiling taking `compile_s`.
+    pub fn add_structured(&self, masks: u64, mask_s: f64, commit_s: f64, compile_s: f64) {
+        self.masks.fetch_add(masks, Ordering::Relaxed);
+        self.mask_ns.fetch_add(ns(mask_s), Ordering::Relaxed);
+        self.commit_ns.fetch_add(ns(commit_s), Ordering::Relaxed);
+        self.compile_ns.fetch_add(ns(compile_s), Ordering::Relaxed);
+    }
+
+    pub fn set_vocab_s(&self, s: f64) {
+        self.vocab_s.store(s.to_bits(), Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -119,6 +147,43 @@ impl Metrics {
             "gauge",
             "Sequences being generated.",
             g(&self.active).to_string(),
+        );
+        let secs = |a: &AtomicU64| (g(a) as f64 / 1e9).to_string();
+        line(
+            "structured_requests_total",
+            "counter",
+            "Requests with an output constraint (response_format json_object/json_schema, grammar).",
+            g(&self.structured_requests).to_string(),
+        );
+        line(
+            "structured_masked_tokens_total",
+            "counter",
+            "Grammar masks computed (one per token of a constrained output).",
+            g(&self.masks).to_string(),
+        );
+        line(
+            "structured_mask_seconds_total",
+            "counter",
+            "Seconds computing grammar masks and applying them to logits.",
+            secs(&self.mask_ns),
+        );
+        line(
+            "structured_commit_seconds_total",
+            "counter",
+            "Seconds advancing grammars past sampled tokens.",
+            secs(&self.commit_ns),
+        );
+        line(
+            "structured_compile_seconds_total",
+            "counter",
+            "Seconds compiling JSON schemas and grammars.",
+            secs(&self.compile_ns),
+        );
+        line(
+            "structured_vocab_build_seconds",
+            "gauge",
+            "Seconds the token trie took to build (at the first constrained request; 0 before).",
+            f(&self.vocab_s).to_string(),
         );
         line(
             "parallel_slots",

@@ -16,7 +16,7 @@ mod routes;
 mod scheduler;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context};
 
@@ -27,6 +27,7 @@ use flashstream::runtime::chat::ChatTemplate;
 use flashstream::runtime::model::ModelOptions;
 use flashstream::runtime::tokenizer::Tokenizer;
 use flashstream::{Engine, EngineOptions};
+use flashstream_structured::StructuredVocab;
 use metrics::Metrics;
 use scheduler::Job;
 
@@ -69,6 +70,8 @@ pub struct AppState {
     parallel: usize,
     created: u64,
     next_id: AtomicU64,
+    /// The token trie for structured output, built at the first constrained request.
+    structured: OnceLock<Result<StructuredVocab, String>>,
 }
 
 /// Default context of a sequence when --ctx is not given.
@@ -136,6 +139,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         next_id: AtomicU64::new(1),
+        structured: OnceLock::new(),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -23,6 +23,7 @@ use super::scheduler::{Event, Job};
 use super::AppState;
 use crate::cmd::common::render_chat;
 use flashstream::runtime::generate::GenerateOptions;
+use flashstream_structured::{Constraint, Grammar, StructuredError, StructuredVocab};
 
 /// The chat page (one static file, no external resources).
 const PAGE: &str = include_str!("page.html");
@@ -246,7 +247,24 @@ async fn generate(
     auth(&st, &headers)?;
     let n_ctx = ready(&st)?;
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let r = submit(&st, kind, &body, n_ctx);
+    let r = match api::parse(kind, &body) {
+        Ok(req) => {
+            let constraint = match req.grammar.clone() {
+                None => Ok(None),
+                Some(g) => {
+                    let st2 = st.clone();
+                    tokio::task::spawn_blocking(move || compile(&st2, &g))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(ApiError::internal(format!("grammar compiler: {e}")))
+                        })
+                        .map(Some)
+                }
+            };
+            constraint.and_then(|c| submit(&st, req, c, n_ctx))
+        }
+        Err(e) => Err(e),
+    };
     if r.is_err() {
         st.metrics.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -273,8 +291,54 @@ async fn generate(
 
 type Submitted = (GenRequest, UnboundedReceiver<Event>);
 
-fn submit(st: &AppState, kind: Kind, body: &[u8], n_ctx: usize) -> Result<Submitted, ApiError> {
-    let req = api::parse(kind, body)?;
+/// The model's token trie for structured output, built at the first constrained request
+/// (most servers never get one; it costs a pass over the vocabulary and a few MB beside the
+/// budget) and shared by every later one.
+fn vocab(st: &AppState) -> Result<&StructuredVocab, ApiError> {
+    st.structured
+        .get_or_init(|| {
+            let t0 = Instant::now();
+            let v = StructuredVocab::new(&st.tokenizer).map_err(|e| e.to_string());
+            st.metrics.set_vocab_s(t0.elapsed().as_secs_f64());
+            v
+        })
+        .as_ref()
+        .map_err(|e| {
+            ApiError::invalid(format!(
+                "structured output is not available for this model: {e}"
+            ))
+        })
+}
+
+/// Compiles `grammar` into a constraint (its first mask included). A schema or grammar that
+/// does not compile is a 400 naming the parameter and llguidance's reason.
+fn compile(st: &AppState, grammar: &Grammar) -> Result<Constraint, ApiError> {
+    let vocab = vocab(st)?;
+    let param = match grammar {
+        Grammar::Lark(_) => "grammar",
+        _ => "response_format",
+    };
+    let c = Constraint::new(vocab, grammar).map_err(|e| match e {
+        StructuredError::InvalidSchema { .. }
+        | StructuredError::InvalidGrammar { .. }
+        | StructuredError::ResponseFormat(_) => ApiError::param(param, e.to_string()),
+        e => ApiError::internal(e.to_string()),
+    })?;
+    let s = c.stats();
+    st.metrics
+        .add_structured(s.masks, s.mask_s, s.commit_s, s.compile_s);
+    st.metrics
+        .structured_requests
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(c)
+}
+
+fn submit(
+    st: &AppState,
+    req: GenRequest,
+    constraint: Option<Constraint>,
+    n_ctx: usize,
+) -> Result<Submitted, ApiError> {
     if let Some(m) = &req.model {
         if m != &st.model_id && !m.is_empty() {
             return Err(unknown_model(st, m));
@@ -299,6 +363,7 @@ fn submit(st: &AppState, kind: Kind, body: &[u8], n_ctx: usize) -> Result<Submit
         opts,
         events: tx,
         queued_at: Instant::now(),
+        constraint,
     };
     match st.queue.try_send(job) {
         Ok(()) => Ok((req, rx)),

@@ -6,6 +6,11 @@
 //! rows); a sequence whose prompt is done samples its next token from the pass's logits. A
 //! request whose receiver is gone (the client disconnected) is cancelled before the next
 //! pass; a finished one frees its slot for the queue.
+//!
+//! A request with structured output carries its compiled [`Constraint`]: before that
+//! sequence samples, its logits are masked to what the grammar allows; the sampled token is
+//! committed; it ends (`stop`) when the grammar is complete. Other sequences of the same pass
+//! are untouched.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -20,6 +25,7 @@ use flashstream::runtime::model::{MultiPass, SeqInput, Session};
 use flashstream::runtime::sequence::SequenceGen;
 use flashstream::runtime::tokenizer::Tokenizer;
 use flashstream::Engine;
+use flashstream_structured::{Constraint, MaskStats};
 
 /// A request for the model thread.
 pub struct Job {
@@ -27,6 +33,8 @@ pub struct Job {
     pub opts: GenerateOptions,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
+    /// The output constraint, compiled (its first mask computed) before queueing.
+    pub constraint: Option<Constraint>,
 }
 
 /// What the model thread tells a request.
@@ -220,12 +228,21 @@ pub fn run(
             } else {
                 a.decode_bytes += share;
             }
-            let Some(l) = l else { continue };
+            let Some(mut l) = l else { continue };
             let room = sessions[i].pos() < sessions[i].n_ctx();
-            let step = match a.gen.step(&l, room) {
+            let step = match a.job.constraint.as_mut() {
+                None => a.gen.step(&l, room).map_err(|e| e.to_string()),
+                Some(c) => {
+                    let before = c.stats();
+                    let r = a.gen.step_constrained(&mut l, room, c);
+                    record(metrics, &before, &c.stats());
+                    r.map_err(|e| format!("{e:#}"))
+                }
+            };
+            let step = match step {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = a.job.events.send(Event::Error(e.to_string()));
+                    let _ = a.job.events.send(Event::Error(e));
                     slots[i] = None;
                     continue;
                 }
@@ -250,6 +267,28 @@ pub fn run(
     }
 }
 
+/// Adds the grammar time between two snapshots of a constraint's statistics.
+fn record(metrics: &Metrics, before: &MaskStats, after: &MaskStats) {
+    metrics.add_structured(
+        after.masks - before.masks,
+        after.mask_s - before.mask_s,
+        after.commit_s - before.commit_s,
+        0.0,
+    );
+}
+
+/// The structured-output part of a response's `timings`.
+fn structured_timings(s: &MaskStats) -> Value {
+    json!({
+        "compile_ms": s.compile_s * 1e3,
+        "masks": s.masks,
+        "mask_ms": s.mask_s * 1e3,
+        "mask_ms_per_token": s.mask_ms_per_token(),
+        "max_mask_ms": s.max_mask_s * 1e3,
+        "commit_ms_per_token": s.commit_ms_per_token(),
+    })
+}
+
 fn finish(a: Active<'_>, reason: StopReason, metrics: &Metrics) {
     let n = a.gen.tokens().len();
     let now = Instant::now();
@@ -257,7 +296,7 @@ fn finish(a: Active<'_>, reason: StopReason, metrics: &Metrics) {
     let prompt_ms = (first - a.started).as_secs_f64() * 1e3;
     let predicted_ms = (now - first).as_secs_f64() * 1e3;
     let decode_steps = n.saturating_sub(1);
-    let timings = json!({
+    let mut timings = json!({
         "prompt_n": a.job.prompt.len(),
         "prompt_ms": prompt_ms,
         "queue_ms": (a.started - a.job.queued_at).as_secs_f64() * 1e3,
@@ -267,6 +306,9 @@ fn finish(a: Active<'_>, reason: StopReason, metrics: &Metrics) {
         "bytes_read": a.bytes,
         "bytes_read_per_token": if decode_steps > 0 { a.decode_bytes / decode_steps as f64 } else { 0.0 },
     });
+    if let Some(c) = &a.job.constraint {
+        timings["structured"] = structured_timings(&c.stats());
+    }
     metrics.requests_done.fetch_add(1, Ordering::Relaxed);
     let _ = a.job.events.send(Event::Done {
         reason,
