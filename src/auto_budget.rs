@@ -156,7 +156,12 @@ mod tests {
         assert_eq!(b.target(0, 10 * M, 20 * M), 50 * M);
         assert_eq!(b.target(100 * M, 900 * M, 20 * M), 150 * M);
         assert_eq!(b.target(100 * M, 900 * M, 400 * M), 400 * M);
-        assert_eq!(a.target(u64::MAX, u64::MAX, 0), u64::MAX);
+        // No overflow at the top: the sum saturates, the float product saturates.
+        assert_eq!(a.target(u64::MAX, u64::MAX, 0), 1 << 63);
+        assert_eq!(
+            AutoBudget::with_fraction(1.0).target(u64::MAX, 1, 0),
+            u64::MAX
+        );
     }
 
     #[test]

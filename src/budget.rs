@@ -228,7 +228,13 @@ impl WeightSource for EngineSource {
         self.source.stats()
     }
 
+    /// A failed automatic change does not fail the pass: the source went back to the plan it
+    /// had (or, if even that failed, its next lease reports the error), so the pass goes on
+    /// and the next check tries again.
     fn before_pass(&self) -> Result<(), SchedulerError> {
-        self.budget.check_auto(false)
+        if let Err(e) = self.budget.check_auto(false) {
+            tracing::warn!("auto budget: the change failed, the budget stays: {e}");
+        }
+        Ok(())
     }
 }
