@@ -26,8 +26,10 @@
 //! ```
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
+use crate::auto_budget::{AutoBudget, MemoryReader, OsMemory};
+use crate::budget::{Budget, EngineSource};
 use crate::formats::{FormatError, GgufModel, ModelConfig};
 use crate::loader::{open_backend, BackendOptions, IoKind, LoaderError};
 use crate::runtime::chat::ChatTemplate;
@@ -266,14 +268,8 @@ fn tokenizer_estimate(gguf: &GgufModel) -> u64 {
 pub struct Engine {
     gguf: GgufModel,
     model: Model,
-    /// The source the model leases from (the model holds another handle to it).
-    source: Arc<StreamingSource>,
-    /// The plan in force (replaced by [`Engine::set_budget`]).
-    plan: RwLock<Plan>,
-    /// What it was opened with (a new budget is planned with the same options).
-    opts: EngineOptions,
-    /// Serializes budget changes.
-    budget_lock: Mutex<()>,
+    /// The plan in force and how to change it (the model's source holds another handle).
+    budget: Arc<Budget>,
     io: IoKind,
     batch: usize,
 }
@@ -326,27 +322,36 @@ impl Engine {
             &mut |done, total| progress.as_ref().is_none_or(|p| (p.0)(done, total)),
         )?);
         let io = source.io_kind();
+        let batch = batch.min(opts.max_batch);
+        let config = ModelConfig::from_model(&gguf)?;
+        // A new budget is planned for the same model, context, batch and options.
+        let mut req = plan_request(&config, opts)?;
+        req.ctx = Some(plan.n_ctx);
+        let budget = Arc::new(Budget::new(
+            UnitTable::from_model(&gguf)?,
+            needs_for(&gguf, &config, opts, batch),
+            req,
+            Arc::clone(&source),
+            plan,
+        ));
         let model = Model::new(
             &gguf,
-            Box::new(Arc::clone(&source)),
+            Box::new(EngineSource {
+                source,
+                budget: Arc::clone(&budget),
+            }),
             &ModelOptions {
                 threads: opts.threads,
-                max_batch: batch.min(opts.max_batch),
+                max_batch: batch,
                 ..ModelOptions::default()
             },
         )?;
         Ok(Engine {
             gguf,
             model,
-            source,
-            plan: RwLock::new(plan),
-            opts: EngineOptions {
-                progress: None,
-                ..opts.clone()
-            },
-            budget_lock: Mutex::new(()),
+            budget,
             io,
-            batch: batch.min(opts.max_batch),
+            batch,
         })
     }
 
@@ -361,7 +366,7 @@ impl Engine {
     }
 
     fn read_plan(&self) -> std::sync::RwLockReadGuard<'_, Plan> {
-        self.plan.read().unwrap_or_else(|p| p.into_inner())
+        self.budget.plan()
     }
 
     /// The KV-cache positions of a session (fixed at load; a new budget keeps it).
@@ -377,25 +382,7 @@ impl Engine {
     /// The smallest budget this engine can run under with its context and batch size (what
     /// [`Engine::set_budget`] accepts at least).
     pub fn min_budget(&self) -> Result<u64, EngineError> {
-        match self.plan_for(1) {
-            Err(EngineError::Scheduler(SchedulerError::BudgetTooSmall { minimum, .. })) => {
-                Ok(minimum)
-            }
-            Err(e) => Err(e),
-            Ok(p) => Ok(p.total_bytes()),
-        }
-    }
-
-    /// The plan under `bytes` for what is loaded: the same context, batch and options.
-    fn plan_for(&self, bytes: u64) -> Result<Plan, EngineError> {
-        let config = self.model.config();
-        let mut opts = self.opts.clone();
-        opts.mem = Some(bytes);
-        let mut req = plan_request(config, &opts)?;
-        req.ctx = Some(self.n_ctx());
-        let needs = needs_for(&self.gguf, config, &opts, self.batch);
-        let units = UnitTable::from_model(&self.gguf)?;
-        Ok(Plan::compute(&units, &needs, &req)?)
+        Ok(self.budget.min_budget()?)
     }
 
     /// Moves the budget to `bytes` while the model stays loaded: plans the same model, context
@@ -404,17 +391,56 @@ impl Engine {
     /// to the OS; growing pins more, reading it from the file). Safe from any thread, also
     /// while a session generates in another: the change waits for a moment when that pass
     /// holds no weights (between layers or tokens) and the pass goes on under the new plan;
-    /// the numbers it computes are the same.
+    /// the numbers it computes are the same. A fixed budget turns auto mode
+    /// ([`Engine::set_budget_auto`]) off.
     ///
     /// A budget below what this engine needs at least is
     /// [`SchedulerError::BudgetTooSmall`] (stating the minimum) and nothing changes.
     pub fn set_budget(&self, bytes: u64) -> Result<(), EngineError> {
-        let _one = self.budget_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _span = tracing::info_span!("set_budget", bytes).entered();
-        let plan = self.plan_for(bytes)?;
-        self.source.rebudget(plan.clone())?;
-        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = plan;
-        Ok(())
+        Ok(self.budget.set(bytes)?)
+    }
+
+    /// Auto mode on (`Some`) or off (`None`): the budget follows a share of the memory the OS
+    /// says is available ([`OsMemory`]; see [`crate::auto_budget`] for the formula
+    /// `clamp((held + available) × fraction, max(min, minimum), max)`). Turning it on reads
+    /// the available memory and moves the budget to the target before returning; afterwards
+    /// the engine reads it again before a forward pass (a token, a prompt, a shared pass) when
+    /// `interval` has passed since the last reading, and moves the budget through the same
+    /// path as [`Engine::set_budget`] when the target differs from the budget by at least
+    /// `hysteresis`. Turning it off keeps the budget where it is.
+    ///
+    /// Errors: settings out of range, or a platform without a reading of the available memory
+    /// (auto mode needs Linux or iOS), are [`EngineError::Invalid`]; nothing changes then.
+    pub fn set_budget_auto(&self, auto: Option<AutoBudget>) -> Result<(), EngineError> {
+        match auto {
+            Some(a) => self.set_budget_auto_with(a, OsMemory),
+            None => self.budget.set_auto(None),
+        }
+    }
+
+    /// [`Engine::set_budget_auto`] reading the available memory from `reader` instead of the
+    /// OS (an app that knows better, or a test feeding values; a closure
+    /// `Fn() -> Option<u64>` is a reader).
+    pub fn set_budget_auto_with(
+        &self,
+        auto: AutoBudget,
+        reader: impl MemoryReader + 'static,
+    ) -> Result<(), EngineError> {
+        let _span = tracing::info_span!("set_budget_auto", fraction = auto.fraction).entered();
+        self.budget.set_auto(Some((auto, Box::new(reader))))
+    }
+
+    /// The auto-mode settings in force (`None`: the budget is fixed).
+    pub fn budget_auto(&self) -> Option<AutoBudget> {
+        self.budget.auto()
+    }
+
+    /// In auto mode, reads the available memory now (whatever the interval) and follows it;
+    /// for apps told of memory pressure (e.g. iOS's memory warning) that want the budget to
+    /// react before the next pass. Without auto mode it does nothing.
+    pub fn check_budget_auto(&self) -> Result<(), EngineError> {
+        Ok(self.budget.check_auto(true)?)
     }
 
     /// The parsed GGUF (metadata, tensor table).

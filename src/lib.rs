@@ -5,8 +5,11 @@
 
 #![warn(missing_docs)]
 
+pub mod auto_budget;
+mod budget;
 pub mod engine;
 
+pub use auto_budget::{AutoBudget, MemoryReader, OsMemory};
 pub use engine::{Engine, EngineError, EngineOptions, LoadProgress};
 
 pub use flashstream_formats as formats;

@@ -303,4 +303,11 @@ pub trait WeightSource: Send + Sync {
     fn stats(&self) -> SourceStats {
         SourceStats::default()
     }
+
+    /// Called by the runtime at the start of every forward pass (a token, a prompt, a shared
+    /// pass), before any lease of that pass and while no other pass runs: the moment a source
+    /// may change its residency (e.g. follow a budget that moved). An error fails the pass.
+    fn before_pass(&self) -> Result<(), SchedulerError> {
+        Ok(())
+    }
 }

@@ -1336,6 +1336,10 @@ impl WeightSource for Arc<StreamingSource> {
     fn stats(&self) -> SourceStats {
         (**self).stats()
     }
+
+    fn before_pass(&self) -> Result<(), SchedulerError> {
+        (**self).before_pass()
+    }
 }
 
 /// Turns the state into reads: rows first, then expert misses, then the ring, then

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod progress;
 
 /// Run language models far larger than memory by streaming weights from flash.
 #[derive(Parser)]

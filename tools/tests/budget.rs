@@ -196,3 +196,79 @@ fn gemma3_streams_inside_224mib_plus_allowance() {
     // Its tied 170 MiB embedding (the output head) is pinned; the layers stream.
     check_under_cgroup(&m, 224, "2,105,2364,107,6974,563", "auto");
 }
+
+/// `--mem auto:0.5` inside a memory cgroup: the budget is half of what the cgroup leaves
+/// (limit minus usage, not the machine's free memory), the run fits in the cgroup, and the
+/// greedy text is the one of a fixed budget.
+#[test]
+fn mem_auto_follows_the_cgroup_limit() {
+    let Some(model) = model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "run",
+            &model.display().to_string(),
+            "-p",
+            "The capital of France is",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--ctx",
+            "64",
+            "--threads",
+            "2",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let want = Command::new(bin())
+        .args(run(&["--mem", "1GiB"]))
+        .output()
+        .unwrap();
+    assert!(
+        want.status.success(),
+        "{}",
+        String::from_utf8_lossy(&want.stderr)
+    );
+    let limit: u64 = 192 << 20;
+    let name = format!("flashstream-test-{}-auto", std::process::id());
+    let cg = match Cgroup::new(&name, limit) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!must_run(), "CI=true but no cgroup: {e}");
+            eprintln!("auto budget test not run: {e} (needs root)");
+            return;
+        }
+    };
+    let got = cg.run(&run(&["--mem", "auto:0.5"]));
+    let peak = cg.peak().unwrap_or(0);
+    assert!(
+        got.status.success(),
+        "--mem auto:0.5 in a {limit}-byte cgroup (peak {peak}): {:?} {}",
+        got.status,
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let j = |o: &[u8]| serde_json::from_slice::<serde_json::Value>(o).unwrap();
+    let (w, g) = (j(&want.stdout), j(&got.stdout));
+    assert_eq!(g["tokens"], w["tokens"], "greedy text under --mem auto");
+    let budget = g["stats"]["budget_bytes"].as_u64().unwrap();
+    // Half of what the engine holds plus what the cgroup leaves: at most about half the
+    // limit (what the plan counts may exceed what is touched yet, hence the tenth).
+    assert!(
+        budget <= limit / 2 + limit / 10,
+        "budget {budget} under a {limit} cgroup with auto:0.5"
+    );
+    assert!(peak <= limit, "peak {peak} over the limit {limit}");
+    eprintln!(
+        "auto budget test: --mem auto:0.5 in a {} MiB cgroup: budget {:.1} MiB, peak {:.1} MiB",
+        limit >> 20,
+        budget as f64 / (1 << 20) as f64,
+        peak as f64 / (1 << 20) as f64
+    );
+}

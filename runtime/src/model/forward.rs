@@ -321,6 +321,7 @@ impl<'m> Session<'m> {
             });
         }
         let _one_pass_at_a_time = self.model.eval_lock.lock();
+        self.model.source.before_pass()?;
         let max_batch = self.model.max_batch.max(1);
         let n_chunks = tokens.len().div_ceil(max_batch);
         let mut logits = Vec::new();

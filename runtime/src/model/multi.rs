@@ -116,6 +116,7 @@ impl MultiPass {
             }
         }
         let _one_pass_at_a_time = model.eval_lock.lock();
+        model.source.before_pass()?;
         let _span = tracing::debug_span!("multi_eval", seqs = inputs.len(), n = total).entered();
         let r = self.pass(model, inputs, total);
         if r.is_ok() {

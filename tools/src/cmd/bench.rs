@@ -167,7 +167,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         threads,
         count_tokenizer: false,
         ..EngineOptions::default()
-    });
+    })?;
     let (plan, batch) = flashstream::engine::plan(&gguf, &config, &opts)?;
 
     // 1. The device, on this file, now: sequential direct reads of the bytes the plan streams
@@ -237,9 +237,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     // 2. Load under the budget.
     let t_load = Instant::now();
-    let engine = Engine::with_plan(gguf, &opts, plan, batch)
+    let (load_opts, bar) = crate::progress::loading(opts);
+    let engine = Engine::with_plan(gguf, &load_opts, plan, batch)
         .with_context(|| format!("cannot run {}", a.model.display()))?;
+    drop(bar);
     let load_s = t_load.elapsed().as_secs_f64();
+    a.mem.start(&engine)?;
     if !a.json {
         eprintln!("{}", describe_plan(engine.plan()));
     }

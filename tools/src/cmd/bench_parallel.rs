@@ -66,8 +66,11 @@ pub fn run(a: ParallelArgs<'_>) -> anyhow::Result<()> {
         count_tokenizer: false,
         sequences: most,
         ..EngineOptions::default()
-    });
+    })?;
+    let (opts, bar) = crate::progress::loading(opts);
     let engine = Engine::load(a.gguf, &opts).context("cannot load the model")?;
+    drop(bar);
+    a.mem.start(&engine)?;
     if !a.json {
         eprintln!("[{}; {most} sequences]", describe_plan(engine.plan()));
     }

@@ -91,8 +91,13 @@ pub fn build_model(gguf: GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Resu
         extra_bytes: needs.extra_bytes,
         count_tokenizer: false,
         ..EngineOptions::default()
-    });
-    Engine::load(gguf, &opts).with_context(|| format!("cannot run {}", a.model.display()))
+    })?;
+    let (opts, bar) = crate::progress::loading(opts);
+    let engine =
+        Engine::load(gguf, &opts).with_context(|| format!("cannot run {}", a.model.display()))?;
+    drop(bar);
+    a.mem.start(&engine)?;
+    Ok(engine)
 }
 
 /// Sampling flags shared by `run` and `chat`.

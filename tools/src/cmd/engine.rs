@@ -1,18 +1,54 @@
 //! The memory and I/O flags (`--mem`, `--io`, `--prefetch`, `--stats`) and how plans and
 //! streaming statistics are shown; loading itself is the library's [`flashstream::Engine`].
 
+use anyhow::Context;
+
 use super::size::parse_size;
 use flashstream::loader::IoKind;
-use flashstream::scheduler::{fmt_bytes, ExpertPolicy, Plan, SourceStats};
-use flashstream::EngineOptions;
+use flashstream::scheduler::{fmt_bytes, sysmem, ExpertPolicy, Plan, SourceStats};
+use flashstream::{AutoBudget, Engine, EngineOptions};
+
+/// What `--mem` asks for: a fixed budget, or one that follows the available memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemSpec {
+    /// A fixed budget in bytes.
+    Bytes(u64),
+    /// `auto[:FRACTION]`: the library's auto mode with this fraction.
+    Auto(f64),
+}
+
+/// Parses `--mem`: a size (`512MiB`, `12GiB`), `auto` (3/4) or `auto:FRACTION` (`auto:0.6`).
+pub fn parse_mem(s: &str) -> Result<MemSpec, String> {
+    let t = s.trim();
+    let Some(rest) = t.strip_prefix("auto") else {
+        return parse_size(t).map(MemSpec::Bytes);
+    };
+    let fraction = match rest {
+        "" => AutoBudget::default().fraction,
+        r => {
+            let f = r.strip_prefix(':').ok_or_else(|| {
+                format!("invalid --mem {s:?}: write auto or auto:FRACTION, e.g. auto:0.6")
+            })?;
+            f.parse::<f64>().map_err(|_| {
+                format!("invalid --mem {s:?}: {f:?} is not a number; write e.g. auto:0.6")
+            })?
+        }
+    };
+    AutoBudget::with_fraction(fraction)
+        .check()
+        .map_err(|e| format!("invalid --mem {s:?}: {e}"))?;
+    Ok(MemSpec::Auto(fraction))
+}
 
 /// Memory and I/O options shared by the commands that run a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MemArgs {
     /// Memory budget for everything held for the model (weights in RAM, slots, KV cache,
     /// activations, tokenizer), e.g. 512MiB or 12GiB. Default: 3/4 of the memory available.
-    #[arg(long, value_parser = parse_size)]
-    pub mem: Option<u64>,
+    /// `auto` or `auto:FRACTION` (e.g. auto:0.6): the budget follows that share of the
+    /// memory available (cgroup limit or MemAvailable on Linux), rechecked between tokens.
+    #[arg(long, value_parser = parse_mem)]
+    pub mem: Option<MemSpec>,
     /// Read backend: auto (io_uring, else pread), uring, pread or mmap.
     #[arg(long, default_value = "auto")]
     pub io: IoKind,
@@ -28,15 +64,40 @@ pub struct MemArgs {
 }
 
 impl MemArgs {
-    /// The library options these flags (and a command's `shape`) stand for.
-    pub fn options(&self, shape: EngineOptions) -> EngineOptions {
-        EngineOptions {
-            mem: self.mem,
+    /// The library options these flags (and a command's `shape`) stand for. With `--mem
+    /// auto`, the budget to open with is the auto target with nothing held yet: the fraction
+    /// of what is available now.
+    pub fn options(&self, shape: EngineOptions) -> anyhow::Result<EngineOptions> {
+        let mem = match self.mem {
+            None => None,
+            Some(MemSpec::Bytes(b)) => Some(b),
+            Some(MemSpec::Auto(f)) => {
+                let avail = sysmem::available_memory().with_context(|| {
+                    format!(
+                        "--mem auto is not supported on {}: it cannot read the available memory; give a size (e.g. --mem 4GiB)",
+                        std::env::consts::OS
+                    )
+                })?;
+                Some(AutoBudget::with_fraction(f).target(0, avail, 1))
+            }
+        };
+        Ok(EngineOptions {
+            mem,
             io: self.io,
             prefetch: self.prefetch,
             expert_policy: self.expert_policy,
             ..shape
+        })
+    }
+
+    /// After the model loaded: turns the library's auto mode on for `--mem auto`.
+    pub fn start(&self, engine: &Engine) -> anyhow::Result<()> {
+        if let Some(MemSpec::Auto(f)) = self.mem {
+            engine
+                .set_budget_auto(Some(AutoBudget::with_fraction(f)))
+                .context("cannot start the auto budget (--mem auto)")?;
         }
+        Ok(())
     }
 }
 
@@ -113,4 +174,29 @@ pub fn stats_json(
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_mem, MemSpec};
+
+    #[test]
+    fn mem_sizes_and_auto() {
+        assert_eq!(parse_mem("512MiB"), Ok(MemSpec::Bytes(512 << 20)));
+        assert_eq!(parse_mem("auto"), Ok(MemSpec::Auto(0.75)));
+        assert_eq!(parse_mem("auto:0.6"), Ok(MemSpec::Auto(0.6)));
+        assert_eq!(parse_mem(" auto:1 "), Ok(MemSpec::Auto(1.0)));
+        for bad in [
+            "auto:0",
+            "auto:1.5",
+            "auto:-0.2",
+            "auto:lots",
+            "auto0.5",
+            "autox",
+            "lots",
+        ] {
+            assert!(parse_mem(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mem("auto:2").unwrap_err().contains("fraction"));
+    }
 }

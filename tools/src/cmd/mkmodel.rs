@@ -30,6 +30,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::size::parse_size;
+use crate::progress::Bar;
 
 #[path = "mkmodel_shapes.rs"]
 mod shapes;
@@ -442,6 +443,10 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
             _ => 1.0,
         }
     };
+    let bar = Bar::bytes(
+        &format!("writing {}", out.display()),
+        specs.iter().map(Spec::bytes).sum(),
+    );
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let gen = scope.spawn(move || -> anyhow::Result<()> {
             for (i, s) in specs_ref.iter().enumerate() {
@@ -471,6 +476,7 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
         });
         for (i, chunk) in rx.iter() {
             data.write_chunk(&specs[i].name, &chunk)?;
+            bar.inc(chunk.len() as u64);
         }
         gen.join()
             .map_err(|_| anyhow::anyhow!("the generator thread panicked"))??;
@@ -951,6 +957,14 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
         .create(&a.out)
         .with_context(|| format!("creating {}", a.out.display()))?;
     let file_len = data.file_len();
+    let total = plan
+        .iter()
+        .map(|(_, _, shape, from)| match from {
+            From::Copy { src: i, times } => src.tensors[*i].n_bytes * times,
+            From::Router => shape.iter().product::<u64>() * 4,
+        })
+        .sum();
+    let bar = Bar::bytes(&format!("writing {}", a.out.display()), total);
     let mut buf = Vec::new();
     for (layer_router, (name, _, shape, from)) in plan.iter().enumerate() {
         match from {
@@ -965,6 +979,7 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
                         buf.resize(n, 0);
                         files.read_exact_at(t.file, t.offset + at, &mut buf)?;
                         data.write_chunk(name, &buf)?;
+                        bar.inc(n as u64);
                         at += n as u64;
                     }
                 }
@@ -977,9 +992,11 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
                     .flat_map(|_| (rng.sym() * 3.0 / (n_embd as f32).sqrt() * 4.0).to_le_bytes())
                     .collect();
                 data.write_chunk(name, &v)?;
+                bar.inc(v.len() as u64);
             }
         }
     }
+    drop(bar);
     finish_file(data.finish()?, &a.out)?;
     summary(
         &a.out,

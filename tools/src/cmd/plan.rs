@@ -82,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ctx: a.ctx,
         threads,
         ..EngineOptions::default()
-    });
+    })?;
     let (plan, batch) = flashstream::engine::plan(&gguf, &config, &opts)?;
     // The minimum: the same request with a budget of one byte.
     let minimum = {

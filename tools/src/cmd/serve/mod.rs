@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{bail, Context};
 
 use super::common::{chat_template, tokenizer, ModelArgs};
-use super::engine::describe_plan;
+use super::engine::{describe_plan, MemArgs};
 use flashstream::formats::ModelConfig;
 use flashstream::runtime::chat::ChatTemplate;
 use flashstream::runtime::model::ModelOptions;
@@ -122,7 +122,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         count_tokenizer: false,
         sequences: a.parallel,
         ..EngineOptions::default()
-    });
+    })?;
+    let mem = a.model.mem.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(a.queue);
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
@@ -163,7 +164,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let model_path = path.clone();
     std::thread::Builder::new()
         .name("model".into())
-        .spawn(move || match Engine::load(gguf, &opts) {
+        .spawn(move || match load(gguf, &opts, &mem) {
             Ok(engine) => {
                 eprintln!(
                     "[{}; {parallel} sequences of {} positions]",
@@ -174,13 +175,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 scheduler::run(&engine, &tok, parallel, rx, &metrics);
             }
             Err(e) => {
-                let mut msg = format!("error: cannot run {}: {e}", model_path.display());
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                eprintln!("{msg}");
+                eprintln!("error: cannot run {}: {e:#}", model_path.display());
                 std::process::exit(1);
             }
         })
@@ -195,4 +190,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     })
     .context("serving")?;
     Ok(())
+}
+
+/// Loads the model with a progress bar, then starts `--mem auto`.
+fn load(
+    gguf: flashstream::formats::GgufModel,
+    opts: &EngineOptions,
+    mem: &MemArgs,
+) -> anyhow::Result<Engine> {
+    let (opts, bar) = crate::progress::loading(opts.clone());
+    let engine = Engine::load(gguf, &opts)?;
+    drop(bar);
+    mem.start(&engine)?;
+    Ok(engine)
 }
