@@ -119,7 +119,7 @@ fn set_budget_from_another_thread_while_generating() {
         sc.spawn(|| {
             let mut i = 0u64;
             while !done.load(Ordering::Relaxed) {
-                let b = if i % 2 == 0 {
+                let b = if i.is_multiple_of(2) {
                     min
                 } else {
                     min + (i % 7) * (1 << 20)
