@@ -18,7 +18,7 @@ use flashstream::runtime::kernels::testutil::{random_activations, random_weights
 use flashstream::runtime::kernels::{dot_kernel, AlignedBuf, Isa};
 use flashstream::runtime::pool::WorkerPool;
 
-const TYPES: [GgmlType; 15] = [
+const TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -33,6 +33,7 @@ const TYPES: [GgmlType; 15] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
+    GgmlType::MXFP4,
     GgmlType::IQ4_XS,
 ];
 

@@ -32,6 +32,7 @@ use crate::formats::{FormatError, GgufModel, ModelConfig};
 use crate::loader::{open_backend, BackendOptions, IoKind, LoaderError};
 use crate::runtime::chat::ChatTemplate;
 use crate::runtime::memory::{metadata_heap_bytes, runtime_needs, NeedsOptions};
+use crate::runtime::model::multi::multi_pass_extra_bytes;
 use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
@@ -94,6 +95,9 @@ pub struct EngineOptions {
     pub count_tokenizer: bool,
     /// Expert-cache eviction policy (MoE models).
     pub expert_policy: ExpertPolicy,
+    /// Sequences decoded together in shared passes (a server's `--parallel`): the plan counts
+    /// this many KV caches of the context length, and their pass scratch and logits.
+    pub sequences: usize,
     /// Told how reading the pinned weights goes; returning false cancels the load
     /// ([`SchedulerError::Cancelled`]).
     pub progress: Option<LoadProgress>,
@@ -124,6 +128,7 @@ impl Default for EngineOptions {
             extra_bytes: 0,
             count_tokenizer: true,
             expert_policy: ExpertPolicy::default(),
+            sequences: 1,
             progress: None,
         }
     }
@@ -221,6 +226,14 @@ fn needs_for(
         "parsed metadata and tensor table".into(),
         metadata_heap_bytes(&gguf.metadata) + gguf.tensors.len() as u64 * 256,
     ));
+    if opts.sequences > 1 {
+        let n = opts.sequences as u64;
+        needs.kv_bytes_per_pos = needs.kv_bytes_per_pos.saturating_mul(n);
+        needs.fixed.push((
+            format!("shared-pass scratch and logits of {n} sequences"),
+            multi_pass_extra_bytes(config, batch) + n * config.n_vocab as u64 * 4 * 2,
+        ));
+    }
     if opts.extra_bytes + tokenizer_bytes > 0 {
         needs
             .fixed

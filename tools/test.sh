@@ -27,10 +27,14 @@ if ! tools/fetch-models.sh; then
   echo "warning: real models unavailable; tests that need them will say they were skipped" >&2
 fi
 
+[ $quick = 1 ] || { step "tokenizer zoo vocab files"; bash ci/zoo.sh; }
+
 step "cargo test (x86-64)"
 cargo test --workspace --locked
 
 if [ $quick = 0 ]; then
   step "aarch64 (qemu) and iOS"
   bash ci/aarch64.sh
+  step "serve: openai client, load test in a memory cgroup, chat page in chromium"
+  bash ci/serve.sh
 fi

@@ -132,6 +132,11 @@ block!(
     /// IQ4_XS: 8 sub-blocks of 32 of IQ4_NL indices with 6-bit scales (`scales_h` is a
     /// little-endian u16 of the high 2 bits).
     BlockIQ4XS, GgmlType::IQ4_XS, 136, { d: F16Le, scales_h: [u8; 2], scales_l: [u8; QK_K / 64], qs: [u8; QK_K / 2] });
+block!(
+    /// MXFP4 (OCP microscaling FP4): `w = e8m0_to_f32_half(e) * MXFP4_VALUES[q]`, one shared
+    /// E8M0 exponent byte, then 4-bit E2M1 codes with nibbles ordered as Q4_0 (low nibbles
+    /// are weights 0..16, high nibbles 16..32). See [`e8m0_to_f32_half`] and [`MXFP4_VALUES`].
+    BlockMXFP4, GgmlType::MXFP4, 17, { e: u8, qs: [u8; QK / 2] });
 
 /// Q8_K: the activation type paired with the K-quants: f32 scale, 256 quants and the sums of
 /// each group of 16 quants. Built by the runtime, naturally aligned.
@@ -165,6 +170,25 @@ pub fn as_blocks<B: QuantBlock>(bytes: &[u8]) -> Result<&[B], FormatError> {
 pub const IQ4NL_VALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
+
+/// The 16 E2M1 (FP4) values, doubled so they are integers (ggml's `kvalues_mxfp4`): code `q`
+/// (sign bit 3, exponent bits 2..1, mantissa bit 0) stands for `MXFP4_VALUES[q] / 2`. The
+/// halving is folded into the block scale, [`e8m0_to_f32_half`].
+pub const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// Half the value of an E8M0 scale byte, `2^(e - 127) / 2 = 2^(e - 128)`, as ggml's
+/// `ggml_e8m0_to_fp32_half` (and gguf-py's `MXFP4.e8m0_to_fp32_half`) compute it: `e` 0 and 1
+/// give the subnormals 2^-128 and 2^-127, every other byte the normal float with exponent
+/// field `e - 1`; 255 (NaN in the OCP spec) is read as 2^127, as ggml does.
+#[inline(always)]
+pub const fn e8m0_to_f32_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
+    f32::from_bits(bits)
+}
 
 /// Unpacks the 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block.
 #[inline(always)]
@@ -205,6 +229,19 @@ mod tests {
         let b: &[BlockQ4_0] = as_blocks(&buf[1..]).unwrap();
         assert_eq!(b.len(), 3);
         assert!(as_blocks::<BlockQ4_0>(&buf[..20]).is_err());
+    }
+
+    #[test]
+    fn e8m0_half_is_a_power_of_two_halved() {
+        assert_eq!(e8m0_to_f32_half(127), 0.5);
+        assert_eq!(e8m0_to_f32_half(128), 1.0);
+        assert_eq!(e8m0_to_f32_half(2), 2f32.powi(-126));
+        assert_eq!(e8m0_to_f32_half(1), 2f32.powi(-127));
+        assert_eq!(e8m0_to_f32_half(0), 2f32.powi(-128));
+        assert_eq!(e8m0_to_f32_half(255), 2f32.powi(127));
+        for e in 2..=255u8 {
+            assert_eq!(e8m0_to_f32_half(e), 2f32.powi(e as i32 - 128), "e = {e}");
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub enum GgmlType {
     TQ1_0,
     /// ternary, 2.0625 bits per weight.
     TQ2_0,
-    /// microscaling FP4.
+    /// 32 weights: E8M0 shared exponent, 4-bit E2M1 (FP4) values (OCP microscaling FP4).
     MXFP4,
 }
 
@@ -310,6 +310,7 @@ impl GgmlType {
                 | GgmlType::Q6_K
                 | GgmlType::IQ4_NL
                 | GgmlType::IQ4_XS
+                | GgmlType::MXFP4
         )
     }
 
@@ -317,7 +318,11 @@ impl GgmlType {
     /// (llama.cpp's `vec_dot_type`).
     pub const fn vec_dot_type(self) -> GgmlType {
         match self {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => GgmlType::Q8_0,
+            GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::IQ4_NL
+            | GgmlType::MXFP4 => GgmlType::Q8_0,
             GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
             GgmlType::Q2_K
             | GgmlType::Q3_K

@@ -11,8 +11,10 @@ pub mod config;
 mod error;
 mod ggml_type;
 pub mod gguf;
+pub mod tensor_names;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{FormatError, Result};
 pub use ggml_type::GgmlType;
 pub use gguf::{Array, GgufModel, Metadata, TensorInfo, Value, ValueType};
+pub use tensor_names::{arch_tensors, ArchTensors, TensorRole};

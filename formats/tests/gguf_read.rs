@@ -81,7 +81,7 @@ const FACTS: [Facts; 6] = [
 
 #[test]
 fn test_models_parse_with_known_facts() {
-    assert_eq!(test_models().len(), FACTS.len());
+    assert!(test_models().len() >= FACTS.len());
     for f in &FACTS {
         let path = testdata_models().join(f.file);
         let m = GgufModel::open(&path).unwrap_or_else(|e| panic!("{}: {e}", f.file));

@@ -23,6 +23,7 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use crate::constraint::{ConstraintError, LogitsConstraint};
 use crate::model::{LogitsWanted, RuntimeError, Session};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
@@ -40,6 +41,9 @@ pub enum GenerateError {
     /// The prompt could not be tokenized.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The output constraint failed (see [`generate_constrained`]).
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
     /// The prompt is empty.
     #[error("the prompt is empty: give at least one token")]
     EmptyPrompt,
@@ -83,7 +87,7 @@ impl Default for GenerateOptions {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// An end-of-generation token was sampled.
+    /// An end-of-generation token was sampled, or the output constraint is complete.
     EndOfGeneration,
     /// A stop string appeared in the text.
     StopString,
@@ -156,13 +160,13 @@ pub struct Generation {
 
 /// Holds back text that could still turn into a stop string.
 #[derive(Debug)]
-struct StopFilter {
+pub(crate) struct StopFilter {
     stops: Vec<String>,
     pending: String,
 }
 
 impl StopFilter {
-    fn new(stops: &[String]) -> Self {
+    pub(crate) fn new(stops: &[String]) -> Self {
         StopFilter {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             pending: String::new(),
@@ -171,7 +175,7 @@ impl StopFilter {
 
     /// Adds `text`; returns what can be released and whether a stop string was found (then
     /// the released text ends right before it).
-    fn push(&mut self, text: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
         if let Some(at) = self
             .stops
@@ -198,7 +202,7 @@ impl StopFilter {
         (out, false)
     }
 
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 }
@@ -219,6 +223,25 @@ pub fn generate<F>(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     opts: &GenerateOptions,
+    on_token: F,
+) -> Result<Generation, GenerateError>
+where
+    F: FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+{
+    generate_constrained(session, tokenizer, prompt, opts, None, on_token)
+}
+
+/// [`generate`] with an optional output constraint: before each token is sampled the
+/// constraint masks the logits, the sampled token is passed to its
+/// [`accept`](LogitsConstraint::accept), and generation ends
+/// ([`StopReason::EndOfGeneration`]) once it is [`finished`](LogitsConstraint::finished).
+/// Its time counts in `decode_s`; the constraint keeps its own statistics.
+pub fn generate_constrained<F>(
+    session: &mut Session<'_>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut constraint: Option<&mut dyn LogitsConstraint>,
     mut on_token: F,
 ) -> Result<Generation, GenerateError>
 where
@@ -249,6 +272,9 @@ where
     let mut first_at = start;
     let mut reason = StopReason::MaxTokens;
     while tokens.len() < opts.max_tokens {
+        if let Some(c) = constraint.as_deref_mut() {
+            c.apply(&mut logits)?;
+        }
         let tok = sampler.sample(&logits, &history)?;
         if tokens.is_empty() {
             first_at = Instant::now();
@@ -257,11 +283,23 @@ where
         tokens.push(tok);
         history.push(tok);
         let eog = opts.stop_at_eog && tokenizer.is_eog(tok);
-        let piece = if eog {
+        // The constraint is complete: this token ends the output like an end-of-generation one.
+        let complete = match constraint.as_deref_mut() {
+            Some(c) => {
+                c.accept(tok)?;
+                c.finished()
+            }
+            None => false,
+        };
+        let mut piece = if eog {
             decoder.flush().unwrap_or_default()
         } else {
             decoder.push(tok).unwrap_or_default()
         };
+        if complete && !eog {
+            piece.push_str(&decoder.flush().unwrap_or_default());
+        }
+        let eog = eog || complete;
         let (mut out, stopped) = filter.push(&piece);
         if eog && !stopped {
             out.push_str(&filter.finish());

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod constraint;
 pub mod generate;
 pub mod kernels;
 pub mod memory;
@@ -13,4 +14,6 @@ pub mod model;
 pub mod ops;
 pub mod pool;
 pub mod sampler;
+pub mod sequence;
 pub mod tokenizer;
+pub mod yarn;

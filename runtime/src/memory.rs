@@ -31,9 +31,11 @@ impl Default for NeedsOptions {
     }
 }
 
-/// Bytes per KV-cache position (f16 keys and values of every layer).
+/// Bytes per KV-cache position (f16 keys and values of every layer). With MLA one row of
+/// `kv_lora_rank + rope dims` per layer (the latent, which is also the value, and the rope
+/// key), as llama.cpp caches it.
 pub fn kv_bytes_per_position(c: &ModelConfig) -> u64 {
-    c.n_layer as u64 * c.n_head_kv as u64 * (c.head_dim_k + c.head_dim_v) as u64 * 2
+    c.n_layer as u64 * c.n_head_kv as u64 * c.kv_values_per_head() as u64 * 2
 }
 
 /// Bytes one quantized activation row of length `k` takes, for the worst paired type.
@@ -76,7 +78,22 @@ pub fn runtime_needs(c: &ModelConfig, o: &NeedsOptions) -> RuntimeNeeds {
     // f32 activations alive at once: the residual stream and norms (x, cur, tmp, out), the
     // attention projections and output, or the FFN's gate, up and down (plus, for MoE, the
     // gathered rows of one expert, its outputs and the routed sum), router logits.
-    let attn_f32 = q + kdim + vdim + attn;
+    let attn_f32 = match c.mla {
+        None => q + kdim + vdim + attn,
+        // MLA (`model/mla.rs`): q_b's output, [latent | k_pe] rows, the absorbed queries
+        // (a cache row per head), the heads' latent outputs, the heads' values after
+        // attn_v_b, and one head's gathered rows and product.
+        Some(mla) => {
+            let h = c.n_head as u64;
+            let lora = mla.kv_lora_rank as u64;
+            h * mla.head_dim_qk as u64
+                + kdim
+                + h * kdim
+                + h * lora
+                + h * mla.head_dim_v as u64
+                + 2 * (lora + mla.q_lora_rank.unwrap_or(0) as u64 + mla.head_dim_qk as u64)
+        }
+    };
     let ffn_f32 = 2 * ff
         + e
         + if n_expert > 0 {

@@ -103,6 +103,16 @@ pub fn geglu_f16_table(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// gpt-oss's clamped SwiGLU as ggml's `swiglu_oai`: `gate[i] = x·σ(alpha·x)·(y + 1)` with
+/// `x = min(gate[i], limit)`, `y = clamp(up[i], -limit, limit)`.
+pub fn swiglu_oai(gate: &mut [f32], up: &[f32], alpha: f32, limit: f32) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = g.min(limit);
+        let y = u.clamp(-limit, limit);
+        *g = x / (1.0 + (alpha * -x).exp()) * (y + 1.0);
+    }
+}
+
 /// `y += x`.
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
     for (a, &b) in y.iter_mut().zip(x) {
@@ -224,6 +234,19 @@ mod tests {
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
         assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
         assert_eq!(silu(0.0), 0.0);
+    }
+
+    /// The clamps: the gate only from above, the up projection on both sides.
+    #[test]
+    fn swiglu_oai_clamps() {
+        let mut g = [10.0f32, -10.0, 1.0, 0.0];
+        let u = [20.0f32, 0.0, -20.0, 5.0];
+        swiglu_oai(&mut g, &u, 1.702, 7.0);
+        let act = |x: f32| x / (1.0 + (-1.702 * x).exp());
+        assert_eq!(g[0], act(7.0) * 8.0);
+        assert_eq!(g[1], act(-10.0));
+        assert_eq!(g[2], act(1.0) * -6.0);
+        assert_eq!(g[3], 0.0);
     }
 
     #[test]

@@ -148,6 +148,13 @@ impl Sampler {
                 );
             return Ok(best.0);
         }
+        // Masked tokens (`-inf`, e.g. from an output constraint) can never be drawn, not even
+        // by the rounding fallback below.
+        if cands.iter().any(|e| e.1 == f32::NEG_INFINITY)
+            && cands.iter().any(|e| e.1 != f32::NEG_INFINITY)
+        {
+            cands.retain(|e| e.1 != f32::NEG_INFINITY);
+        }
         // Sort descending by logit (ties: lower id first) so every filter is a prefix cut.
         // With top-k, only the k best are sorted (the order is total, so the result is the
         // same as sorting everything and cutting).
@@ -301,6 +308,32 @@ mod tests {
                 assert!(t == 0 || t == 1, "{t}");
             }
         }
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn() {
+        let mut l = vec![f32::NEG_INFINITY; 1000];
+        l[7] = -3.0;
+        l[900] = -3.5;
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut seen = [false; 2];
+        for _ in 0..500 {
+            match s.sample(&l, &[]).unwrap() {
+                7 => seen[0] = true,
+                900 => seen[1] = true,
+                t => panic!("masked token {t} drawn"),
+            }
+        }
+        assert_eq!(seen, [true, true]);
+        let mut g = Sampler::new(SamplerConfig::greedy()).unwrap();
+        assert_eq!(g.sample(&l, &[]).unwrap(), 7);
     }
 
     #[test]

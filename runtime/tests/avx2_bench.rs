@@ -16,13 +16,14 @@ use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
 use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
 
-const TYPES: [GgmlType; 15] = [
+const TYPES: [GgmlType; 16] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::IQ4_NL,
+    GgmlType::MXFP4,
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,

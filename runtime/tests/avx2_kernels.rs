@@ -22,7 +22,7 @@ use flashstream_runtime::kernels::testutil::{random_activations, random_weights,
 use flashstream_runtime::kernels::{avx2, dot_kernel, matvec, AlignedBuf, Isa};
 use proptest::prelude::*;
 
-const WEIGHT_TYPES: [GgmlType; 15] = [
+const WEIGHT_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -32,6 +32,7 @@ const WEIGHT_TYPES: [GgmlType; 15] = [
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::IQ4_NL,
+    GgmlType::MXFP4,
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,
@@ -166,6 +167,7 @@ fn a_changed_quant_changes_the_dot() {
         (GgmlType::Q4_K, 100),
         (GgmlType::Q6_K, 50),
         (GgmlType::Q3_K, 40),
+        (GgmlType::MXFP4, 9),
     ] {
         let n = 512;
         let mut w = random_weights(ty, n, 5);
@@ -368,7 +370,7 @@ fn four_row_dots_equal_one_row_dots_bit_for_bit() {
         }
     }
     assert_eq!(
-        covered, 9,
+        covered, 10,
         "the 32-weight block types, Q4_K, Q5_K and Q6_K have four-row kernels"
     );
 }
@@ -439,7 +441,7 @@ fn many_row_dots_equal_one_row_dots_bit_for_bit() {
         }
     }
     assert_eq!(
-        covered, 9,
+        covered, 10,
         "the types with four-row kernels have many-row ones"
     );
 }
@@ -588,7 +590,7 @@ fn many_weight_row_dots_equal_one_row_dots_bit_for_bit() {
         many(n, &w, &a.as_bytes()[1..], &mut out);
         assert!(out.iter().all(|v| v.is_nan()), "{ty}: short activations");
     }
-    assert_eq!(covered, 12, "every block type has a many-weight-row kernel");
+    assert_eq!(covered, 13, "every block type has a many-weight-row kernel");
 }
 
 #[test]
@@ -678,12 +680,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn prop_q4_0_q5_1_iq4_nl(blocks in 1usize..40, seed in any::<u64>(),
+    fn prop_q4_0_q5_1_iq4_nl_mxfp4(blocks in 1usize..40, seed in any::<u64>(),
                              x in prop::collection::vec(-50f32..50f32, 1..300)) {
         if Isa::Avx2.is_available() {
             prop_dot(GgmlType::Q4_0, blocks, seed, &x)?;
             prop_dot(GgmlType::Q5_1, blocks, seed, &x)?;
             prop_dot(GgmlType::IQ4_NL, blocks, seed, &x)?;
+            prop_dot(GgmlType::MXFP4, blocks, seed, &x)?;
         }
     }
 

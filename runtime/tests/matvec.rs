@@ -7,7 +7,7 @@ use flashstream_runtime::kernels::testutil::{random_activations, random_weights}
 use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
 use flashstream_runtime::pool::WorkerPool;
 
-const TYPES: [GgmlType; 15] = [
+const TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -22,6 +22,7 @@ const TYPES: [GgmlType; 15] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
+    GgmlType::MXFP4,
     GgmlType::IQ4_XS,
 ];
 

@@ -29,13 +29,14 @@ use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
 use flashstream_runtime::kernels::{dot_kernel, neon, scalar, AlignedBuf, Isa};
 
-const INT_TYPES: [GgmlType; 12] = [
+const INT_TYPES: [GgmlType; 13] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::IQ4_NL,
+    GgmlType::MXFP4,
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q4_K,
@@ -283,15 +284,21 @@ fn scale_fields(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q2_K => &[80, 82],
         GgmlType::Q3_K => &[108],
         GgmlType::Q6_K => &[208],
+        // The E8M0 exponent byte is a power of two by construction (set in `pow2_weights`).
+        GgmlType::MXFP4 => &[],
         _ => unreachable!("{ty}"),
     }
 }
 
-/// Weights of `ty` with random quants and power-of-two scales (`d = ±1/16`, `m = 1/16`).
+/// Weights of `ty` with random quants and power-of-two scales (`d = ±1/16`, `m = 1/16`;
+/// MXFP4: half scales 2^-2 ..= 2^0).
 fn pow2_weights(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
     let mut w = random_weights(ty, n, seed);
     let mut rng = Rng::new(seed ^ 0x55);
     for block in w.chunks_mut(ty.block_bytes()) {
+        if ty == GgmlType::MXFP4 {
+            block[0] = 126 + (rng.next_u64() % 3) as u8;
+        }
         for (k, &off) in scale_fields(ty).iter().enumerate() {
             let v = if k == 0 && rng.next_u64() & 1 == 1 {
                 -0.0625

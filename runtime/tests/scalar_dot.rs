@@ -21,7 +21,7 @@ use flashstream_runtime::kernels::scalar::{
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
 use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa, KernelError};
 
-const WEIGHT_TYPES: [GgmlType; 15] = [
+const WEIGHT_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -37,6 +37,7 @@ const WEIGHT_TYPES: [GgmlType; 15] = [
     GgmlType::Q6_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 
 const DOT_REL_TOL: f64 = 1e-6;

@@ -6,11 +6,18 @@
 //! `blk.N.ffn_{gate,up,down}.E.weight` tensors) is another. The output head (`output.weight`)
 //! is one unit; the token embedding is its own unit, from which single rows can also be read;
 //! every other tensor outside the layers (`output_norm`, `rope_freqs`, ...) is small, used at
-//! any time, and lives in the [`UnitId::Globals`] unit, which is always resident.
+//! any time, and lives in the [`UnitId::Globals`] unit, which is always resident. Tensor names
+//! and which roles are sliced per expert come from [`flashstream_formats::tensor_names`].
+//!
+//! NextN / multi-token-prediction layers after the trunk (GLM-4.5, DeepSeek-V3:
+//! `nextn_predict_layers`, see [`first_nextn_layer`]) are not run, so their tensors are in no
+//! unit: never read, never counted.
 
 use std::collections::HashMap;
 
-use flashstream_formats::{GgmlType, GgufModel};
+use flashstream_formats::config::first_nextn_layer;
+use flashstream_formats::tensor_names::{is_fused_expert, parse_per_expert};
+use flashstream_formats::{GgmlType, GgufModel, TensorRole};
 
 use crate::SchedulerError;
 
@@ -81,18 +88,6 @@ pub struct UnitTable {
     n_expert: usize,
 }
 
-/// `blk.N.ffn_{gate,up,down}.E.weight` → (layer, expert).
-fn per_expert(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let rest = ["ffn_gate.", "ffn_up.", "ffn_down."]
-        .iter()
-        .find_map(|p| rest.strip_prefix(p))?;
-    let (expert, rest) = rest.split_once('.')?;
-    (rest == "weight").then_some(())?;
-    Some((layer.parse().ok()?, expert.parse().ok()?))
-}
-
 /// Most experts per layer a model may have. Real models have at most a few hundred; without a
 /// cap, a hostile tensor table declaring a fused expert tensor of millions of tiny experts
 /// would make millions of units.
@@ -115,10 +110,6 @@ fn expert_count(name: &str, n: u64) -> Result<usize, SchedulerError> {
     }
 }
 
-fn is_fused_experts(name: &str) -> bool {
-    name.contains("_exps.")
-}
-
 impl UnitTable {
     /// Groups the tensors of `model` into units.
     pub fn from_model(model: &GgufModel) -> Result<Self, SchedulerError> {
@@ -126,6 +117,9 @@ impl UnitTable {
         let mut index: HashMap<UnitId, usize> = HashMap::new();
         let mut n_layer = 0;
         let mut n_expert = 0;
+        let embd_name = TensorRole::TokenEmbd.global_name();
+        let head_name = TensorRole::Output.global_name();
+        let nextn_from = first_nextn_layer(&model.metadata);
         let mut push = |id: UnitId, part: Part, units: &mut Vec<Unit>| {
             let i = *index.entry(id).or_insert_with(|| {
                 units.push(Unit {
@@ -146,17 +140,20 @@ impl UnitTable {
                 len: t.n_bytes,
             };
             match t.layer() {
-                None if t.name == "token_embd.weight" => push(UnitId::Embedding, whole, &mut units),
-                None if t.name == "output.weight" => push(UnitId::Head, whole, &mut units),
+                None if t.name == embd_name => push(UnitId::Embedding, whole, &mut units),
+                None if t.name == head_name => push(UnitId::Head, whole, &mut units),
                 None => push(UnitId::Globals, whole, &mut units),
+                Some(layer) if nextn_from.is_some_and(|f| layer >= f) => {}
                 Some(layer) => {
                     n_layer = n_layer.max(index_end(&t.name, "layer", layer)?);
-                    if let Some((_, expert)) = per_expert(&t.name) {
+                    if let Some(expert) = parse_per_expert(&t.name).map(|p| p.expert) {
                         let end = index_end(&t.name, "expert", expert)?;
                         n_expert = n_expert.max(expert_count(&t.name, end as u64)?);
                         push(UnitId::Expert { layer, expert }, whole, &mut units);
-                    } else if is_fused_experts(&t.name) && t.shape.len() == 3 {
-                        let n = t.shape[2];
+                    } else if is_fused_expert(&t.name, layer) && t.shape.len() >= 2 {
+                        // Weights `[k, rows, n_expert]`, biases `[rows, n_expert]`: the last
+                        // dimension counts the experts.
+                        let n = t.shape[t.shape.len() - 1];
                         if n == 0 || t.n_bytes % n != 0 {
                             return Err(SchedulerError::BadModel(format!(
                                 "{}: {} bytes do not split into {n} experts",
@@ -172,7 +169,7 @@ impl UnitTable {
                                     expert: e as usize,
                                 },
                                 Part {
-                                    shape: t.shape[..2].to_vec(),
+                                    shape: t.shape[..t.shape.len() - 1].to_vec(),
                                     offset: t.offset + e * each,
                                     len: each,
                                     ..whole.clone()
@@ -234,7 +231,7 @@ impl UnitTable {
 #[cfg(test)]
 mod tests {
     use flashstream_formats::gguf::GgufWriter;
-    use flashstream_formats::GgmlType;
+    use flashstream_formats::{GgmlType, Value};
 
     use super::*;
 
@@ -268,6 +265,63 @@ mod tests {
         let name = format!("blk.{}.ffn_up.{}.weight", max - 1, MAX_EXPERTS - 1);
         let t = UnitTable::from_model(&model_with(&name, &[1])).unwrap();
         assert_eq!((t.n_layer(), t.n_expert()), (max, MAX_EXPERTS));
+    }
+
+    /// The NextN / MTP layers after the trunk (GLM-4.5's `nextn_predict_layers`) are in no
+    /// unit: not read, not streamed, not counted in the plan.
+    #[test]
+    fn nextn_layers_are_skipped() {
+        let build = |nextn: Option<u32>| {
+            let mut w = GgufWriter::new();
+            w.set("general.architecture", Value::String("glm4moe".into()))
+                .unwrap();
+            w.set("glm4moe.block_count", Value::U32(3)).unwrap();
+            if let Some(n) = nextn {
+                w.set("glm4moe.nextn_predict_layers", Value::U32(n))
+                    .unwrap();
+            }
+            let names = [
+                "blk.0.attn_q.weight",
+                "blk.1.ffn_up_exps.weight",
+                "blk.2.attn_q.weight",
+                "blk.2.ffn_up_exps.weight",
+                "blk.2.nextn.eh_proj.weight",
+                "output_norm.weight",
+            ];
+            let mut data = Vec::new();
+            for n in names {
+                let shape: &[u64] = if n.contains("exps") { &[4, 1, 2] } else { &[4] };
+                w.add_tensor(n, GgmlType::F32, shape).unwrap();
+                data.push(vec![0u8; 4 * shape.iter().product::<u64>() as usize]);
+            }
+            let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+            let m = GgufModel::from_bytes(&w.to_bytes(&refs).unwrap()).unwrap();
+            UnitTable::from_model(&m).unwrap()
+        };
+        let all = build(None);
+        assert_eq!(all.n_layer(), 3);
+        assert!(all.get(UnitId::Layer(2)).is_some());
+        let trunk = build(Some(1));
+        assert_eq!((trunk.n_layer(), trunk.n_expert()), (2, 2));
+        assert!(trunk.get(UnitId::Layer(2)).is_none());
+        assert!(trunk
+            .get(UnitId::Expert {
+                layer: 2,
+                expert: 0
+            })
+            .is_none());
+        assert!(trunk
+            .get(UnitId::Expert {
+                layer: 1,
+                expert: 1
+            })
+            .is_some());
+        assert!(trunk.get(UnitId::Globals).is_some());
+        assert!(trunk
+            .iter()
+            .all(|u| u.parts.iter().all(|p| !p.name.starts_with("blk.2."))));
+        let skipped = 4 * (4 + 8 + 4) as u64;
+        assert_eq!(trunk.total_bytes() + skipped, all.total_bytes());
     }
 
     /// Found by the `gguf_struct` fuzz target: a fused expert tensor of 2^20 one-element

@@ -65,11 +65,12 @@ fn same_unit(a: &dyn WeightSource, b: &dyn WeightSource, id: UnitId) {
     }
 }
 
-const MODELS: [&str; 4] = [
+const MODELS: [&str; 5] = [
     "rand-llama-q8_0.gguf",
     "rand-qwen3-q5km.gguf",
     "rand-qwen3moe-q4km.gguf",
     "rand-qwen2moe-q2k.gguf",
+    "rand-glm4moe-q5k.gguf",
 ];
 
 #[test]

@@ -33,10 +33,14 @@ enum Command {
     Mkmodel(cmd::mkmodel::Args),
     /// Token ids of a text, by the model's own tokenizer.
     Tokenize(cmd::tokenize::Args),
+    /// Render a chat template (a .jinja file or a GGUF's) with a JSON context.
+    Template(cmd::template::Args),
     /// Generate text from a prompt (streamed to stdout).
     Run(cmd::run::Args),
     /// An interactive conversation with the model's chat template.
     Chat(cmd::chat::Args),
+    /// An OpenAI-compatible HTTP server; concurrent requests share each weight pass.
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -79,8 +83,10 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Template(a) => cmd::template::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

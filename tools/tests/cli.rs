@@ -267,6 +267,9 @@ fn logits_json_matches_random_goldens() {
         "generate.rand-qwen3-q5km.jsonl",
         "generate.rand-qwen3moe-q4km.jsonl",
         "generate.rand-qwen2moe-q2k.jsonl",
+        "generate.rand-deepseek2-q4k.jsonl",
+        "generate.rand-gptoss-mxfp4.jsonl",
+        "generate.rand-glm4moe-q5k.jsonl",
     ] {
         for c in golden(file) {
             let m = root()

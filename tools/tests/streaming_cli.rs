@@ -179,6 +179,8 @@ fn moe_goldens_hold_when_experts_stream() {
             "rand-qwen3moe-q4km.gguf",
         ),
         ("generate.rand-qwen2moe-q2k.jsonl", "rand-qwen2moe-q2k.gguf"),
+        ("generate.rand-gptoss-mxfp4.jsonl", "rand-gptoss-mxfp4.gguf"),
+        ("generate.rand-glm4moe-q5k.jsonl", "rand-glm4moe-q5k.gguf"),
     ] {
         let m = root().join("testdata/models").join(model);
         let m = m.to_str().unwrap();

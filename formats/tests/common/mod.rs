@@ -20,10 +20,9 @@ pub fn test_models() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
         .collect();
     v.sort();
-    assert_eq!(
-        v.len(),
-        6,
-        "expected the 6 rand-*.gguf test models, found {v:?}"
+    assert!(
+        v.len() >= 6,
+        "expected at least the 6 original rand-*.gguf test models, found {v:?}"
     );
     v
 }

@@ -62,6 +62,7 @@ pub fn dot_fn(ty: GgmlType) -> Option<DotFn> {
         GgmlType::Q5_1 => w_q5_1,
         GgmlType::Q8_0 => w_q8_0,
         GgmlType::IQ4_NL => w_iq4_nl,
+        GgmlType::MXFP4 => mxfp4::w_mxfp4,
         GgmlType::Q2_K => w_q2_k,
         GgmlType::Q3_K => w_q3_k,
         GgmlType::Q4_K => w_q4_k,
@@ -89,6 +90,7 @@ pub fn dot4_fn(ty: GgmlType) -> Option<Dot4Fn> {
         GgmlType::Q5_1 => w4_q5_1,
         GgmlType::Q8_0 => w4_q8_0,
         GgmlType::IQ4_NL => w4_iq4_nl,
+        GgmlType::MXFP4 => mxfp4::w4_mxfp4,
         GgmlType::Q4_K => w4_q4_k,
         GgmlType::Q5_K => w4_q5_k,
         GgmlType::Q6_K => w4_q6_k,
@@ -114,6 +116,7 @@ pub fn dot_rows_fn(ty: GgmlType) -> Option<DotRowsFn> {
         GgmlType::Q5_1 => r_q5_1,
         GgmlType::Q8_0 => r_q8_0,
         GgmlType::IQ4_NL => r_iq4_nl,
+        GgmlType::MXFP4 => mxfp4::r_mxfp4,
         GgmlType::Q4_K => r_q4_k,
         GgmlType::Q5_K => r_q5_k,
         GgmlType::Q6_K => r_q6_k,
@@ -143,6 +146,7 @@ pub fn dot_many_fn(ty: GgmlType) -> Option<DotManyFn> {
         GgmlType::Q5_1 => m_q5_1,
         GgmlType::Q8_0 => m_q8_0,
         GgmlType::IQ4_NL => m_iq4_nl,
+        GgmlType::MXFP4 => mxfp4::m_mxfp4,
         GgmlType::Q2_K => m_q2_k,
         GgmlType::Q3_K => m_q3_k,
         GgmlType::Q4_K => m_q4_k,
@@ -2015,4 +2019,5 @@ pub unsafe fn quantize_row_bf16(x: &[f32], out: *mut u8) {
     }
 }
 
+pub mod mxfp4;
 pub mod tile;

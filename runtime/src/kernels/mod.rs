@@ -24,7 +24,7 @@ pub mod testutil;
 #[non_exhaustive]
 pub enum KernelError {
     /// No kernel exists for this type.
-    #[error("tensor type {0} is not supported for computation (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)")]
+    #[error("tensor type {0} is not supported for computation (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4)")]
     UnsupportedType(GgmlType),
     /// The requested instruction set is not available on this CPU.
     #[error("instruction set {0:?} is not available on this CPU")]

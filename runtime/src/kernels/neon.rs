@@ -30,9 +30,9 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use flashstream_formats::blocks::{
-    as_blocks, k_scale_min, q3k_scales, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K,
-    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
-    F16Le, QuantBlock, IQ4NL_VALUES, QK, QK_K,
+    as_blocks, e8m0_to_f32_half, k_scale_min, q3k_scales, BlockIQ4NL, BlockIQ4XS, BlockMXFP4,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le, QuantBlock, IQ4NL_VALUES, MXFP4_VALUES, QK, QK_K,
 };
 use flashstream_formats::GgmlType;
 
@@ -67,6 +67,7 @@ pub fn dot_fn(ty: GgmlType, dotprod: bool) -> Option<DotFn> {
         GgmlType::Q5_1 => pick!(dot_q5_1),
         GgmlType::Q8_0 => pick!(dot_q8_0),
         GgmlType::IQ4_NL => pick!(dot_iq4_nl),
+        GgmlType::MXFP4 => pick!(dot_mxfp4),
         GgmlType::Q2_K => pick!(dot_q2_k),
         GgmlType::Q3_K => pick!(dot_q3_k),
         GgmlType::Q4_K => pick!(dot_q4_k),
@@ -346,6 +347,21 @@ unsafe fn iq4_nl_q8_0<D: I8Dot>(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
         let hi = vqtbl1q_s8(table, vshrq_n_u8::<4>(q));
         let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
         vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
+    })
+}
+
+/// MXFP4: the codes through the table of doubled E2M1 values (as IQ4_NL's), each block scaled
+/// by `dy · 2^(e - 128)` (ggml's halved E8M0 scale).
+#[inline(always)]
+unsafe fn mxfp4_q8_0<D: I8Dot>(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
+    let m4 = vdupq_n_u8(0x0f);
+    let table = vld1q_s8(MXFP4_VALUES.as_ptr());
+    two_acc!(x, y, |xb, yb, acc| {
+        let q = ld_u8(&xb.qs);
+        let lo = vqtbl1q_s8(table, vandq_u8(q, m4));
+        let hi = vqtbl1q_s8(table, vshrq_n_u8::<4>(q));
+        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
+        vfmaq_n_f32(acc, vcvtq_f32_s32(p), e8m0_to_f32_half(xb.e) * f16(yb.d))
     })
 }
 
@@ -646,6 +662,7 @@ int_dot!(dot_q5_0, Q5_0, q5_0_q8_0, BlockQ5_0, BlockQ8_0);
 int_dot!(dot_q5_1, Q5_1, q5_1_q8_1, BlockQ5_1, BlockQ8_1);
 int_dot!(dot_q8_0, Q8_0, q8_0_q8_0, BlockQ8_0, BlockQ8_0);
 int_dot!(dot_iq4_nl, IQ4_NL, iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
+int_dot!(dot_mxfp4, MXFP4, mxfp4_q8_0, BlockMXFP4, BlockQ8_0);
 int_dot!(dot_q2_k, Q2_K, q2_k_q8_k, BlockQ2K, BlockQ8K);
 int_dot!(dot_q3_k, Q3_K, q3_k_q8_k, BlockQ3K, BlockQ8K);
 int_dot!(dot_q4_k, Q4_K, q4_k_q8_k, BlockQ4K, BlockQ8K);

@@ -26,9 +26,9 @@ use std::borrow::Cow;
 
 use bytemuck::Pod;
 use flashstream_formats::blocks::{
-    k_scale_min, q3k_scales, Bf16Le, BlockIQ4NL, BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K,
-    BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
-    F16Le, IQ4NL_VALUES, QK, QK_K,
+    e8m0_to_f32_half, k_scale_min, q3k_scales, Bf16Le, BlockIQ4NL, BlockIQ4XS, BlockMXFP4,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le, IQ4NL_VALUES, MXFP4_VALUES, QK, QK_K,
 };
 use flashstream_formats::GgmlType;
 
@@ -308,6 +308,26 @@ pub fn vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
         for j in 0..QK / 2 {
             s1 += yb.qs[j] as i32 * IQ4NL_VALUES[(xb.qs[j] & 0x0f) as usize] as i32;
             s2 += yb.qs[j + QK / 2] as i32 * IQ4NL_VALUES[(xb.qs[j] >> 4) as usize] as i32;
+        }
+        sumf += d * (s1 + s2) as f32;
+    }
+    sumf
+}
+
+/// MXFP4 weights · Q8_0 activations, as ggml's `ggml_vec_dot_mxfp4_q8_0_generic`: per block
+/// `sumf += (dy*dx) * sumi` with `dx` the halved E8M0 scale and the doubled E2M1 values as
+/// integers. `NaN` if the slices differ in length.
+pub fn vec_dot_mxfp4_q8_0(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
+    if x.len() != y.len() {
+        return f32::NAN;
+    }
+    let mut sumf = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let d = yb.d.to_f32() * e8m0_to_f32_half(xb.e);
+        let (mut s1, mut s2) = (0i32, 0i32);
+        for j in 0..QK / 2 {
+            s1 += yb.qs[j] as i32 * MXFP4_VALUES[(xb.qs[j] & 0x0f) as usize] as i32;
+            s2 += yb.qs[j + QK / 2] as i32 * MXFP4_VALUES[(xb.qs[j] >> 4) as usize] as i32;
         }
         sumf += d * (s1 + s2) as f32;
     }
@@ -765,6 +785,16 @@ fn deq_iq4_nl(x: &[BlockIQ4NL], y: &mut [f32]) {
     }
 }
 
+fn deq_mxfp4(x: &[BlockMXFP4], y: &mut [f32]) {
+    for (b, out) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = e8m0_to_f32_half(b.e);
+        for j in 0..QK / 2 {
+            out[j] = MXFP4_VALUES[(b.qs[j] & 0x0f) as usize] as f32 * d;
+            out[j + QK / 2] = MXFP4_VALUES[(b.qs[j] >> 4) as usize] as f32 * d;
+        }
+    }
+}
+
 fn deq_iq4_xs(x: &[BlockIQ4XS], y: &mut [f32]) {
     for (b, out) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
         let d = b.d.to_f32();
@@ -837,7 +867,7 @@ fn check_row(ty: GgmlType, n: usize, bytes: usize, what: &str) -> Result<(), Ker
 /// with ggml's `dequantize_row_*`.
 ///
 /// Supports F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
-/// Q8_K, IQ4_NL and IQ4_XS; `src` may have any alignment.
+/// Q8_K, IQ4_NL, IQ4_XS and MXFP4; `src` may have any alignment.
 ///
 /// # Errors
 /// [`KernelError::BadLength`] if `dst.len()` is not a whole number of blocks or `src` is not
@@ -863,7 +893,8 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), K
         | GgmlType::Q6_K
         | GgmlType::Q8_K
         | GgmlType::IQ4_NL
-        | GgmlType::IQ4_XS => {}
+        | GgmlType::IQ4_XS
+        | GgmlType::MXFP4 => {}
         _ => return Err(KernelError::UnsupportedType(ty)),
     }
     check_row(ty, dst.len(), src.len(), "dequantize_row")?;
@@ -897,6 +928,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), K
         GgmlType::Q8_K => deq_q8_k_bytes(src, dst),
         GgmlType::IQ4_NL => deq_iq4_nl(&blocks(src)?, dst),
         GgmlType::IQ4_XS => deq_iq4_xs(&blocks(src)?, dst),
+        GgmlType::MXFP4 => deq_mxfp4(&blocks(src)?, dst),
         _ => return Err(KernelError::UnsupportedType(ty)),
     }
     Ok(())
@@ -998,6 +1030,7 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> Result<f32, Kernel
         GgmlType::Q6_K => dot_typed(ty, n, w, a, vec_dot_q6_k_q8_k),
         GgmlType::IQ4_NL => dot_typed(ty, n, w, a, vec_dot_iq4_nl_q8_0),
         GgmlType::IQ4_XS => dot_typed(ty, n, w, a, vec_dot_iq4_xs_q8_k),
+        GgmlType::MXFP4 => dot_typed(ty, n, w, a, vec_dot_mxfp4_q8_0),
         _ => Err(KernelError::UnsupportedType(ty)),
     }
 }
@@ -1018,7 +1051,7 @@ dot_wrappers!(
     dot_f32 => F32, dot_f16 => F16, dot_bf16 => BF16,
     dot_q4_0 => Q4_0, dot_q4_1 => Q4_1, dot_q5_0 => Q5_0, dot_q5_1 => Q5_1, dot_q8_0 => Q8_0,
     dot_q2_k => Q2_K, dot_q3_k => Q3_K, dot_q4_k => Q4_K, dot_q5_k => Q5_K, dot_q6_k => Q6_K,
-    dot_iq4_nl => IQ4_NL, dot_iq4_xs => IQ4_XS,
+    dot_iq4_nl => IQ4_NL, dot_iq4_xs => IQ4_XS, dot_mxfp4 => MXFP4,
 );
 
 macro_rules! quantize_wrappers {
@@ -1055,6 +1088,7 @@ pub fn dot_fn(ty: GgmlType) -> Option<DotFn> {
         GgmlType::Q6_K => dot_q6_k,
         GgmlType::IQ4_NL => dot_iq4_nl,
         GgmlType::IQ4_XS => dot_iq4_xs,
+        GgmlType::MXFP4 => dot_mxfp4,
         _ => return None,
     })
 }

@@ -92,6 +92,11 @@ pub fn random_weights(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
                     };
                     block[off..off + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
                 }
+                if ty == GgmlType::MXFP4 {
+                    // The E8M0 exponent byte: half scales 2^-12 ..= 2^4, as real MXFP4
+                    // tensors have (a random byte would reach 2^127 and overflow the dots).
+                    block[0] = 116 + (rng.next_u64() % 17) as u8;
+                }
             }
         }
     }

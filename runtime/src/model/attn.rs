@@ -79,10 +79,41 @@ pub fn attend_f16(
     q: &[f32],
     keys: &[f16],
     values: &[f16],
+    dims: (usize, usize, usize, usize),
+    n_kv: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    acc: &mut [f16],
+    out: &mut [f32],
+) {
+    attend_f16_sink(q, keys, values, dims, n_kv, scale, softcap, None, acc, out)
+}
+
+/// The softmax state `(max, sum)` of a row after its attention sink `s` joins it (one more
+/// logit in the maximum and the denominator, no value), as llama.cpp applies it after the
+/// last key: returns the factor the accumulated values are scaled by and the new sum.
+#[inline]
+fn join_sink(s: f32, m: f32, sum: f32) -> (f32, f32) {
+    let (ms, vs) = if s > m {
+        ((m - s).exp(), 1.0)
+    } else {
+        (1.0, (s - m).exp())
+    };
+    (ms, sum * ms + vs)
+}
+
+/// [`attend_f16`] with an optional attention sink (gpt-oss: one logit per head that joins the
+/// softmax's maximum and denominator but adds no value).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_f16_sink(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
     (dk, k_stride, dv, v_stride): (usize, usize, usize, usize),
     n_kv: usize,
     scale: f32,
     softcap: Option<f32>,
+    sink: Option<f32>,
     acc: &mut [f16],
     out: &mut [f32],
 ) {
@@ -105,9 +136,21 @@ pub fn attend_f16(
         fma_f16(&mut acc[..dv], vr, vs);
         sum = sum * ms + vs;
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, a) in out[..dv].iter_mut().zip(&acc[..dv]) {
-        *o = a.to_f32() * inv;
+        *o = a.to_f32();
+    }
+    if let Some(s) = sink {
+        let (ms, new_sum) = join_sink(s, m, sum);
+        if ms != 1.0 {
+            for o in out[..dv].iter_mut() {
+                *o *= ms;
+            }
+        }
+        sum = new_sum;
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for o in out[..dv].iter_mut() {
+        *o *= inv;
     }
 }
 
@@ -208,10 +251,11 @@ mod x86 {
         q: &[f32],
         p0: usize,
         cache: &super::TileCache<'_>,
+        sink: Option<f32>,
         scratch: &mut super::TileScratch,
         out: &mut [f32],
     ) {
-        super::attend_tile_body(q, p0, cache, scratch, out)
+        super::attend_tile_body(q, p0, cache, sink, scratch, out)
     }
 
     /// [`super::scale_f16`].
@@ -299,12 +343,25 @@ pub fn attend_tile(
     scratch: &mut TileScratch,
     out: &mut [f32],
 ) {
+    attend_tile_sink(q, p0, cache, None, scratch, out)
+}
+
+/// [`attend_tile`] with an optional attention sink (see [`attend_f16_sink`]), joined to each
+/// row after its last key tile.
+pub fn attend_tile_sink(
+    q: &[f32],
+    p0: usize,
+    cache: &TileCache<'_>,
+    sink: Option<f32>,
+    scratch: &mut TileScratch,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
-        return unsafe { x86::attend_tile(q, p0, cache, scratch, out) };
+        return unsafe { x86::attend_tile(q, p0, cache, sink, scratch, out) };
     }
-    attend_tile_body(q, p0, cache, scratch, out)
+    attend_tile_body(q, p0, cache, sink, scratch, out)
 }
 
 /// [`attend_tile`] without SIMD code generation (the reference the SIMD build is tested
@@ -316,7 +373,7 @@ pub fn attend_tile_portable(
     scratch: &mut TileScratch,
     out: &mut [f32],
 ) {
-    attend_tile_body(q, p0, cache, scratch, out)
+    attend_tile_body(q, p0, cache, None, scratch, out)
 }
 
 /// `e^x` in f32 to about one ulp, written so that loops over it vectorize (the same value
@@ -361,6 +418,7 @@ fn attend_tile_body(
     q: &[f32],
     p0: usize,
     c: &TileCache<'_>,
+    sink: Option<f32>,
     sc: &mut TileScratch,
     out: &mut [f32],
 ) {
@@ -479,6 +537,15 @@ fn attend_tile_body(
         j0 += TILE;
     }
     for (i, oi) in out.chunks_exact_mut(dv).enumerate() {
+        if let Some(s) = sink {
+            let (ms, sum) = join_sink(s, sc.m[i], sc.sum[i]);
+            if ms != 1.0 {
+                for o in oi.iter_mut() {
+                    *o *= ms;
+                }
+            }
+            sc.sum[i] = sum;
+        }
         let inv = if sc.sum[i] == 0.0 {
             0.0
         } else {

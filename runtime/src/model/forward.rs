@@ -10,17 +10,21 @@ use std::sync::atomic::Ordering;
 
 use half::f16;
 
-use flashstream_formats::config::{RopeScaling, RopeStyle};
-use flashstream_formats::{Architecture, GgmlType};
+use flashstream_formats::config::{Activation, RopeScaling, RopeStyle};
+use flashstream_formats::GgmlType;
 use flashstream_scheduler::{Lease, UnitId};
 
 use super::attn;
+#[path = "mla.rs"]
+mod mla;
 use super::kv::KvCache;
+use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::kernels::{dot_kernel, scalar, AlignedBuf};
 use crate::ops;
 use crate::pool::ChunkCounter;
+use crate::yarn::Yarn;
 
 /// Which positions' logits [`Session::eval`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,42 +35,45 @@ pub enum LogitsWanted {
     All,
 }
 
-/// Activations quantized for the last product, and the type they were quantized to (so the
-/// Q/K/V or gate/up products of one input share one quantization).
+/// Activations quantized for the last product, and the layout they were quantized to: the
+/// paired type and whether the rows carry the packed copy of the tile kernels (so the Q/K/V
+/// or gate/up products of one input share one quantization when their kernels read the same
+/// layout; a row's stride differs between the two, so a mismatch would misread every row but
+/// the first).
 #[derive(Default)]
-struct Quantized {
+pub(super) struct Quantized {
     buf: AlignedBuf,
-    ty: Option<GgmlType>,
+    ty: Option<(GgmlType, bool)>,
 }
 
 /// Scratch reused across layers, chunks and calls (sized by the largest batch seen).
 #[derive(Default)]
-struct Scratch {
-    xq: Quantized,
+pub(super) struct Scratch {
+    pub(super) xq: Quantized,
     /// Residual stream, `n × n_embd`.
-    x: Vec<f32>,
+    pub(super) x: Vec<f32>,
     /// Normed input of a block.
-    cur: Vec<f32>,
+    pub(super) cur: Vec<f32>,
     /// Block output before the residual add.
-    out: Vec<f32>,
-    tmp: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
-    router: Vec<f32>,
-    xe: Vec<f32>,
-    emb_bytes: Vec<u8>,
+    pub(super) out: Vec<f32>,
+    pub(super) tmp: Vec<f32>,
+    pub(super) q: Vec<f32>,
+    pub(super) k: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    pub(super) attn: Vec<f32>,
+    pub(super) gate: Vec<f32>,
+    pub(super) up: Vec<f32>,
+    pub(super) down: Vec<f32>,
+    pub(super) router: Vec<f32>,
+    pub(super) xe: Vec<f32>,
+    pub(super) emb_bytes: Vec<u8>,
 }
 
 /// A conversation with a model: a KV cache and scratch buffers.
 pub struct Session<'m> {
     model: &'m Model,
     kv: KvCache,
-    pos: usize,
+    pub(super) pos: usize,
     scratch: Scratch,
     /// MoE: the experts predicted for a layer (layer, sorted expert ids), until it routes.
     predicted: Option<(usize, Vec<usize>)>,
@@ -81,14 +88,14 @@ impl std::fmt::Debug for Session<'_> {
     }
 }
 
-fn f32s<'a>(lease: &'a Lease<'_>, w: &WeightRef) -> Result<&'a [f32], RuntimeError> {
+pub(super) fn f32s<'a>(lease: &'a Lease<'_>, w: &WeightRef) -> Result<&'a [f32], RuntimeError> {
     bytemuck::try_cast_slice(lease.part(w.part)).map_err(|_| RuntimeError::BadTensor {
         name: w.name.clone(),
         reason: "F32 data is not 4-byte aligned in memory".into(),
     })
 }
 
-fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+pub(super) fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -96,7 +103,7 @@ fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     }
 }
 
-fn add_bias(y: &mut [f32], b: &[f32]) {
+pub(super) fn add_bias(y: &mut [f32], b: &[f32]) {
     for row in y.chunks_exact_mut(b.len()) {
         ops::add_assign(row, b);
     }
@@ -106,7 +113,7 @@ fn add_bias(y: &mut [f32], b: &[f32]) {
 /// reused when `same_input` says `x` is the input of the previous call and the paired type
 /// is the same.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+pub(super) fn linear(
     m: &Model,
     xq: &mut Quantized,
     lease: &Lease<'_>,
@@ -127,9 +134,10 @@ fn linear(
             ),
         });
     }
-    if !(same_input && xq.ty == Some(kernel.act_type)) {
+    let layout = (kernel.act_type, kernel.packed_act);
+    if !(same_input && xq.ty == Some(layout)) {
         quantize_rows(&kernel, x, k, &mut xq.buf)?;
-        xq.ty = Some(kernel.act_type);
+        xq.ty = Some(layout);
     }
     out.resize(n * w.rows(), 0.0);
     matmul(&m.pool, &kernel, lease.part(w.part), k, &xq.buf, n, out)?;
@@ -138,11 +146,32 @@ fn linear(
 
 /// `gate = act(x·Gᵀ) * (x·Uᵀ)`, `down = gate·Dᵀ` for `n` rows of `x`.
 #[allow(clippy::too_many_arguments)]
-fn dense_ffn(
+pub(super) fn dense_ffn(
+    m: &Model,
+    xq: &mut Quantized,
+    lease: &Lease<'_>,
+    w: (&WeightRef, &WeightRef, &WeightRef),
+    x: &[f32],
+    n: usize,
+    gate: &mut Vec<f32>,
+    up: &mut Vec<f32>,
+    down: &mut Vec<f32>,
+) -> Result<(), RuntimeError> {
+    ffn_biased(m, xq, lease, w, None, x, n, gate, up, down)
+}
+
+/// The gate, up and down biases of one expert (gpt-oss).
+type FfnBiases<'a> = (&'a [f32], &'a [f32], &'a [f32]);
+
+/// [`dense_ffn`] with optional biases after each of the three products (the down bias
+/// before any routing weight, as llama.cpp adds it).
+#[allow(clippy::too_many_arguments)]
+fn ffn_biased(
     m: &Model,
     xq: &mut Quantized,
     lease: &Lease<'_>,
     (gate_w, up_w, down_w): (&WeightRef, &WeightRef, &WeightRef),
+    biases: Option<FfnBiases<'_>>,
     x: &[f32],
     n: usize,
     gate: &mut Vec<f32>,
@@ -151,12 +180,20 @@ fn dense_ffn(
 ) -> Result<(), RuntimeError> {
     linear(m, xq, lease, gate_w, x, n, false, gate)?;
     linear(m, xq, lease, up_w, x, n, true, up)?;
-    if m.config.arch == Architecture::Gemma3 {
-        ops::geglu_f16_table(gate, up);
-    } else {
-        ops::swiglu(gate, up);
+    if let Some((gb, ub, _)) = biases {
+        add_bias(gate, gb);
+        add_bias(up, ub);
     }
-    linear(m, xq, lease, down_w, gate, n, false, down)
+    match m.config.activation {
+        Activation::Swiglu => ops::swiglu(gate, up),
+        Activation::GegluF16Table => ops::geglu_f16_table(gate, up),
+        Activation::SwigluOai { alpha, limit } => ops::swiglu_oai(gate, up, alpha, limit),
+    }
+    linear(m, xq, lease, down_w, gate, n, false, down)?;
+    if let Some((_, _, db)) = biases {
+        add_bias(down, db);
+    }
+    Ok(())
 }
 
 impl<'m> Session<'m> {
@@ -168,7 +205,13 @@ impl<'m> Session<'m> {
                 c.n_ctx_train
             )));
         }
-        let (kd, vd) = (c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v);
+        // With MLA the values are the first part of each cached key row.
+        let vd = if c.mla.is_some() {
+            0
+        } else {
+            c.n_head_kv * c.head_dim_v
+        };
+        let kd = c.n_head_kv * c.head_dim_k;
         let kv =
             KvCache::new(c.n_layer, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
                 what: format!(
@@ -277,7 +320,7 @@ impl<'m> Session<'m> {
             let req = |r: Role| {
                 lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                     arch: c.arch,
-                    name: r.tensor_name(il),
+                    name: r.name(il),
                 })
             };
 
@@ -288,7 +331,11 @@ impl<'m> Session<'m> {
                 c.rms_eps,
                 &mut s.cur,
             );
-            self.attention(s, il, &lease, n)?;
+            if c.mla.is_some() {
+                self.mla_attention(s, il, &lease, n)?;
+            } else {
+                self.attention(s, il, &lease, n)?;
+            }
             linear(
                 m,
                 &mut s.xq,
@@ -299,20 +346,23 @@ impl<'m> Session<'m> {
                 false,
                 &mut s.out,
             )?;
+            if let Some(b) = lw.get(Role::AttnOutBias) {
+                add_bias(&mut s.out, f32s(&lease, b)?);
+            }
             if let Some(w) = lw.get(Role::PostAttnNorm) {
                 rms_rows(&s.out, f32s(&lease, w)?, c.rms_eps, &mut s.tmp);
                 std::mem::swap(&mut s.out, &mut s.tmp);
             }
             ops::add_assign(&mut s.x, &s.out);
 
-            // Feed-forward block.
+            // Feed-forward block (the table names the pre-FFN norm per architecture).
             rms_rows(
                 &s.x,
                 f32s(&lease, req(Role::FfnNorm)?)?,
                 c.rms_eps,
                 &mut s.cur,
             );
-            if c.moe.is_some() {
+            if c.is_moe_layer(il) {
                 self.moe_ffn(s, il, &lease, n)?;
             } else {
                 let w = (req(Role::FfnGate)?, req(Role::FfnUp)?, req(Role::FfnDown)?);
@@ -359,8 +409,9 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    /// Embedding rows of `tokens` into `s.x`, dequantized (Gemma scales them by sqrt(n_embd)).
-    fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<(), RuntimeError> {
+    /// Embedding rows of `tokens` into `s.x`, dequantized and scaled by the config's
+    /// `embedding_scale` (Gemma: sqrt(n_embd)).
+    pub(super) fn embed(&self, s: &mut Scratch, tokens: &[u32]) -> Result<(), RuntimeError> {
         let m = self.model;
         let e = m.config.n_embd;
         let w = &m.embd;
@@ -378,8 +429,8 @@ impl<'m> Session<'m> {
         for (src, dst) in s.emb_bytes.chunks_exact(rb).zip(s.x.chunks_exact_mut(e)) {
             scalar::dequantize_row(w.ty, src, dst)?;
         }
-        if m.config.arch == Architecture::Gemma3 {
-            ops::scale(&mut s.x, (e as f32).sqrt());
+        if let Some(f) = m.config.embedding_scale {
+            ops::scale(&mut s.x, f);
         }
         Ok(())
     }
@@ -400,10 +451,9 @@ impl<'m> Session<'m> {
         let req = |r: Role| {
             lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                 arch: c.arch,
-                name: r.tensor_name(il),
+                name: r.name(il),
             })
         };
-        let (hd, hdv, nh, nkv) = (c.head_dim_k, c.head_dim_v, c.n_head, c.n_head_kv);
         linear(
             m,
             &mut s.xq,
@@ -434,6 +484,23 @@ impl<'m> Session<'m> {
             true,
             &mut s.v,
         )?;
+        self.attend(s, il, lease, n)
+    }
+
+    /// The rest of [`Self::attention`] for `n` rows whose projections are in `s.q`, `s.k`,
+    /// `s.v` (at this session's next positions): biases, norms, RoPE, cache update and
+    /// attention into `s.attn` (shared weight passes project many sessions' rows at once).
+    pub(super) fn attend(
+        &mut self,
+        s: &mut Scratch,
+        il: usize,
+        lease: &Lease<'_>,
+        n: usize,
+    ) -> Result<(), RuntimeError> {
+        let m = self.model;
+        let c = &m.config;
+        let lw = &m.layers[il];
+        let (hd, hdv, nh, nkv) = (c.head_dim_k, c.head_dim_v, c.n_head, c.n_head_kv);
         for (role, y) in [
             (Role::AttnQBias, &mut s.q),
             (Role::AttnKBias, &mut s.k),
@@ -455,17 +522,22 @@ impl<'m> Session<'m> {
         // RoPE: sliding-window layers have their own base (and no scaling) where the
         // architecture says so.
         let swa = c.is_swa_layer(il);
-        let (base, freq_scale) = match (swa, c.rope.freq_base_swa) {
-            (true, Some(b)) => (b, 1.0),
-            _ => (
-                c.rope.freq_base,
-                match c.rope.scaling {
-                    RopeScaling::Linear { factor } => 1.0 / factor,
-                    _ => 1.0,
-                },
-            ),
-        };
         let dims = c.rope.dims;
+        let (base, freq_scale, yarn) = match (swa, c.rope.freq_base_swa, c.rope.scaling) {
+            // gpt-oss keeps YaRN on its own SWA base, if it has one; Gemma's SWA layers are
+            // unscaled.
+            (true, Some(b), y @ RopeScaling::Yarn { .. }) => {
+                (b, 1.0, Yarn::from_scaling(y, dims, b))
+            }
+            (true, Some(b), _) => (b, 1.0, None),
+            (_, _, RopeScaling::Linear { factor }) => (c.rope.freq_base, 1.0 / factor, None),
+            (_, _, y @ RopeScaling::Yarn { .. }) => (
+                c.rope.freq_base,
+                1.0,
+                Yarn::from_scaling(y, dims, c.rope.freq_base),
+            ),
+            (_, _, RopeScaling::None) => (c.rope.freq_base, 1.0, None),
+        };
         let neox = c.rope.style == RopeStyle::Neox;
         let head_lease;
         let freq_factors: Option<&[f32]> = match &m.rope_freqs {
@@ -479,7 +551,12 @@ impl<'m> Session<'m> {
         let mut sin = vec![0f32; dims / 2];
         for t in 0..n {
             let p = self.pos + t;
-            ops::rope_cache(p, dims, base, freq_scale, freq_factors, &mut cos, &mut sin);
+            match &yarn {
+                Some(y) => y.cache(p, dims, base, freq_factors, &mut cos, &mut sin),
+                None => {
+                    ops::rope_cache(p, dims, base, freq_scale, freq_factors, &mut cos, &mut sin)
+                }
+            }
             let qt = &mut s.q[t * nh * hd..(t + 1) * nh * hd];
             ops::rope_apply(qt, hd, dims, neox, &cos, &sin);
             let kt = &mut s.k[t * nkv * hd..(t + 1) * nkv * hd];
@@ -496,10 +573,9 @@ impl<'m> Session<'m> {
 
         // Gemma scales Q before attention (and attends with scale 1); the others scale the
         // scores.
-        let mut scale = 1.0 / (hd as f32).sqrt();
-        if c.arch == Architecture::Gemma3 {
-            ops::scale(&mut s.q, gemma_query_scale(c));
-            scale = 1.0;
+        let (q_scale, scale) = c.attn_scale.split();
+        if let Some(f) = q_scale {
+            ops::scale(&mut s.q, f);
         }
         // Small batches (and decode steps) take Q in f16, as llama.cpp converts it to the
         // cache's type; large batches stay in f32 (see `attn`).
@@ -523,6 +599,11 @@ impl<'m> Session<'m> {
         let group = nh / nkv;
         let pos0 = self.pos;
         let softcap = c.attn_softcap;
+        let sinks: Option<&[f32]> = match lw.get(Role::AttnSinks) {
+            Some(w) => Some(f32s(lease, w)?),
+            None => None,
+        };
+        let sink_of = |h: usize| sinks.and_then(|v| v.get(h)).copied();
         let q = &s.q;
         let out_ptr = SendPtr(s.attn.as_mut_ptr());
         if tiled {
@@ -554,7 +635,7 @@ impl<'m> Session<'m> {
                         window,
                     };
                     let ot = &mut ot[..(t1 - t0) * hdv];
-                    attn::attend_tile(&qt, pos0 + t0, &cache, &mut scratch, ot);
+                    attn::attend_tile_sink(&qt, pos0 + t0, &cache, sink_of(h), &mut scratch, ot);
                     for (i, t) in (t0..t1).enumerate() {
                         // SAFETY: each (tile, h) item is claimed once and owns the rows
                         // out[(t*nh+h)*hdv..+hdv] of its tokens t.
@@ -588,7 +669,8 @@ impl<'m> Session<'m> {
                     std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * hdv), hdv)
                 };
                 let n_kv = p + 1 - lo;
-                attn::attend_f16(qh, ks, vs, dims, n_kv, scale, softcap, &mut acc, dst);
+                let sink = sink_of(h);
+                attn::attend_f16_sink(qh, ks, vs, dims, n_kv, scale, softcap, sink, &mut acc, dst);
             }
         };
         m.pool.run(work);
@@ -619,10 +701,18 @@ impl<'m> Session<'m> {
             return Ok(());
         }
         let lw = &m.layers[next];
-        let (Some(norm), Some(router)) = (lw.get(Role::FfnNorm), lw.get(Role::FfnRouter)) else {
+        let (Some(norm), Some(router), Some(moe)) = (
+            lw.get(Role::FfnNorm),
+            lw.get(Role::FfnRouter),
+            c.moe.as_ref(),
+        ) else {
             return Ok(());
         };
         let lease = m.source.lease(UnitId::Layer(next))?;
+        let bias = match lw.get(Role::FfnExpProbsB) {
+            Some(b) => Some(f32s(&lease, b)?),
+            None => None,
+        };
         rms_rows(&s.x, f32s(&lease, norm)?, c.rms_eps, &mut s.tmp);
         linear(
             m,
@@ -634,15 +724,26 @@ impl<'m> Session<'m> {
             false,
             &mut s.router,
         )?;
+        if let Some(b) = lw.get(Role::FfnRouterBias) {
+            add_bias(&mut s.router, f32s(&lease, b)?);
+        }
         let ne = router.rows();
+        // The prediction routes as the layer will (same function), when the shapes agree.
+        if ne != moe.n_expert || k_used != moe.n_expert_used.min(ne) {
+            return Ok(());
+        }
         let mut chosen = vec![false; ne];
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let mut rs = RouteScratch::default();
+        let mut pick = Vec::with_capacity(k_used);
         for t in 0..n {
-            let p = &s.router[t * ne..(t + 1) * ne];
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            for &x in &idx[..k_used.min(ne)] {
+            route(
+                &mut s.router[t * ne..(t + 1) * ne],
+                bias,
+                moe,
+                &mut rs,
+                &mut pick,
+            );
+            for &(x, _) in &pick {
                 chosen[x] = true;
             }
         }
@@ -659,7 +760,7 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
-    fn moe_ffn(
+    pub(super) fn moe_ffn(
         &mut self,
         s: &mut Scratch,
         il: usize,
@@ -675,7 +776,7 @@ impl<'m> Session<'m> {
         let req = |r: Role| {
             lw.get(r).ok_or_else(|| RuntimeError::MissingTensor {
                 arch: c.arch,
-                name: r.tensor_name(il),
+                name: r.name(il),
             })
         };
         let e = c.n_embd;
@@ -690,25 +791,30 @@ impl<'m> Session<'m> {
             &mut s.router,
         )?;
         let ne = moe.n_expert;
+        if let Some(b) = lw.get(Role::FfnRouterBias) {
+            add_bias(&mut s.router, f32s(lease, b)?);
+        }
         let k_used = moe.n_expert_used.min(ne);
+        if s.router.len() != n * ne {
+            return Err(RuntimeError::BadTensor {
+                name: Role::FfnRouter.name(il),
+                reason: format!(
+                    "gives {} logits for {n} rows of {ne} experts",
+                    s.router.len()
+                ),
+            });
+        }
         // Per row: the selected experts in order of weight, and their weights.
         let mut picks: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
-        let mut idx: Vec<usize> = Vec::with_capacity(ne);
+        let bias = match lw.get(Role::FfnExpProbsB) {
+            Some(w) => Some(f32s(lease, w)?),
+            None => None,
+        };
+        let mut rs = RouteScratch::default();
         for t in 0..n {
             let p = &mut s.router[t * ne..(t + 1) * ne];
-            ops::softmax(p);
-            idx.clear();
-            idx.extend(0..ne);
-            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-            let top = &idx[..k_used];
-            let sum: f32 = top.iter().map(|&i| p[i]).sum();
-            let row: Vec<(usize, f32)> = top
-                .iter()
-                .map(|&i| {
-                    let w = if moe.norm_top_k { p[i] / sum } else { p[i] };
-                    (i, w)
-                })
-                .collect();
+            let mut row = Vec::with_capacity(k_used);
+            route(p, bias, &moe, &mut rs, &mut row);
             picks.push(row);
         }
         // Per expert: the rows routed to it and the rank of the expert in each row's pick.
@@ -754,8 +860,8 @@ impl<'m> Session<'m> {
                 layer: il,
                 expert: ex,
             })?;
-            let part = |w: &WeightRef| -> Result<WeightRef, RuntimeError> {
-                let name = expert_part_name(w, il, ex);
+            let part = |(w, role): (&WeightRef, Role)| -> Result<WeightRef, RuntimeError> {
+                let name = expert_part_name(w, role, il, ex);
                 let idx =
                     el.unit()
                         .part_index(&name)
@@ -770,16 +876,56 @@ impl<'m> Session<'m> {
                     ..w.clone()
                 })
             };
-            let (gw, uw, dw) = (part(gate_w)?, part(up_w)?, part(down_w)?);
+            let (gw, uw, dw) = (
+                part((gate_w, Role::FfnGateExps))?,
+                part((up_w, Role::FfnUpExps))?,
+                part((down_w, Role::FfnDownExps))?,
+            );
+            // Per-expert biases (gpt-oss): slices of the fused bias tensors in the unit.
+            let bias = |role: Role, len: usize| -> Result<Option<&[f32]>, RuntimeError> {
+                if lw.get(role).is_none() {
+                    return Ok(None);
+                }
+                let name = role.name(il);
+                let idx =
+                    el.unit()
+                        .part_index(&name)
+                        .ok_or_else(|| RuntimeError::MissingTensor {
+                            arch: c.arch,
+                            name: name.clone(),
+                        })?;
+                let v: &[f32] = bytemuck::try_cast_slice(el.part(idx)).map_err(|_| {
+                    RuntimeError::BadTensor {
+                        name: name.clone(),
+                        reason: "F32 data is not 4-byte aligned in memory".into(),
+                    }
+                })?;
+                if v.len() != len {
+                    return Err(RuntimeError::BadTensor {
+                        name,
+                        reason: format!("expected {len} F32 values per expert, found {}", v.len()),
+                    });
+                }
+                Ok(Some(v))
+            };
+            let biases = match (
+                bias(Role::FfnGateExpsBias, moe.n_ff_expert)?,
+                bias(Role::FfnUpExpsBias, moe.n_ff_expert)?,
+                bias(Role::FfnDownExpsBias, e)?,
+            ) {
+                (Some(g), Some(u), Some(d)) => Some((g, u, d)),
+                _ => None,
+            };
             s.xe.clear();
             for &(t, _) in rows {
                 s.xe.extend_from_slice(&s.cur[t * e..(t + 1) * e]);
             }
-            dense_ffn(
+            ffn_biased(
                 m,
                 &mut s.xq,
                 &el,
                 (&gw, &uw, &dw),
+                biases,
                 &s.xe,
                 rows.len(),
                 &mut s.gate,
@@ -842,27 +988,14 @@ impl<'m> Session<'m> {
     }
 }
 
-/// Gemma's query scale: `1/sqrt(head_dim)`, except the 27B (62 layers) which uses
-/// `1/sqrt(n_embd / n_head)` (llama.cpp's rule, after the reference implementation).
-fn gemma_query_scale(c: &flashstream_formats::ModelConfig) -> f32 {
-    if c.n_layer == 62 {
-        1.0 / ((c.n_embd / c.n_head) as f32).sqrt()
-    } else {
-        1.0 / (c.head_dim_k as f32).sqrt()
-    }
-}
-
-/// The part name of expert `ex` for a fused (`*_exps`) or per-expert weight.
-fn expert_part_name(w: &WeightRef, il: usize, ex: usize) -> String {
-    if w.name.contains("_exps.") {
+/// The part name of expert `ex` for the weight of expert role `role`: the fused tensor's
+/// name, or the older per-expert tensor's.
+fn expert_part_name(w: &WeightRef, role: Role, il: usize, ex: usize) -> String {
+    if w.name == role.name(il) {
         w.name.clone()
     } else {
-        let base = w
-            .name
-            .strip_prefix(&format!("blk.{il}."))
-            .and_then(|s| s.split('.').next())
-            .unwrap_or("ffn");
-        format!("blk.{il}.{base}.{ex}.weight")
+        role.per_expert_name(il, ex)
+            .unwrap_or_else(|| w.name.clone())
     }
 }
 

@@ -1,26 +1,30 @@
 //! Transformer forward pass over weights leased from a [`WeightSource`].
 //!
-//! [`Model`] validates a model's tensors against its architecture's table ([`arch`]) once, and
+//! [`Model`] validates a model's tensors against its architecture's row of the tensor table
+//! ([`flashstream_formats::tensor_names`]) once, and
 //! remembers where each weight lives (unit and part); [`Session`] holds a KV cache and runs
 //! [`Session::eval`]: all the tokens given are processed together, layer by layer (a prompt is
 //! one matrix per weight, so a streamed layer is read once for the whole prompt), and logits
 //! come back for the last position or for all of them.
 
-pub mod arch;
 pub mod attn;
 mod forward;
 pub mod kv;
+pub mod multi;
+mod routing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use flashstream_formats::tensor_names::{arch_tensors, Need};
+pub use flashstream_formats::TensorRole as Role;
 use flashstream_formats::{Architecture, GgmlType, GgufModel, ModelConfig};
 use flashstream_scheduler::{UnitId, WeightSource};
 
 use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
-pub use arch::Role;
 pub use forward::{LogitsWanted, Session};
+pub use multi::{MultiPass, SeqInput};
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -271,61 +275,52 @@ impl Model {
             None => Isa::detect(),
         };
         let src = source.as_ref();
-        let spec = arch::layer_spec(arch, config.moe.is_some());
+        let table = arch_tensors(arch);
         let mut layers = Vec::with_capacity(config.n_layer);
         for il in 0..config.n_layer {
             let mut lw = LayerWeights::default();
-            for (&role, required) in spec
-                .required
-                .iter()
-                .map(|r| (r, true))
-                .chain(spec.optional.iter().map(|r| (r, false)))
-            {
-                let name = role.tensor_name(il);
-                let expert0 = UnitId::Expert {
-                    layer: il,
-                    expert: 0,
-                };
-                let found = match role {
-                    Role::FfnGateExps | Role::FfnUpExps | Role::FfnDownExps => {
-                        match find(src, arch, expert0, &name)? {
-                            Some(w) => Some(w),
-                            // Older files: one tensor per expert, blk.N.ffn_gate.E.weight.
-                            None => {
-                                let base = match role {
-                                    Role::FfnGateExps => "ffn_gate",
-                                    Role::FfnUpExps => "ffn_up",
-                                    _ => "ffn_down",
-                                };
-                                find(src, arch, expert0, &format!("blk.{il}.{base}.0.weight"))?
-                            }
-                        }
+            for spec in table.layer(config.is_moe_layer(il)) {
+                let role = spec.role;
+                let name = spec.name(il);
+                let found = if role.is_expert() {
+                    let expert0 = UnitId::Expert {
+                        layer: il,
+                        expert: 0,
+                    };
+                    match find(src, arch, expert0, &name)? {
+                        Some(w) => Some(w),
+                        // Older files: one tensor per expert, blk.N.ffn_gate.E.weight.
+                        None => match role.per_expert_name(il, 0) {
+                            Some(n) => find(src, arch, expert0, &n)?,
+                            None => None,
+                        },
                     }
-                    _ => find(src, arch, UnitId::Layer(il), &name)?,
+                } else {
+                    find(src, arch, UnitId::Layer(il), &name)?
                 };
                 match found {
                     Some(w) => {
                         lw.w.insert(role, w);
                     }
-                    None if required => return Err(RuntimeError::MissingTensor { arch, name }),
+                    None if spec.need == Need::Required => {
+                        return Err(RuntimeError::MissingTensor { arch, name })
+                    }
                     None => {}
                 }
             }
             layers.push(lw);
         }
-        let need = |unit, name: &str| -> Result<WeightRef, RuntimeError> {
-            find(src, arch, unit, name)?.ok_or_else(|| RuntimeError::MissingTensor {
-                arch,
-                name: name.to_string(),
-            })
+        let need = |unit, role: Role| -> Result<WeightRef, RuntimeError> {
+            let name = role.global_name();
+            find(src, arch, unit, &name)?.ok_or(RuntimeError::MissingTensor { arch, name })
         };
-        let embd = need(UnitId::Embedding, "token_embd.weight")?;
-        let output_norm = need(UnitId::Globals, "output_norm.weight")?;
-        let output = match find(src, arch, UnitId::Head, "output.weight")? {
+        let embd = need(UnitId::Embedding, Role::TokenEmbd)?;
+        let output_norm = need(UnitId::Globals, Role::OutputNorm)?;
+        let output = match find(src, arch, UnitId::Head, &Role::Output.global_name())? {
             Some(o) => o,
             None => embd.clone(),
         };
-        let rope_freqs = find(src, arch, UnitId::Globals, "rope_freqs.weight")?;
+        let rope_freqs = find(src, arch, UnitId::Globals, &Role::RopeFreqs.global_name())?;
         let model = Model {
             pool: WorkerPool::new(opts.threads).map_err(RuntimeError::Threads)?,
             config,
@@ -372,6 +367,9 @@ impl Model {
                 (Role::AttnQBias, c.n_head * c.head_dim_k),
                 (Role::AttnKBias, c.n_head_kv * c.head_dim_k),
                 (Role::AttnVBias, c.n_head_kv * c.head_dim_v),
+                (Role::AttnOutBias, c.n_embd),
+                (Role::AttnSinks, c.n_head),
+                (Role::FfnRouterBias, c.moe.map_or(0, |m| m.n_expert)),
             ] {
                 if let Some(w) = lw.get(role) {
                     check(w, len)?;
@@ -379,6 +377,17 @@ impl Model {
             }
             if let Some(w) = lw.get(Role::FfnRouterShexp) {
                 check(w, c.n_embd)?;
+            }
+            if let Some(mla) = c.mla {
+                if let (Some(w), Some(r)) = (lw.get(Role::AttnQANorm), mla.q_lora_rank) {
+                    check(w, r)?;
+                }
+                if let Some(w) = lw.get(Role::AttnKvANorm) {
+                    check(w, mla.kv_lora_rank)?;
+                }
+            }
+            if let (Some(w), Some(moe)) = (lw.get(Role::FfnExpProbsB), c.moe) {
+                check(w, moe.n_expert)?;
             }
         }
         if let Some(w) = &self.rope_freqs {

@@ -1,12 +1,14 @@
 //! Tokenizers built from a GGUF file's own metadata, giving exactly llama.cpp's token ids.
 //!
-//! Two vocabulary kinds are supported, chosen by `tokenizer.ggml.model`:
+//! Three vocabulary kinds are supported, chosen by `tokenizer.ggml.model`:
 //! - `gpt2`: byte-level BPE. The text is split into words by the pre-tokenizer that
 //!   `tokenizer.ggml.pre` names (see [`Tokenizer::pre`]), each word's bytes are mapped to
 //!   printable characters (GPT-2's byte↔unicode table) and merged by `tokenizer.ggml.merges` rank.
 //! - `llama`: SentencePiece BPE (LLaMA 1/2, Gemma): spaces become `▁`, adjacent pieces are merged
 //!   by the score of the resulting token, and characters left without a token fall back to
 //!   `<0xNN>` byte tokens.
+//! - `bert`: WordPiece (see `wordpiece.rs`): normalized words covered by their longest tokens,
+//!   `[CLS] … [SEP]` around the text when special tokens are added.
 //!
 //! Before either runs, special tokens are cut out of the text: USER_DEFINED ones always,
 //! CONTROL and UNKNOWN ones when `parse_special` is asked for.
@@ -21,18 +23,20 @@
 //!
 //! Where llama.cpp's result depends on an unspecified order, a fixed one is used: special tokens
 //! of equal length are tried by id, and when several texts could name the end-of-turn or a FIM
-//! token the first in llama.cpp's list wins. Not implemented: the other vocabulary kinds (`bert`,
-//! `t5`, `rwkv`, `plamo2`, `gemma4`), the pre-tokenizers outside [`SUPPORTED_PRE_TOKENIZERS`],
+//! token the first in llama.cpp's list wins. Not implemented: the other vocabulary kinds
+//! (`t5`, `rwkv`, `plamo2`, `gemma4`), the pre-tokenizers outside [`SUPPORTED_PRE_TOKENIZERS`],
 //! llama.cpp's model-name rules other than Phi-3's, and the "clean up spaces" pass of
 //! `llama_detokenize`.
 
 mod merge;
+mod nfd_table;
 mod pretokenize;
 mod special;
 mod stream;
 mod strtable;
-mod unicode;
+pub(crate) mod unicode;
 mod unicode_table;
+mod wordpiece;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -73,6 +77,13 @@ pub mod keys {
     pub const EOT_ID: &str = "tokenizer.ggml.eot_token_id";
     /// End-of-message token id.
     pub const EOM_ID: &str = "tokenizer.ggml.eom_token_id";
+    /// Separator token id (`[SEP]`, appended by WordPiece vocabularies; the key's spelling is
+    /// the format's).
+    pub const SEP_ID: &str = "tokenizer.ggml.seperator_token_id";
+    /// Whether a WordPiece vocabulary lowercases the text.
+    pub const NORMALIZER_LOWERCASE: &str = "tokenizer.ggml.normalizer.lowercase";
+    /// Whether a WordPiece vocabulary strips accents.
+    pub const NORMALIZER_STRIP_ACCENTS: &str = "tokenizer.ggml.normalizer.strip_accents";
     /// Unknown token id.
     pub const UNK_ID: &str = "tokenizer.ggml.unknown_token_id";
     /// Padding token id.
@@ -118,7 +129,7 @@ pub enum TokenizerError {
         reason: String,
     },
     /// `tokenizer.ggml.model` names a vocabulary kind this module does not implement.
-    #[error("tokenizer metadata: key \"tokenizer.ggml.model\" = {0:?} is not supported (supported: gpt2, llama)")]
+    #[error("tokenizer metadata: key \"tokenizer.ggml.model\" = {0:?} is not supported (supported: gpt2, llama, bert)")]
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer llama.cpp does not know, or this module does
     /// not implement.
@@ -185,6 +196,12 @@ pub enum TokenizerError {
         "the vocabulary has no token for byte 0x{0:02X} (neither <0x{0:02X}> nor the byte itself)"
     )]
     NoByteToken(u8),
+    /// A WordPiece word has no tokens and the vocabulary names no unknown token.
+    #[error(
+        "a word has no WordPiece tokens and the vocabulary has no unknown token \
+         (set tokenizer.ggml.unknown_token_id)"
+    )]
+    NoUnknownToken,
 }
 
 /// The kind of vocabulary.
@@ -194,6 +211,8 @@ pub enum VocabKind {
     Bpe,
     /// SentencePiece BPE (`tokenizer.ggml.model = "llama"`).
     SentencePiece,
+    /// WordPiece (`tokenizer.ggml.model = "bert"`).
+    WordPiece,
 }
 
 /// A token's type, from `tokenizer.ggml.token_type`.
@@ -348,6 +367,7 @@ enum Engine {
         /// The token of each byte for byte fallback.
         byte_tokens: Box<[Option<u32>; 256]>,
     },
+    Wpm(wordpiece::WordPiece),
 }
 
 /// A tokenizer built from GGUF metadata. Cheap to share (`Sync`); building one for a 262k-token
@@ -516,6 +536,7 @@ impl Tokenizer {
         let kind = match model {
             "gpt2" => VocabKind::Bpe,
             "llama" => VocabKind::SentencePiece,
+            "bert" => VocabKind::WordPiece,
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
         };
 
@@ -594,6 +615,24 @@ impl Tokenizer {
                     });
                 }
                 Engine::Spm { byte_tokens }
+            }
+            VocabKind::WordPiece => {
+                // llama.cpp's defaults: [CLS] 101 opens, [SEP] 102 closes, [UNK] is 100.
+                add_space_prefix = false;
+                add_bos = true;
+                add_eos_default = false;
+                (bos, eos, unk) = (Some(101u32), None, Some(100u32));
+                let sep = md
+                    .id(keys::SEP_ID, n_vocab)?
+                    .or(Some(102))
+                    .filter(|&i| (i as usize) < n_vocab);
+                let max_len = texts_in.iter().map(String::len).max().unwrap_or(0);
+                Engine::Wpm(wordpiece::WordPiece::new(
+                    md.bool(keys::NORMALIZER_LOWERCASE)?,
+                    md.bool(keys::NORMALIZER_STRIP_ACCENTS)?,
+                    sep,
+                    max_len,
+                ))
             }
             VocabKind::Bpe => {
                 let pre_name = match md.str(keys::PRE)? {
@@ -863,10 +902,10 @@ impl Tokenizer {
         }
         if attr & ATTR_NORMAL != 0 {
             return match &self.engine {
-                Engine::Spm { .. } if text.contains(SPACE_MARK) => {
+                Engine::Spm { .. } | Engine::Wpm(_) if text.contains(SPACE_MARK) => {
                     Cow::Owned(text.replace(SPACE_MARK, " ").into_bytes())
                 }
-                Engine::Spm { .. } => Cow::Borrowed(text.as_bytes()),
+                Engine::Spm { .. } | Engine::Wpm(_) => Cow::Borrowed(text.as_bytes()),
                 Engine::Bpe { bytes, .. } => {
                     let mut out = Vec::with_capacity(text.len());
                     for c in text.chars() {
@@ -961,6 +1000,23 @@ impl Tokenizer {
                             }
                         }
                     }
+                }
+            }
+            Engine::Wpm(wp) => {
+                for frag in frags {
+                    match frag {
+                        Fragment::Token(id) => out.push(id),
+                        Fragment::Text(r) => {
+                            for word in wp.words(&text[r]) {
+                                if !wp.encode_word(&word, |t| self.id_of(t), &mut out) {
+                                    out.push(self.unk.ok_or(TokenizerError::NoUnknownToken)?);
+                                }
+                            }
+                        }
+                    }
+                }
+                if add_special {
+                    out.extend(wp.sep);
                 }
             }
         }
@@ -1089,6 +1145,7 @@ impl Tokenizer {
         match self.engine {
             Engine::Bpe { .. } => VocabKind::Bpe,
             Engine::Spm { .. } => VocabKind::SentencePiece,
+            Engine::Wpm(_) => VocabKind::WordPiece,
         }
     }
 
@@ -1096,7 +1153,7 @@ impl Tokenizer {
     pub fn pre(&self) -> Option<&str> {
         match &self.engine {
             Engine::Bpe { pre, .. } => Some(pre.name()),
-            Engine::Spm { .. } => None,
+            Engine::Spm { .. } | Engine::Wpm(_) => None,
         }
     }
 
@@ -1200,6 +1257,7 @@ impl Tokenizer {
                 ranks.heap_bytes() + 4 * rank_of.capacity() + std::mem::size_of::<ByteMap>()
             }
             Engine::Spm { .. } => 256 * std::mem::size_of::<Option<u32>>(),
+            Engine::Wpm(_) => 0,
         };
         self.vocab.heap_bytes()
             + 4 * self.scores.capacity()

@@ -60,6 +60,27 @@ const CONTRACTIONS: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'
 const QWEN2_TAIL: &str = "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const PORO: &str = " ?[^(\\s|.,!?\u{2026}\u{3002}\u{FF0C}\u{3001}\u{0964}\u{06D4}\u{060C})]+";
 
+/// The letters of deepseek-llm's word regex (its own list of ranges, not `\p{L}`).
+const DEEPSEEK_LLM_LETTERS: &str =
+    "\u{B5}\u{C0}-\u{D6}\u{D8}-\u{F6}\u{F8}-\u{1BA}\u{1BC}-\u{1BF}\u{1C4}-\u{293}\u{295}-\
+    \u{2AF}\u{370}-\u{373}\u{376}\u{377}\u{37B}-\u{37D}\u{37F}\u{386}\u{388}-\u{38A}\u{38C}\
+    \u{38E}-\u{3A1}\u{3A3}-\u{3F5}\u{3F7}-\u{481}\u{48A}-\u{52F}\u{531}-\u{556}\u{10A0}-\
+    \u{10C5}\u{13A0}-\u{13F5}\u{13F8}-\u{13FD}\u{1C90}-\u{1CBA}\u{1CBD}-\u{1CBF}\u{1D00}-\
+    \u{1D2B}\u{1D6B}-\u{1D77}\u{1D79}-\u{1D9A}\u{1E00}-\u{1F15}\u{1F18}-\u{1F1D}\u{1F20}-\
+    \u{1F45}\u{1F48}-\u{1F4D}\u{1F50}-\u{1F57}\u{1F59}\u{1F5B}\u{1F5D}\u{1F5F}-\u{1F7D}\
+    \u{1F80}-\u{1FB4}\u{1FB6}-\u{1FBC}\u{1FBE}\u{1FC2}-\u{1FC4}\u{1FC6}-\u{1FCC}\u{1FD0}-\
+    \u{1FD3}\u{1FD6}-\u{1FDB}\u{1FE0}-\u{1FEC}\u{1FF2}-\u{1FF4}\u{1FF6}-\u{1FFC}\u{2102}\
+    \u{2107}\u{210A}-\u{2113}\u{2115}\u{2119}-\u{211D}\u{2124}\u{2126}\u{2128}\u{212A}-\
+    \u{212D}\u{212F}-\u{2134}\u{2139}\u{213C}-\u{213F}\u{2145}-\u{2149}\u{214E}\u{2183}\
+    \u{2184}\u{2C00}-\u{2C7B}\u{2C7E}-\u{2CE4}\u{2CEB}-\u{2CEE}\u{2CF2}\u{2CF3}\u{A640}-\
+    \u{A66D}\u{A680}-\u{A69B}\u{A722}-\u{A76F}\u{A771}-\u{A787}\u{A78B}-\u{A78E}\u{AB70}-\
+    \u{ABBF}\u{FB00}-\u{FB06}\u{FB13}-\u{FB17}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}\u{10400}-\
+    \u{1044F}\u{104B0}-\u{104D3}\u{104D8}-\u{104FB}\u{10C80}-\u{10CB2}\u{10CC0}-\u{10CF2}\
+    \u{118A0}-\u{118DF}\u{1E900}-\u{1E943}";
+
+/// CJK ideographs, everything from U+0800 up to them, and Hangul (both deepseek vocabularies).
+const CJK_HANGUL: &str = "[\\x{4E00}-\\x{9FA5}\\x{0800}-\\x{4E00}\\x{AC00}-\\x{D7FF}]+";
+
 /// The `pre` values understood, for error messages.
 pub(crate) const SUPPORTED: &str = "default, llama3, llama-v3, llama-bpe, falcon3, falcon-h1, pixtral, \
 midm-2.0, lfm2, dbrx, smaug-bpe, chatglm-bpe, glm4, deepseek-v3, hunyuan-dense, joyai-llm, falcon, \
@@ -68,13 +89,13 @@ jina-de, gigachat, jina-v2-es, jina-v2-de, jina-v1-en, jina-v2-code, roberta-bpe
 modern-bert, exaone4, mpt, olmo, jais, trillion, granite-docling, qwen2, deepseek-r1-qwen, kormo, \
 f2llmv2, megrez, stablelm2, hunyuan, solar-open, grok-2, qwen35, poro-chat, bloom, gpt3-finnish, \
 viking, tekken, gpt-4o, llama4, kanana2, talkie, minimax-m2, seed-coder, bailingmoe, bailingmoe2, \
-llada-moe, ufakzeka, minicpm5, jina-v5-nano, hy_v4";
+llada-moe, ufakzeka, minicpm5, jina-v5-nano, hy_v4, deepseek-llm, deepseek-coder";
 
 enum Spec {
     Gpt2,
     Llama3,
     Collapsed(String),
-    Wide(&'static str),
+    Wide(String),
 }
 
 impl PreTokenizer {
@@ -88,7 +109,7 @@ impl PreTokenizer {
                 Spec::Collapsed("[\\p{P}\\$\\+<=>\\^~\\|]+".into()),
                 Spec::Gpt2,
                 Spec::Collapsed("\\p{N}+".into()),
-                Spec::Wide("[0-9][0-9][0-9]"),
+                Spec::Wide("[0-9][0-9][0-9]".into()),
             ],
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
             | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
@@ -103,7 +124,7 @@ impl PreTokenizer {
             }
             "deepseek-v3" | "hunyuan-dense" | "joyai-llm" | "hy_v4" => vec![
                 Spec::Collapsed("\\p{N}{1,3}".into()),
-                Spec::Wide("[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+"),
+                Spec::Wide("[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+".into()),
                 Spec::Collapsed(
                     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+\
                      |[^\\r\\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+\
@@ -114,7 +135,7 @@ impl PreTokenizer {
             "falcon" => vec![
                 Spec::Collapsed("[\\p{P}\\$\\+<=>\\^~\\|`]+".into()),
                 Spec::Gpt2,
-                Spec::Wide("[0-9][0-9][0-9]"),
+                Spec::Wide("[0-9][0-9][0-9]".into()),
             ],
             "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
             | "minerva-7b" | "mellum2" => vec![Spec::Collapsed("\\p{N}".into()), Spec::Gpt2],
@@ -128,8 +149,8 @@ impl PreTokenizer {
                 "{CONTRACTIONS}|[^\\r\\n\\p{{L}}\\p{{N}}]?[\\p{{L}}\\p{{M}}]+|\\p{{N}}\
                  | ?[^\\s\\p{{L}}\\p{{M}}\\p{{N}}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
             ))],
-            "poro-chat" | "bloom" | "gpt3-finnish" => vec![Spec::Wide(PORO)],
-            "viking" => vec![Spec::Wide(PORO), Spec::Collapsed("\\p{N}".into())],
+            "poro-chat" | "bloom" | "gpt3-finnish" => vec![Spec::Wide(PORO.into())],
+            "viking" => vec![Spec::Wide(PORO.into()), Spec::Collapsed("\\p{N}".into())],
             "tekken" => {
                 options.ignore_merges = true;
                 options.add_bos = true;
@@ -167,6 +188,24 @@ impl PreTokenizer {
                     )),
                 ]
             }
+            "deepseek-llm" => vec![
+                Spec::Wide("[\\r\\n]".into()),
+                Spec::Wide(format!("\\s?[A-Za-z{DEEPSEEK_LLM_LETTERS}]+")),
+                Spec::Wide(
+                    "\\s?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3000}-\\x{3002}]+"
+                        .into(),
+                ),
+                Spec::Wide("\\s+$".into()),
+                Spec::Wide(CJK_HANGUL.into()),
+                Spec::Collapsed("\\p{N}+".into()),
+            ],
+            "deepseek-coder" => vec![
+                Spec::Wide("[\\r\\n]".into()),
+                Spec::Collapsed("\\s?\\p{L}+".into()),
+                Spec::Collapsed("\\s?\\p{P}+".into()),
+                Spec::Wide(CJK_HANGUL.into()),
+                Spec::Collapsed("\\p{N}".into()),
+            ],
             _ => return Ok(None),
         };
         let mut splitters = Vec::with_capacity(specs.len());
@@ -175,7 +214,7 @@ impl PreTokenizer {
                 Spec::Gpt2 => Splitter::Gpt2,
                 Spec::Llama3 => Splitter::Llama3,
                 Spec::Collapsed(p) => Splitter::Collapsed(compile(name, &expand_categories(&p))?),
-                Spec::Wide(p) => Splitter::Wide(compile(name, p)?),
+                Spec::Wide(p) => Splitter::Wide(compile(name, &p)?),
             });
         }
         Ok(Some(PreTokenizer {

@@ -55,6 +55,10 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Instead: aggregate decode speed with N sequences sharing each pass, for each N of a
+    /// comma-separated list (e.g. 1,2,4,8).
+    #[arg(long, value_delimiter = ',')]
+    parallel: Vec<usize>,
 }
 
 /// Decode steps and what they read.
@@ -136,6 +140,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("--threads must be at least 1");
     }
     let gguf = super::open_model(&a.model)?;
+    if !a.parallel.is_empty() {
+        return super::bench_parallel::run(super::bench_parallel::ParallelArgs {
+            gguf,
+            mem: &a.mem,
+            threads: a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            list: &a.parallel,
+            n: a.n,
+            prompt_len: a.prompt_len,
+            seed: a.seed,
+            json: a.json,
+        });
+    }
     let config = ModelConfig::from_model(&gguf)
         .with_context(|| format!("cannot run {}", a.model.display()))?;
     let threads = a

@@ -5,7 +5,11 @@
 //!   from the size (or given), weights random but well-scaled (finite, unit-ish activations).
 //! - `mkmodel moe OUT --arch qwen3moe --size 20GiB --experts 128 --top-k 8`: the same for a
 //!   mixture of experts (`qwen3moe`, `qwen2moe` with a shared expert, or Mixtral-style
-//!   `llama`), fused `*_exps` tensors.
+//!   `llama`), fused `*_exps` tensors; `--arch deepseek2` (or `--shape deepseek-v3|kimi-k2`,
+//!   the real dimensions) in `mkmodel_mla.rs`.
+//! - `mkmodel moe OUT --arch gpt-oss --size 4GiB --type mxfp4`, and `mkmodel moe OUT --shape
+//!   gpt-oss-120b [--layers N]`: a gpt-oss MoE, or one with a real model's per-layer shape and
+//!   quant types (see `mkmodel_shapes.rs`).
 //! - `mkmodel upcycle DENSE OUT --experts N --top-k K`: a Mixtral-style MoE whose N experts
 //!   are exact copies of each layer's dense FFN, with a random router. The top-k weights are
 //!   renormalised to one, so it computes the dense model's function while every token routes.
@@ -22,9 +26,16 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::size::parse_size;
+
+#[path = "mkmodel_shapes.rs"]
+mod shapes;
 use flashstream::formats::gguf::GgufWriter;
-use flashstream::formats::{Array, GgmlType, Value};
+use flashstream::formats::tensor_names::{arch_tensors, Need, TensorSpec};
+use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
 use flashstream::loader::ModelFiles;
+
+#[path = "mkmodel_mla.rs"]
+mod mla;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,10 +57,11 @@ enum Kind {
 struct Common {
     /// Output GGUF file.
     out: PathBuf,
-    /// Target file size (e.g. 4GiB); the layer count is chosen to come close.
+    /// Target file size (e.g. 4GiB); the layer count is chosen to come close. Required
+    /// unless `--shape` is given (then it only sets the layer count, as `--layers` does).
     #[arg(long, value_parser = parse_size)]
-    size: u64,
-    /// Weight type of the matrices: q4_0, q8_0, f16, q4_k or q6_k.
+    size: Option<u64>,
+    /// Weight type of the matrices: q4_0, q8_0, f16, q4_k, q6_k or mxfp4.
     #[arg(long = "type", default_value = "q4_0", value_parser = parse_type)]
     ty: GgmlType,
     /// Seed of the random weights (the same seed gives the same file).
@@ -82,9 +94,17 @@ struct DenseArgs {
 struct MoeArgs {
     #[command(flatten)]
     c: Common,
-    /// Architecture: qwen3moe, qwen2moe (with a shared expert) or llama (Mixtral-style).
+    /// Architecture: qwen3moe, qwen2moe (with a shared expert), llama (Mixtral-style),
+    /// deepseek2 or gpt-oss.
     #[arg(long, default_value = "qwen3moe")]
     arch: String,
+    /// A real model's shape: its per-layer dimensions, expert counts, vocabulary and quant
+    /// types (gpt-oss-120b, gpt-oss-20b); `--layers` (or `--size`) keeps the shape with fewer
+    /// layers. Sets the architecture; `--type`, `--embd`, `--experts`, `--top-k` and
+    /// `--expert-ff` do not apply. deepseek2's real dimensions (deepseek-v3, kimi-k2) take
+    /// `--type` for the experts (the rest Q8_0) and `--layers N` or `--size`.
+    #[arg(long)]
+    shape: Option<String>,
     /// Experts per layer.
     #[arg(long, default_value_t = 64)]
     experts: usize,
@@ -127,8 +147,9 @@ fn parse_type(s: &str) -> Result<GgmlType, String> {
         "f16" => Ok(GgmlType::F16),
         "q4_k" => Ok(GgmlType::Q4_K),
         "q6_k" => Ok(GgmlType::Q6_K),
+        "mxfp4" => Ok(GgmlType::MXFP4),
         _ => Err(format!(
-            "unsupported weight type {s:?} for mkmodel (use q4_0, q8_0, f16, q4_k or q6_k)"
+            "unsupported weight type {s:?} for mkmodel (use q4_0, q8_0, f16, q4_k, q6_k or mxfp4)"
         )),
     }
 }
@@ -248,6 +269,26 @@ fn random_tensor(
                 left -= m as u64;
             }
         }
+        GgmlType::MXFP4 => {
+            // A shared power-of-two scale byte (E8M0, `2^(e-128)` per code unit as ggml reads
+            // it), then 32 random 4-bit E2M1 codes (values 0..±12 in code units, standard
+            // deviation about 5.85).
+            let d = scale / 5.85;
+            let e = (d.log2().round() + 128.0).clamp(1.0, 254.0) as u8;
+            let per_chunk = (chunk / 17).max(1);
+            let mut buf = vec![0u8; per_chunk * 17];
+            let mut left = n / 32;
+            while left > 0 {
+                let m = (left as usize).min(per_chunk);
+                let b = &mut buf[..m * 17];
+                rng.fill(b);
+                for blk in b.chunks_exact_mut(17) {
+                    blk[0] = e;
+                }
+                emit(b)?;
+                left -= m as u64;
+            }
+        }
         _ => {
             let r = recipe(ty).context("no random recipe for this type")?;
             let per_block = ty.block_size() as u64;
@@ -328,6 +369,7 @@ fn byte_vocab(w: &mut GgufWriter) -> anyhow::Result<()> {
 /// One tensor to generate.
 struct Spec {
     name: String,
+    role: TensorRole,
     ty: GgmlType,
     shape: Vec<u64>,
     /// Norm weights: all ones (plus a little noise) rather than random around zero.
@@ -335,18 +377,20 @@ struct Spec {
 }
 
 impl Spec {
-    fn new(name: impl Into<String>, ty: GgmlType, shape: &[u64]) -> Self {
+    /// The tensor of `role` in layer `il` (ignored for a global role).
+    fn new(role: TensorRole, il: usize, ty: GgmlType, shape: &[u64]) -> Self {
         Spec {
-            name: name.into(),
+            name: role.name(il),
+            role,
             ty,
             shape: shape.to_vec(),
             norm: false,
         }
     }
-    fn norm(name: impl Into<String>, len: u64) -> Self {
+    fn norm(role: TensorRole, il: usize, len: u64) -> Self {
         Spec {
             norm: true,
-            ..Spec::new(name, GgmlType::F32, &[len])
+            ..Spec::new(role, il, GgmlType::F32, &[len])
         }
     }
     fn bytes(&self) -> u64 {
@@ -373,16 +417,17 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
     // hidden state converges to the same direction and a MoE routes all tokens alike.
     let layers = specs
         .iter()
-        .filter(|s| s.name.ends_with(".attn_norm.weight"))
+        .filter(|s| s.role == TensorRole::AttnNorm)
         .count();
     let residual_gain = 1.0 / (2.0 * layers.max(1) as f32).sqrt();
     let gain = move |s: &Spec| -> f32 {
-        if s.name == "token_embd.weight" {
-            (s.shape[0] as f32).sqrt()
-        } else if s.name.contains(".attn_output.") || s.name.contains(".ffn_down") {
-            residual_gain
-        } else {
-            1.0
+        match s.role {
+            TensorRole::TokenEmbd => (s.shape[0] as f32).sqrt(),
+            TensorRole::AttnOut
+            | TensorRole::FfnDown
+            | TensorRole::FfnDownExps
+            | TensorRole::FfnDownShexp => residual_gain,
+            _ => 1.0,
         }
     };
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -516,30 +561,77 @@ fn common_keys(
     byte_vocab(w)
 }
 
-/// Attention tensors of layer `l` (and qwen extras).
-fn attn_specs(l: usize, arch: &str, ty: GgmlType, d: &Dims, out: &mut Vec<Spec>) {
-    let e = d.embd as u64;
-    let hd = (d.embd / d.heads) as u64;
-    let kv = d.kv_heads as u64 * hd;
-    let b = |s: &str| format!("blk.{l}.{s}");
-    out.push(Spec::norm(b("attn_norm.weight"), e));
-    out.push(Spec::new(b("attn_q.weight"), ty, &[e, e]));
-    out.push(Spec::new(b("attn_k.weight"), ty, &[e, kv]));
-    out.push(Spec::new(b("attn_v.weight"), ty, &[e, kv]));
-    out.push(Spec::new(b("attn_output.weight"), ty, &[e, e]));
-    match arch {
-        "qwen3moe" => {
-            out.push(Spec::norm(b("attn_q_norm.weight"), hd));
-            out.push(Spec::norm(b("attn_k_norm.weight"), hd));
+/// Sizes the shapes of a layer's tensors come from.
+struct LayerShape {
+    /// Weight type of the matrices.
+    ty: GgmlType,
+    /// Weight type of the expert matrices.
+    expert_ty: GgmlType,
+    embd: u64,
+    /// Query heads.
+    heads: u64,
+    /// Query projection rows (`heads × head_dim`; the hidden size except in gpt-oss).
+    q: u64,
+    head_dim: u64,
+    /// Key/value projection rows (`kv_heads × head_dim`).
+    kv: u64,
+    /// Dense FFN (or expert) hidden size.
+    ff: u64,
+    /// Experts per layer (0 for a dense model).
+    experts: u64,
+    /// Shared expert hidden size.
+    shared_ff: u64,
+}
+
+/// The tensor of `role` in layer `l`, shaped by `d`.
+fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec> {
+    use TensorRole::*;
+    let (e, ty) = (d.embd, d.ty);
+    Ok(match role {
+        AttnNorm | FfnNorm | PostAttnNorm | PostFfwNorm => Spec::norm(role, l, e),
+        FfnExpProbsB => Spec::new(role, l, GgmlType::F32, &[d.experts]),
+        AttnQNorm | AttnKNorm => Spec::norm(role, l, d.head_dim),
+        AttnQ => Spec::new(role, l, ty, &[e, d.q]),
+        AttnOut => Spec::new(role, l, ty, &[d.q, e]),
+        AttnK | AttnV => Spec::new(role, l, ty, &[e, d.kv]),
+        AttnQBias => Spec::new(role, l, GgmlType::F32, &[d.q]),
+        AttnKBias | AttnVBias => Spec::new(role, l, GgmlType::F32, &[d.kv]),
+        AttnOutBias => Spec::new(role, l, GgmlType::F32, &[e]),
+        AttnSinks => Spec::new(role, l, GgmlType::F32, &[d.heads]),
+        FfnGate | FfnUp => Spec::new(role, l, ty, &[e, d.ff]),
+        FfnDown => Spec::new(role, l, ty, &[d.ff, e]),
+        FfnRouter => Spec::new(role, l, GgmlType::F32, &[e, d.experts]),
+        FfnRouterBias => Spec::new(role, l, GgmlType::F32, &[d.experts]),
+        FfnGateExps | FfnUpExps => Spec::new(role, l, d.expert_ty, &[e, d.ff, d.experts]),
+        FfnDownExps => Spec::new(role, l, d.expert_ty, &[d.ff, e, d.experts]),
+        FfnGateExpsBias | FfnUpExpsBias => Spec::new(role, l, GgmlType::F32, &[d.ff, d.experts]),
+        FfnDownExpsBias => Spec::new(role, l, GgmlType::F32, &[e, d.experts]),
+        FfnRouterShexp => Spec::new(role, l, GgmlType::F32, &[e]),
+        FfnGateShexp | FfnUpShexp => Spec::new(role, l, ty, &[e, d.shared_ff]),
+        FfnDownShexp => Spec::new(role, l, ty, &[d.shared_ff, e]),
+        AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB => {
+            bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)")
         }
-        "qwen2moe" => {
-            out.push(Spec::new(b("attn_q.bias"), GgmlType::F32, &[e]));
-            out.push(Spec::new(b("attn_k.bias"), GgmlType::F32, &[kv]));
-            out.push(Spec::new(b("attn_v.bias"), GgmlType::F32, &[kv]));
+        TokenEmbd | OutputNorm | Output | RopeFreqs => {
+            bail!("{role:?} is not a layer tensor")
         }
-        _ => {}
+    })
+}
+
+/// The required tensors of `specs` in layer `l` (the optional ones are left out).
+fn push_specs(
+    specs: &[TensorSpec],
+    l: usize,
+    d: &LayerShape,
+    out: &mut Vec<Spec>,
+) -> anyhow::Result<()> {
+    for t in specs.iter().filter(|t| t.need == Need::Required) {
+        let mut s = role_spec(t.role, l, d)?;
+        // The architecture's own name for the role (gpt-oss's `post_attention_norm`).
+        s.name = t.name(l);
+        out.push(s);
     }
-    out.push(Spec::norm(b("ffn_norm.weight"), e));
+    Ok(())
 }
 
 fn summary(out: &Path, json: bool, fields: serde_json::Value) -> anyhow::Result<()> {
@@ -560,7 +652,7 @@ fn summary(out: &Path, json: bool, fields: serde_json::Value) -> anyhow::Result<
 fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let c = &a.c;
     let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
-    let mut d = dims_for(c.size as f64 / bpw, c.embd);
+    let mut d = dims_for(size_of(c)? as f64 / bpw, c.embd);
     if let Some(ff) = a.ff {
         d.ff = ff;
     }
@@ -571,20 +663,35 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let per_layer_w = 2 * e * e + 2 * e * kv + 3 * e * d.ff as u64;
     let per_layer = (per_layer_w as f64 * bpw) as u64 + 8 * e;
     let vocab = 257u64;
-    let layers = layer_count(c, per_layer, 2 * vocab * e * 2 + 4 * e);
+    let layers = layer_count(c, per_layer, 2 * vocab * e * 2 + 4 * e)?;
     let mut w = GgufWriter::new();
     common_keys(&mut w, "llama", c, &d, layers)?;
     w.set("general.file_type", Value::U32(file_type(c.ty)))?;
-    let mut specs = vec![Spec::new("token_embd.weight", GgmlType::F16, &[e, vocab])];
+    let table = arch_tensors(Architecture::Llama);
+    let shape = LayerShape {
+        ty: c.ty,
+        expert_ty: c.ty,
+        embd: e,
+        heads: d.heads as u64,
+        q: e,
+        head_dim: hd,
+        kv,
+        ff: d.ff as u64,
+        experts: 0,
+        shared_ff: 0,
+    };
+    let mut specs = vec![Spec::new(
+        TensorRole::TokenEmbd,
+        0,
+        GgmlType::F16,
+        &[e, vocab],
+    )];
     for l in 0..layers {
-        attn_specs(l, "llama", c.ty, &d, &mut specs);
-        let b = |s: &str| format!("blk.{l}.{s}");
-        specs.push(Spec::new(b("ffn_gate.weight"), c.ty, &[e, d.ff as u64]));
-        specs.push(Spec::new(b("ffn_up.weight"), c.ty, &[e, d.ff as u64]));
-        specs.push(Spec::new(b("ffn_down.weight"), c.ty, &[d.ff as u64, e]));
+        push_specs(table.attn, l, &shape, &mut specs)?;
+        push_specs(table.dense_ffn, l, &shape, &mut specs)?;
     }
-    specs.push(Spec::norm("output_norm.weight", e));
-    specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
+    specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
+    specs.push(Spec::new(TensorRole::Output, 0, GgmlType::F16, &[e, vocab]));
     let params = declare(&mut w, &specs)?;
     let len = write_random(w, &specs, &c.out, c.seed)?;
     summary(
@@ -598,12 +705,20 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
 }
 
 /// `--layers`, or as many layers of `per_layer` bytes as reach `--size` beside `fixed` bytes.
-fn layer_count(c: &Common, per_layer: u64, fixed: u64) -> usize {
-    c.layers
-        .unwrap_or_else(|| {
-            (c.size.saturating_sub(fixed) as f64 / per_layer as f64).round() as usize
-        })
-        .max(1)
+fn layer_count(c: &Common, per_layer: u64, fixed: u64) -> anyhow::Result<usize> {
+    let n = match (c.layers, c.size) {
+        (Some(n), _) => n,
+        (None, Some(size)) => {
+            (size.saturating_sub(fixed) as f64 / per_layer as f64).round() as usize
+        }
+        (None, None) => bail!("give --size (e.g. --size 4GiB) or --layers"),
+    };
+    Ok(n.max(1))
+}
+
+/// `--size`, required where no `--shape` gives the dimensions.
+fn size_of(c: &Common) -> anyhow::Result<u64> {
+    c.size.context("--size is required (e.g. --size 4GiB)")
 }
 
 /// Declares `specs` in `w`; returns their parameter count.
@@ -629,15 +744,25 @@ fn file_type(ty: GgmlType) -> u32 {
 fn moe(a: MoeArgs) -> anyhow::Result<()> {
     let c = &a.c;
     let arch = a.arch.as_str();
+    if arch == "deepseek2" || matches!(a.shape.as_deref(), Some("deepseek-v3" | "kimi-k2")) {
+        let shape = a.shape.clone();
+        return mla::deepseek2(a, shape.as_deref());
+    }
+    if a.shape.is_some() || arch == "gpt-oss" {
+        return shapes::moe_shaped(&a);
+    }
     if !matches!(arch, "qwen3moe" | "qwen2moe" | "llama") {
-        bail!("unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe or llama)");
+        bail!(
+            "unsupported --arch {arch:?} for a MoE (use qwen3moe, qwen2moe, llama, deepseek2 or \
+             gpt-oss)"
+        );
     }
     if a.experts == 0 || a.top_k == 0 || a.top_k > a.experts {
         bail!("--top-k {} must be in 1..=--experts {}", a.top_k, a.experts);
     }
     let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
     let mut d = dims_for(
-        c.size as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
+        size_of(c)? as f64 / bpw / (a.experts as f64 / 4.0).max(1.0),
         c.embd,
     );
     let eff = a.expert_ff.unwrap_or_else(|| {
@@ -658,7 +783,7 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
     let per_layer_w = attn_w + 3 * e * eff as u64 * nx + 3 * e * shared_ff;
     let per_layer = (per_layer_w as f64 * bpw) as u64 + 4 * e * nx + 8 * e;
     let vocab = 257u64;
-    let layers = layer_count(c, per_layer, 2 * vocab * e * 2);
+    let layers = layer_count(c, per_layer, 2 * vocab * e * 2)?;
     let mut w = GgufWriter::new();
     common_keys(&mut w, arch, c, &d, layers)?;
     let key = |k: &str| format!("{arch}.{k}");
@@ -676,43 +801,35 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
         w.set(key("attention.value_length"), Value::U32(hd as u32))?;
     }
     w.set("general.file_type", Value::U32(file_type(c.ty)))?;
-    let mut specs = vec![Spec::new("token_embd.weight", GgmlType::F16, &[e, vocab])];
+    let table = arch_tensors(Architecture::from_name(arch)?);
+    let shape = LayerShape {
+        ty: c.ty,
+        expert_ty: c.ty,
+        embd: e,
+        heads: d.heads as u64,
+        q: e,
+        head_dim: hd,
+        kv,
+        ff: eff as u64,
+        experts: nx,
+        shared_ff,
+    };
+    let mut specs = vec![Spec::new(
+        TensorRole::TokenEmbd,
+        0,
+        GgmlType::F16,
+        &[e, vocab],
+    )];
     for l in 0..layers {
-        attn_specs(l, arch, c.ty, &d, &mut specs);
-        let b = |s: &str| format!("blk.{l}.{s}");
-        specs.push(Spec::new(b("ffn_gate_inp.weight"), GgmlType::F32, &[e, nx]));
-        specs.push(Spec::new(
-            b("ffn_gate_exps.weight"),
-            c.ty,
-            &[e, eff as u64, nx],
-        ));
-        specs.push(Spec::new(
-            b("ffn_up_exps.weight"),
-            c.ty,
-            &[e, eff as u64, nx],
-        ));
-        specs.push(Spec::new(
-            b("ffn_down_exps.weight"),
-            c.ty,
-            &[eff as u64, e, nx],
-        ));
-        if arch == "qwen2moe" {
-            specs.push(Spec::new(
-                b("ffn_gate_inp_shexp.weight"),
-                GgmlType::F32,
-                &[e],
-            ));
-            specs.push(Spec::new(b("ffn_gate_shexp.weight"), c.ty, &[e, shared_ff]));
-            specs.push(Spec::new(b("ffn_up_shexp.weight"), c.ty, &[e, shared_ff]));
-            specs.push(Spec::new(b("ffn_down_shexp.weight"), c.ty, &[shared_ff, e]));
-        }
+        push_specs(table.attn, l, &shape, &mut specs)?;
+        push_specs(table.moe_ffn, l, &shape, &mut specs)?;
     }
-    specs.push(Spec::norm("output_norm.weight", e));
-    specs.push(Spec::new("output.weight", GgmlType::F16, &[e, vocab]));
+    specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
+    specs.push(Spec::new(TensorRole::Output, 0, GgmlType::F16, &[e, vocab]));
     let params = declare(&mut w, &specs)?;
     let expert_bytes: u64 = specs
         .iter()
-        .filter(|s| s.name.starts_with("blk.0.") && s.name.contains("_exps."))
+        .filter(|s| s.name.starts_with("blk.0.") && s.role.is_expert())
         .map(|s| s.bytes() / nx)
         .sum();
     let len = write_random(w, &specs, &c.out, c.seed)?;

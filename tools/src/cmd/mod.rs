@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod bench;
+pub mod bench_parallel;
 pub mod chat;
 pub mod common;
 pub mod dump;
@@ -10,7 +11,9 @@ pub mod logits;
 pub mod mkmodel;
 pub mod plan;
 pub mod run;
+pub mod serve;
 pub mod size;
+pub mod template;
 pub mod tokenize;
 
 use std::path::Path;

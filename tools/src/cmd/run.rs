@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde_json::json;
@@ -11,8 +12,10 @@ use super::common::{
 };
 use super::engine::{describe_plan, stats_json};
 use flashstream::runtime::chat::Message;
-use flashstream::runtime::generate::{generate, GenerateOptions};
+use flashstream::runtime::generate::{generate_constrained, GenerateOptions};
+use flashstream::runtime::tokenizer::Tokenizer;
 use flashstream::scheduler::{sysmem, SourceStats};
+use flashstream_structured::{Constraint, Grammar, StructuredVocab};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,6 +45,35 @@ pub struct Args {
     /// the end instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Constrain the output to JSON that fits the JSON schema in FILE (the schema itself,
+    /// e.g. `{"type":"object","properties":{..},"required":[..]}`).
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output to the Lark grammar in FILE (llguidance's dialect: `start: ...`;
+    /// `%json {..}` embeds a schema).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
+}
+
+/// The constraint `--json-schema` / `--grammar` ask for, compiled (so a bad schema fails
+/// before the model loads).
+fn constraint(a: &Args, tok: &Tokenizer) -> anyhow::Result<Option<Constraint>> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let (grammar, file) = match (&a.json_schema, &a.grammar) {
+        (Some(p), _) => {
+            let schema: serde_json::Value = serde_json::from_str(&read(p)?).with_context(|| {
+                format!("--json-schema {}: the file is not valid JSON", p.display())
+            })?;
+            (Grammar::json_schema(&schema), p)
+        }
+        (None, Some(p)) => (Grammar::lark(&read(p)?), p),
+        (None, None) => return Ok(None),
+    };
+    let vocab = StructuredVocab::new(tok)?;
+    let c = Constraint::new(&vocab, &grammar)
+        .with_context(|| format!("{} {}", grammar.kind(), file.display()))?;
+    Ok(Some(c))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -67,6 +99,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt gives no tokens");
     }
+    let mut constraint = constraint(&a, &tok)?;
     let wanted = prompt.len().saturating_add(a.n_predict);
     let loaded = build_model(
         gguf,
@@ -93,7 +126,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = generate(&mut session, &tok, &prompt, &opts, |ev| {
+    let dyn_constraint = constraint
+        .as_mut()
+        .map(|c| c as &mut dyn flashstream::runtime::constraint::LogitsConstraint);
+    let out = generate_constrained(&mut session, &tok, &prompt, &opts, dyn_constraint, |ev| {
         if s1.is_none() {
             s1 = Some(loaded.stats());
         }
@@ -111,6 +147,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     .context("generating")?;
     if let Some(e) = write_err {
         return Err(e).context("writing to stdout");
+    }
+    let complete = constraint.as_mut().map(|c| c.is_accepting());
+    if complete == Some(false) {
+        eprintln!(
+            "warning: the output stopped ({}) before the grammar was complete: it does not fit \
+             the schema/grammar (raise -n)",
+            out.stop_reason.as_str()
+        );
     }
     let s = &out.stats;
     let s2 = loaded.stats();
@@ -134,6 +178,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             loaded.io(),
             decode_io.io_busy_s + prompt_io.io_busy_s,
         );
+        if let Some(c) = &constraint {
+            let m = c.stats();
+            eprintln!(
+                "[grammar: compiled in {:.1} ms; mask {:.3} ms/token (max {:.3} ms), commit {:.3} ms/token]",
+                m.compile_s * 1e3,
+                m.mask_ms_per_token(),
+                m.max_mask_s * 1e3,
+                m.commit_ms_per_token()
+            );
+        }
     }
     if a.json {
         let j = json!({
@@ -160,6 +214,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         });
         let mut j = j;
         if let Some(obj) = j["stats"].as_object_mut() {
+            if let Some(c) = &constraint {
+                let m = c.stats();
+                let decode_steps = s.generated_tokens.saturating_sub(1).max(1) as f64;
+                obj.insert(
+                    "constraint".into(),
+                    json!({
+                        "complete": complete,
+                        "compile_ms": m.compile_s * 1e3,
+                        "masks": m.masks,
+                        "mask_ms_per_token": m.mask_ms_per_token(),
+                        "max_mask_ms": m.max_mask_s * 1e3,
+                        "commit_ms_per_token": m.commit_ms_per_token(),
+                        "decode_ms_per_token": s.decode_s * 1e3 / decode_steps,
+                    }),
+                );
+            }
             obj.extend(stats_json(
                 &decode_io,
                 s.generated_tokens.saturating_sub(1) as u64,
