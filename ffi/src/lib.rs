@@ -8,14 +8,14 @@
 //! out-of-range values are error codes; strings the library returns are either written into
 //! caller buffers (with the needed size reported) or freed with `flashstream_string_free`.
 //!
-//! Threading: every function may be called from any thread. Engine calls (tokenize, plan,
-//! stats, set_budget, new sessions) may run concurrently with each other and with a
-//! generating session of the same engine; `flashstream_engine_set_budget` then applies at the
-//! generating session's next weight-free moment (between layers or tokens). One session
-//! generates on one thread at a time (a second `generate` on the same session waits for the
-//! first); several sessions of one engine may generate concurrently but their forward passes
-//! take turns. `flashstream_session_cancel` is meant to be called from another thread. The
-//! last-error message belongs to the calling thread.
+//! Threading (also stated at the top of the header, from `cbindgen.toml`): every function may
+//! be called from any thread. Engine calls (tokenize, plan, stats, set_budget, new sessions)
+//! may run concurrently with each other and with a generating session of the same engine;
+//! `flashstream_engine_set_budget` then applies at the generating session's next weight-free
+//! moment (between layers or tokens). One session generates on one thread at a time (a second
+//! `generate` on the same session waits for the first); several sessions of one engine may
+//! generate concurrently. `flashstream_session_cancel` is meant to be called from another
+//! thread. The last-error message belongs to the calling thread.
 
 #![warn(missing_docs)]
 #![allow(non_camel_case_types)]
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use fs::runtime::chat::Message;
 use fs::runtime::generate::{generate, GenerateOptions, StopReason};
-use fs::runtime::sampler::SamplerConfig;
+use fs::runtime::sampler::{SamplerConfig, SamplerError};
 use fs::scheduler::{fmt_bytes, sysmem};
 use fs::{Engine, EngineOptions, LoadProgress};
 
@@ -156,6 +156,12 @@ pub struct flashstream_stats {
     pub prompt_tokens_per_s: f64,
     /// Generated tokens/s of the last generation (0 before any).
     pub decode_tokens_per_s: f64,
+    /// Reads from the model files while running.
+    pub reads: u64,
+    /// MoE expert uses (0 for dense models).
+    pub expert_leases: u64,
+    /// Of those, the ones the expert cache already held.
+    pub expert_hits: u64,
 }
 
 /// One chat message (NUL-terminated UTF-8 strings).
@@ -352,8 +358,9 @@ pub extern "C" fn flashstream_engine_free(engine: *mut flashstream_engine) -> fl
     guard(|| ENGINES.remove(engine as usize).map(drop))
 }
 
-/// Writes the residency plan (a summary line, then one `what: bytes` line per budget item)
-/// into `buf` (`cap` bytes, NUL-terminated); `*len` (if not NULL) gets its length without the
+/// Writes the residency plan (a summary line, then `budget items:` and one line per item of
+/// the budget with its size, then the total and the minimum budget, as `flashstream plan`
+/// prints them) into `buf` (`cap` bytes, NUL-terminated); `*len` (if not NULL) gets its length without the
 /// NUL, also when `buf` is too small (`FLASHSTREAM_ERR_BUFFER_TOO_SMALL`).
 ///
 /// # Safety
@@ -368,27 +375,22 @@ pub unsafe extern "C" fn flashstream_engine_plan(
     guard(|| {
         let e = engine_of(engine)?;
         let p = e.engine.plan();
-        let mut s = format!(
-            "budget {} (planned {}): {} pinned units, {} streamed per token, {} ring slots, {} expert slots, context {}\n",
-            fmt_bytes(p.budget),
-            fmt_bytes(p.total_bytes()),
-            p.pinned.len(),
-            p.cycle.len(),
-            p.n_slots,
-            p.expert_slots,
-            p.n_ctx
-        );
+        let line = |what: &str, bytes: u64| format!("  {what:<48} {:>12}\n", fmt_bytes(bytes));
+        let mut s = format!("{}\nbudget items:\n", p.describe());
         for i in &p.items {
-            s.push_str(&format!("{}: {}\n", i.what, i.bytes));
+            s.push_str(&line(&i.what, i.bytes));
         }
+        s.push_str(&line("total", p.total_bytes()));
+        s.push_str(&line("minimum budget", e.engine.min_budget()?));
         // SAFETY: the caller's contract.
         unsafe { write_str(&s, buf, cap, len) }
     })
 }
 
-/// Moves the budget to `bytes` while the model stays loaded (see `Engine::set_budget`):
-/// shrinking frees weights held in RAM and returns the memory to the OS before this returns;
-/// growing reads more weights into RAM. May be called from any thread, also while a session
+/// Moves the budget to `bytes` while the model stays loaded: the plan is recomputed for the
+/// same model, context and batch; shrinking frees pinned weights, ring and expert-cache slots
+/// and returns the memory to the OS before this returns; growing reads more weights into RAM.
+/// Greedy output is the same under any budget. May be called from any thread, also while a session
 /// generates (the change applies at its next weight-free moment). Below the minimum:
 /// `FLASHSTREAM_ERR_BUDGET_TOO_SMALL`, and nothing changes.
 #[no_mangle]
@@ -431,6 +433,9 @@ pub unsafe extern "C" fn flashstream_engine_stats(
             n_ctx: p.n_ctx as u32,
             prompt_tokens_per_s: last.as_ref().map_or(0.0, |l| l.prompt_tokens_per_s),
             decode_tokens_per_s: last.as_ref().map_or(0.0, |l| l.decode_tokens_per_s),
+            reads: s.reads,
+            expert_leases: s.expert_leases,
+            expert_hits: s.expert_hits,
         };
         Ok(())
     })
@@ -524,6 +529,38 @@ pub unsafe extern "C" fn flashstream_detokenize(
     })
 }
 
+/// The messages at `messages` (`n` of them).
+///
+/// # Safety
+/// `messages` is NULL or valid for `n` messages whose strings are NUL-terminated or NULL.
+unsafe fn messages_arg(
+    messages: *const flashstream_chat_message,
+    n: usize,
+) -> Result<Vec<Message>, Error> {
+    if messages.is_null() && n > 0 {
+        return Err(Error::null("messages"));
+    }
+    let ms: &[flashstream_chat_message] = if n == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts(messages, n) }
+    };
+    let mut v = Vec::with_capacity(n);
+    for (i, m) in ms.iter().enumerate() {
+        // SAFETY: the caller's contract.
+        let role = unsafe { str_arg(m.role, &format!("messages[{i}].role")) }?;
+        let content = unsafe { str_arg(m.content, &format!("messages[{i}].content")) }?;
+        if !matches!(role, "system" | "user" | "assistant") {
+            return Err(Error::invalid(format!(
+                "messages[{i}].role is {role:?}; expected system, user or assistant"
+            )));
+        }
+        v.push(Message::new(role, content));
+    }
+    Ok(v)
+}
+
 /// Renders `n` messages with the model's chat template (or a built-in one) into a new string
 /// `*out` (free it with `flashstream_string_free`). `add_generation_prompt` ends it with the
 /// assistant's turn opener. The result starts with the BOS text when the template writes it:
@@ -543,27 +580,8 @@ pub unsafe extern "C" fn flashstream_chat_apply_template(
         let out = out_ptr(out, "out")?;
         *out = std::ptr::null_mut();
         let e = engine_of(engine)?;
-        if messages.is_null() && n > 0 {
-            return Err(Error::null("messages"));
-        }
-        let ms: &[flashstream_chat_message] = if n == 0 {
-            &[]
-        } else {
-            // SAFETY: the caller's contract.
-            unsafe { std::slice::from_raw_parts(messages, n) }
-        };
-        let mut v = Vec::with_capacity(n);
-        for (i, m) in ms.iter().enumerate() {
-            // SAFETY: the caller's contract.
-            let role = unsafe { str_arg(m.role, &format!("messages[{i}].role")) }?;
-            let content = unsafe { str_arg(m.content, &format!("messages[{i}].content")) }?;
-            if !matches!(role, "system" | "user" | "assistant") {
-                return Err(Error::invalid(format!(
-                    "messages[{i}].role is {role:?}; expected system, user or assistant"
-                )));
-            }
-            v.push(Message::new(role, content));
-        }
+        // SAFETY: the caller's contract.
+        let v = unsafe { messages_arg(messages, n) }?;
         let s = e
             .template
             .render(&v, add_generation_prompt)
@@ -626,12 +644,16 @@ pub extern "C" fn flashstream_session_reset(
     guard(|| {
         let s = session_of(session)?;
         s.session.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        s.cancel.store(false, Ordering::SeqCst);
         Ok(())
     })
 }
 
-/// Asks a generation in progress on this session (on another thread) to stop after the
-/// current token; it returns `FLASHSTREAM_OK` with stop reason 4 (cancelled).
+/// Asks the generation in progress on this session (on another thread) to stop after the
+/// current token (a prompt being evaluated is finished first); that `generate` returns
+/// `FLASHSTREAM_OK` with stop reason 4 (cancelled). A cancel that arrives while no generation
+/// runs applies to the next one, so one racing the start of a generation is never lost;
+/// `flashstream_session_reset` clears it.
 #[no_mangle]
 pub extern "C" fn flashstream_session_cancel(
     session: *mut flashstream_session,
@@ -652,9 +674,26 @@ fn sampling(p: &flashstream_sampling_params) -> Result<GenerateOptions, Error> {
         repeat_last_n: p.repeat_last_n as usize,
         seed: p.seed,
     };
-    sampler
-        .validate()
-        .map_err(|e| Error::invalid(e.to_string()))?;
+    sampler.validate().map_err(|e| match e {
+        SamplerError::Invalid {
+            name,
+            value,
+            expected,
+        } => {
+            // The runtime names the CLI flag; name the field of flashstream_sampling_params.
+            let field = match name {
+                "--temp" => "temperature",
+                "--top-p" => "top_p",
+                "--min-p" => "min_p",
+                "--repeat-penalty" => "repeat_penalty",
+                other => other,
+            };
+            Error::invalid(format!(
+                "invalid sampling parameter {field} = {value}: expected {expected}"
+            ))
+        }
+        other => Error::invalid(other.to_string()),
+    })?;
     if p.stop.is_null() && p.n_stop > 0 {
         return Err(Error::null("stop"));
     }
@@ -676,11 +715,74 @@ fn sampling(p: &flashstream_sampling_params) -> Result<GenerateOptions, Error> {
     })
 }
 
+/// Generates after `text` (tokenized with the model's BOS if `add_special`) in `s`.
+///
+/// # Safety
+/// The pointers follow `flashstream_session_generate`'s contract.
+unsafe fn run_generation(
+    s: &SessionBox,
+    text: &str,
+    add_special: bool,
+    p: &flashstream_sampling_params,
+    on_token: flashstream_token_fn,
+    user_data: *mut c_void,
+    out: *mut flashstream_generation,
+) -> Result<(), Error> {
+    let opts = sampling(p)?;
+    let eb = &s.engine;
+    let ids = eb
+        .tokenizer
+        .encode(text, add_special, true)
+        .map_err(|x| Error::invalid(x.to_string()))?;
+    if ids.is_empty() {
+        return Err(Error::invalid("the prompt gives no tokens (it is empty)"));
+    }
+    let mut session = s.session.lock().unwrap_or_else(|p| p.into_inner());
+    let g = generate(&mut session, &eb.tokenizer, &ids, &opts, |ev| {
+        if let Some(f) = on_token {
+            if !f(
+                ev.text.as_ptr().cast(),
+                ev.text.len(),
+                ev.token as i32,
+                user_data,
+            ) {
+                return ControlFlow::Break(());
+            }
+        }
+        if s.cancel.load(Ordering::SeqCst) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    // A cancel is consumed by the generation it stopped (or that ran while it came).
+    s.cancel.store(false, Ordering::SeqCst);
+    let g = g.map_err(|e| Error::new(FLASHSTREAM_ERR_RUNTIME, e.to_string()))?;
+    *eb.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.stats);
+    // SAFETY: the caller's contract.
+    if let Some(o) = unsafe { out.as_mut() } {
+        *o = flashstream_generation {
+            n_prompt_tokens: g.stats.prompt_tokens as u32,
+            n_generated: g.tokens.len() as u32,
+            stop_reason: match g.stop_reason {
+                StopReason::EndOfGeneration => 0,
+                StopReason::StopString => 1,
+                StopReason::MaxTokens => 2,
+                StopReason::ContextFull => 3,
+                StopReason::Cancelled => 4,
+            },
+            prompt_tokens_per_s: g.stats.prompt_tokens_per_s,
+            decode_tokens_per_s: g.stats.decode_tokens_per_s,
+        };
+    }
+    Ok(())
+}
+
 /// Generates the continuation of `prompt` in `session` (after what it already holds), calling
 /// `on_token` (may be NULL) with each piece of text. Stops at `max_tokens`, a stop string, an
 /// end-of-generation token (if asked), a full context, `on_token` returning false or
 /// `flashstream_session_cancel`. `out` (may be NULL) gets what happened. An empty prompt or
-/// one longer than the context left is `FLASHSTREAM_ERR_RUNTIME`.
+/// invalid sampling values are `FLASHSTREAM_ERR_INVALID`; a prompt longer than the context
+/// left is `FLASHSTREAM_ERR_RUNTIME`.
 ///
 /// # Safety
 /// `prompt` is NUL-terminated; `params` NULL (defaults) or valid, its `stop` array valid for
@@ -701,52 +803,45 @@ pub unsafe extern "C" fn flashstream_session_generate(
         let p = unsafe { params.as_ref() }
             .copied()
             .unwrap_or_else(|| flashstream_sampling_default_params());
-        let opts = sampling(&p)?;
-        let eb = &s.engine;
-        let ids = eb
-            .tokenizer
-            .encode(prompt, p.add_special, true)
-            .map_err(|x| Error::invalid(x.to_string()))?;
-        if ids.is_empty() {
-            return Err(Error::invalid("the prompt gives no tokens"));
-        }
-        let mut session = s.session.lock().unwrap_or_else(|p| p.into_inner());
-        s.cancel.store(false, Ordering::SeqCst);
-        let g = generate(&mut session, &eb.tokenizer, &ids, &opts, |ev| {
-            if let Some(f) = on_token {
-                if !f(
-                    ev.text.as_ptr().cast(),
-                    ev.text.len(),
-                    ev.token as i32,
-                    user_data,
-                ) {
-                    return ControlFlow::Break(());
-                }
-            }
-            if s.cancel.load(Ordering::SeqCst) {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        })
-        .map_err(|e| Error::new(FLASHSTREAM_ERR_RUNTIME, e.to_string()))?;
-        *eb.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.stats);
         // SAFETY: the caller's contract.
-        if let Some(o) = unsafe { out.as_mut() } {
-            *o = flashstream_generation {
-                n_prompt_tokens: g.stats.prompt_tokens as u32,
-                n_generated: g.tokens.len() as u32,
-                stop_reason: match g.stop_reason {
-                    StopReason::EndOfGeneration => 0,
-                    StopReason::StopString => 1,
-                    StopReason::MaxTokens => 2,
-                    StopReason::ContextFull => 3,
-                    StopReason::Cancelled => 4,
-                },
-                prompt_tokens_per_s: g.stats.prompt_tokens_per_s,
-                decode_tokens_per_s: g.stats.decode_tokens_per_s,
-            };
-        }
-        Ok(())
+        unsafe { run_generation(&s, prompt, p.add_special, &p, on_token, user_data, out) }
+    })
+}
+
+/// Renders `n` messages with the model's chat template and the assistant's turn opener, then
+/// generates the reply as `flashstream_session_generate` does (`params->add_special` is
+/// ignored: the BOS is added unless the template wrote it). For a conversation, call it with
+/// the whole history on a reset (or new) session.
+///
+/// # Safety
+/// `messages` is valid for `n` messages; the other pointers as for
+/// `flashstream_session_generate`.
+#[no_mangle]
+pub unsafe extern "C" fn flashstream_session_chat(
+    session: *mut flashstream_session,
+    messages: *const flashstream_chat_message,
+    n: usize,
+    params: *const flashstream_sampling_params,
+    on_token: flashstream_token_fn,
+    user_data: *mut c_void,
+    out: *mut flashstream_generation,
+) -> flashstream_status {
+    guard(|| {
+        let s = session_of(session)?;
+        // SAFETY: the caller's contract.
+        let msgs = unsafe { messages_arg(messages, n) }?;
+        let text = s
+            .engine
+            .template
+            .render(&msgs, true)
+            .map_err(|x| Error::invalid(x.to_string()))?;
+        let bos = s.engine.template.bos();
+        let has_bos = !bos.is_empty() && text.starts_with(bos);
+        let p = unsafe { params.as_ref() }
+            .copied()
+            .unwrap_or_else(|| flashstream_sampling_default_params());
+        // SAFETY: the caller's contract.
+        unsafe { run_generation(&s, &text, !has_bos, &p, on_token, user_data, out) }
     })
 }
 

@@ -2,9 +2,12 @@
  * out-of-range values: each must return its error code (with a message), never crash. Then a
  * working sequence. Usage: api MODEL (a small model, e.g. testdata/models/rand-llama-q8_0.gguf).
  * Exit status 0 when every check passed. Built and run by ci/ffi.sh (also under valgrind). */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "flashstream.h"
 
@@ -26,6 +29,15 @@ static int checks = 0;
         }                                                                                   \
     } while (0)
 
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        checks++;                                                                    \
+        if (!(cond)) {                                                               \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
+            failures++;                                                              \
+        }                                                                            \
+    } while (0)
+
 static int progress_calls = 0;
 static bool progress_cancel(float p, void *u) {
     (void)p;
@@ -35,7 +47,7 @@ static bool progress_cancel(float p, void *u) {
 }
 static bool progress_go(float p, void *u) {
     (void)u;
-    if (p < 0.0f || p > 1.0f) failures++;
+    CHECK(p >= 0.0f && p <= 1.0f);
     progress_calls++;
     return true;
 }
@@ -47,6 +59,25 @@ static bool stop_after_two(const char *piece, size_t len, int32_t token, void *u
     (void)token;
     (void)u;
     return ++pieces < 2;
+}
+
+/* Cancellation from another thread: the generating thread's callback counts tokens (slowly);
+ * the canceller waits for the first one, then cancels. */
+static atomic_int seen = 0;
+static bool count_slowly(const char *piece, size_t len, int32_t token, void *u) {
+    (void)piece;
+    (void)len;
+    (void)token;
+    (void)u;
+    atomic_fetch_add(&seen, 1);
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+    return true;
+}
+static void *canceller(void *session) {
+    struct timespec ts = {0, 1000000};
+    while (atomic_load(&seen) == 0) nanosleep(&ts, NULL);
+    return (void *)(intptr_t)flashstream_session_cancel((flashstream_session *)session);
 }
 
 int main(int argc, char **argv) {
@@ -69,7 +100,7 @@ int main(int argc, char **argv) {
     flashstream_engine *fake_e = (flashstream_engine *)(uintptr_t)0xdead0;
     flashstream_session *fake_s = (flashstream_session *)(uintptr_t)0xbeef0;
 
-    if (strlen(flashstream_version()) == 0) failures++;
+    CHECK(strlen(flashstream_version()) > 0);
     (void)flashstream_status_string(-1);
     (void)flashstream_status_string(999);
 
@@ -86,12 +117,13 @@ int main(int argc, char **argv) {
                 flashstream_last_error());
         failures++;
     }
-    if (e != NULL) failures++;
+    CHECK(e == NULL);
     ep.mem_bytes = 256ull << 20;
     ep.n_threads = 2;
     ep.progress_callback = progress_cancel;
     EXPECT(flashstream_engine_open(model, &ep, &e), FLASHSTREAM_ERR_CANCELLED);
-    if (progress_calls == 0) failures++;
+    CHECK(progress_calls > 0);
+    CHECK(e == NULL);
 
     /* Every engine and session call on NULL and on a made-up handle. */
     flashstream_engine *bad_es[2] = {NULL, fake_e};
@@ -118,6 +150,8 @@ int main(int argc, char **argv) {
         EXPECT(flashstream_session_reset(b), c);
         EXPECT(flashstream_session_cancel(b), c);
         EXPECT(flashstream_session_generate(b, "hi", NULL, NULL, NULL, &gen), c);
+        struct flashstream_chat_message m = {"user", "hi"};
+        EXPECT(flashstream_session_chat(b, &m, 1, NULL, NULL, NULL, &gen), c);
     }
     flashstream_string_free(NULL);
 
@@ -129,28 +163,28 @@ int main(int argc, char **argv) {
         fprintf(stderr, "FAIL: no engine: %s\n", flashstream_last_error());
         return 1;
     }
-    if (progress_calls == 0) failures++;
+    CHECK(progress_calls > 0);
 
     EXPECT(flashstream_engine_plan(e, NULL, 0, &len), FLASHSTREAM_ERR_NULL);
     EXPECT(flashstream_engine_plan(e, buf, 4, &len), FLASHSTREAM_ERR_BUFFER_TOO_SMALL);
-    if (len < 10) failures++;
+    CHECK(len > 10);
     EXPECT(flashstream_engine_plan(e, buf, sizeof buf, &len), FLASHSTREAM_OK);
+    CHECK(strlen(buf) == len && strstr(buf, "budget items:") != NULL);
     EXPECT(flashstream_engine_stats(e, NULL), FLASHSTREAM_ERR_NULL);
     EXPECT(flashstream_engine_stats(e, &st), FLASHSTREAM_OK);
-    if (st.budget_bytes != (256ull << 20) || st.min_budget_bytes == 0 ||
-        st.min_budget_bytes > st.budget_bytes)
-        failures++;
+    CHECK(st.budget_bytes == (256ull << 20) && st.min_budget_bytes > 0 &&
+          st.min_budget_bytes <= st.budget_bytes && st.load_bytes > 0);
 
     /* Budget: below the minimum changes nothing; the minimum works. */
     EXPECT(flashstream_engine_set_budget(e, st.min_budget_bytes - 1),
            FLASHSTREAM_ERR_BUDGET_TOO_SMALL);
     EXPECT(flashstream_engine_set_budget(e, 0), FLASHSTREAM_ERR_BUDGET_TOO_SMALL);
     EXPECT(flashstream_engine_stats(e, &st), FLASHSTREAM_OK);
-    if (st.budget_bytes != (256ull << 20)) failures++;
+    CHECK(st.budget_bytes == (256ull << 20));
     u64 = st.min_budget_bytes;
     EXPECT(flashstream_engine_set_budget(e, u64), FLASHSTREAM_OK);
     EXPECT(flashstream_engine_stats(e, &st), FLASHSTREAM_OK);
-    if (st.budget_bytes != u64 || st.planned_bytes > u64) failures++;
+    CHECK(st.budget_bytes == u64 && st.planned_bytes <= u64);
 
     /* Tokenizer. */
     EXPECT(flashstream_tokenize(e, NULL, true, true, toks, 256, &len), FLASHSTREAM_ERR_NULL);
@@ -188,7 +222,7 @@ int main(int argc, char **argv) {
     EXPECT(flashstream_chat_apply_template(e, &bad_content, 1, true, &chat),
            FLASHSTREAM_ERR_UTF8);
     EXPECT(flashstream_chat_apply_template(e, msgs, 2, true, &chat), FLASHSTREAM_OK);
-    if (chat == NULL || strstr(chat, "Hi") == NULL) failures++;
+    CHECK(chat != NULL && strstr(chat, "Hi") != NULL);
     flashstream_string_free(chat);
 
     /* Sessions. */
@@ -218,7 +252,7 @@ int main(int argc, char **argv) {
     sp.stop_at_eog = false;
     EXPECT(flashstream_session_generate(s, "Once upon a time", &sp, NULL, NULL, &gen),
            FLASHSTREAM_OK);
-    if (gen.n_generated != 8 || gen.stop_reason != 2) failures++;
+    CHECK(gen.n_generated == 8 && gen.stop_reason == 2);
     EXPECT(flashstream_session_reset(s), FLASHSTREAM_OK);
     pieces = 0;
     EXPECT(flashstream_session_generate(s, "Once upon a time", &sp, stop_after_two, NULL, &gen),
@@ -228,6 +262,37 @@ int main(int argc, char **argv) {
                 gen.stop_reason);
         failures++;
     }
+    /* A cancel while nothing runs applies to the next generation (stopped at its first token),
+     * then is spent. */
+    EXPECT(flashstream_session_reset(s), FLASHSTREAM_OK);
+    EXPECT(flashstream_session_cancel(s), FLASHSTREAM_OK);
+    EXPECT(flashstream_session_generate(s, "Once upon a time", &sp, NULL, NULL, &gen),
+           FLASHSTREAM_OK);
+    CHECK(gen.stop_reason == 4 && gen.n_generated == 1);
+    EXPECT(flashstream_session_reset(s), FLASHSTREAM_OK);
+    EXPECT(flashstream_session_generate(s, "Once upon a time", &sp, NULL, NULL, &gen),
+           FLASHSTREAM_OK);
+    CHECK(gen.stop_reason == 2 && gen.n_generated == 8);
+    /* Cancel from another thread while generating. */
+    EXPECT(flashstream_session_reset(s), FLASHSTREAM_OK);
+    sp.max_tokens = 200;
+    pthread_t th;
+    void *th_status = NULL;
+    CHECK(pthread_create(&th, NULL, canceller, s) == 0);
+    EXPECT(flashstream_session_generate(s, "Once", &sp, count_slowly, NULL, &gen), FLASHSTREAM_OK);
+    CHECK(pthread_join(th, &th_status) == 0);
+    CHECK((intptr_t)th_status == FLASHSTREAM_OK);
+    CHECK(gen.stop_reason == 4 && gen.n_generated < 200);
+    sp.max_tokens = 8;
+    /* Chat: bad messages, then a reply under the template. */
+    EXPECT(flashstream_session_reset(s), FLASHSTREAM_OK);
+    EXPECT(flashstream_session_chat(s, NULL, 1, &sp, NULL, NULL, &gen), FLASHSTREAM_ERR_NULL);
+    EXPECT(flashstream_session_chat(s, &bad_role, 1, &sp, NULL, NULL, &gen),
+           FLASHSTREAM_ERR_INVALID);
+    EXPECT(flashstream_session_chat(s, &bad_content, 1, &sp, NULL, NULL, &gen),
+           FLASHSTREAM_ERR_UTF8);
+    EXPECT(flashstream_session_chat(s, msgs, 2, &sp, NULL, NULL, &gen), FLASHSTREAM_OK);
+    CHECK(gen.n_prompt_tokens > 2 && gen.n_generated == 8);
     /* A prompt longer than the context. */
     EXPECT(flashstream_engine_stats(e, &st), FLASHSTREAM_OK);
     size_t big = (size_t)st.n_ctx * 8 + 64;
@@ -243,7 +308,9 @@ int main(int argc, char **argv) {
     EXPECT(flashstream_engine_free(e), FLASHSTREAM_OK);
     EXPECT(flashstream_engine_free(e), FLASHSTREAM_ERR_BAD_HANDLE);
     EXPECT(flashstream_engine_stats(e, &st), FLASHSTREAM_ERR_BAD_HANDLE);
-    EXPECT(flashstream_session_new(e, &s), FLASHSTREAM_ERR_BAD_HANDLE);
+    flashstream_session *s2 = NULL;
+    EXPECT(flashstream_session_new(e, &s2), FLASHSTREAM_ERR_BAD_HANDLE);
+    CHECK(s2 == NULL);
     EXPECT(flashstream_session_reset(s), FLASHSTREAM_OK);
     EXPECT(flashstream_session_generate(s, "Once", &sp, NULL, NULL, &gen), FLASHSTREAM_OK);
     EXPECT(flashstream_session_free(s), FLASHSTREAM_OK);

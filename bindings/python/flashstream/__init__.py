@@ -134,6 +134,9 @@ class _Stats(ctypes.Structure):
         ("n_ctx", ctypes.c_uint32),
         ("prompt_tokens_per_s", ctypes.c_double),
         ("decode_tokens_per_s", ctypes.c_double),
+        ("reads", ctypes.c_uint64),
+        ("expert_leases", ctypes.c_uint64),
+        ("expert_hits", ctypes.c_uint64),
     ]
 
 
@@ -180,6 +183,9 @@ def _load():
             "flashstream_session_cancel": ([vp], st),
             "flashstream_session_generate": ([vp, ctypes.c_char_p, ctypes.POINTER(_SamplingParams),
                                               _TOKEN_FN, vp, ctypes.POINTER(_Generation)], st),
+            "flashstream_session_chat": ([vp, ctypes.POINTER(_ChatMessage), sz,
+                                          ctypes.POINTER(_SamplingParams), _TOKEN_FN, vp,
+                                          ctypes.POINTER(_Generation)], st),
         }
         for name, (args, res) in sigs.items():
             f = getattr(lib, name)
@@ -234,7 +240,7 @@ class Engine:
         h = ctypes.c_void_p()
         _check(self._lib.flashstream_engine_open(_utf8(os.fspath(path), "path"), ctypes.byref(params), ctypes.byref(h)))
         self._h = h
-        self._gen_lock = threading.Lock()
+        self.last_generation = None
 
     def _handle(self):
         if self._h is None:
@@ -311,14 +317,19 @@ class Engine:
             _check(st)
             return buf.raw[: n.value].decode("utf-8", "replace")
 
-    def apply_chat_template(self, messages, add_generation_prompt=True):
-        """messages: a list of {"role": ..., "content": ...}; the rendered prompt."""
+    @staticmethod
+    def _messages(messages):
         arr = (_ChatMessage * max(len(messages), 1))()
         keep = []
         for i, m in enumerate(messages):
             r, c = _utf8(m["role"], "role"), _utf8(m["content"], "content")
             keep += [r, c]
             arr[i].role, arr[i].content = r, c
+        return arr, keep
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        """messages: a list of {"role": ..., "content": ...}; the rendered prompt."""
+        arr, _keep = self._messages(messages)
         out = ctypes.c_void_p()
         _check(self._lib.flashstream_chat_apply_template(self._handle(), arr, len(messages), add_generation_prompt, ctypes.byref(out)))
         try:
@@ -330,24 +341,17 @@ class Engine:
                  stop=None, seed=None, top_k=None, top_p=None, min_p=None, stop_at_eog=True):
         """Yields text pieces as they are produced; breaking out of the loop stops generation.
 
-        chat: render [system,] user prompt with the model's chat template first."""
+        chat: the prompt is a user message (after `system`, if given) rendered with the model's
+        chat template. Generation runs on a helper thread in lockstep with the loop: the next
+        token is computed only once the previous piece was taken, so a break stops it at once.
+        Afterwards `last_generation` holds the C API's figures (n_generated, stop_reason, ...)."""
         lib = self._lib
         h = self._handle()
-        add_special = True
-        text = prompt
-        if chat:
-            msgs = ([{"role": "system", "content": system}] if system is not None else [])
-            msgs.append({"role": "user", "content": prompt})
-            text = self.apply_chat_template(msgs, True)
-            # The template may have written BOS itself: then the tokenizer must not add another.
-            bos = self.tokenize("", add_special=True)
-            first = self.tokenize(text, add_special=False)[:1]
-            add_special = not (bos and first == bos[:1])
-        elif system is not None:
+        if system is not None and not chat:
             raise Error("system is only used with chat=True")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 <= max_tokens < 1 << 32:
+            raise Error("max_tokens must be an int from 0 to 2**32-1, not %r" % (max_tokens,))
         p = lib.flashstream_sampling_default_params()
-        if not isinstance(max_tokens, int) or max_tokens < 0:
-            raise Error("max_tokens must be an int >= 0")
         p.max_tokens = max_tokens
         p.temperature = float(temperature)
         if seed is not None:
@@ -359,37 +363,49 @@ class Engine:
         if min_p is not None:
             p.min_p = min_p
         p.stop_at_eog = stop_at_eog
-        p.add_special = add_special
         stops = [_utf8(s, "stop string") for s in (stop or [])]
         stop_arr = (ctypes.c_char_p * max(len(stops), 1))(*stops)
         p.stop = ctypes.cast(stop_arr, ctypes.POINTER(ctypes.c_char_p))
         p.n_stop = len(stops)
-        prompt_b = _utf8(text, "prompt")
+        if chat:
+            msgs = ([{"role": "system", "content": system}] if system is not None else [])
+            msgs.append({"role": "user", "content": prompt})
+            msg_arr, keep = self._messages(msgs)
+        else:
+            prompt_b = _utf8(prompt, "prompt")
 
         sess = ctypes.c_void_p()
         _check(lib.flashstream_session_new(h, ctypes.byref(sess)))
-        q = queue.Queue()
+        pieces = queue.Queue()
+        go_on = threading.Semaphore(0)
         stopping = threading.Event()
-        pending = bytearray()
 
         def on_token(piece, n, _tok, _user):
-            if n:
-                q.put(("piece", ctypes.string_at(piece, n)))
+            if n == 0:
+                return not stopping.is_set()
+            pieces.put(("piece", ctypes.string_at(piece, n)))
+            go_on.acquire()  # until the loop asks for the next piece (or stops)
             return not stopping.is_set()
 
         cb = _TOKEN_FN(on_token)
         gen = _Generation()
 
         def run():
-            st = lib.flashstream_session_generate(sess, prompt_b, ctypes.byref(p), cb, None, ctypes.byref(gen))
+            if chat:
+                st = lib.flashstream_session_chat(sess, msg_arr, len(msgs), ctypes.byref(p), cb, None,
+                                                  ctypes.byref(gen))
+            else:
+                st = lib.flashstream_session_generate(sess, prompt_b, ctypes.byref(p), cb, None,
+                                                      ctypes.byref(gen))
             err = None if st == OK else lib.flashstream_last_error().decode("utf-8", "replace")
-            q.put(("end", (st, err)))
+            pieces.put(("end", (st, err)))
 
         t = threading.Thread(target=run, name="flashstream-generate", daemon=True)
         t.start()
+        pending = bytearray()
         try:
             while True:
-                kind, v = q.get()
+                kind, v = pieces.get()
                 if kind == "end":
                     st, err = v
                     if st != OK:
@@ -399,14 +415,16 @@ class Engine:
                     return
                 pending += v
                 try:
-                    s = pending.decode("utf-8")
+                    text = pending.decode("utf-8")
                 except UnicodeDecodeError:
+                    go_on.release()
                     continue
                 pending.clear()
-                yield s
+                yield text
+                go_on.release()
         finally:
             stopping.set()
-            lib.flashstream_session_cancel(sess)
+            go_on.release()
             t.join()
             lib.flashstream_session_free(sess)
             self.last_generation = {name: getattr(gen, name) for name, _ in _Generation._fields_}
