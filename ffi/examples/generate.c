@@ -1,6 +1,7 @@
 /* generate MODEL PROMPT N MEM: prints the greedy continuation of PROMPT (no chat template, at
  * most N tokens) and nothing else on stdout, as `flashstream run MODEL -p PROMPT -n N --temp 0
- * --mem MEM` does. MEM is in bytes or with a suffix (KiB, MiB, GiB).
+ * --mem MEM` does (it too ends the text with a newline unless the text ends with one). MEM is
+ * in bytes or with a suffix (KiB, MiB, GiB).
  *
  *   gcc -Wall -Werror -I ffi/include ffi/examples/generate.c -L target/release -lflashstream
  */
@@ -10,11 +11,14 @@
 
 #include "flashstream.h"
 
+/* Prints each piece as it comes; user_data is the last byte printed (a char). */
 static bool on_token(const char *piece, size_t len, int32_t token, void *user_data) {
     (void)token;
-    (void)user_data;
-    fwrite(piece, 1, len, stdout);
-    fflush(stdout);
+    if (len > 0) {
+        fwrite(piece, 1, len, stdout);
+        fflush(stdout);
+        *(char *)user_data = piece[len - 1];
+    }
     return true;
 }
 
@@ -60,10 +64,13 @@ int main(int argc, char **argv) {
     sp.temperature = 0.0f;
     sp.max_tokens = (uint32_t)n;
     int rc = 0;
-    if (flashstream_session_generate(session, argv[2], &sp, on_token, NULL, NULL) !=
+    char last = 0;
+    if (flashstream_session_generate(session, argv[2], &sp, on_token, &last, NULL) !=
         FLASHSTREAM_OK) {
         fprintf(stderr, "error: %s\n", flashstream_last_error());
         rc = 1;
+    } else if (last != '\n') {
+        putchar('\n');
     }
     flashstream_session_free(session);
     flashstream_engine_free(engine);
