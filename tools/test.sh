@@ -37,4 +37,5 @@ if [ $quick = 0 ]; then
   bash ci/aarch64.sh
   step "serve: openai client, load test in a memory cgroup, chat page in chromium"
   bash ci/serve.sh
+  step "C ABI, Python binding, Swift module map"; bash ci/ffi.sh
 fi

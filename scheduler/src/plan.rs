@@ -209,6 +209,39 @@ impl Plan {
         (b > 0.0 && gbps > 0.0).then(|| gbps * 1e9 / b)
     }
 
+    /// A one-paragraph description (budget, pinned and streamed units, slots, context, bytes
+    /// read per token), as the CLI prints it.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "budget {} (planned {}): {} of weights, {} pinned units, {} streamed per token",
+            crate::fmt_bytes(self.budget),
+            crate::fmt_bytes(self.total_bytes()),
+            crate::fmt_bytes(self.weight_bytes),
+            self.pinned.len(),
+            self.cycle.len(),
+        );
+        if self.n_slots > 0 {
+            s.push_str(&format!(
+                " through {} slots of {} (prefetch depth {})",
+                self.n_slots,
+                crate::fmt_bytes(self.slot_bytes),
+                self.prefetch_depth
+            ));
+        }
+        if self.expert_slots > 0 {
+            s.push_str(&format!(
+                "; expert cache {} of {} experts",
+                self.expert_slots, self.n_experts_total
+            ));
+        }
+        s.push_str(&format!(
+            "; context {} positions; ~{} read per token",
+            self.n_ctx,
+            crate::fmt_bytes(self.predicted_bytes_per_token() as u64)
+        ));
+        s
+    }
+
     /// Whether anything is read from flash per token.
     pub fn streams(&self) -> bool {
         !self.cycle.is_empty() || self.expert_slots > 0 && self.expert_slots < self.n_experts_total

@@ -5,7 +5,7 @@ use anyhow::Context;
 
 use super::size::parse_size;
 use flashstream::loader::IoKind;
-use flashstream::scheduler::{fmt_bytes, sysmem, ExpertPolicy, Plan, SourceStats};
+use flashstream::scheduler::{sysmem, ExpertPolicy, Plan, SourceStats};
 use flashstream::{AutoBudget, Engine, EngineOptions};
 
 /// What `--mem` asks for: a fixed budget, or one that follows the available memory.
@@ -101,38 +101,9 @@ impl MemArgs {
     }
 }
 
-/// A one-paragraph description of a plan, for stderr and `plan`.
+/// A one-paragraph description of a plan, for stderr and `plan` ([`Plan::describe`]).
 pub fn describe_plan(p: impl std::borrow::Borrow<Plan>) -> String {
-    let p = p.borrow();
-    let mut s = String::new();
-    s.push_str(&format!(
-        "budget {} (planned {}): {} of weights, {} pinned units, {} streamed per token",
-        fmt_bytes(p.budget),
-        fmt_bytes(p.total_bytes()),
-        fmt_bytes(p.weight_bytes),
-        p.pinned.len(),
-        p.cycle.len(),
-    ));
-    if p.n_slots > 0 {
-        s.push_str(&format!(
-            " through {} slots of {} (prefetch depth {})",
-            p.n_slots,
-            fmt_bytes(p.slot_bytes),
-            p.prefetch_depth
-        ));
-    }
-    if p.expert_slots > 0 {
-        s.push_str(&format!(
-            "; expert cache {} of {} experts",
-            p.expert_slots, p.n_experts_total
-        ));
-    }
-    s.push_str(&format!(
-        "; context {} positions; ~{} read per token",
-        p.n_ctx,
-        fmt_bytes(p.predicted_bytes_per_token() as u64)
-    ));
-    s
+    p.borrow().describe()
 }
 
 /// Streaming statistics as JSON fields (for `--json` stats objects).
