@@ -3,61 +3,14 @@
 //! skipping moves within the hysteresis, no more often than the interval), the greedy text
 //! stays the same while it moves, and a fixed budget turns auto mode off.
 
-use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashstream::runtime::generate::{generate, GenerateOptions};
-use flashstream::runtime::sampler::SamplerConfig;
-use flashstream::{AutoBudget, Engine, EngineError, EngineOptions};
+use flashstream::{AutoBudget, Engine, EngineError};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A random dense model and a random MoE one, and the real SmolLM2 when fetched.
-fn models() -> Vec<PathBuf> {
-    let mut v = vec![
-        root().join("testdata/models/rand-llama-q8_0.gguf"),
-        root().join("testdata/models/rand-qwen3moe-q4km.gguf"),
-    ];
-    let real = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if real.exists() {
-        v.push(real);
-    } else if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{} is missing: run tools/fetch-models.sh", real.display());
-    }
-    v
-}
-
-fn opts(mem: u64) -> EngineOptions {
-    EngineOptions {
-        mem: Some(mem),
-        threads: 2,
-        ctx: Some(64),
-        ..EngineOptions::default()
-    }
-}
-
-fn greedy(engine: &Engine, n: usize, mut between: impl FnMut(usize)) -> Vec<u32> {
-    let tok = engine.tokenizer().unwrap();
-    let prompt = tok.encode("The capital of France is", true, true).unwrap();
-    let mut s = engine.session().unwrap();
-    let o = GenerateOptions {
-        max_tokens: n,
-        sampler: SamplerConfig::greedy(),
-        stop_at_eog: false,
-        ..GenerateOptions::default()
-    };
-    generate(&mut s, &tok, &prompt, &o, |ev| {
-        between(ev.index);
-        ControlFlow::Continue(())
-    })
-    .unwrap()
-    .tokens
-}
+mod common;
+use common::{greedy, models, opts, root};
 
 /// A reader whose value the test sets (`u64::MAX`: no reading).
 fn reader(v: &Arc<AtomicU64>) -> impl Fn() -> Option<u64> + Send + Sync + 'static {
