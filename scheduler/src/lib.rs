@@ -24,7 +24,7 @@ mod units;
 
 pub use plan::{BudgetItem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds};
 pub use resident::ResidentSource;
-pub use stream::{StreamingSource, CHUNK_BYTES};
+pub use stream::{ReadFailure, StreamingSource, CHUNK_BYTES};
 pub use units::{Part, Unit, UnitId, UnitTable};
 
 /// Errors of the scheduler.
@@ -73,8 +73,8 @@ pub enum SchedulerError {
     #[error("unit {0:?} is not resident in this plan (it is read piecewise)")]
     NotResident(UnitId),
     /// A read failed; every later lease fails the same way.
-    #[error("{0}")]
-    ReadFailed(String),
+    #[error(transparent)]
+    ReadFailed(ReadFailure),
     /// The caller's progress callback asked to stop loading.
     #[error("loading was cancelled by the progress callback")]
     Cancelled,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use flashstream_formats::GgufModel;
+use flashstream_loader::LoaderError;
 use flashstream_scheduler::testing::{Faults, ScrambledPread};
 use flashstream_scheduler::{
     Plan, PlanRequest, ResidentSource, RuntimeNeeds, SchedulerError, StreamingSource, UnitId,
@@ -209,8 +210,21 @@ fn a_file_truncated_while_open_is_an_error() {
             break;
         }
     }
-    let msg = err.expect("truncation must surface").to_string();
+    let err = err.expect("truncation must surface");
+    let msg = err.to_string();
     assert!(msg.contains("truncated"), "{msg}");
+    // The error is typed: a caller tells truncation from other read failures, and every
+    // later lease fails with the same one.
+    let truncated = |e: &SchedulerError| match e {
+        SchedulerError::ReadFailed(f) => {
+            matches!(f.loader_error(), Some(LoaderError::Truncated { .. }))
+        }
+        _ => false,
+    };
+    assert!(truncated(&err), "{err:?}");
+    let again = s.lease(plan.cycle[0]).expect_err("the failure is sticky");
+    assert!(truncated(&again), "{again:?}");
+    assert_eq!(again.to_string(), msg);
     drop(s);
     std::fs::remove_dir_all(&dir).unwrap();
 }

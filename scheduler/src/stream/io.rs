@@ -2,12 +2,14 @@
 //! reads first), and applies completions; and the blocking read of the pinned units.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use flashstream_loader::{Completion, ReadBackend, ReadOp};
 
 use super::residency::{Region, Static};
 use super::state::{CacheSlot, Origin, RingSlot, Shared, State};
+use super::ReadFailure;
 use crate::layout::UnitLayout;
 use crate::{SchedulerError, UnitId, UnitTable};
 
@@ -78,8 +80,10 @@ pub(super) fn read_all(
                 Err(e) => {
                     if first_err.is_none() {
                         let unit = units.iter().nth(c.tag as usize).map(|u| u.id);
-                        first_err =
-                            Some(SchedulerError::ReadFailed(format!("reading {unit:?}: {e}")));
+                        first_err = Some(SchedulerError::ReadFailed(ReadFailure::Read {
+                            what: format!("{unit:?}"),
+                            source: Arc::new(e),
+                        }));
                     }
                 }
             }
@@ -283,7 +287,10 @@ pub(super) fn apply(s: &Static, st: &mut State, slab: &mut Slab, c: Completion) 
                     Target::Cache { slot } => format!("{:?}", st.cache[slot].unit),
                     Target::Rows => "embedding rows".to_string(),
                 };
-                st.failed = Some(format!("reading {what}: {e}"));
+                st.failed = Some(ReadFailure::Read {
+                    what,
+                    source: Arc::new(e),
+                });
             }
         }
     }
@@ -368,7 +375,7 @@ pub(super) fn io_thread(
                     .st
                     .lock()
                     .failed
-                    .get_or_insert_with(|| format!("read backend failed: {e}"));
+                    .get_or_insert_with(|| ReadFailure::Backend(Arc::new(e)));
                 shared.done.notify_all();
                 return backend;
             }

@@ -56,7 +56,7 @@ impl StreamingSource {
 
     pub(super) fn fail_check(st: &State) -> Result<(), SchedulerError> {
         match &st.failed {
-            Some(m) => Err(SchedulerError::ReadFailed(m.clone())),
+            Some(f) => Err(SchedulerError::ReadFailed(f.clone())),
             None => Ok(()),
         }
     }

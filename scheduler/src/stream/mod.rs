@@ -25,14 +25,16 @@
 //! until they have been leased or two newer predictions have come.
 //!
 //! Files: `residency` (memory and I/O thread of one plan, rebudget), `state` (the slot state
-//! machine and the expert-cache policy), `lease` (ring and expert leases, expert requests),
+//! machine), `policy` (the expert-cache eviction choices, pure functions), `lease` (ring and expert leases, expert requests),
 //! `rows` (embedding rows on demand), `io` (the I/O thread and completions).
 //!
 //! Errors: a failed read (EIO, a truncated file) fails every later lease with the same
-//! message; the weights are never handed out half-read.
+//! [`ReadFailure`]; the weights are never handed out half-read.
 
+mod failure;
 mod io;
 mod lease;
+mod policy;
 mod residency;
 mod rows;
 mod state;
@@ -49,6 +51,7 @@ use crate::layout::UnitLayout;
 use crate::plan::Plan;
 use crate::{Lease, Release, SchedulerError, SourceStats, UnitId, UnitTable, WeightSource};
 
+pub use failure::ReadFailure;
 use residency::Core;
 use rows::EmbdInfo;
 
@@ -168,7 +171,7 @@ impl StreamingSource {
             chunk,
             align,
             kind,
-            core: RwLock::new(Core::failed(&plan, "not loaded")),
+            core: RwLock::new(Core::failed(&plan, ReadFailure::NotReady("not loaded"))),
             gate: Mutex::new(Gate::default()),
             gate_cv: Condvar::new(),
             row_lock: Mutex::new(()),

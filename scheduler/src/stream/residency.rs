@@ -13,7 +13,7 @@ use flashstream_loader::{AlignedBuffer, ReadBackend};
 
 use super::io::{io_thread, read_all, unit_ops};
 use super::state::{Shared, State};
-use super::StreamingSource;
+use super::{ReadFailure, StreamingSource};
 use crate::layout::UnitLayout;
 use crate::plan::Plan;
 use crate::{LayerExpertStats, SchedulerError, SourceStats, UnitId, UnitTable};
@@ -93,7 +93,7 @@ impl Core {
 impl Core {
     /// A core without memory whose every lease fails with `msg` (before the first build, and
     /// after a rebudget that could restore nothing).
-    pub(super) fn failed(plan: &Plan, msg: &str) -> Core {
+    pub(super) fn failed(plan: &Plan, failure: ReadFailure) -> Core {
         let stat = Arc::new(Static {
             cycle: Vec::new(),
             ring: Vec::new(),
@@ -120,7 +120,7 @@ impl Core {
             work: Condvar::new(),
             done: Condvar::new(),
         });
-        shared.st.lock().failed = Some(msg.to_string());
+        shared.st.lock().failed = Some(failure);
         Core {
             st: stat,
             shared,
@@ -363,8 +363,8 @@ impl StreamingSource {
 
     pub(super) fn swap_core(&self, plan: Plan) -> Result<(), SchedulerError> {
         let mut core = self.core.write();
-        if let Some(m) = &core.shared.st.lock().failed {
-            return Err(SchedulerError::ReadFailed(m.clone()));
+        if let Some(f) = &core.shared.st.lock().failed {
+            return Err(SchedulerError::ReadFailed(f.clone()));
         }
         let old_plan = core.plan.clone();
         let stats = core.shared.st.lock().stats.clone();
@@ -374,10 +374,10 @@ impl StreamingSource {
             ));
         };
         let failed = core.shared.st.lock().failed.clone();
-        if let Some(m) = failed {
+        if let Some(f) = failed {
             // A read failed while the thread wound down: keep that state.
-            *core = Core::failed(&old_plan, &m);
-            return Err(SchedulerError::ReadFailed(m));
+            *core = Core::failed(&old_plan, f.clone());
+            return Err(SchedulerError::ReadFailed(f));
         }
         // Unregister the slot memory before it is freed.
         // SAFETY: no regions.
@@ -389,7 +389,10 @@ impl StreamingSource {
             .filter_map(|&id| self.units.position(id))
             .collect();
         keep.retain(|pos, _| new_pins.contains(pos));
-        *core = Core::failed(&old_plan, "the residency is being changed");
+        *core = Core::failed(
+            &old_plan,
+            ReadFailure::NotReady("the residency is being changed"),
+        );
         release_to_os();
         match self.build_core(plan, backend, keep, stats.clone(), &mut |_, _| true) {
             Ok(c) => {
@@ -409,12 +412,20 @@ impl StreamingSource {
                 );
                 match restored {
                     Ok(c) => *core = c,
-                    Err((e2, _)) => *core = Core::failed(&old_plan, &e2.to_string()),
+                    Err((e2, _)) => {
+                        *core = Core::failed(&old_plan, ReadFailure::Rebuild(Arc::new(e2)))
+                    }
                 }
                 Err(e)
             }
             Err((e, None)) => {
-                *core = Core::failed(&old_plan, &e.to_string());
+                // Only a thread that could not start loses the backend: later leases fail
+                // with that error, and the caller gets it too.
+                let sticky = match &e {
+                    SchedulerError::Thread(m) => SchedulerError::Thread(m.clone()),
+                    other => SchedulerError::BadRequest(other.to_string()),
+                };
+                *core = Core::failed(&old_plan, ReadFailure::Rebuild(Arc::new(sticky)));
                 Err(e)
             }
         }

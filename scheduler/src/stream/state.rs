@@ -1,5 +1,4 @@
-//! The slot state machine shared by leases and the I/O thread (under one lock), and the
-//! expert-cache eviction choices.
+//! The slot state machine shared by leases and the I/O thread (under one lock).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -8,7 +7,8 @@ use parking_lot::{Condvar, Mutex};
 
 use flashstream_loader::ReadOp;
 
-use super::PREDICTION_AGE_TOKENS;
+use super::policy;
+use super::ReadFailure;
 use crate::plan::ExpertPolicy;
 use crate::{SourceStats, UnitId};
 
@@ -78,7 +78,7 @@ pub(super) struct State {
     pub(super) rows: Option<RowJob>,
     /// When the current stretch with reads in flight began (the I/O thread sets and ends it).
     pub(super) busy_since: Option<Instant>,
-    pub(super) failed: Option<String>,
+    pub(super) failed: Option<ReadFailure>,
     pub(super) shutdown: bool,
     pub(super) stats: SourceStats,
 }
@@ -117,95 +117,28 @@ impl State {
         }
     }
 
-    pub(super) fn protected(&self, slot: usize) -> bool {
-        let p = self.cache[slot].protect;
-        p != 0 && p + 1 >= self.epoch
+    /// The counters the expert-cache policy reads.
+    pub(super) fn policy_ctx(&self) -> policy::Ctx {
+        policy::Ctx {
+            epoch: self.epoch,
+            clock: self.clock,
+            window: self.window,
+            layers: self.layers,
+            cur_layer: self.cur_layer,
+            hit_rate: self.hit_rate,
+            guess_use_rate: self.guess_use_rate,
+            policy: self.policy,
+        }
     }
 
-    /// The slot to (re)use for a new expert: an empty one, else the least recently used of
-    /// those neither leased nor loading, taken from the least valuable class first: unused
-    /// guesses, then anything unprotected; then (`level >= 1`) protected ones; then
-    /// (`level >= 2`, only for the read a lease is blocked on) experts demanded for this
-    /// layer and not leased yet.
+    /// [`policy::victim`] for this state.
     pub(super) fn victim(&self, level: u8) -> Option<usize> {
-        let free = |i: usize| {
-            let s = &self.cache[i];
-            s.leases == 0 && s.loading == 0
-        };
-        if let Some(i) = (0..self.cache.len()).find(|&i| free(i) && self.cache[i].unit.is_none()) {
-            return Some(i);
-        }
-        // 0: an unprotected guess nobody used; 1: unprotected; 2: a protected guess or a
-        // protected used expert; 3: demanded for this layer, not leased yet.
-        let class = |i: usize| -> u8 {
-            match (self.protected(i), self.cache[i].origin) {
-                (false, Origin::Predicted) => 0,
-                (false, _) => 1,
-                (true, Origin::Demanded) => 3,
-                (true, _) => 2,
-            }
-        };
-        // Within a class: the expert whose layer comes round again last (layers are visited
-        // in order every token, so the layer just computed is needed furthest in the future;
-        // plain LRU would evict exactly the experts needed soonest whenever one token's
-        // experts outnumber the slots), then the least recently used.
-        let n_layer = self.layers.max(1);
-        let lru = self.policy == ExpertPolicy::Lru;
-        let distance = |i: usize| match self.cache[i].unit {
-            _ if lru => 0,
-            Some(UnitId::Expert { layer, .. }) => {
-                (layer + 2 * n_layer - self.cur_layer - 1) % n_layer
-            }
-            _ => n_layer,
-        };
-        (0..=level + 1).find_map(|c| {
-            (0..self.cache.len())
-                .filter(|&i| free(i) && class(i) == c)
-                .max_by_key(|&i| (distance(i), std::cmp::Reverse(self.cache[i].last_use)))
-        })
+        policy::victim(&self.cache, &self.policy_ctx(), level)
     }
 
-    /// The slot a prediction of an expert of `layer` may take: an empty one, an earlier guess
-    /// nobody used, or one unused for [`PREDICTION_AGE_TOKENS`] tokens; and, while guesses
-    /// have recently been used more often than cached experts were hit again, an unprotected
-    /// expert whose layer comes round after `layer` does (the one furthest away). So a guess
-    /// never pushes out what recent tokens used when the cache holds the working set and
-    /// routing repeats (measured: plain LRU eviction for guesses doubled the misses there),
-    /// and replaces far-away experts when the cache is smaller than one token's experts.
+    /// [`policy::prediction_victim`] for this state.
     pub(super) fn prediction_victim(&self, layer: usize) -> Option<usize> {
-        let n = self.cache.len();
-        if let Some(i) = (0..n).find(|&i| self.cache[i].unit.is_none()) {
-            return Some(i);
-        }
-        let free = |i: usize| {
-            let c = &self.cache[i];
-            c.leases == 0 && c.loading == 0 && !self.protected(i)
-        };
-        let stale = |i: usize| {
-            let c = &self.cache[i];
-            c.origin == Origin::Predicted
-                || c.last_use + PREDICTION_AGE_TOKENS * self.window <= self.clock
-        };
-        if let Some(i) = (0..n)
-            .filter(|&i| free(i) && stale(i))
-            .min_by_key(|&i| self.cache[i].last_use)
-        {
-            return Some(i);
-        }
-        if self.guess_use_rate <= self.hit_rate || self.policy == ExpertPolicy::Lru {
-            return None;
-        }
-        let n_layer = self.layers.max(1);
-        let dist = |l: usize| (l + 2 * n_layer - self.cur_layer - 1) % n_layer;
-        let mine = dist(layer);
-        (0..n)
-            .filter(|&i| free(i))
-            .filter_map(|i| match self.cache[i].unit {
-                Some(UnitId::Expert { layer: l, .. }) if dist(l) > mine => Some((i, dist(l))),
-                _ => None,
-            })
-            .max_by_key(|&(i, d)| (d, std::cmp::Reverse(self.cache[i].last_use)))
-            .map(|(i, _)| i)
+        policy::prediction_victim(&self.cache, &self.policy_ctx(), layer)
     }
 
     pub(super) fn ring_slot_free(&self, slot: usize) -> bool {
