@@ -49,10 +49,10 @@ mod simd;
 pub mod tile;
 mod wrappers;
 
-use block32::*;
+pub use block32::*;
 pub use dispatch::*;
-use floats::*;
-use kquants::*;
-use quantize::*;
+pub use floats::*;
+pub use kquants::*;
+pub use quantize::*;
 use simd::*;
 use wrappers::*;

@@ -190,7 +190,7 @@ pub unsafe fn vec_dot1t_mxfp4_q8_0(
 // Byte-level entry points, handed out by `avx2::dot_fn` & co. after the feature check.
 
 /// [`super::DotFn`] for MXFP4: NaN unless both rows are exactly `n` values.
-pub(super) fn w_mxfp4(n: usize, w: &[u8], a: &[u8]) -> f32 {
+pub(super) fn dot(n: usize, w: &[u8], a: &[u8]) -> f32 {
     if !row_ok(GgmlType::MXFP4, n, w.len()) || !row_ok(GgmlType::Q8_0, n, a.len()) {
         return f32::NAN;
     }
@@ -201,7 +201,7 @@ pub(super) fn w_mxfp4(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// [`super::Dot4Fn`] for MXFP4.
-pub(super) fn w4_mxfp4(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+pub(super) fn dot4(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     if !row_ok(GgmlType::MXFP4, n, w.len()) || a.iter().any(|a| !row_ok(GgmlType::Q8_0, n, a.len()))
     {
         return [f32::NAN; 4];
@@ -215,7 +215,7 @@ pub(super) fn w4_mxfp4(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
 
 /// [`super::DotRowsFn`] for MXFP4 (four activation rows at a time, reading their f32 scale
 /// tables).
-pub(super) fn r_mxfp4(
+pub(super) fn dot_rows(
     n: usize,
     w: &[u8],
     a: &[u8],
@@ -238,6 +238,6 @@ pub(super) fn r_mxfp4(
 }
 
 /// [`super::DotManyFn`] for MXFP4 (reading the activation row's f32 scale table when present).
-pub(super) fn m_mxfp4(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
+pub(super) fn dot_many(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
     dot_many_tables::<BlockMXFP4, BlockQ8_0>(n, w, a, out, vec_dot_mxfp4_q8_0, vec_dot1t_mxfp4_q8_0)
 }

@@ -577,33 +577,33 @@ macro_rules! tile_wrappers {
             out: &mut [f32],
             out_stride: usize,
         ) {
-            rows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::$fb)
+            rows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::dispatch::$fb::dot_rows)
         }
     )*)*};
 }
 
 tile_wrappers! {
     Avx2 {
-    t2_q4_0 => BlockQ4_0, r_q4_0;
-    t2_q4_1 => BlockQ4_1, r_q4_1;
-    t2_q5_0 => BlockQ5_0, r_q5_0;
-    t2_q5_1 => BlockQ5_1, r_q5_1;
+    t2_q4_0 => BlockQ4_0, q4_0;
+    t2_q4_1 => BlockQ4_1, q4_1;
+    t2_q5_0 => BlockQ5_0, q5_0;
+    t2_q5_1 => BlockQ5_1, q5_1;
     }
     AvxVnni {
-    tv_q4_0 => BlockQ4_0, r_q4_0;
-    tv_q4_1 => BlockQ4_1, r_q4_1;
-    tv_q5_0 => BlockQ5_0, r_q5_0;
-    tv_q5_1 => BlockQ5_1, r_q5_1;
-    tv_q8_0 => BlockQ8_0, r_q8_0;
-    tv_iq4_nl => BlockIQ4NL, r_iq4_nl;
+    tv_q4_0 => BlockQ4_0, q4_0;
+    tv_q4_1 => BlockQ4_1, q4_1;
+    tv_q5_0 => BlockQ5_0, q5_0;
+    tv_q5_1 => BlockQ5_1, q5_1;
+    tv_q8_0 => BlockQ8_0, q8_0;
+    tv_iq4_nl => BlockIQ4NL, iq4_nl;
     }
     Avx512Vnni {
-    tz_q4_0 => BlockQ4_0, r_q4_0;
-    tz_q4_1 => BlockQ4_1, r_q4_1;
-    tz_q5_0 => BlockQ5_0, r_q5_0;
-    tz_q5_1 => BlockQ5_1, r_q5_1;
-    tz_q8_0 => BlockQ8_0, r_q8_0;
-    tz_iq4_nl => BlockIQ4NL, r_iq4_nl;
+    tz_q4_0 => BlockQ4_0, q4_0;
+    tz_q4_1 => BlockQ4_1, q4_1;
+    tz_q5_0 => BlockQ5_0, q5_0;
+    tz_q5_1 => BlockQ5_1, q5_1;
+    tz_q8_0 => BlockQ8_0, q8_0;
+    tz_iq4_nl => BlockIQ4NL, iq4_nl;
     }
 }
 
@@ -848,26 +848,26 @@ macro_rules! ktile_wrappers {
             out: &mut [f32],
             out_stride: usize,
         ) {
-            krows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::$fb)
+            krows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::dispatch::$fb::dot_rows)
         }
     )*)*};
 }
 
 ktile_wrappers! {
     Avx2 {
-        k2_q4_k => BlockQ4K, r_q4_k;
-        k2_q5_k => BlockQ5K, r_q5_k;
-        k2_q6_k => BlockQ6K, r_q6_k;
+        k2_q4_k => BlockQ4K, q4_k;
+        k2_q5_k => BlockQ5K, q5_k;
+        k2_q6_k => BlockQ6K, q6_k;
     }
     AvxVnni {
-        kv_q4_k => BlockQ4K, r_q4_k;
-        kv_q5_k => BlockQ5K, r_q5_k;
-        kv_q6_k => BlockQ6K, r_q6_k;
+        kv_q4_k => BlockQ4K, q4_k;
+        kv_q5_k => BlockQ5K, q5_k;
+        kv_q6_k => BlockQ6K, q6_k;
     }
     Avx512Vnni {
-        kz_q4_k => BlockQ4K, r_q4_k;
-        kz_q5_k => BlockQ5K, r_q5_k;
-        kz_q6_k => BlockQ6K, r_q6_k;
+        kz_q4_k => BlockQ4K, q4_k;
+        kz_q5_k => BlockQ5K, q5_k;
+        kz_q6_k => BlockQ6K, q6_k;
     }
 }
 

@@ -23,33 +23,39 @@ pub(super) fn blocks_of<B: QuantBlock>(bytes: &[u8]) -> Cow<'_, [B]> {
     }
 }
 
-macro_rules! dot_wrappers {
-    ($($wrapper:ident => $kernel:ident($wb:ty, $ab:ty);)*) => {$(
-        pub(super) fn $wrapper(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            if !row_ok(<$wb>::TYPE, n, w.len()) || !row_ok(<$ab>::TYPE, n, a.len()) {
-                return f32::NAN;
-            }
-            let (x, y) = (blocks_of::<$wb>(w), blocks_of::<$ab>(a));
-            // SAFETY: this wrapper is only handed out by `dot_fn`, after it checked that the
-            // CPU has AVX2, FMA and F16C; both slices hold `n / block size` blocks.
-            unsafe { $kernel(&x, &y) }
-        }
-    )*};
+/// One weight row with one activation row: [`super::DotFn`] over the one-row kernel `k1`.
+#[inline(always)]
+pub(super) fn dot_one<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    k1: unsafe fn(&[WB], &[AB]) -> f32,
+) -> f32 {
+    if !row_ok(WB::TYPE, n, w.len()) || !row_ok(AB::TYPE, n, a.len()) {
+        return f32::NAN;
+    }
+    let (x, y) = (blocks_of::<WB>(w), blocks_of::<AB>(a));
+    // SAFETY: the wrappers that call this are only handed out by `dot_fn` & co., after they
+    // checked that the CPU has AVX2, FMA and F16C; both slices hold `n / block size` blocks.
+    unsafe { k1(&x, &y) }
 }
 
-dot_wrappers! {
-    w_q4_0 => vec_dot_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
-    w_q4_1 => vec_dot_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
-    w_q5_0 => vec_dot_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
-    w_q5_1 => vec_dot_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
-    w_q8_0 => vec_dot_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
-    w_iq4_nl => vec_dot_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
-    w_q2_k => vec_dot_q2_k_q8_k(BlockQ2K, BlockQ8K);
-    w_q3_k => vec_dot_q3_k_q8_k(BlockQ3K, BlockQ8K);
-    w_q4_k => vec_dot_q4_k_q8_k(BlockQ4K, BlockQ8K);
-    w_q5_k => vec_dot_q5_k_q8_k(BlockQ5K, BlockQ8K);
-    w_q6_k => vec_dot_q6_k_q8_k(BlockQ6K, BlockQ8K);
-    w_iq4_xs => vec_dot_iq4_xs_q8_k(BlockIQ4XS, BlockQ8K);
+/// One weight row with four activation rows: [`super::Dot4Fn`] over the four-row kernel `k4`.
+#[inline(always)]
+pub(super) fn dot4_one<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: [&[u8]; 4],
+    k4: unsafe fn(&[WB], [&[AB]; 4]) -> [f32; 4],
+) -> [f32; 4] {
+    if !row_ok(WB::TYPE, n, w.len()) || a.iter().any(|a| !row_ok(AB::TYPE, n, a.len())) {
+        return [f32::NAN; 4];
+    }
+    let x = blocks_of::<WB>(w);
+    let y = a.map(blocks_of::<AB>);
+    // SAFETY: handed out only by `dot4_fn` after the feature check; every slice holds
+    // `n / block size` blocks.
+    unsafe { k4(&x, [&y[0], &y[1], &y[2], &y[3]]) }
 }
 
 /// Many weight rows (`w`, `out.len()` rows of `n` weights) with one activation row: lengths
@@ -122,65 +128,6 @@ pub(super) fn dot_many_tables<WB: QuantBlock, AB: QuantBlock>(
         // without mins, which do not read it).
         *o = unsafe { k1t(&x, &y, dy, sy) };
     }
-}
-
-macro_rules! dot_many_wrappers {
-    ($($wrapper:ident => $kernel:ident($wb:ty, $ab:ty);)*) => {$(
-        pub(super) fn $wrapper(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
-            dot_many_with::<$wb, $ab>(n, w, a, out, $kernel)
-        }
-    )*};
-    (tables $($wrapper:ident => $kernel:ident, $k1t:ident($wb:ty, $ab:ty);)*) => {$(
-        pub(super) fn $wrapper(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
-            dot_many_tables::<$wb, $ab>(n, w, a, out, $kernel, $k1t)
-        }
-    )*};
-}
-
-dot_many_wrappers! {
-    tables
-    m_q4_0 => vec_dot_q4_0_q8_0, vec_dot1t_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
-    m_q4_1 => vec_dot_q4_1_q8_1, vec_dot1t_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
-    m_q5_0 => vec_dot_q5_0_q8_0, vec_dot1t_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
-    m_q5_1 => vec_dot_q5_1_q8_1, vec_dot1t_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
-    m_q8_0 => vec_dot_q8_0_q8_0, vec_dot1t_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
-    m_iq4_nl => vec_dot_iq4_nl_q8_0, vec_dot1t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
-}
-
-dot_many_wrappers! {
-    m_q2_k => vec_dot_q2_k_q8_k(BlockQ2K, BlockQ8K);
-    m_q3_k => vec_dot_q3_k_q8_k(BlockQ3K, BlockQ8K);
-    m_q4_k => vec_dot_q4_k_q8_k(BlockQ4K, BlockQ8K);
-    m_q5_k => vec_dot_q5_k_q8_k(BlockQ5K, BlockQ8K);
-    m_q6_k => vec_dot_q6_k_q8_k(BlockQ6K, BlockQ8K);
-    m_iq4_xs => vec_dot_iq4_xs_q8_k(BlockIQ4XS, BlockQ8K);
-}
-
-macro_rules! dot4_wrappers {
-    ($($wrapper:ident => $kernel:ident($wb:ty, $ab:ty);)*) => {$(
-        pub(super) fn $wrapper(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-            if !row_ok(<$wb>::TYPE, n, w.len()) || a.iter().any(|a| !row_ok(<$ab>::TYPE, n, a.len())) {
-                return [f32::NAN; 4];
-            }
-            let x = blocks_of::<$wb>(w);
-            let y = a.map(blocks_of::<$ab>);
-            // SAFETY: handed out only by `dot4_fn` after the feature check; every slice
-            // holds `n / 32` blocks.
-            unsafe { $kernel(&x, [&y[0], &y[1], &y[2], &y[3]]) }
-        }
-    )*};
-}
-
-dot4_wrappers! {
-    w4_q4_0 => vec_dot4_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
-    w4_q4_1 => vec_dot4_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
-    w4_q5_0 => vec_dot4_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
-    w4_q5_1 => vec_dot4_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
-    w4_q8_0 => vec_dot4_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
-    w4_iq4_nl => vec_dot4_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
-    w4_q4_k => vec_dot4_q4_k_q8_k(BlockQ4K, BlockQ8K);
-    w4_q5_k => vec_dot4_q5_k_q8_k(BlockQ5K, BlockQ8K);
-    w4_q6_k => vec_dot4_q6_k_q8_k(BlockQ6K, BlockQ8K);
 }
 
 /// One weight row against `n_tok` activation rows `a_stride` bytes apart in `a`, results to
@@ -310,111 +257,70 @@ pub(super) fn dot_rows_tables<WB: QuantBlock, AB: QuantBlock>(
     )
 }
 
-macro_rules! dot_rows_wrappers {
-    ($($wrapper:ident => $k1:ident, $k4:ident($wb:ty, $ab:ty);)*) => {$(
-        pub(super) fn $wrapper(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            a_stride: usize,
-            n_tok: usize,
-            out: &mut [f32],
-            out_stride: usize,
-        ) {
-            dot_rows_with::<$wb, $ab>(n, w, a, a_stride, n_tok, out, out_stride, $k1, |_, x, y| {
-                // SAFETY: handed out only by `dot_rows_fn` after the feature check.
-                unsafe { $k4(x, y) }
-            })
-        }
-    )*};
-    (tables $($wrapper:ident => $k1:ident, $k4t:ident($wb:ty, $ab:ty);)*) => {$(
-        pub(super) fn $wrapper(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            a_stride: usize,
-            n_tok: usize,
-            out: &mut [f32],
-            out_stride: usize,
-        ) {
-            dot_rows_tables::<$wb, $ab>(n, w, a, a_stride, n_tok, out, out_stride, $k1, $k4t)
-        }
-    )*};
+/// [`dot_rows_with`] with a four-row kernel `k4` that needs no scale tables (the K-quants).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn dot_rows_four<WB: QuantBlock, AB: QuantBlock>(
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    a_stride: usize,
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    k1: unsafe fn(&[WB], &[AB]) -> f32,
+    k4: unsafe fn(&[WB], [&[AB]; 4]) -> [f32; 4],
+) {
+    dot_rows_with::<WB, AB>(n, w, a, a_stride, n_tok, out, out_stride, k1, |_, x, y| {
+        // SAFETY: handed out only by `dot_rows_fn` after the feature check.
+        unsafe { k4(x, y) }
+    })
 }
 
-dot_rows_wrappers! {
-    tables
-    r_q4_0 => vec_dot_q4_0_q8_0, vec_dot4t_q4_0_q8_0(BlockQ4_0, BlockQ8_0);
-    r_q4_1 => vec_dot_q4_1_q8_1, vec_dot4t_q4_1_q8_1(BlockQ4_1, BlockQ8_1);
-    r_q5_0 => vec_dot_q5_0_q8_0, vec_dot4t_q5_0_q8_0(BlockQ5_0, BlockQ8_0);
-    r_q5_1 => vec_dot_q5_1_q8_1, vec_dot4t_q5_1_q8_1(BlockQ5_1, BlockQ8_1);
-    r_q8_0 => vec_dot_q8_0_q8_0, vec_dot4t_q8_0_q8_0(BlockQ8_0, BlockQ8_0);
-    r_iq4_nl => vec_dot_iq4_nl_q8_0, vec_dot4t_iq4_nl_q8_0(BlockIQ4NL, BlockQ8_0);
+/// A float row with a float row of the same type `ty`: [`super::DotFn`] over `k`.
+#[inline(always)]
+pub(super) fn dot_float(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    a: &[u8],
+    k: unsafe fn(usize, *const u8, *const u8) -> f32,
+) -> f32 {
+    if !row_ok(ty, n, w.len()) || !row_ok(ty, n, a.len()) {
+        return f32::NAN;
+    }
+    // SAFETY: handed out only by `dot_fn` after the feature check; both slices hold exactly
+    // `n` values, which the kernel reads with unaligned loads.
+    unsafe { k(n, w.as_ptr(), a.as_ptr()) }
 }
 
-dot_rows_wrappers! {
-    r_q4_k => vec_dot_q4_k_q8_k, vec_dot4_q4_k_q8_k(BlockQ4K, BlockQ8K);
-    r_q5_k => vec_dot_q5_k_q8_k, vec_dot4_q5_k_q8_k(BlockQ5K, BlockQ8K);
-    r_q6_k => vec_dot_q6_k_q8_k, vec_dot4_q6_k_q8_k(BlockQ6K, BlockQ8K);
+/// [`super::QuantizeFn`] for a block type `B` over the block quantizer `k`.
+#[inline(always)]
+pub(super) fn quantize_blocks<B: QuantBlock>(
+    x: &[f32],
+    out: &mut [u8],
+    k: unsafe fn(&[f32], &mut [B]),
+) {
+    if !row_ok(B::TYPE, x.len(), out.len()) {
+        out.fill(0xff);
+        return;
+    }
+    match bytemuck::try_cast_slice_mut::<u8, B>(out) {
+        // SAFETY: handed out only by `quantize_fn` after the feature check; `y` holds exactly
+        // `x.len() / block size` blocks.
+        Ok(y) => unsafe { k(x, y) },
+        Err(_) => out.fill(0xff),
+    }
 }
 
-macro_rules! float_dot_wrappers {
-    ($($wrapper:ident => $kernel:ident($ty:expr);)*) => {$(
-        pub(super) fn $wrapper(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            if !row_ok($ty, n, w.len()) || !row_ok($ty, n, a.len()) {
-                return f32::NAN;
-            }
-            // SAFETY: handed out only by `dot_fn` after the feature check; both slices hold
-            // exactly `n` values, which the kernel reads with unaligned loads.
-            unsafe { $kernel(n, w.as_ptr(), a.as_ptr()) }
-        }
-    )*};
-}
-
-float_dot_wrappers! {
-    w_f16 => vec_dot_f16_f16(GgmlType::F16);
-    w_bf16 => vec_dot_bf16_bf16(GgmlType::BF16);
-    w_f32 => vec_dot_f32_f32(GgmlType::F32);
-}
-
-macro_rules! quantize_wrappers {
-    ($($wrapper:ident => $kernel:ident($b:ty);)*) => {$(
-        pub(super) fn $wrapper(x: &[f32], out: &mut [u8]) {
-            if !row_ok(<$b>::TYPE, x.len(), out.len()) {
-                out.fill(0xff);
-                return;
-            }
-            match bytemuck::try_cast_slice_mut::<u8, $b>(out) {
-                // SAFETY: handed out only by `quantize_fn` after the feature check; `y` holds
-                // exactly `x.len() / block size` blocks.
-                Ok(y) => unsafe { $kernel(x, y) },
-                Err(_) => out.fill(0xff),
-            }
-        }
-    )*};
-}
-
-quantize_wrappers! {
-    wq_q8_0 => quantize_row_q8_0(BlockQ8_0);
-    wq_q8_1 => quantize_row_q8_1(BlockQ8_1);
-    wq_q8_k => quantize_row_q8_k(BlockQ8K);
-}
-
-pub(super) fn wq_f16(x: &[f32], out: &mut [u8]) {
+/// [`super::QuantizeFn`] for a 2-byte float type over the quantizer `k`.
+#[inline(always)]
+pub(super) fn quantize_halves(x: &[f32], out: &mut [u8], k: unsafe fn(&[f32], *mut u8)) {
     if out.len() != 2 * x.len() {
         out.fill(0xff);
         return;
     }
     // SAFETY: handed out only by `quantize_fn` after the feature check; `out` holds exactly
     // `x.len()` 2-byte values.
-    unsafe { quantize_row_f16(x, out.as_mut_ptr()) }
-}
-
-pub(super) fn wq_bf16(x: &[f32], out: &mut [u8]) {
-    if out.len() != 2 * x.len() {
-        out.fill(0xff);
-        return;
-    }
-    // SAFETY: as in `wq_f16`.
-    unsafe { quantize_row_bf16(x, out.as_mut_ptr()) }
+    unsafe { k(x, out.as_mut_ptr()) }
 }
