@@ -9,8 +9,14 @@
 //! [`TILE`] rows go through its tiled kernel instead: Q, K and V in f32, tiles of [`TILE`]
 //! query rows and [`TILE`] positions, an f32 accumulator. [`attend_f16`] and [`attend_tile`]
 //! follow each.
+//!
+//! Every entry point takes the model's [`Isa`]: the AVX2 inner loops run only under
+//! [`Isa::Avx2`] (on a CPU that has it), so [`Isa::Scalar`] is scalar here as in the matvec
+//! kernels; both give the same bits.
 
 use half::f16;
+
+use crate::kernels::Isa;
 
 /// Rows per query tile (and positions per KV tile) of llama.cpp's tiled kernel; batches
 /// with fewer query rows use the row-at-a-time kernel.
@@ -20,12 +26,14 @@ pub const TILE: usize = 64;
 /// order ggml's 512-bit f16 dot uses: four accumulators of 16 lanes over steps of 64 (fused
 /// multiply-add), the accumulators summed pairwise, the lanes by halving; a tail of fewer
 /// than 64 is added one by one in f64.
-pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+pub fn dot_f16(isa: Isa, a: &[f32], b: &[f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
+    if x86::usable(isa) {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
         return unsafe { x86::dot_f16(a, b) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa; // the SIMD loops are x86-64 only
     dot_f16_scalar(a, b)
 }
 
@@ -76,6 +84,7 @@ fn score(dot: f32, scale: f32, softcap: Option<f32>) -> f32 {
 /// to f16 values. Writes the `dv` outputs to `out`; `acc` is scratch of `dv` values.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_f16(
+    isa: Isa,
     q: &[f32],
     keys: &[f16],
     values: &[f16],
@@ -86,7 +95,9 @@ pub fn attend_f16(
     acc: &mut [f16],
     out: &mut [f32],
 ) {
-    attend_f16_sink(q, keys, values, dims, n_kv, scale, softcap, None, acc, out)
+    attend_f16_sink(
+        isa, q, keys, values, dims, n_kv, scale, softcap, None, acc, out,
+    )
 }
 
 /// The softmax state `(max, sum)` of a row after its attention sink `s` joins it (one more
@@ -106,6 +117,7 @@ fn join_sink(s: f32, m: f32, sum: f32) -> (f32, f32) {
 /// softmax's maximum and denominator but adds no value).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_f16_sink(
+    isa: Isa,
     q: &[f32],
     keys: &[f16],
     values: &[f16],
@@ -122,18 +134,18 @@ pub fn attend_f16_sink(
     let mut sum = 0f32;
     for j in 0..n_kv {
         let kr = &keys[j * k_stride..j * k_stride + dk];
-        let s = score(dot_f16(q, kr), scale, softcap);
+        let s = score(dot_f16(isa, q, kr), scale, softcap);
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > m {
             let old = m;
             m = s;
             ms = (old - m).exp();
-            scale_f16(&mut acc[..dv], ms);
+            scale_f16(isa, &mut acc[..dv], ms);
         } else {
             vs = (s - m).exp();
         }
         let vr = &values[j * v_stride..j * v_stride + dv];
-        fma_f16(&mut acc[..dv], vr, vs);
+        fma_f16(isa, &mut acc[..dv], vr, vs);
         sum = sum * ms + vs;
     }
     for (o, a) in out[..dv].iter_mut().zip(&acc[..dv]) {
@@ -155,12 +167,14 @@ pub fn attend_f16_sink(
 }
 
 /// `acc[i] = f16(acc[i] · s)`.
-fn scale_f16(acc: &mut [f16], s: f32) {
+fn scale_f16(isa: Isa, acc: &mut [f16], s: f32) {
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
+    if x86::usable(isa) {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
         return unsafe { x86::scale_f16(acc, s) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa; // the SIMD loops are x86-64 only
     scale_f16_scalar(acc, s)
 }
 
@@ -171,12 +185,14 @@ fn scale_f16_scalar(acc: &mut [f16], s: f32) {
 }
 
 /// `acc[i] = f16(fma(v[i], s, acc[i]))`.
-fn fma_f16(acc: &mut [f16], v: &[f16], s: f32) {
+fn fma_f16(isa: Isa, acc: &mut [f16], v: &[f16], s: f32) {
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
+    if x86::usable(isa) {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
         return unsafe { x86::fma_f16(acc, v, s) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa; // the SIMD loops are x86-64 only
     fma_f16_scalar(acc, v, s)
 }
 
@@ -191,13 +207,15 @@ fn fma_f16_scalar(acc: &mut [f16], v: &[f16], s: f32) {
 /// nearest even as `half` does).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::kernels::Isa;
     use half::f16;
     use std::arch::x86_64::*;
 
-    /// Whether this CPU has AVX2, FMA and F16C (the kernels' own check; std caches it).
+    /// Whether to run these loops: the model chose [`Isa::Avx2`] and this CPU has AVX2, FMA
+    /// and F16C (checked again, as the entry points are public; std caches it).
     #[inline]
-    pub fn available() -> bool {
-        crate::kernels::Isa::Avx2.is_available()
+    pub fn usable(isa: Isa) -> bool {
+        isa == Isa::Avx2 && isa.is_available()
     }
 
     #[inline]
@@ -337,18 +355,20 @@ pub struct TileScratch {
 /// Query row `i` (`q[i * dk..]`) is at position `p0 + i` and sees the causal (and windowed)
 /// positions before it; its `dv` outputs go to `out[i * dv..]`.
 pub fn attend_tile(
+    isa: Isa,
     q: &[f32],
     p0: usize,
     cache: &TileCache<'_>,
     scratch: &mut TileScratch,
     out: &mut [f32],
 ) {
-    attend_tile_sink(q, p0, cache, None, scratch, out)
+    attend_tile_sink(isa, q, p0, cache, None, scratch, out)
 }
 
 /// [`attend_tile`] with an optional attention sink (see [`attend_f16_sink`]), joined to each
 /// row after its last key tile.
 pub fn attend_tile_sink(
+    isa: Isa,
     q: &[f32],
     p0: usize,
     cache: &TileCache<'_>,
@@ -357,23 +377,13 @@ pub fn attend_tile_sink(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
+    if x86::usable(isa) {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
         return unsafe { x86::attend_tile(q, p0, cache, sink, scratch, out) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa; // the SIMD loops are x86-64 only
     attend_tile_body(q, p0, cache, sink, scratch, out)
-}
-
-/// [`attend_tile`] without SIMD code generation (the reference the SIMD build is tested
-/// against: the same source, so the same operations in the same order).
-pub fn attend_tile_portable(
-    q: &[f32],
-    p0: usize,
-    cache: &TileCache<'_>,
-    scratch: &mut TileScratch,
-    out: &mut [f32],
-) {
-    attend_tile_body(q, p0, cache, None, scratch, out)
 }
 
 /// `e^x` in f32 to about one ulp, written so that loops over it vectorize (the same value
@@ -598,7 +608,18 @@ mod tests {
         let want = naive(&q, &k, &v, d, n, 0.125);
         let mut out = vec![0f32; d];
         let mut acc = vec![f16::ZERO; d];
-        attend_f16(&q, &k, &v, (d, d, d, d), n, 0.125, None, &mut acc, &mut out);
+        attend_f16(
+            Isa::detect(),
+            &q,
+            &k,
+            &v,
+            (d, d, d, d),
+            n,
+            0.125,
+            None,
+            &mut acc,
+            &mut out,
+        );
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 2e-3, "{a} vs {b}");
         }
@@ -614,7 +635,14 @@ mod tests {
             softcap: None,
             window: None,
         };
-        attend_tile(&q, n - 1, &cache, &mut TileScratch::default(), &mut out);
+        attend_tile(
+            Isa::detect(),
+            &q,
+            n - 1,
+            &cache,
+            &mut TileScratch::default(),
+            &mut out,
+        );
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
@@ -651,9 +679,25 @@ mod tests {
                 window,
             };
             let mut out = vec![0f32; nq * dv];
-            attend_tile(&q, p0, &cache, &mut TileScratch::default(), &mut out);
+            attend_tile(
+                Isa::detect(),
+                &q,
+                p0,
+                &cache,
+                &mut TileScratch::default(),
+                &mut out,
+            );
+            // The same source without SIMD code generation: the same operations in the same
+            // order.
             let mut out2 = vec![1f32; nq * dv];
-            attend_tile_portable(&q, p0, &cache, &mut TileScratch::default(), &mut out2);
+            attend_tile(
+                Isa::Scalar,
+                &q,
+                p0,
+                &cache,
+                &mut TileScratch::default(),
+                &mut out2,
+            );
             assert!(
                 out.iter()
                     .zip(&out2)
@@ -722,18 +766,18 @@ mod tests {
             let a: Vec<f32> = (0..n).map(|i| f16::from_f32(r(i + 3)).to_f32()).collect();
             let b: Vec<f16> = (0..n).map(|i| f16::from_f32(r(i + 77))).collect();
             assert_eq!(
-                dot_f16(&a, &b).to_bits(),
+                dot_f16(Isa::detect(), &a, &b).to_bits(),
                 dot_f16_scalar(&a, &b).to_bits(),
                 "dot, n={n}"
             );
             for s in [0.0f32, 0.3, 1.0, 1.7e-3, 7.5] {
                 let mut x = b.clone();
                 let mut y = b.clone();
-                scale_f16(&mut x, s);
+                scale_f16(Isa::detect(), &mut x, s);
                 scale_f16_scalar(&mut y, s);
                 assert_eq!(x, y, "scale, n={n}");
                 let v: Vec<f16> = (0..n).map(|i| f16::from_f32(r(i + 5000))).collect();
-                fma_f16(&mut x, &v, s);
+                fma_f16(Isa::detect(), &mut x, &v, s);
                 fma_f16_scalar(&mut y, &v, s);
                 assert_eq!(x, y, "fma, n={n}");
             }
@@ -747,7 +791,7 @@ mod tests {
             .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
             .collect();
         let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * y.to_f64()).sum();
-        assert!((dot_f16(&a, &b) as f64 - want).abs() < 1e-4);
-        assert_eq!(dot_f16(&[], &[]), 0.0);
+        assert!((dot_f16(Isa::detect(), &a, &b) as f64 - want).abs() < 1e-4);
+        assert_eq!(dot_f16(Isa::detect(), &[], &[]), 0.0);
     }
 }

@@ -639,7 +639,15 @@ impl<'m> Session<'m> {
                         window,
                     };
                     let ot = &mut ot[..(t1 - t0) * hdv];
-                    attn::attend_tile_sink(&qt, pos0 + t0, &cache, sink_of(h), &mut scratch, ot);
+                    attn::attend_tile_sink(
+                        m.isa,
+                        &qt,
+                        pos0 + t0,
+                        &cache,
+                        sink_of(h),
+                        &mut scratch,
+                        ot,
+                    );
                     for (i, t) in (t0..t1).enumerate() {
                         // SAFETY: each (tile, h) item is claimed once and owns the rows
                         // out[(t*nh+h)*hdv..+hdv] of its tokens t.
@@ -674,7 +682,9 @@ impl<'m> Session<'m> {
                 };
                 let n_kv = p + 1 - lo;
                 let sink = sink_of(h);
-                attn::attend_f16_sink(qh, ks, vs, dims, n_kv, scale, softcap, sink, &mut acc, dst);
+                attn::attend_f16_sink(
+                    m.isa, qh, ks, vs, dims, n_kv, scale, softcap, sink, &mut acc, dst,
+                );
             }
         };
         m.pool.run(work);

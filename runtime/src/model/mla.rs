@@ -246,7 +246,7 @@ impl Session<'_> {
                         window: None,
                     };
                     let ot = &mut ot[..(t1 - t0) * lora];
-                    attn::attend_tile(&qt, pos0 + t0, &cache, &mut scratch, ot);
+                    attn::attend_tile(m.isa, &qt, pos0 + t0, &cache, &mut scratch, ot);
                     for (i, t) in (t0..t1).enumerate() {
                         // SAFETY: each (tile, h) item is claimed once and owns the rows
                         // out[(t*nh+h)*lora..+lora] of its tokens t.
@@ -275,7 +275,18 @@ impl Session<'_> {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * lora), lora)
                     };
                     let dims = (kd, kd, lora, kd);
-                    attn::attend_f16(qh, keys, keys, dims, p + 1, scale, softcap, &mut acc, dst);
+                    attn::attend_f16(
+                        m.isa,
+                        qh,
+                        keys,
+                        keys,
+                        dims,
+                        p + 1,
+                        scale,
+                        softcap,
+                        &mut acc,
+                        dst,
+                    );
                 }
             };
             m.pool.run(work);
