@@ -271,8 +271,9 @@ fn attr_of(t: TokenType) -> u16 {
 
 const SPACE_MARK: char = '\u{2581}';
 
-/// What the vocabulary kind needs besides the shared tables.
-enum Engine {
+/// The tokenization algorithm of the vocabulary's kind, with what it needs besides the shared
+/// tables.
+enum Algorithm {
     Bpe {
         pre: pretokenize::PreTokenizer,
         /// The merges `"left right"`, by rank (a repeated merge keeps its first rank).
@@ -291,7 +292,7 @@ enum Engine {
 /// A tokenizer built from GGUF metadata. Cheap to share (`Sync`); building one for a 262k-token
 /// vocabulary takes a fraction of a second, so build it once per model.
 pub struct Tokenizer {
-    engine: Engine,
+    algorithm: Algorithm,
     /// Token texts by id, and ids by text.
     vocab: StrTable,
     scores: Vec<f32>,
@@ -350,12 +351,12 @@ impl Tokenizer {
             return Cow::Borrowed(text.as_bytes());
         }
         if attr & ATTR_NORMAL != 0 {
-            return match &self.engine {
-                Engine::Spm { .. } | Engine::Wpm(_) if text.contains(SPACE_MARK) => {
+            return match &self.algorithm {
+                Algorithm::Spm { .. } | Algorithm::Wpm(_) if text.contains(SPACE_MARK) => {
                     Cow::Owned(text.replace(SPACE_MARK, " ").into_bytes())
                 }
-                Engine::Spm { .. } | Engine::Wpm(_) => Cow::Borrowed(text.as_bytes()),
-                Engine::Bpe { bytes, .. } => {
+                Algorithm::Spm { .. } | Algorithm::Wpm(_) => Cow::Borrowed(text.as_bytes()),
+                Algorithm::Bpe { bytes, .. } => {
                     let mut out = Vec::with_capacity(text.len());
                     for c in text.chars() {
                         match bytes.byte_of(c) {
@@ -403,8 +404,8 @@ impl Tokenizer {
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
-        match &self.engine {
-            Engine::Spm { byte_tokens } => {
+        match &self.algorithm {
+            Algorithm::Spm { byte_tokens } => {
                 let mut prev_special = true;
                 let mut buf = String::new();
                 for frag in frags {
@@ -427,7 +428,7 @@ impl Tokenizer {
                     }
                 }
             }
-            Engine::Bpe {
+            Algorithm::Bpe {
                 pre,
                 ranks,
                 rank_of,
@@ -451,7 +452,7 @@ impl Tokenizer {
                     }
                 }
             }
-            Engine::Wpm(wp) => {
+            Algorithm::Wpm(wp) => {
                 for frag in frags {
                     match frag {
                         Fragment::Token(id) => out.push(id),
@@ -591,18 +592,18 @@ impl Tokenizer {
 
     /// The vocabulary kind.
     pub fn kind(&self) -> VocabKind {
-        match self.engine {
-            Engine::Bpe { .. } => VocabKind::Bpe,
-            Engine::Spm { .. } => VocabKind::SentencePiece,
-            Engine::Wpm(_) => VocabKind::WordPiece,
+        match self.algorithm {
+            Algorithm::Bpe { .. } => VocabKind::Bpe,
+            Algorithm::Spm { .. } => VocabKind::SentencePiece,
+            Algorithm::Wpm(_) => VocabKind::WordPiece,
         }
     }
 
     /// The pre-tokenizer name of a BPE vocabulary (`default` when the metadata has none).
     pub fn pre(&self) -> Option<&str> {
-        match &self.engine {
-            Engine::Bpe { pre, .. } => Some(pre.name()),
-            Engine::Spm { .. } | Engine::Wpm(_) => None,
+        match &self.algorithm {
+            Algorithm::Bpe { pre, .. } => Some(pre.name()),
+            Algorithm::Spm { .. } | Algorithm::Wpm(_) => None,
         }
     }
 
@@ -701,12 +702,12 @@ impl Tokenizer {
     /// Approximate heap bytes this tokenizer holds (for memory budgets): about the vocabulary's
     /// text plus 20 bytes a token, and the merges' text plus 16 bytes a merge.
     pub fn heap_bytes(&self) -> usize {
-        let engine = match &self.engine {
-            Engine::Bpe { ranks, rank_of, .. } => {
+        let algorithm = match &self.algorithm {
+            Algorithm::Bpe { ranks, rank_of, .. } => {
                 ranks.heap_bytes() + 4 * rank_of.capacity() + std::mem::size_of::<ByteMap>()
             }
-            Engine::Spm { .. } => 256 * std::mem::size_of::<Option<u32>>(),
-            Engine::Wpm(_) => 0,
+            Algorithm::Spm { .. } => 256 * std::mem::size_of::<Option<u32>>(),
+            Algorithm::Wpm(_) => 0,
         };
         self.vocab.heap_bytes()
             + 4 * self.scores.capacity()
@@ -714,7 +715,7 @@ impl Tokenizer {
             + 2 * self.attrs.capacity()
             + self.special.heap_bytes()
             + 40 * self.eog.len()
-            + engine
+            + algorithm
     }
 
     /// Number of tokens matched literally before tokenization (control, user-defined and

@@ -1,6 +1,7 @@
 //! Unit tests on small hand-made vocabularies.
 
 use super::*;
+use flashstream_formats::gguf::{Array, Metadata, Value};
 
 /// A byte-level vocabulary like the random test models': every byte is a token (in byte order),
 /// plus `<|endoftext|>` (control) and any extra tokens given.
