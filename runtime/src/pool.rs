@@ -213,6 +213,34 @@ impl ChunkCounter {
     }
 }
 
+/// A pointer into one output buffer that the threads of a [`WorkerPool::run`] share, each
+/// writing its own disjoint elements; `run` joins them before the buffer's borrow ends.
+///
+/// Creating one is safe; writing through it is `unsafe` and sound only under that discipline.
+#[derive(Debug, Clone, Copy)]
+pub struct SendPtr<T>(pub *mut T);
+
+// SAFETY: the pointer is only written through, at elements no other thread touches, while
+// the buffer it points into outlives the pool job (see the type's doc).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer. (A method, not field access, so that closures capture the whole `Sync`
+    /// wrapper rather than the raw pointer inside it.)
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+
+    /// The pointer to element `i`.
+    ///
+    /// # Safety
+    /// `i` must be inside the buffer.
+    pub unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use super::{
     act_packed_layout, act_scale_tables, pack_act_row, AlignedBuf, DotKernel, KernelError,
     PACKED_GROUP_BYTES,
 };
-use crate::pool::{ChunkCounter, WorkerPool};
+use crate::pool::{ChunkCounter, SendPtr, WorkerPool};
 use half::f16;
 
 /// Rows per unit of work handed to a thread: about four units per thread, of 16 to 128 rows.
@@ -98,20 +98,6 @@ pub fn act_row_stride(kernel: &DotKernel, k: usize) -> Result<usize, KernelError
     Ok(end.div_ceil(64) * 64)
 }
 
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: threads write disjoint elements (distinct rows), and `run` joins them before the
-// borrow ends.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    // A method (not field access) so closures capture the whole Sync wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `y[t * rows + r] = dot(w[r], x[t])` for every weight row `r` and activation row `t`.
 ///
 /// `w` holds `rows` rows of `k` weights of `kernel.weight_type`; `xq` holds `n_tok` activation
@@ -150,7 +136,8 @@ pub fn matmul(
         )));
     }
     let xb = xq.as_bytes();
-    let out = SyncPtr(y.as_mut_ptr());
+    // Threads write disjoint elements (distinct rows).
+    let out = SendPtr(y.as_mut_ptr());
     let per_chunk = rows_per_chunk(rows, pool.n_threads());
     let chunks = ChunkCounter::new(rows.div_ceil(per_chunk));
     let dot = kernel.dot;

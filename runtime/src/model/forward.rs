@@ -23,7 +23,7 @@ use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::kernels::{dot_kernel, scalar, AlignedBuf};
 use crate::ops;
-use crate::pool::ChunkCounter;
+use crate::pool::{ChunkCounter, SendPtr};
 use crate::yarn::Yarn;
 
 /// Which positions' logits [`Session::eval`] returns.
@@ -1005,18 +1005,5 @@ fn expert_part_name(w: &WeightRef, role: Role, il: usize, ex: usize) -> String {
     } else {
         role.per_expert_name(il, ex)
             .unwrap_or_else(|| w.name.clone())
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint ranges from pool threads joined before the borrow ends.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    // A method (not field access) so closures capture the whole Sync wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }

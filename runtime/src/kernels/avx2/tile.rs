@@ -30,6 +30,7 @@ use super::{
     scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
 };
 use crate::kernels::{act_packed_layout, act_scale_tables, DotRowsFn, PACKED_GROUP_BYTES};
+use crate::pool::SendPtr;
 
 /// Which build of the tile kernels to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,18 +553,6 @@ fn rows_with<WB: TileBlock>(
             run_tile!(isa, tile_avx2, tile_avxvnni, tile_avx512vnni, <WB, 1>(p, rows, outs))
         },
     );
-}
-
-/// The output pointer, offset by element.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    /// # Safety
-    /// `i` must be inside the output slice.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
 }
 
 macro_rules! tile_wrappers {
