@@ -1,4 +1,5 @@
-//! Deterministic random weights and activations for tests and benchmarks.
+//! Deterministic random weights and activations for tests and benchmarks, and the one
+//! deterministic generator ([`Rng`]) the tests, benchmarks and `mkmodel` share.
 //!
 //! Weight blocks get random quant bytes and small random scales (never NaN or infinite), so
 //! every bit pattern of the quants is exercised while the values stay finite.
@@ -15,6 +16,18 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The generator of stream `stream` of `seed` (SplitMix64 of the pair, so streams are
+    /// independent): what `mkmodel` fills each tensor from.
+    pub fn with_stream(seed: u64, stream: u64) -> Self {
+        let mut z = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(stream.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+            .wrapping_add(0x94D0_49BB_1331_11EB);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
@@ -29,6 +42,11 @@ impl Rng {
     pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
         let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
         lo + (hi - lo) * u
+    }
+
+    /// Uniform in `[-1, 1)`.
+    pub fn sym(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
     /// Fills `buf` with random bytes.

@@ -38,6 +38,7 @@ use flashstream::formats::gguf::GgufWriter;
 use flashstream::formats::tensor_names::{arch_tensors, Need, TensorSpec};
 use flashstream::formats::{Architecture, Array, GgmlType, TensorRole, Value};
 use flashstream::loader::ModelFiles;
+use flashstream::runtime::kernels::testutil::Rng;
 
 #[path = "mkmodel_mla.rs"]
 mod mla;
@@ -167,48 +168,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Kind::Dense(d) => dense(d),
         Kind::Moe(m) => moe(m),
         Kind::Upcycle(u) => upcycle(u),
-    }
-}
-
-/// Deterministic fast random numbers (xorshift64*).
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64) -> Self {
-        // SplitMix64 of (seed, stream) so streams are independent.
-        let mut z = seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(stream.wrapping_mul(0xBF58_476D_1CE4_E5B9))
-            .wrapping_add(0x94D0_49BB_1331_11EB);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [-1, 1).
-    fn sym(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let v = self.next().to_le_bytes();
-        let n = rest.len();
-        rest.copy_from_slice(&v[..n]);
     }
 }
 
@@ -450,7 +409,7 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let gen = scope.spawn(move || -> anyhow::Result<()> {
             for (i, s) in specs_ref.iter().enumerate() {
-                let mut rng = Rng::new(seed, i as u64);
+                let mut rng = Rng::with_stream(seed, i as u64);
                 let n: u64 = s.shape.iter().product();
                 if s.norm {
                     let v: Vec<u8> = (0..n)
@@ -985,7 +944,7 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
                 }
             }
             From::Router => {
-                let mut rng = Rng::new(a.seed, layer_router as u64);
+                let mut rng = Rng::with_stream(a.seed, layer_router as u64);
                 let n: u64 = shape.iter().product();
                 // Router logits of a few units: tokens spread over all experts.
                 let v: Vec<u8> = (0..n)

@@ -401,7 +401,7 @@ mod tests {
     fn random_q5_0_weights_have_the_intended_scale() {
         let k = 1408;
         let mut bytes = Vec::new();
-        let mut rng = Rng::new(3, 0);
+        let mut rng = Rng::with_stream(3, 0);
         random_tensor(
             GgmlType::Q5_0,
             k,
