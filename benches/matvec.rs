@@ -18,24 +18,12 @@ use flashstream::runtime::kernels::testutil::{random_activations, random_weights
 use flashstream::runtime::kernels::{dot_kernel, AlignedBuf, Isa};
 use flashstream::runtime::pool::WorkerPool;
 
-const TYPES: [GgmlType; 16] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-    GgmlType::MXFP4,
-    GgmlType::IQ4_XS,
-];
+/// Every weight type with compute kernels, in [`GgmlType::ALL`]'s order.
+fn types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL
+        .into_iter()
+        .filter(|t| t.is_supported_for_compute())
+}
 
 /// The machine's own read bandwidth, in the same run: summing a buffer larger than the caches
 /// on one and two threads. Matvec GB/s divided by this is the efficiency figure.
@@ -76,7 +64,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     memory_read(c, &pools);
     let best = Isa::detect();
-    for ty in TYPES {
+    for ty in types() {
         let w = random_weights(ty, k * rows, 7);
         let mut g = c.benchmark_group(format!("matvec_{}", ty.name()));
         g.throughput(Throughput::Bytes(w.len() as u64));

@@ -10,30 +10,13 @@
 //! GB/s of weight bytes. The matrix is 8–67 MB, so it streams from L3/RAM, not L1/L2.
 //! `FLASHSTREAM_BENCH_SCALAR=1` also times the scalar kernels for comparison.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
 use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
-
-const TYPES: [GgmlType; 16] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::IQ4_NL,
-    GgmlType::MXFP4,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_XS,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::F32,
-];
 
 fn matvec_gbps(isa: Isa, ty: GgmlType, rows: usize, cols: usize) -> (f64, f32) {
     let k = dot_kernel(isa, ty).unwrap();
@@ -71,7 +54,7 @@ fn avx2_matvec_throughput() {
     }
     let scalar_too = std::env::var_os("FLASHSTREAM_BENCH_SCALAR").is_some();
     println!("4096x4096 matvec, one thread, GB/s of weight bytes (best pass)");
-    for ty in TYPES {
+    for ty in common::compute_types() {
         let (g, _) = matvec_gbps(Isa::Avx2, ty, 4096, 4096);
         if scalar_too {
             let (s, _) = matvec_gbps(Isa::Scalar, ty, 4096, 4096);

@@ -16,30 +16,13 @@
 
 #![cfg(target_arch = "x86_64")]
 
+mod common;
+
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::scalar::{dequantize_row, quantize_row, vec_dot};
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
 use flashstream_runtime::kernels::{avx2, dot_kernel, matvec, AlignedBuf, Isa};
 use proptest::prelude::*;
-
-const WEIGHT_TYPES: [GgmlType; 16] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::IQ4_NL,
-    GgmlType::MXFP4,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_XS,
-];
 
 const ACT_TYPES: [GgmlType; 5] = [
     GgmlType::Q8_0,
@@ -136,7 +119,7 @@ fn dot_products_match_scalar_on_same_activations() {
         return;
     }
     let mut worst = 0.0f64;
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let dot = avx2::dot_fn(ty).unwrap_or_else(|| panic!("no AVX2 dot for {ty}"));
         for n in lengths(ty) {
             for seed in 1..=4u64 {
@@ -310,7 +293,7 @@ fn dot_kernel_avx2_matches_scalar_end_to_end() {
     if !have_avx2() {
         return;
     }
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let k_avx = dot_kernel(Isa::Avx2, ty).unwrap();
         let k_ref = dot_kernel(Isa::Scalar, ty).unwrap();
         assert_eq!(k_avx.act_type, k_ref.act_type);
@@ -344,7 +327,7 @@ fn four_row_dots_equal_one_row_dots_bit_for_bit() {
         return;
     }
     let mut covered = 0;
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let Some(dot4) = avx2::dot4_fn(ty) else {
             continue;
         };
@@ -384,7 +367,7 @@ fn many_row_dots_equal_one_row_dots_bit_for_bit() {
         return;
     }
     let mut covered = 0;
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let Some(rows) = avx2::dot_rows_fn(ty) else {
             continue;
         };
@@ -463,7 +446,7 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
             eprintln!("tile build {isa:?} not available on this CPU; skipped");
             continue;
         }
-        for ty in WEIGHT_TYPES {
+        for ty in common::compute_types() {
             let Some(rows) = tile_rows_fn(isa, ty) else {
                 continue;
             };
@@ -556,7 +539,7 @@ fn many_weight_row_dots_equal_one_row_dots_bit_for_bit() {
         return;
     }
     let mut covered = 0;
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let Some(many) = avx2::dot_many_fn(ty) else {
             continue;
         };
@@ -598,7 +581,7 @@ fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
     if !have_avx2() {
         return;
     }
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let dot = avx2::dot_fn(ty).unwrap();
         let n = 512;
         let w = random_weights(ty, n, 1);

@@ -1,30 +1,13 @@
 //! matvec/matmul split over the worker pool: same numbers as a plain loop over the dot kernel,
 //! bit for bit, whatever the thread count; bad shapes are errors.
 
+mod common;
+
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::matvec::{act_row_stride, matmul, matvec, quantize_rows};
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
 use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
 use flashstream_runtime::pool::WorkerPool;
-
-const TYPES: [GgmlType; 16] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-    GgmlType::MXFP4,
-    GgmlType::IQ4_XS,
-];
 
 #[test]
 fn matmul_equals_plain_loop_on_any_thread_count() {
@@ -35,7 +18,7 @@ fn matmul_equals_plain_loop_on_any_thread_count() {
     ];
     let (k, rows) = (512, 37);
     for isa in Isa::available() {
-        for ty in TYPES {
+        for ty in common::compute_types() {
             let kernel = dot_kernel(isa, ty).unwrap();
             let w = random_weights(ty, k * rows, 11);
             for n_tok in [1usize, 3] {

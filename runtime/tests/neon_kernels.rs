@@ -24,28 +24,12 @@
 //! it) does not (or does) report dotprod, so a CI run cannot silently skip the `sdot` path.
 #![cfg(target_arch = "aarch64")]
 
+mod common;
+
 use flashstream_formats::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le};
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
 use flashstream_runtime::kernels::{dot_kernel, neon, scalar, AlignedBuf, Isa};
-
-const INT_TYPES: [GgmlType; 13] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::IQ4_NL,
-    GgmlType::MXFP4,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_XS,
-];
-
-const FLOAT_TYPES: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
 
 const ACT_TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K];
 
@@ -54,7 +38,7 @@ const DOT_REL_TOL: f64 = 1e-5;
 const SEEDS: [u64; 3] = [1, 0xdead_beef, 77];
 
 fn all_types() -> impl Iterator<Item = GgmlType> {
-    INT_TYPES.into_iter().chain(FLOAT_TYPES)
+    common::quant_types().into_iter().chain(common::FLOAT_TYPES)
 }
 
 /// Lengths per type: single, odd and larger block counts (kept small: these run under qemu).
@@ -250,7 +234,7 @@ fn dots_match_scalar_within_tolerance() {
 
 #[test]
 fn plain_and_sdot_agree() {
-    for ty in INT_TYPES {
+    for ty in common::quant_types() {
         for n in lengths(ty) {
             let w = random_weights(ty, n, n as u64);
             let a = quantize_scalar(ty.vec_dot_type(), &random_activations(n, 9));

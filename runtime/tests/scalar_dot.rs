@@ -12,6 +12,8 @@
 //! ggml's dot uses that stored `s` for the min term; the expected value does the same (the
 //! min term is `m * s` per block), as that rounding is part of the definition, not an error.
 
+mod common;
+
 use flashstream_formats::blocks::{as_blocks, BlockQ8K, BlockQ8_1, QK, QK_K};
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::scalar::{
@@ -20,25 +22,6 @@ use flashstream_runtime::kernels::scalar::{
 };
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
 use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa, KernelError};
-
-const WEIGHT_TYPES: [GgmlType; 16] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-    GgmlType::MXFP4,
-];
 
 const DOT_REL_TOL: f64 = 1e-6;
 
@@ -90,7 +73,7 @@ fn f16(lo: u8, hi: u8) -> f32 {
 #[test]
 fn dot_matches_dequantized_product_for_every_type() {
     let mut worst = 0f64;
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let act = ty.vec_dot_type();
         for n in lengths(ty) {
             for seed in 0..4u64 {
@@ -367,7 +350,7 @@ fn bad_lengths_are_errors_not_panics() {
     let mut small = AlignedBuf::zeroed(100);
     (k.quantize)(&x, small.as_bytes_mut());
     assert!(small.as_bytes().iter().all(|&b| b == 0xff));
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let k = dot_kernel(Isa::Scalar, ty).unwrap();
         let bs = ty.block_size();
         let w = random_weights(ty, 2 * bs, 3);
@@ -397,7 +380,7 @@ fn bad_lengths_are_errors_not_panics() {
 fn misaligned_inputs_give_the_same_results() {
     // Weights borrowed at an odd offset, and Q8_K activations copied to an odd offset (the
     // reference copies them rather than failing).
-    for ty in WEIGHT_TYPES {
+    for ty in common::compute_types() {
         let act = ty.vec_dot_type();
         let n = 512;
         let w = random_weights(ty, n, 11);

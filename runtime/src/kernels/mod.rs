@@ -24,7 +24,10 @@ pub mod testutil;
 #[non_exhaustive]
 pub enum KernelError {
     /// No kernel exists for this type.
-    #[error("tensor type {0} is not supported for computation (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4)")]
+    #[error(
+        "tensor type {0} is not supported for computation (supported: {names})",
+        names = compute_type_names()
+    )]
     UnsupportedType(GgmlType),
     /// The requested instruction set is not available on this CPU.
     #[error("instruction set {0:?} is not available on this CPU")]
@@ -32,6 +35,16 @@ pub enum KernelError {
     /// A length that is not a whole number of blocks, or buffers that disagree.
     #[error("{0}")]
     BadLength(String),
+}
+
+/// The types with compute kernels ([`GgmlType::is_supported_for_compute`]), for messages.
+fn compute_type_names() -> String {
+    let names: Vec<&str> = GgmlType::ALL
+        .into_iter()
+        .filter(|t| t.is_supported_for_compute())
+        .map(GgmlType::name)
+        .collect();
+    names.join(", ")
 }
 
 /// An instruction set a kernel is written for.
