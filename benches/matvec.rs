@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use flashstream::formats::GgmlType;
 use flashstream::runtime::kernels::matvec::{matmul, matvec, quantize_rows};
 use flashstream::runtime::kernels::testutil::{random_activations, random_weights};
-use flashstream::runtime::kernels::{dot_kernel, AlignedBuf, Isa};
+use flashstream::runtime::kernels::{dot_kernel, Isa, ScratchBuf};
 use flashstream::runtime::pool::WorkerPool;
 
 /// Every weight type with compute kernels, in [`GgmlType::ALL`]'s order.
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
         g.sample_size(20);
         for isa in [best, Isa::Scalar] {
             let kernel = dot_kernel(isa, ty).expect("kernel");
-            let mut xq = AlignedBuf::default();
+            let mut xq = ScratchBuf::default();
             quantize_rows(&kernel, &x, k, &mut xq).expect("quantize");
             let mut y = vec![0f32; rows];
             for pool in &pools {
@@ -125,7 +125,7 @@ fn bench_matmul(c: &mut Criterion) {
         let n_tok = x.len() / k;
         let w = random_weights(ty, k * rows, 7);
         let kernel = dot_kernel(best, ty).expect("kernel");
-        let mut xq = AlignedBuf::default();
+        let mut xq = ScratchBuf::default();
         quantize_rows(&kernel, x, k, &mut xq).expect("quantize");
         let mut y = vec![0f32; rows * n_tok];
         let mut g = c.benchmark_group(format!("matmul64_{}", ty.name()));

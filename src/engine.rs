@@ -39,7 +39,7 @@ use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
     sysmem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds, SchedulerError, SourceStats,
-    StreamingSource, UnitTable, CHUNK_BYTES,
+    StreamingSource, UnitTable, SOURCE_READ_BYTES,
 };
 
 /// Errors of [`Engine`].
@@ -318,7 +318,7 @@ impl Engine {
             &gguf,
             plan.clone(),
             backend,
-            CHUNK_BYTES,
+            SOURCE_READ_BYTES,
             &mut |done, total| progress.as_ref().is_none_or(|p| (p.0)(done, total)),
         )?);
         let io = source.io_kind();

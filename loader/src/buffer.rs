@@ -3,31 +3,32 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
 
-/// Alignment of every [`AlignedBuffer`].
+/// Alignment of every [`IoBuffer`].
 pub const ALIGN: usize = 4096;
 
-/// A zero-initialised heap buffer whose start is aligned to [`ALIGN`] bytes.
-pub struct AlignedBuffer {
+/// A zero-initialised heap buffer for reads, whose start is aligned to [`ALIGN`] bytes (page
+/// alignment, as `O_DIRECT` needs); the runtime's 64-byte `ScratchBuf` is for compute.
+pub struct IoBuffer {
     ptr: NonNull<u8>,
     len: usize,
 }
 
 // SAFETY: the buffer owns its memory exclusively; access goes through &/&mut.
-unsafe impl Send for AlignedBuffer {}
-unsafe impl Sync for AlignedBuffer {}
+unsafe impl Send for IoBuffer {}
+unsafe impl Sync for IoBuffer {}
 
-impl AlignedBuffer {
+impl IoBuffer {
     /// A buffer of `len` zero bytes, or `None` if the allocation fails or `len` overflows.
     pub fn zeroed(len: usize) -> Option<Self> {
         if len == 0 {
             // An aligned, never-dereferenced address (like NonNull::dangling, but aligned).
             let ptr = NonNull::new(std::ptr::without_provenance_mut::<u8>(ALIGN))?;
-            return Some(AlignedBuffer { ptr, len: 0 });
+            return Some(IoBuffer { ptr, len: 0 });
         }
         let layout = Layout::from_size_align(len, ALIGN).ok()?;
         // SAFETY: the layout has non-zero size.
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        Some(AlignedBuffer { ptr, len })
+        Some(IoBuffer { ptr, len })
     }
 
     /// Length in bytes.
@@ -53,7 +54,7 @@ impl AlignedBuffer {
     }
 }
 
-impl Drop for AlignedBuffer {
+impl Drop for IoBuffer {
     fn drop(&mut self) {
         if self.len != 0 {
             // SAFETY: allocated in `zeroed` with this exact layout.
@@ -67,9 +68,9 @@ impl Drop for AlignedBuffer {
     }
 }
 
-impl std::fmt::Debug for AlignedBuffer {
+impl std::fmt::Debug for IoBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AlignedBuffer({} bytes)", self.len)
+        write!(f, "IoBuffer({} bytes)", self.len)
     }
 }
 
@@ -80,12 +81,12 @@ mod tests {
     #[test]
     fn aligned_and_zeroed() {
         for len in [0, 1, 4095, 4096, 1 << 20] {
-            let mut b = AlignedBuffer::zeroed(len).unwrap();
+            let mut b = IoBuffer::zeroed(len).unwrap();
             assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
             assert!(b.as_slice().iter().all(|&x| x == 0));
             b.as_mut_slice().fill(7);
             assert_eq!(b.len(), len);
         }
-        assert!(AlignedBuffer::zeroed(usize::MAX - 10).is_none());
+        assert!(IoBuffer::zeroed(usize::MAX - 10).is_none());
     }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use crate::source::ReadSource;
 use crate::{Completion, LoaderError, ReadOp};
 
-/// Most bytes one read of the pool or the ring covers: bigger ops are split into chunks of
-/// this size (a multiple of every supported alignment) so several are in flight at once.
-pub const CHUNK_BYTES: usize = 2 << 20;
+/// Most bytes one read of a backend (the pread pool or the io_uring ring) covers: the backends
+/// split bigger ops into chunks of this size (not to be confused with the scheduler's
+/// `SOURCE_READ_BYTES`, the largest op the streaming source submits) (a multiple of every supported alignment) so several are in flight at once.
+pub const BACKEND_CHUNK_BYTES: usize = 2 << 20;
 
 /// Consecutive attempts of a chunk that make no progress (`EINTR`, `EAGAIN`, an empty read
 /// before the end of the file) before it fails. `EINTR` is retried at once; the others wait a
@@ -43,11 +44,11 @@ impl From<&ReadOp> for OpMeta {
     }
 }
 
-/// The chunks of an op: `(file offset, length)`, each at most `CHUNK_BYTES`.
+/// The chunks of an op: `(file offset, length)`, each at most `BACKEND_CHUNK_BYTES`.
 pub(crate) fn chunks(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize)> {
     (0..len)
-        .step_by(CHUNK_BYTES)
-        .map(move |s| (offset + s as u64, (len - s).min(CHUNK_BYTES)))
+        .step_by(BACKEND_CHUNK_BYTES)
+        .map(move |s| (offset + s as u64, (len - s).min(BACKEND_CHUNK_BYTES)))
 }
 
 /// The open files of a backend, their lengths at open, and which were found changed.
@@ -341,13 +342,13 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_op() {
-        let v: Vec<_> = chunks(4096, 2 * CHUNK_BYTES + 8192).collect();
+        let v: Vec<_> = chunks(4096, 2 * BACKEND_CHUNK_BYTES + 8192).collect();
         assert_eq!(
             v,
             vec![
-                (4096, CHUNK_BYTES),
-                (4096 + CHUNK_BYTES as u64, CHUNK_BYTES),
-                (4096 + 2 * CHUNK_BYTES as u64, 8192)
+                (4096, BACKEND_CHUNK_BYTES),
+                (4096 + BACKEND_CHUNK_BYTES as u64, BACKEND_CHUNK_BYTES),
+                (4096 + 2 * BACKEND_CHUNK_BYTES as u64, 8192)
             ]
         );
         assert_eq!(chunks(0, 0).count(), 0);

@@ -8,8 +8,8 @@
 //!
 //! | kind | how | alignment | page cache | where |
 //! |------|-----|-----------|------------|-------|
-//! | `uring` | io_uring, `O_DIRECT`, up to the queue depth (default 16) reads of ≤ [`CHUNK_BYTES`] in the kernel, driven by the caller's thread; fixed buffers (`READ_FIXED`) after [`ReadBackend::register_buffers`] | 4096 | bypassed | Linux |
-//! | `pread` | [`PreadBackend`]: N threads (default 8) doing `pread`, ops split into ≤ [`CHUNK_BYTES`] chunks; `O_DIRECT` on Linux, `F_NOCACHE` + `F_RDADVISE` on Apple | 4096 | bypassed | everywhere |
+//! | `uring` | io_uring, `O_DIRECT`, up to the queue depth (default 16) reads of ≤ [`BACKEND_CHUNK_BYTES`] in the kernel, driven by the caller's thread; fixed buffers (`READ_FIXED`) after [`ReadBackend::register_buffers`] | 4096 | bypassed | Linux |
+//! | `pread` | [`PreadBackend`]: N threads (default 8) doing `pread`, ops split into ≤ [`BACKEND_CHUNK_BYTES`] chunks; `O_DIRECT` on Linux, `F_NOCACHE` + `F_RDADVISE` on Apple | 4096 | bypassed | everywhere |
 //! | `mmap` | N threads (default 4) copying out of a read-only map, `madvise(WILLNEED)` at submit, `madvise(DONTNEED)` + `posix_fadvise(DONTNEED)` behind each chunk | 1 | used, then dropped | everywhere |
 //! | `auto` | `uring` if the ring can be created and a test read works, else `pread` | | | |
 //!
@@ -55,8 +55,8 @@ mod source;
 mod uring;
 
 pub use backend::{BackendOptions, Completion, IoKind, ReadBackend, ReadOp};
-pub use buffer::{AlignedBuffer, ALIGN};
-pub use common::CHUNK_BYTES;
+pub use buffer::{IoBuffer, ALIGN};
+pub use common::BACKEND_CHUNK_BYTES;
 pub use mmap::DEFAULT_MMAP_THREADS;
 pub use open::{open_backend, DEFAULT_URING_DEPTH, DISABLE_URING_ENV};
 pub use pool::{PreadBackend, DEFAULT_PREAD_THREADS};

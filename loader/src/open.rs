@@ -3,11 +3,11 @@
 use flashstream_formats::GgufModel;
 
 use crate::{
-    AlignedBuffer, BackendOptions, Completion, IoKind, LoaderError, PreadBackend, ReadBackend,
-    ReadOp, ALIGN,
+    BackendOptions, Completion, IoBuffer, IoKind, LoaderError, PreadBackend, ReadBackend, ReadOp,
+    ALIGN,
 };
 
-/// Default io_uring queue depth: reads of up to [`CHUNK_BYTES`](crate::CHUNK_BYTES) in the
+/// Default io_uring queue depth: reads of up to [`BACKEND_CHUNK_BYTES`](crate::BACKEND_CHUNK_BYTES) in the
 /// kernel at once.
 pub const DEFAULT_URING_DEPTH: usize = 16;
 
@@ -72,7 +72,7 @@ fn open_auto(
 ) -> Result<Box<dyn ReadBackend>, LoaderError> {
     // Declared before the backend so that it outlives it (the backend's drop waits for the
     // test read).
-    let mut scratch = AlignedBuffer::zeroed(ALIGN);
+    let mut scratch = IoBuffer::zeroed(ALIGN);
     let why = match open_uring(model, opts) {
         Ok(mut b) => match scratch.as_mut().map(|s| test_read(&mut *b, model, s)) {
             Some(Ok(())) => {
@@ -93,11 +93,7 @@ fn open_auto(
 }
 
 /// Reads the first block of file 0 through `b` and compares it with a plain read.
-fn test_read(
-    b: &mut dyn ReadBackend,
-    model: &GgufModel,
-    buf: &mut AlignedBuffer,
-) -> Result<(), String> {
+fn test_read(b: &mut dyn ReadBackend, model: &GgufModel, buf: &mut IoBuffer) -> Result<(), String> {
     let Some(f) = model.files.first() else {
         return Ok(());
     };

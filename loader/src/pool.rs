@@ -1,7 +1,7 @@
 //! The thread-pool backends: N worker threads doing positional reads through a
 //! [`ReadSource`] (the pread backend over [`FileSource`]s, the mmap backend over maps).
 //!
-//! An op is split into chunks of at most [`CHUNK_BYTES`] that go into one queue, so a big op
+//! An op is split into chunks of at most [`BACKEND_CHUNK_BYTES`] that go into one queue, so a big op
 //! keeps several threads (and device queues) busy. The thread finishing an op's last chunk
 //! sends its completion; [`ReadBackend::wait`] collects completions and checks once per batch
 //! that the files touched are still the ones opened (see `Files::check_batch`).
@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use flashstream_formats::GgufModel;
 
 use crate::common::{
-    backoff, chunks, ChunkEnd, Files, OpMeta, OpOutcome, Progress, Step, CHUNK_BYTES,
+    backoff, chunks, ChunkEnd, Files, OpMeta, OpOutcome, Progress, Step, BACKEND_CHUNK_BYTES,
 };
 use crate::source::{FileSource, ReadSource};
 use crate::{BackendOptions, Completion, IoKind, LoaderError, ReadBackend, ReadOp, ALIGN};
@@ -83,7 +83,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// `lens`: the expected length of each file; `alignment` must be a power of two, at most
-    /// [`CHUNK_BYTES`] and a multiple of every source's read alignment.
+    /// [`BACKEND_CHUNK_BYTES`] and a multiple of every source's read alignment.
     pub fn new(
         kind: IoKind,
         sources: Vec<Arc<dyn ReadSource>>,
@@ -91,9 +91,9 @@ impl Pool {
         threads: usize,
         alignment: usize,
     ) -> Result<Self, LoaderError> {
-        if !alignment.is_power_of_two() || alignment > CHUNK_BYTES {
+        if !alignment.is_power_of_two() || alignment > BACKEND_CHUNK_BYTES {
             return Err(LoaderError::InvalidRequest(format!(
-                "alignment {alignment} must be a power of two of at most {CHUNK_BYTES}"
+                "alignment {alignment} must be a power of two of at most {BACKEND_CHUNK_BYTES}"
             )));
         }
         for s in &sources {
@@ -148,7 +148,7 @@ impl Pool {
             return Ok(());
         }
         source.will_need(op.offset, op.len);
-        let n = op.len.div_ceil(CHUNK_BYTES);
+        let n = op.len.div_ceil(BACKEND_CHUNK_BYTES);
         let shared = Arc::new(OpShared {
             meta,
             dst: Dst(op.dst),
@@ -287,7 +287,7 @@ fn read_chunk(chunk: &Chunk) -> ChunkEnd {
 
 /// The pread backend: a pool of threads doing positional reads, `O_DIRECT` on Linux
 /// (buffered + `posix_fadvise(DONTNEED)` where the file system refuses it), `F_NOCACHE` +
-/// `F_RDADVISE` on Apple. Works everywhere; ops are split into chunks of [`CHUNK_BYTES`].
+/// `F_RDADVISE` on Apple. Works everywhere; ops are split into chunks of [`BACKEND_CHUNK_BYTES`].
 ///
 /// (The mmap backend is this type over map sources; its [`ReadBackend::kind`] says
 /// [`IoKind::Mmap`].)
@@ -318,7 +318,7 @@ impl PreadBackend {
 
     /// A pread backend over caller-provided sources (file `i` of ops is `sources[i]`), e.g. a
     /// fault-injecting wrapper of a [`FileSource`] in tests. `alignment` is what ops must
-    /// have ([`ReadBackend::alignment`]): a power of two, at most [`CHUNK_BYTES`], a multiple
+    /// have ([`ReadBackend::alignment`]): a power of two, at most [`BACKEND_CHUNK_BYTES`], a multiple
     /// of every source's [`ReadSource::read_alignment`]. Each source's length is taken now.
     pub fn from_sources(
         sources: Vec<Arc<dyn ReadSource>>,

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use flashstream_formats::GgufModel;
 
-use crate::common::CHUNK_BYTES;
-use crate::{open_backend, AlignedBuffer, BackendOptions, Completion, IoKind, LoaderError, ReadOp};
+use crate::common::BACKEND_CHUNK_BYTES;
+use crate::{open_backend, BackendOptions, Completion, IoBuffer, IoKind, LoaderError, ReadOp};
 
 /// Most scratch memory the probe allocates, whatever the file size.
 pub const PROBE_SCRATCH_BYTES: usize = 64 << 20;
@@ -36,7 +36,7 @@ pub struct BandwidthProbe {
 /// interleaved (virtual and striped devices serve parallel streams faster than one; a
 /// weight-streaming engine reads several units at different offsets at once), through the
 /// backend `opts` names (`mmap` is replaced by `auto`: the probe wants direct reads), with
-/// [`CHUNK_BYTES`]-sized reads, twice the backend's queue depth of them in flight into
+/// [`BACKEND_CHUNK_BYTES`]-sized reads, twice the backend's queue depth of them in flight into
 /// registered buffers where the backend supports them (at most [`PROBE_SCRATCH_BYTES`] of
 /// scratch, reused, whatever the file size).
 ///
@@ -114,18 +114,18 @@ fn probe_chunks(
     }
     let depth_hint = opts.queue_depth.unwrap_or(16).clamp(2, 32);
     let total: u64 = ranges.iter().map(|r| r.2).sum();
-    let reads = total.min(max_bytes).div_ceil(CHUNK_BYTES as u64);
+    let reads = total.min(max_bytes).div_ceil(BACKEND_CHUNK_BYTES as u64);
     let slots = (2 * depth_hint)
-        .min(PROBE_SCRATCH_BYTES / CHUNK_BYTES)
+        .min(PROBE_SCRATCH_BYTES / BACKEND_CHUNK_BYTES)
         .min(usize::try_from(reads).unwrap_or(usize::MAX))
         .max(1);
     // Declared before the backend so that it outlives it (its drop waits for reads).
     let mut scratch =
-        AlignedBuffer::zeroed(slots * CHUNK_BYTES).ok_or_else(|| LoaderError::Io {
+        IoBuffer::zeroed(slots * BACKEND_CHUNK_BYTES).ok_or_else(|| LoaderError::Io {
             path: "<bandwidth probe scratch>".into(),
             source: std::io::Error::new(
                 std::io::ErrorKind::OutOfMemory,
-                format!("cannot allocate {} bytes", slots * CHUNK_BYTES),
+                format!("cannot allocate {} bytes", slots * BACKEND_CHUNK_BYTES),
             ),
         })?;
     let base = scratch.as_mut_slice().as_mut_ptr();
@@ -137,7 +137,7 @@ fn probe_chunks(
     unsafe {
         backend.register_buffers(&[(
             NonNull::new(base).expect("live allocation"),
-            slots * CHUNK_BYTES,
+            slots * BACKEND_CHUNK_BYTES,
         )])
     };
 
@@ -155,8 +155,8 @@ fn probe_chunks(
                 break 'ranges;
             }
             chunks.push((i, off, flen - off));
-            budget = budget.saturating_sub(CHUNK_BYTES as u64);
-            off += CHUNK_BYTES as u64;
+            budget = budget.saturating_sub(BACKEND_CHUNK_BYTES as u64);
+            off += BACKEND_CHUNK_BYTES as u64;
         }
     }
     let per = chunks.len().div_ceil(PROBE_STREAMS).max(1);
@@ -180,7 +180,7 @@ fn probe_chunks(
                 left = 0;
                 break;
             };
-            let len = (CHUNK_BYTES as u64)
+            let len = (BACKEND_CHUNK_BYTES as u64)
                 .min(left)
                 .min(rest.div_ceil(align) * align);
             let required = len.min(rest);
@@ -190,7 +190,7 @@ fn probe_chunks(
                 len: len as usize,
                 required: required as usize,
                 // SAFETY: slot < slots: inside the scratch buffer.
-                dst: NonNull::new(unsafe { base.add(slot * CHUNK_BYTES) })
+                dst: NonNull::new(unsafe { base.add(slot * BACKEND_CHUNK_BYTES) })
                     .expect("inside a live allocation"),
                 tag: slot as u64,
             };

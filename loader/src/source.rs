@@ -160,7 +160,7 @@ impl FileSource {
     /// refuse the reads with `EINVAL`.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn check_direct_reads(&self) {
-        let Some(mut buf) = crate::AlignedBuffer::zeroed(crate::ALIGN) else {
+        let Some(mut buf) = crate::IoBuffer::zeroed(crate::ALIGN) else {
             return;
         };
         // SAFETY: the buffer is valid for ALIGN bytes and aligned to ALIGN.
@@ -397,7 +397,7 @@ mod tests {
     use super::*;
 
     fn read_vec(src: &dyn ReadSource, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = crate::AlignedBuffer::zeroed(len).unwrap();
+        let mut buf = crate::IoBuffer::zeroed(len).unwrap();
         // SAFETY: viewing initialised bytes as MaybeUninit is always sound.
         let mu =
             unsafe { std::slice::from_raw_parts_mut(buf.as_mut_slice().as_mut_ptr().cast(), len) };

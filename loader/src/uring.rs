@@ -1,4 +1,4 @@
-//! The io_uring backend (Linux): `O_DIRECT` reads of at most [`CHUNK_BYTES`] each, up to the
+//! The io_uring backend (Linux): `O_DIRECT` reads of at most [`BACKEND_CHUNK_BYTES`] each, up to the
 //! queue depth of them in the kernel at once, all driven from the calling thread (no worker
 //! threads).
 //!
@@ -20,7 +20,9 @@ use std::sync::Arc;
 use flashstream_formats::GgufModel;
 use io_uring::{opcode, types, IoUring};
 
-use crate::common::{backoff, chunks, Files, OpMeta, OpOutcome, Progress, Step, CHUNK_BYTES};
+use crate::common::{
+    backoff, chunks, Files, OpMeta, OpOutcome, Progress, Step, BACKEND_CHUNK_BYTES,
+};
 use crate::open::{uring_disabled_by_env, DEFAULT_URING_DEPTH, DISABLE_URING_ENV};
 use crate::pool::open_model_files;
 use crate::source::{FileSource, ReadSource};
@@ -269,7 +271,7 @@ impl ReadBackend for UringBackend {
     unsafe fn submit(&mut self, op: ReadOp) -> Result<(), LoaderError> {
         self.files.validate(&op, ALIGN)?;
         let meta = OpMeta::from(&op);
-        let n = op.len.div_ceil(CHUNK_BYTES);
+        let n = op.len.div_ceil(BACKEND_CHUNK_BYTES);
         let uop = UOp {
             meta,
             dst: op.dst,

@@ -8,8 +8,8 @@ use std::ptr::NonNull;
 use common::*;
 use flashstream_formats::GgufModel;
 use flashstream_loader::{
-    open_backend, probe_read_bandwidth, AlignedBuffer, BackendOptions, IoKind, LoaderError, ReadOp,
-    CHUNK_BYTES,
+    open_backend, probe_read_bandwidth, BackendOptions, IoBuffer, IoKind, LoaderError, ReadOp,
+    BACKEND_CHUNK_BYTES,
 };
 
 /// 5 MiB + 12345 bytes: several chunks and a tail that is not block-aligned.
@@ -26,7 +26,7 @@ fn random_ranges_of_a_generated_file_match_std_fs() {
             GEN_LEN as u64,
             b.alignment(),
             48,
-            3 * CHUNK_BYTES,
+            3 * BACKEND_CHUNK_BYTES,
             i as u64,
         );
         let got = run(&mut *b, &plans);
@@ -156,7 +156,7 @@ fn refused_ops_are_clear_errors() {
     for mut b in all_backends(&model) {
         let kind = b.kind();
         let align = b.alignment();
-        let mut buf = AlignedBuffer::zeroed(4 * 4096).unwrap();
+        let mut buf = IoBuffer::zeroed(4 * 4096).unwrap();
         let dst = NonNull::new(buf.as_mut_slice().as_mut_ptr()).unwrap();
         let good = ReadOp {
             file: 0,
@@ -420,8 +420,8 @@ fn uring_fixed_buffers_read_the_same_bytes() {
     };
     // One region holding every destination, as the scheduler's slot ring would be.
     let n = 12;
-    let slot = CHUNK_BYTES + 4096;
-    let mut region = AlignedBuffer::zeroed(n * slot).unwrap();
+    let slot = BACKEND_CHUNK_BYTES + 4096;
+    let mut region = IoBuffer::zeroed(n * slot).unwrap();
     let base = region.as_mut_slice().as_mut_ptr();
     let registered = unsafe { b.register_buffers(&[(NonNull::new(base).unwrap(), region.len())]) };
     eprintln!("io_uring fixed buffers registered: {registered}");
@@ -453,7 +453,7 @@ fn o_direct_works(path: &std::path::Path) -> bool {
     else {
         return false;
     };
-    let mut buf = AlignedBuffer::zeroed(4096).unwrap();
+    let mut buf = IoBuffer::zeroed(4096).unwrap();
     f.read_at(buf.as_mut_slice(), 0).is_ok()
 }
 
@@ -510,7 +510,14 @@ fn dropping_with_ops_in_flight_waits_for_them() {
     let bytes = std::fs::read(&path).unwrap();
     for mut b in all_backends(&model) {
         let kind = b.kind();
-        let plans = random_plans(0, GEN_LEN as u64, b.alignment(), 40, 2 * CHUNK_BYTES, 15);
+        let plans = random_plans(
+            0,
+            GEN_LEN as u64,
+            b.alignment(),
+            40,
+            2 * BACKEND_CHUNK_BYTES,
+            15,
+        );
         for p in &plans {
             // SAFETY: the buffers outlive the backend, dropped below before them.
             unsafe { b.submit(p.op) }.unwrap();

@@ -12,8 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use common::*;
 use flashstream_loader::{
-    AlignedBuffer, FileSource, IoKind, LoaderError, PreadBackend, ReadBackend, ReadOp, ReadSource,
-    CHUNK_BYTES,
+    FileSource, IoBuffer, IoKind, LoaderError, PreadBackend, ReadBackend, ReadOp, ReadSource,
+    BACKEND_CHUNK_BYTES,
 };
 
 /// What the faulty source does on its calls.
@@ -110,7 +110,7 @@ fn faulty_backend(
 #[test]
 fn short_reads_eintr_and_eagain_are_transparent() {
     let dir = tempfile::tempdir().unwrap();
-    let len = 3 * CHUNK_BYTES + 777;
+    let len = 3 * BACKEND_CHUNK_BYTES + 777;
     let (path, _) = random_file(dir.path(), "gen.bin", len, 21);
     let bytes = std::fs::read(&path).unwrap();
     // Buffered inner file (reads may end anywhere) and O_DIRECT inner file (continuations
@@ -125,7 +125,14 @@ fn short_reads_eintr_and_eagain_are_transparent() {
             };
             let (mut b, counts) = faulty_backend(&path, direct, plan, threads);
             assert_eq!(b.kind(), IoKind::Pread);
-            let plans = random_plans(0, len as u64, 4096, 40, 2 * CHUNK_BYTES, threads as u64);
+            let plans = random_plans(
+                0,
+                len as u64,
+                4096,
+                40,
+                2 * BACKEND_CHUNK_BYTES,
+                threads as u64,
+            );
             let got = run(&mut b, &plans);
             check_bytes(IoKind::Pread, &bytes, &plans, &got);
             for (what, n) in [
@@ -142,10 +149,10 @@ fn short_reads_eintr_and_eagain_are_transparent() {
 #[test]
 fn eio_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let len = 2 * CHUNK_BYTES + 4096;
+    let len = 2 * BACKEND_CHUNK_BYTES + 4096;
     let (path, _) = random_file(dir.path(), "gen.bin", len, 22);
     let bytes = std::fs::read(&path).unwrap();
-    let bad = CHUNK_BYTES as u64 + 5000;
+    let bad = BACKEND_CHUNK_BYTES as u64 + 5000;
     let plan = Plan {
         eio_at: Some(bad),
         eintr: 5,
@@ -153,10 +160,10 @@ fn eio_is_an_error_naming_the_file() {
     };
     let (mut b, counts) = faulty_backend(&path, true, plan, 3);
     let plans = vec![
-        plan_at(0, 8192, len),                         // before the bad byte
-        plan_at(CHUNK_BYTES as u64 + 4096, 4096, len), // covers it
-        plan_at(0, 2 * CHUNK_BYTES, len),              // covers it in its second chunk
-        plan_at(2 * CHUNK_BYTES as u64, 8192, len),    // after it, runs past the end
+        plan_at(0, 8192, len),                                 // before the bad byte
+        plan_at(BACKEND_CHUNK_BYTES as u64 + 4096, 4096, len), // covers it
+        plan_at(0, 2 * BACKEND_CHUNK_BYTES, len),              // covers it in its second chunk
+        plan_at(2 * BACKEND_CHUNK_BYTES as u64, 8192, len),    // after it, runs past the end
     ];
     let plans: Vec<Planned> = plans
         .into_iter()
@@ -263,9 +270,7 @@ fn dropping_a_backend_waits_for_reads_in_flight() {
     };
     let threads = 3;
     let mut b = PreadBackend::from_sources(vec![Arc::new(src)], threads, 4096).unwrap();
-    let mut bufs: Vec<AlignedBuffer> = (0..10)
-        .map(|_| AlignedBuffer::zeroed(65536).unwrap())
-        .collect();
+    let mut bufs: Vec<IoBuffer> = (0..10).map(|_| IoBuffer::zeroed(65536).unwrap()).collect();
     for (i, buf) in bufs.iter_mut().enumerate() {
         let op = ReadOp {
             file: 0,

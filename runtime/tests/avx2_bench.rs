@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
-use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
+use flashstream_runtime::kernels::{dot_kernel, Isa, ScratchBuf};
 
 fn matvec_gbps(isa: Isa, ty: GgmlType, rows: usize, cols: usize) -> (f64, f32) {
     let k = dot_kernel(isa, ty).unwrap();
@@ -27,7 +27,7 @@ fn matvec_gbps(isa: Isa, ty: GgmlType, rows: usize, cols: usize) -> (f64, f32) {
         w.extend_from_slice(&random_weights(ty, cols, r as u64 % 64));
     }
     let x = random_activations(cols, 1);
-    let mut a = AlignedBuf::zeroed(k.act_type.row_bytes(cols as u64).unwrap() as usize);
+    let mut a = ScratchBuf::zeroed(k.act_type.row_bytes(cols as u64).unwrap() as usize);
     (k.quantize)(&x, a.as_bytes_mut());
     let mut out = vec![0f32; rows];
     let mut best = Duration::MAX;

@@ -21,7 +21,7 @@ mod common;
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::scalar::{dequantize_row, quantize_row, vec_dot};
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
-use flashstream_runtime::kernels::{avx2, dot_kernel, matvec, AlignedBuf, Isa};
+use flashstream_runtime::kernels::{avx2, dot_kernel, matvec, Isa, ScratchBuf};
 use proptest::prelude::*;
 
 const ACT_TYPES: [GgmlType; 5] = [
@@ -51,8 +51,8 @@ fn lengths(ty: GgmlType) -> Vec<usize> {
     }
 }
 
-fn quantize_scalar(act: GgmlType, x: &[f32]) -> AlignedBuf {
-    let mut buf = AlignedBuf::zeroed(act.row_bytes(x.len() as u64).unwrap() as usize);
+fn quantize_scalar(act: GgmlType, x: &[f32]) -> ScratchBuf {
+    let mut buf = ScratchBuf::zeroed(act.row_bytes(x.len() as u64).unwrap() as usize);
     quantize_row(act, x, buf.as_bytes_mut()).unwrap();
     buf
 }
@@ -233,7 +233,7 @@ fn quantizers_are_bit_exact_with_scalar() {
         let q = avx2::quantize_fn(act).unwrap_or_else(|| panic!("no AVX2 quantizer for {act}"));
         for (r, x) in quantizer_inputs().iter().enumerate() {
             let want = quantize_scalar(act, x);
-            let mut got = AlignedBuf::zeroed(want.as_bytes().len());
+            let mut got = ScratchBuf::zeroed(want.as_bytes().len());
             q(x, got.as_bytes_mut());
             if let Some(i) =
                 (0..want.as_bytes().len()).find(|&i| got.as_bytes()[i] != want.as_bytes()[i])
@@ -248,7 +248,7 @@ fn quantizers_are_bit_exact_with_scalar() {
         for n in [0, 1, 7, 15, 16, 17, 33, 1001] {
             let x = random_activations(n, n as u64);
             let want = quantize_scalar(act, &x);
-            let mut got = AlignedBuf::zeroed(2 * n);
+            let mut got = ScratchBuf::zeroed(2 * n);
             q(&x, got.as_bytes_mut());
             assert_eq!(got.as_bytes(), want.as_bytes(), "{act} n={n}");
         }
@@ -282,7 +282,7 @@ fn float_conversions_keep_special_values() {
     for act in [GgmlType::F16, GgmlType::BF16] {
         let q = avx2::quantize_fn(act).unwrap();
         let want = quantize_scalar(act, &x);
-        let mut got = AlignedBuf::zeroed(2 * x.len());
+        let mut got = ScratchBuf::zeroed(2 * x.len());
         q(&x, got.as_bytes_mut());
         assert_eq!(got.as_bytes(), want.as_bytes(), "{act}");
     }
@@ -302,7 +302,7 @@ fn dot_kernel_avx2_matches_scalar_end_to_end() {
                 let w = random_weights(ty, n, seed);
                 let x = random_activations(n, seed + 100);
                 let bytes = k_ref.act_type.row_bytes(n as u64).unwrap() as usize;
-                let (mut a_avx, mut a_ref) = (AlignedBuf::zeroed(bytes), AlignedBuf::zeroed(bytes));
+                let (mut a_avx, mut a_ref) = (ScratchBuf::zeroed(bytes), ScratchBuf::zeroed(bytes));
                 (k_avx.quantize)(&x, a_avx.as_bytes_mut());
                 (k_ref.quantize)(&x, a_ref.as_bytes_mut());
                 assert_eq!(a_avx.as_bytes(), a_ref.as_bytes(), "{ty} n={n} activations");
@@ -335,7 +335,7 @@ fn four_row_dots_equal_one_row_dots_bit_for_bit() {
         let dot = avx2::dot_fn(ty).unwrap();
         for n in lengths(ty).into_iter().chain([256, 1280]) {
             let w = random_weights(ty, n, 5);
-            let acts: Vec<AlignedBuf> = (0..4)
+            let acts: Vec<ScratchBuf> = (0..4)
                 .map(|i| quantize_scalar(ty.vec_dot_type(), &random_activations(n, 40 + i)))
                 .collect();
             let a = [0, 1, 2, 3].map(|i| acts[i].as_bytes());
@@ -383,7 +383,7 @@ fn many_row_dots_equal_one_row_dots_bit_for_bit() {
             let x: Vec<f32> = (0..n_tok)
                 .flat_map(|t| random_activations(n, 100 + t as u64))
                 .collect();
-            let mut a = AlignedBuf::default();
+            let mut a = ScratchBuf::default();
             matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
             let mut out = vec![0f32; 3 * n_tok];
             rows(n, &w, a.as_bytes(), stride, n_tok, &mut out, 3);
@@ -468,7 +468,7 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
                     let x: Vec<f32> = (0..n_tok)
                         .flat_map(|t| random_activations(n, 200 + seed * 16 + t as u64))
                         .collect();
-                    let mut a = AlignedBuf::default();
+                    let mut a = ScratchBuf::default();
                     matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
                     let mut out = vec![0f32; 2 * n_tok];
                     rows(n, &w, a.as_bytes(), stride, n_tok, &mut out, 2);
@@ -559,7 +559,7 @@ fn many_weight_row_dots_equal_one_row_dots_bit_for_bit() {
         // The row as quantize_rows lays it out (with the scale tables, where the type has
         // them): the same results.
         let kernel = dot_kernel(Isa::Avx2, ty).unwrap();
-        let mut full = AlignedBuf::default();
+        let mut full = ScratchBuf::default();
         let x = random_activations(n, 22);
         matvec::quantize_rows(&kernel, &x, n, &mut full).unwrap();
         let mut out2 = vec![0f32; rows];
@@ -602,14 +602,14 @@ fn bad_lengths_give_nan_and_poisoned_output_like_scalar() {
         let q = avx2::quantize_fn(act).unwrap();
         let x = random_activations(512, 3);
         let good = act.row_bytes(512).unwrap() as usize;
-        let mut out = AlignedBuf::zeroed(good + 8);
+        let mut out = ScratchBuf::zeroed(good + 8);
         q(&x, &mut out.as_bytes_mut()[..good - 2]);
         assert!(
             out.as_bytes()[..good - 2].iter().all(|&b| b == 0xff),
             "{act} short output"
         );
         if act.block_size() > 1 {
-            let mut out = AlignedBuf::zeroed(good);
+            let mut out = ScratchBuf::zeroed(good);
             q(&x[..511], out.as_bytes_mut());
             assert!(
                 out.as_bytes().iter().all(|&b| b == 0xff),
@@ -628,7 +628,7 @@ fn misaligned_q8k_activations_are_copied_not_rejected() {
     let n = 1024;
     let w = random_weights(ty, n, 8);
     let a = quantize_scalar(GgmlType::Q8_K, &random_activations(n, 9));
-    let mut shifted = AlignedBuf::zeroed(a.as_bytes().len() + 1);
+    let mut shifted = ScratchBuf::zeroed(a.as_bytes().len() + 1);
     shifted.as_bytes_mut()[1..].copy_from_slice(a.as_bytes());
     let dot = avx2::dot_fn(ty).unwrap();
     let aligned = dot(n, &w, a.as_bytes());
@@ -693,7 +693,7 @@ proptest! {
                 let bs = act.block_size();
                 let m = x.len() / bs * bs;
                 let want = quantize_scalar(act, &x[..m]);
-                let mut got = AlignedBuf::zeroed(want.as_bytes().len());
+                let mut got = ScratchBuf::zeroed(want.as_bytes().len());
                 avx2::quantize_fn(act).unwrap()(&x[..m], got.as_bytes_mut());
                 prop_assert_eq!(got.as_bytes(), want.as_bytes(), "{}", act);
             }

@@ -6,7 +6,7 @@ mod common;
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::matvec::{act_row_stride, matmul, matvec, quantize_rows};
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
-use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
+use flashstream_runtime::kernels::{dot_kernel, Isa, ScratchBuf};
 use flashstream_runtime::pool::WorkerPool;
 
 #[test]
@@ -23,7 +23,7 @@ fn matmul_equals_plain_loop_on_any_thread_count() {
             let w = random_weights(ty, k * rows, 11);
             for n_tok in [1usize, 3] {
                 let x = random_activations(k * n_tok, 5);
-                let mut xq = AlignedBuf::default();
+                let mut xq = ScratchBuf::default();
                 assert_eq!(quantize_rows(&kernel, &x, k, &mut xq).unwrap(), n_tok);
                 let stride = act_row_stride(&kernel, k).unwrap();
                 let wrow = ty.row_bytes(k as u64).unwrap() as usize;
@@ -63,7 +63,7 @@ fn matmul_equals_plain_loop_on_any_thread_count() {
 fn bad_shapes_are_errors() {
     let pool = WorkerPool::new(2).unwrap();
     let kernel = dot_kernel(Isa::Scalar, GgmlType::Q4_0).unwrap();
-    let mut xq = AlignedBuf::default();
+    let mut xq = ScratchBuf::default();
     // 33 is not a whole number of Q8_0 blocks.
     assert!(quantize_rows(&kernel, &[0.0; 33], 33, &mut xq).is_err());
     assert!(quantize_rows(&kernel, &vec![0.0; 70], 64, &mut xq).is_err());

@@ -21,7 +21,7 @@ use flashstream_formats::blocks::{e8m0_to_f32_half, BlockMXFP4, MXFP4_VALUES, QK
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::scalar::{dequantize_row, quantize_row, vec_dot};
 use flashstream_runtime::kernels::testutil::random_activations;
-use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa};
+use flashstream_runtime::kernels::{dot_kernel, Isa, ScratchBuf};
 use serde_json::Value;
 
 struct Record {
@@ -77,8 +77,8 @@ fn dequant(bytes: &[u8], n: usize) -> Vec<f32> {
     out
 }
 
-fn quantize_q8_0(x: &[f32]) -> AlignedBuf {
-    let mut a = AlignedBuf::zeroed(GgmlType::Q8_0.row_bytes(x.len() as u64).unwrap() as usize);
+fn quantize_q8_0(x: &[f32]) -> ScratchBuf {
+    let mut a = ScratchBuf::zeroed(GgmlType::Q8_0.row_bytes(x.len() as u64).unwrap() as usize);
     quantize_row(GgmlType::Q8_0, x, a.as_bytes_mut()).unwrap();
     a
 }
@@ -150,7 +150,7 @@ fn value_table_is_doubled_e2m1() {
 }
 
 /// `(dot, expected, Σ|w·a|)` of the scalar dot of `w` with the Q8_0 quantization of `x`.
-fn dot_and_expected(w: &[u8], x: &[f32]) -> (f32, f64, f64, AlignedBuf) {
+fn dot_and_expected(w: &[u8], x: &[f32]) -> (f32, f64, f64, ScratchBuf) {
     let n = x.len();
     let a = quantize_q8_0(x);
     let got = vec_dot(GgmlType::MXFP4, n, w, a.as_bytes()).unwrap();
@@ -218,7 +218,7 @@ fn every_kernel_matches_scalar() {
                 let n = w.len() / 17 * QK;
                 let x = random_activations(n, i as u64 + 3);
                 let (want, _, mag, a) = dot_and_expected(w, &x);
-                let mut a2 = AlignedBuf::zeroed(a.as_bytes().len());
+                let mut a2 = ScratchBuf::zeroed(a.as_bytes().len());
                 (k.quantize)(&x, a2.as_bytes_mut());
                 assert_eq!(a2.as_bytes(), a.as_bytes(), "{isa:?}: activations");
                 let got = (k.dot)(n, w, a2.as_bytes());

@@ -29,7 +29,7 @@ mod common;
 use flashstream_formats::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le};
 use flashstream_formats::GgmlType;
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
-use flashstream_runtime::kernels::{dot_kernel, neon, scalar, AlignedBuf, Isa};
+use flashstream_runtime::kernels::{dot_kernel, neon, scalar, Isa, ScratchBuf};
 
 const ACT_TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K];
 
@@ -53,8 +53,8 @@ fn lengths(ty: GgmlType) -> Vec<usize> {
 /// The two NEON variants: `(name, dotprod requested)`.
 const VARIANTS: [(&str, bool); 2] = [("plain", false), ("sdot", true)];
 
-fn quantize_scalar(act: GgmlType, x: &[f32]) -> AlignedBuf {
-    let mut buf = AlignedBuf::zeroed(act.row_bytes(x.len() as u64).unwrap() as usize);
+fn quantize_scalar(act: GgmlType, x: &[f32]) -> ScratchBuf {
+    let mut buf = ScratchBuf::zeroed(act.row_bytes(x.len() as u64).unwrap() as usize);
     scalar::quantize_row(act, x, buf.as_bytes_mut()).unwrap();
     buf
 }
@@ -114,7 +114,7 @@ fn every_compute_type_has_neon_kernels() {
 
 fn check_quantizer_matches(act: GgmlType, x: &[f32], what: &str) {
     let want = quantize_scalar(act, x);
-    let mut got = AlignedBuf::zeroed(want.as_bytes().len());
+    let mut got = ScratchBuf::zeroed(want.as_bytes().len());
     (neon::quantize_fn(act).unwrap())(x, got.as_bytes_mut());
     if got.as_bytes() != want.as_bytes() {
         let bb = act.block_bytes();
@@ -175,7 +175,7 @@ fn quantizer_rounding_ties() {
     let ties = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5];
     x[1..9].copy_from_slice(&ties);
     for act in [GgmlType::Q8_0, GgmlType::Q8_1] {
-        let mut out = AlignedBuf::zeroed(act.row_bytes(32).unwrap() as usize);
+        let mut out = ScratchBuf::zeroed(act.row_bytes(32).unwrap() as usize);
         (neon::quantize_fn(act).unwrap())(&x, out.as_bytes_mut());
         let qs_at = if act == GgmlType::Q8_0 { 2 } else { 4 };
         let qs: Vec<i8> = out.as_bytes()[qs_at..qs_at + 9]
@@ -189,7 +189,7 @@ fn quantizer_rounding_ties() {
     let mut x = vec![0.0f32; 256];
     x[0] = -127.0;
     x[1..9].copy_from_slice(&ties);
-    let mut out = AlignedBuf::zeroed(GgmlType::Q8_K.row_bytes(256).unwrap() as usize);
+    let mut out = ScratchBuf::zeroed(GgmlType::Q8_K.row_bytes(256).unwrap() as usize);
     (neon::quantize_fn(GgmlType::Q8_K).unwrap())(&x, out.as_bytes_mut());
     let b: &BlockQ8K = &bytemuck::cast_slice(out.as_bytes())[0];
     assert_eq!(b.d, 1.0);
@@ -297,10 +297,10 @@ fn pow2_weights(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
 
 /// Activations of type `act` built directly: quants in -3..=3, scale 1/8 (so every sum below
 /// stays far under 2^24 units and every f32 operation on it is exact).
-fn pow2_activations(act: GgmlType, n: usize, seed: u64) -> AlignedBuf {
+fn pow2_activations(act: GgmlType, n: usize, seed: u64) -> ScratchBuf {
     let mut rng = Rng::new(seed);
     let mut q = || (rng.next_u64() % 7) as i8 - 3;
-    let mut buf = AlignedBuf::zeroed(act.row_bytes(n as u64).unwrap() as usize);
+    let mut buf = ScratchBuf::zeroed(act.row_bytes(n as u64).unwrap() as usize);
     let d = 0.125f32;
     match act {
         GgmlType::Q8_0 => {
@@ -379,7 +379,7 @@ fn dot_kernel_end_to_end() {
         let w = random_weights(ty, n, 3);
         let x = random_activations(n, 4);
         let bytes = reference.act_type.row_bytes(n as u64).unwrap() as usize;
-        let mut want_a = AlignedBuf::zeroed(bytes);
+        let mut want_a = ScratchBuf::zeroed(bytes);
         (reference.quantize)(&x, want_a.as_bytes_mut());
         let want = (reference.dot)(n, &w, want_a.as_bytes()) as f64;
         let (mag, _) = magnitude_and_exact(ty, &w, want_a.as_bytes(), n);
@@ -389,7 +389,7 @@ fn dot_kernel_end_to_end() {
                 (k.isa, k.weight_type, k.act_type),
                 (isa, ty, ty.vec_dot_type())
             );
-            let mut a = AlignedBuf::zeroed(bytes);
+            let mut a = ScratchBuf::zeroed(bytes);
             (k.quantize)(&x, a.as_bytes_mut());
             assert!(
                 a.as_bytes() == want_a.as_bytes(),
@@ -421,7 +421,7 @@ fn odd_inputs_behave_like_scalar() {
             );
             assert!(f(n + 1, &w, a).is_nan(), "{ty} {name}: wrong n");
             // Misaligned activations: the same value as the scalar kernel.
-            let mut shifted = AlignedBuf::zeroed(a.len() + 1);
+            let mut shifted = ScratchBuf::zeroed(a.len() + 1);
             shifted.as_bytes_mut()[1..].copy_from_slice(a);
             let mis = &shifted.as_bytes()[1..];
             let want = scalar_dot(ty)(n, &w, mis);
@@ -436,13 +436,13 @@ fn odd_inputs_behave_like_scalar() {
     for act in ACT_TYPES {
         let x = random_activations(512, 1);
         let len = act.row_bytes(512).unwrap() as usize;
-        let mut out = AlignedBuf::zeroed(len - 1);
+        let mut out = ScratchBuf::zeroed(len - 1);
         (neon::quantize_fn(act).unwrap())(&x, out.as_bytes_mut());
         assert!(
             out.as_bytes().iter().all(|&b| b == 0xff),
             "{act}: short buffer"
         );
-        let mut out = AlignedBuf::zeroed(len);
+        let mut out = ScratchBuf::zeroed(len);
         (neon::quantize_fn(act).unwrap())(&x[..500], out.as_bytes_mut());
         assert!(
             out.as_bytes().iter().all(|&b| b == 0xff),

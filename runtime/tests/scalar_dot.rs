@@ -21,13 +21,13 @@ use flashstream_runtime::kernels::scalar::{
     vec_dot,
 };
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights};
-use flashstream_runtime::kernels::{dot_kernel, AlignedBuf, Isa, KernelError};
+use flashstream_runtime::kernels::{dot_kernel, Isa, KernelError, ScratchBuf};
 
 const DOT_REL_TOL: f64 = 1e-6;
 
-fn quantize(act: GgmlType, x: &[f32]) -> AlignedBuf {
+fn quantize(act: GgmlType, x: &[f32]) -> ScratchBuf {
     let bytes = act.row_bytes(x.len() as u64).unwrap() as usize;
-    let mut buf = AlignedBuf::zeroed(bytes);
+    let mut buf = ScratchBuf::zeroed(bytes);
     quantize_row(act, x, buf.as_bytes_mut()).unwrap();
     buf
 }
@@ -104,7 +104,7 @@ fn dot_matches_dequantized_product_for_every_type() {
                 let k = dot_kernel(Isa::Scalar, ty).unwrap();
                 assert_eq!(k.act_type, act);
                 let bytes = act.row_bytes(n as u64).unwrap() as usize;
-                let mut a2 = AlignedBuf::zeroed(bytes);
+                let mut a2 = ScratchBuf::zeroed(bytes);
                 (k.quantize)(&x, a2.as_bytes_mut());
                 assert_eq!(a2.as_bytes(), a.as_bytes(), "{ty}: quantize_fn differs");
                 let got2 = (k.dot)(n, &w, a2.as_bytes());
@@ -306,7 +306,7 @@ fn bad_lengths_are_errors_not_panics() {
 
     // quantize_row checks lengths and alignment.
     let x = vec![0.5f32; 256];
-    let mut buf = AlignedBuf::zeroed(292 + 4);
+    let mut buf = ScratchBuf::zeroed(292 + 4);
     assert!(bad(quantize_row(
         GgmlType::Q8_0,
         &x[..31],
@@ -347,7 +347,7 @@ fn bad_lengths_are_errors_not_panics() {
     let k = dot_kernel(Isa::Scalar, GgmlType::Q4_K).unwrap();
     assert!((k.dot)(256, &w, a.as_bytes()).is_nan());
     assert!((k.dot)(512, &w[..287], a.as_bytes()).is_nan());
-    let mut small = AlignedBuf::zeroed(100);
+    let mut small = ScratchBuf::zeroed(100);
     (k.quantize)(&x, small.as_bytes_mut());
     assert!(small.as_bytes().iter().all(|&b| b == 0xff));
     for ty in common::compute_types() {
@@ -360,7 +360,7 @@ fn bad_lengths_are_errors_not_panics() {
         assert!((k.dot)(2 * bs, &w[1..], a.as_bytes()).is_nan(), "{ty}");
         assert!((k.dot)(2 * bs, &w, &a.as_bytes()[1..]).is_nan(), "{ty}");
         // Poisoned activations (wrong-length quantize) make the dot NaN, not a number.
-        let mut p = AlignedBuf::zeroed(a.as_bytes().len());
+        let mut p = ScratchBuf::zeroed(a.as_bytes().len());
         (k.quantize)(&random_activations(2 * bs + 1, 3), p.as_bytes_mut());
         assert!((k.dot)(2 * bs, &w, p.as_bytes()).is_nan(), "{ty}");
     }
@@ -389,7 +389,7 @@ fn misaligned_inputs_give_the_same_results() {
         let want = vec_dot(ty, n, &w, a.as_bytes()).unwrap();
         let mut wshift = vec![0u8; w.len() + 1];
         wshift[1..].copy_from_slice(&w);
-        let mut ashift = AlignedBuf::zeroed(a.as_bytes().len() + 1);
+        let mut ashift = ScratchBuf::zeroed(a.as_bytes().len() + 1);
         ashift.as_bytes_mut()[1..].copy_from_slice(a.as_bytes());
         let got = vec_dot(ty, n, &wshift[1..], &ashift.as_bytes()[1..]).unwrap();
         assert_eq!(got.to_bits(), want.to_bits(), "{ty}");

@@ -19,7 +19,7 @@ use flashstream_runtime::kernels::scalar::{
     dequantize_row, quantize_row, quantize_row_q8_0, quantize_row_q8_1, vec_dot,
 };
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
-use flashstream_runtime::kernels::AlignedBuf;
+use flashstream_runtime::kernels::ScratchBuf;
 use ggml_quants::{bf16, f16, Quantize, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
 
 fn h(b: &[u8]) -> f16 {
@@ -226,7 +226,7 @@ fn activation_quantizers_match_ggml_quants() {
         }
 
         // F16 and BF16 activations.
-        let mut buf = AlignedBuf::zeroed(2 * n);
+        let mut buf = ScratchBuf::zeroed(2 * n);
         quantize_row(GgmlType::F16, &x, buf.as_bytes_mut()).unwrap();
         for (c, &v) in buf.as_bytes().chunks_exact(2).zip(&x) {
             let t = <f16 as Quantize<f32, 1>>::quantize(&[v]);
@@ -274,7 +274,7 @@ fn dots_match_ggml_quants_dequantized_products() {
             let w = random_weights(ty, n, seed + 100);
             let x = activations(seed, n.max(96));
             let x = &x[..n];
-            let mut a = AlignedBuf::zeroed(act.row_bytes(n as u64).unwrap() as usize);
+            let mut a = ScratchBuf::zeroed(act.row_bytes(n as u64).unwrap() as usize);
             quantize_row(act, x, a.as_bytes_mut()).unwrap();
             let got = vec_dot(ty, n, &w, a.as_bytes()).unwrap() as f64;
 

@@ -24,7 +24,7 @@ mod units;
 
 pub use plan::{BudgetItem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds};
 pub use resident::ResidentSource;
-pub use stream::{ReadFailure, StreamingSource, CHUNK_BYTES};
+pub use stream::{ReadFailure, StreamingSource, SOURCE_READ_BYTES};
 pub use units::{Part, Unit, UnitId, UnitTable};
 
 /// Errors of the scheduler.

@@ -1,7 +1,7 @@
 //! Everything in RAM: each unit read once into an aligned buffer.
 
 use flashstream_formats::GgufModel;
-use flashstream_loader::{AlignedBuffer, ModelFiles};
+use flashstream_loader::{IoBuffer, ModelFiles};
 
 use crate::{Lease, SchedulerError, UnitId, UnitTable, WeightSource};
 
@@ -9,7 +9,7 @@ use crate::{Lease, SchedulerError, UnitId, UnitTable, WeightSource};
 const PART_ALIGN: usize = 64;
 
 struct Loaded {
-    buf: AlignedBuffer,
+    buf: IoBuffer,
     offsets: Vec<usize>,
 }
 
@@ -35,7 +35,7 @@ impl ResidentSource {
                 offsets.push(size);
                 size = (size + p.len as usize).div_ceil(PART_ALIGN) * PART_ALIGN;
             }
-            let mut buf = AlignedBuffer::zeroed(size).ok_or(SchedulerError::OutOfMemory {
+            let mut buf = IoBuffer::zeroed(size).ok_or(SchedulerError::OutOfMemory {
                 bytes: size as u64,
                 what: format!("unit {:?}", unit.id),
             })?;

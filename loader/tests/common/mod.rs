@@ -8,8 +8,7 @@ use std::ptr::NonNull;
 use flashstream_formats::gguf::GgufFile;
 use flashstream_formats::{GgufModel, Metadata};
 use flashstream_loader::{
-    open_backend, AlignedBuffer, BackendOptions, Completion, IoKind, LoaderError, ReadBackend,
-    ReadOp,
+    open_backend, BackendOptions, Completion, IoBuffer, IoKind, LoaderError, ReadBackend, ReadOp,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -93,12 +92,12 @@ pub fn all_backends(model: &GgufModel) -> Vec<Box<dyn ReadBackend>> {
 /// One planned read and its buffer.
 pub struct Planned {
     pub op: ReadOp,
-    pub buf: AlignedBuffer,
+    pub buf: IoBuffer,
 }
 
 /// A read of `len` bytes at `offset` requiring what the file has of them.
 pub fn plan(file: usize, offset: u64, len: usize, file_len: u64, tag: u64) -> Planned {
-    let mut buf = AlignedBuffer::zeroed(len.max(1)).unwrap();
+    let mut buf = IoBuffer::zeroed(len.max(1)).unwrap();
     let required = (len as u64).min(file_len.saturating_sub(offset)) as usize;
     let op = ReadOp {
         file,
@@ -189,7 +188,7 @@ pub fn read_one(
     len: usize,
     required: usize,
 ) -> Result<usize, LoaderError> {
-    let mut buf = AlignedBuffer::zeroed(len).unwrap();
+    let mut buf = IoBuffer::zeroed(len).unwrap();
     let op = ReadOp {
         file: 0,
         offset,

@@ -6,7 +6,7 @@
 //! hot in cache, so a prompt of many tokens costs one pass over the weights.
 
 use super::{
-    act_packed_layout, act_scale_tables, pack_act_row, AlignedBuf, DotKernel, KernelError,
+    act_packed_layout, act_scale_tables, pack_act_row, DotKernel, KernelError, ScratchBuf,
     PACKED_GROUP_BYTES,
 };
 use crate::pool::{ChunkCounter, SendPtr, WorkerPool};
@@ -33,7 +33,7 @@ pub fn quantize_rows(
     kernel: &DotKernel,
     x: &[f32],
     k: usize,
-    out: &mut AlignedBuf,
+    out: &mut ScratchBuf,
 ) -> Result<usize, KernelError> {
     let stride = act_row_stride(kernel, k)?;
     if k == 0 || !x.len().is_multiple_of(k) {
@@ -107,7 +107,7 @@ pub fn matmul(
     kernel: &DotKernel,
     w: &[u8],
     k: usize,
-    xq: &AlignedBuf,
+    xq: &ScratchBuf,
     n_tok: usize,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
@@ -212,7 +212,7 @@ pub fn matvec(
     kernel: &DotKernel,
     w: &[u8],
     k: usize,
-    xq: &AlignedBuf,
+    xq: &ScratchBuf,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     matmul(pool, kernel, w, k, xq, 1, y)

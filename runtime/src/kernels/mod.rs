@@ -114,7 +114,8 @@ pub type Dot4Fn = fn(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4];
 /// `t` to `out[t * out_stride]`. Each result equals what the kernel's [`DotFn`] gives for that
 /// row's blocks, bit for bit; lengths are checked once per call (every output NaN if they do
 /// not fit).
-pub type DotRowsFn = fn(
+/// (One weight row, many activation rows; [`DotWeightRowsFn`] is the other way round.)
+pub type DotActRowsFn = fn(
     n: usize,
     w: &[u8],
     a: &[u8],
@@ -124,13 +125,13 @@ pub type DotRowsFn = fn(
     out_stride: usize,
 );
 
-/// [`DotRowsFn`] for `m` weight rows at once (`w`: their raw bytes, contiguous, `n` weights
+/// [`DotActRowsFn`] for `m` weight rows at once (`w`: their raw bytes, contiguous, `n` weights
 /// each): the result of weight row `r` and activation row `t` goes to
 /// `out[t * out_stride + r]` (`out_stride >= m` when `m > 1`). Each result equals what the
 /// kernel's [`DotFn`] gives, bit for bit; buffers that do not fit give NaN as in
-/// [`DotRowsFn`]. A kernel that unpacks the weight rows once per call and runs tiles of
+/// [`DotActRowsFn`]. A kernel that unpacks the weight rows once per call and runs tiles of
 /// activation rows against a block of them (keeping both in L1) implements this.
-pub type DotBlockFn = DotRowsFn;
+pub type DotBlockFn = DotActRowsFn;
 
 /// Dots `out.len()` weight rows (`w`: their raw bytes, contiguous, `n` weights each) with one
 /// activation row `a` (the paired type's blocks, optionally followed by the rest of the row
@@ -138,7 +139,8 @@ pub type DotBlockFn = DotRowsFn;
 /// kernel then reads), writing row `r`'s result to `out[r]`. Each
 /// result equals what the kernel's [`DotFn`] gives for that row, bit for bit; lengths are
 /// checked once per call (every output NaN if they do not fit).
-pub type DotManyFn = fn(n: usize, w: &[u8], a: &[u8], out: &mut [f32]);
+/// (Many weight rows, one activation row; [`DotActRowsFn`] is the other way round.)
+pub type DotWeightRowsFn = fn(n: usize, w: &[u8], a: &[u8], out: &mut [f32]);
 
 /// Quantizes `x` into `out`, the raw bytes of `x.len()` values of the paired activation type.
 /// `out` is 8-byte aligned and exactly `act_type.row_bytes(x.len())` long.
@@ -157,13 +159,13 @@ pub struct DotKernel {
     pub dot: DotFn,
     /// Dot product with many activation rows, where the instruction set has one for the type
     /// (used for batches; equal to calls of `dot`).
-    pub dot_rows: Option<DotRowsFn>,
+    pub dot_rows: Option<DotActRowsFn>,
     /// Dot products of a block of weight rows with many activation rows, where the
     /// instruction set has one for the type (used for batches in place of `dot_rows`).
     pub dot_block: Option<DotBlockFn>,
     /// Dot product of many weight rows with one activation row, where the instruction set
     /// has one for the type (used for decode steps; equal to calls of `dot`).
-    pub dot_many: Option<DotManyFn>,
+    pub dot_many: Option<DotWeightRowsFn>,
     /// Whether `dot_rows` reads the packed copy of each activation row's quants
     /// ([`act_packed_layout`]), which [`matvec::quantize_rows`] then stores after the scale
     /// tables.
@@ -310,9 +312,10 @@ fn pack_act_row(blocks: &[u8], block_bytes: usize, groups: usize, out: &mut [u8]
     }
 }
 
-/// A byte buffer aligned to 64 bytes (activation rows, scratch).
+/// A byte buffer aligned to 64 bytes for compute (activation rows, scratch); the loader's
+/// page-aligned `IoBuffer` is for reads.
 #[derive(Clone, Default)]
-pub struct AlignedBuf {
+pub struct ScratchBuf {
     words: Vec<Align64>,
     len: usize,
 }
@@ -321,10 +324,10 @@ pub struct AlignedBuf {
 #[repr(C, align(64))]
 struct Align64([u8; 64]);
 
-impl AlignedBuf {
+impl ScratchBuf {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Self {
-        AlignedBuf {
+        ScratchBuf {
             words: vec![Align64([0; 64]); len.div_ceil(64)],
             len,
         }

@@ -21,7 +21,7 @@ use super::kv::KvCache;
 use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
-use crate::kernels::{dot_kernel, scalar, AlignedBuf};
+use crate::kernels::{dot_kernel, scalar, ScratchBuf};
 use crate::ops;
 use crate::pool::{ChunkCounter, SendPtr};
 use crate::yarn::Yarn;
@@ -42,7 +42,7 @@ pub enum LogitsWanted {
 /// the first).
 #[derive(Default)]
 pub(super) struct Quantized {
-    buf: AlignedBuf,
+    buf: ScratchBuf,
     ty: Option<(GgmlType, bool)>,
 }
 

@@ -55,8 +55,9 @@ pub use failure::ReadFailure;
 use residency::Core;
 use rows::EmbdInfo;
 
-/// Largest single read submitted to the backend.
-pub const CHUNK_BYTES: u64 = 4 << 20;
+/// Largest single read op the streaming source submits to the backend (which may split it
+/// further into its own `BACKEND_CHUNK_BYTES` chunks).
+pub const SOURCE_READ_BYTES: u64 = 4 << 20;
 
 /// How many tokens' worth of expert leases an expert must go unused before a prediction may
 /// evict it.
@@ -107,7 +108,7 @@ impl std::fmt::Debug for StreamingSource {
 impl StreamingSource {
     /// Allocates what `plan` counted, reads the pinned units through `backend` and starts the
     /// I/O thread, which owns the backend from then on. `chunk_bytes` is the largest single
-    /// read ([`CHUNK_BYTES`] is a good default).
+    /// read ([`SOURCE_READ_BYTES`] is a good default).
     pub fn with_backend(
         model: &GgufModel,
         plan: Plan,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use flashstream_loader::{AlignedBuffer, ReadBackend};
+use flashstream_loader::{IoBuffer, ReadBackend};
 
 use super::io::{io_thread, read_all, unit_ops};
 use super::state::{Shared, State};
@@ -31,7 +31,7 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    pub(super) fn of(buf: &mut AlignedBuffer) -> Region {
+    pub(super) fn of(buf: &mut IoBuffer) -> Region {
         let s = buf.as_mut_slice();
         Region {
             len: s.len(),
@@ -76,9 +76,9 @@ pub(super) struct Core {
     pub(super) pinned: Vec<Option<Region>>,
     pub(super) cycle_pos: HashMap<UnitId, usize>,
     /// The pinned buffers, by unit position (kept across a rebudget that keeps them pinned).
-    pub(super) pinned_bufs: HashMap<usize, AlignedBuffer>,
+    pub(super) pinned_bufs: HashMap<usize, IoBuffer>,
     /// Ring, expert-cache and row-scratch buffers (the regions of `st` point into them).
-    pub(super) _slot_bufs: Vec<AlignedBuffer>,
+    pub(super) _slot_bufs: Vec<IoBuffer>,
 }
 
 impl Core {
@@ -144,10 +144,10 @@ pub(super) fn release_to_os() {
     }
 }
 
-pub(super) fn alloc(bytes: u64, what: &str) -> Result<AlignedBuffer, SchedulerError> {
+pub(super) fn alloc(bytes: u64, what: &str) -> Result<IoBuffer, SchedulerError> {
     usize::try_from(bytes)
         .ok()
-        .and_then(AlignedBuffer::zeroed)
+        .and_then(IoBuffer::zeroed)
         .ok_or_else(|| SchedulerError::OutOfMemory {
             bytes,
             what: what.to_string(),
@@ -195,7 +195,7 @@ impl StreamingSource {
         &self,
         plan: Plan,
         mut backend: Box<dyn ReadBackend>,
-        mut keep: HashMap<usize, AlignedBuffer>,
+        mut keep: HashMap<usize, IoBuffer>,
         mut stats: SourceStats,
         progress: &mut dyn FnMut(u64, u64) -> bool,
     ) -> Result<Core, (SchedulerError, Option<Box<dyn ReadBackend>>)> {

@@ -154,18 +154,18 @@ macro_rules! avx2_kernels {
             Some(f)
         }
 
-        /// The AVX2 many-token dot product for weight type `ty` (see [`DotRowsFn`]), or
+        /// The AVX2 many-token dot product for weight type `ty` (see [`DotActRowsFn`]), or
         /// `None`.
         ///
         /// Checks the lengths once for the whole call and then runs the four-row kernel over
         /// groups of four activation rows (the one-row kernel for the rest, and for every row
         /// of the types without a four-row kernel), so each result equals what [`dot_fn`]'s
         /// function gives for that row, bit for bit.
-        pub fn dot_rows_fn(ty: GgmlType) -> Option<DotRowsFn> {
+        pub fn dot_rows_fn(ty: GgmlType) -> Option<DotActRowsFn> {
             if !Isa::Avx2.is_available() {
                 return None;
             }
-            let f: DotRowsFn = match ty {
+            let f: DotActRowsFn = match ty {
                 $(GgmlType::$bt => $b::dot_rows,)*
                 $(GgmlType::$mt => $m::dot_rows,)*
                 $(GgmlType::$kt => $k::dot_rows,)*
@@ -174,14 +174,14 @@ macro_rules! avx2_kernels {
             Some(f)
         }
 
-        /// The AVX2 many-weight-row dot product for weight type `ty` (see [`DotManyFn`]; the
+        /// The AVX2 many-weight-row dot product for weight type `ty` (see [`DotWeightRowsFn`]; the
         /// block types), or `None`. Each result equals what [`dot_fn`]'s function gives for
         /// that row.
-        pub fn dot_many_fn(ty: GgmlType) -> Option<DotManyFn> {
+        pub fn dot_many_fn(ty: GgmlType) -> Option<DotWeightRowsFn> {
             if !Isa::Avx2.is_available() {
                 return None;
             }
-            let f: DotManyFn = match ty {
+            let f: DotWeightRowsFn = match ty {
                 $(GgmlType::$bt => $b::dot_many,)*
                 $(GgmlType::$mt => $m::dot_many,)*
                 $(GgmlType::$kt => $k::dot_many,)*
@@ -214,7 +214,7 @@ macro_rules! avx2_kernels {
 /// weight type `ty`, in the best build this CPU runs ([`tile::TileIsa::detect`]), or `None`.
 /// Same contract and results as [`dot_rows_fn`]'s kernel, bit for bit, for rows laid out by
 /// `quantize_rows` of a kernel with `packed_act`.
-pub fn dot_rows_packed_fn(ty: GgmlType) -> Option<DotRowsFn> {
+pub fn dot_rows_packed_fn(ty: GgmlType) -> Option<DotActRowsFn> {
     tile::tile_rows_fn(tile::TileIsa::detect()?, ty)
 }
 

@@ -37,7 +37,7 @@ use flashstream_formats::blocks::{
 };
 use flashstream_formats::GgmlType;
 
-use super::{Dot4Fn, DotFn, DotManyFn, DotRowsFn, Isa, QuantizeFn};
+use super::{Dot4Fn, DotActRowsFn, DotFn, DotWeightRowsFn, Isa, QuantizeFn};
 
 mod block32;
 mod dispatch;

@@ -213,7 +213,7 @@ pub(super) fn dot4(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     unsafe { vec_dot4_mxfp4_q8_0(&x, [&y[0], &y[1], &y[2], &y[3]]) }
 }
 
-/// [`super::DotRowsFn`] for MXFP4 (four activation rows at a time, reading their f32 scale
+/// [`super::DotActRowsFn`] for MXFP4 (four activation rows at a time, reading their f32 scale
 /// tables).
 pub(super) fn dot_rows(
     n: usize,
@@ -237,7 +237,7 @@ pub(super) fn dot_rows(
     )
 }
 
-/// [`super::DotManyFn`] for MXFP4 (reading the activation row's f32 scale table when present).
+/// [`super::DotWeightRowsFn`] for MXFP4 (reading the activation row's f32 scale table when present).
 pub(super) fn dot_many(n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
     dot_many_tables::<BlockMXFP4, BlockQ8_0>(n, w, a, out, vec_dot_mxfp4_q8_0, vec_dot1t_mxfp4_q8_0)
 }

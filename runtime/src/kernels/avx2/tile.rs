@@ -29,7 +29,7 @@ use super::{
     bits32, blocks_of, bsums, h2f, hsum_epi32, hsum_ps, k4_scales_mins_pairs, load256, nibbles32,
     scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
 };
-use crate::kernels::{act_packed_layout, act_scale_tables, DotRowsFn, PACKED_GROUP_BYTES};
+use crate::kernels::{act_packed_layout, act_scale_tables, DotActRowsFn, PACKED_GROUP_BYTES};
 use crate::pool::SendPtr;
 
 /// Which build of the tile kernels to use.
@@ -463,7 +463,7 @@ fn fallback_rows(
     n_tok: usize,
     out: &mut [f32],
     out_stride: usize,
-    fallback: DotRowsFn,
+    fallback: DotActRowsFn,
 ) {
     match (whole_rows(ty, n, w), ty.row_bytes(n as u64)) {
         (Some(m), Some(row)) if m > 1 => {
@@ -479,7 +479,7 @@ fn fallback_rows(
 /// The [`DotBlockFn`](crate::kernels::DotBlockFn) body for weight type `WB` on `isa`: checks
 /// the buffers, falls back to the unpacked batch kernel `fallback` (same results) when the rows
 /// do not carry the packed layout, else unpacks the weight rows (a block at a time) and runs
-/// tiles of four activation rows against them. One weight row is the [`DotRowsFn`] contract.
+/// tiles of four activation rows against them. One weight row is the [`DotActRowsFn`] contract.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_with<WB: TileBlock>(
@@ -491,7 +491,7 @@ fn rows_with<WB: TileBlock>(
     n_tok: usize,
     out: &mut [f32],
     out_stride: usize,
-    fallback: DotRowsFn,
+    fallback: DotActRowsFn,
 ) {
     let act = <WB::Act as QuantBlock>::TYPE;
     let nb = n / 32;
@@ -783,7 +783,7 @@ fn krows_with<WB: KTileBlock>(
     n_tok: usize,
     out: &mut [f32],
     out_stride: usize,
-    fallback: DotRowsFn,
+    fallback: DotActRowsFn,
 ) {
     let a_row = GgmlType::Q8_K.row_bytes(n as u64).map(|b| b as usize);
     let m = whole_rows(WB::TYPE, n, w).filter(|&m| {
@@ -864,11 +864,11 @@ ktile_wrappers! {
 /// CPU lacks `isa` or the build has none for `ty`. Same contract as
 /// [`dot_rows_fn`](super::dot_rows_fn); the rows must come from `quantize_rows` of a kernel
 /// with `packed_act` (else it runs the unpacked kernel).
-pub fn tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotRowsFn> {
+pub fn tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotActRowsFn> {
     if !isa.is_available() {
         return None;
     }
-    let f: DotRowsFn = match (isa, ty) {
+    let f: DotActRowsFn = match (isa, ty) {
         (TileIsa::Avx2, GgmlType::Q4_0) => t2_q4_0,
         (TileIsa::Avx2, GgmlType::Q4_1) => t2_q4_1,
         (TileIsa::Avx2, GgmlType::Q5_0) => t2_q5_0,
