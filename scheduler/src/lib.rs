@@ -83,13 +83,18 @@ pub enum SchedulerError {
     Thread(String),
 }
 
-/// `bytes` as MiB or GiB with one decimal, for messages.
+/// `bytes` for messages and reports (the one byte formatter of the project): GiB with two
+/// decimals from 1 GiB, MiB and KiB with one below, plain bytes below 1 KiB.
 pub fn fmt_bytes(bytes: u64) -> String {
     let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
+    if bytes >= 1 << 30 {
         format!("{:.2} GiB", b / (1u64 << 30) as f64)
-    } else {
+    } else if bytes >= 1 << 20 {
         format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
     }
 }
 
@@ -309,5 +314,21 @@ pub trait WeightSource: Send + Sync {
     /// may change its residency (e.g. follow a budget that moved). An error fails the pass.
     fn before_pass(&self) -> Result<(), SchedulerError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod fmt_tests {
+    use super::fmt_bytes;
+
+    #[test]
+    fn each_unit_at_its_threshold() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1024), "1.0 KiB");
+        assert_eq!(fmt_bytes(48 << 10), "48.0 KiB");
+        assert_eq!(fmt_bytes(1 << 20), "1.0 MiB");
+        assert_eq!(fmt_bytes(177_600_000), "169.4 MiB");
+        assert_eq!(fmt_bytes(3 << 29), "1.50 GiB");
     }
 }

@@ -367,10 +367,6 @@ fn min_weights_bytes(units: &[(UnitId, u64)]) -> u64 {
         .unwrap_or(0)
 }
 
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-}
-
 impl Plan {
     /// Plans `units` under `req`, with the runtime's `needs`.
     pub fn compute(
@@ -503,23 +499,35 @@ impl Plan {
                     let mut parts = vec![
                         format!(
                             "the smallest weight ring {} (largest per-token unit {:?}: {})",
-                            mib(min_weights_bytes(&per_token)),
+                            crate::fmt_bytes(min_weights_bytes(&per_token)),
                             largest.unwrap_or(UnitId::Globals),
-                            mib(per_token.iter().map(|u| u.1).max().unwrap_or(0))
+                            crate::fmt_bytes(per_token.iter().map(|u| u.1).max().unwrap_or(0))
                         ),
-                        format!("KV cache for {ctx_lo} positions {}", mib(kv(ctx_lo))),
+                        format!(
+                            "KV cache for {ctx_lo} positions {}",
+                            crate::fmt_bytes(kv(ctx_lo))
+                        ),
                     ];
                     if min_cache > 0 {
-                        parts.push(format!("{min_cache_slots} expert slots {}", mib(min_cache)));
+                        parts.push(format!(
+                            "{min_cache_slots} expert slots {}",
+                            crate::fmt_bytes(min_cache)
+                        ));
                     }
                     for (what, b) in &needs.fixed {
-                        parts.push(format!("{what} {}", mib(*b)));
+                        parts.push(format!("{what} {}", crate::fmt_bytes(*b)));
                     }
                     if globals > 0 {
-                        parts.push(format!("small resident tensors {}", mib(globals)));
+                        parts.push(format!(
+                            "small resident tensors {}",
+                            crate::fmt_bytes(globals)
+                        ));
                     }
                     if row_scratch > 0 {
-                        parts.push(format!("embedding-row scratch {}", mib(row_scratch)));
+                        parts.push(format!(
+                            "embedding-row scratch {}",
+                            crate::fmt_bytes(row_scratch)
+                        ));
                     }
                     return Err(SchedulerError::BudgetTooSmall {
                         budget: req.budget,
@@ -604,13 +612,20 @@ impl Plan {
         }
         if fit.n_slots > 0 {
             items.push(BudgetItem {
-                what: format!("slot ring ({} x {})", fit.n_slots, mib(fit.slot_bytes)),
+                what: format!(
+                    "slot ring ({} x {})",
+                    fit.n_slots,
+                    crate::fmt_bytes(fit.slot_bytes)
+                ),
                 bytes: fit.n_slots as u64 * fit.slot_bytes,
             });
         }
         if expert_slots > 0 {
             items.push(BudgetItem {
-                what: format!("expert cache ({expert_slots} x {})", mib(expert_slot_bytes)),
+                what: format!(
+                    "expert cache ({expert_slots} x {})",
+                    crate::fmt_bytes(expert_slot_bytes)
+                ),
                 bytes: expert_slots as u64 * expert_slot_bytes,
             });
         }

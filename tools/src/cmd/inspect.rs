@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use flashstream::formats::{Array, GgmlType, GgufModel, ModelConfig, Value};
+use flashstream::scheduler::fmt_bytes;
 use serde_json::{json, Map, Value as Json};
 
 /// Arrays longer than this are summarised.
@@ -196,27 +197,12 @@ fn to_json(
     })
 }
 
-fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", U[i])
-    }
-}
-
 fn print_text(model: &GgufModel, config: &Result<ModelConfig, flashstream::formats::FormatError>) {
     for f in &model.files {
         println!(
             "file: {} ({}, GGUF v{}, alignment {}, data at {})",
             f.path.display(),
-            human(f.len),
+            fmt_bytes(f.len),
             f.version,
             f.alignment,
             f.data_offset
@@ -254,16 +240,16 @@ fn print_text(model: &GgufModel, config: &Result<ModelConfig, flashstream::forma
     let tot = totals(model);
     println!("\nby type:");
     for (ty, (n, b)) in &tot.by_type {
-        println!("  {:<8} {:>5} tensors {:>12}", ty.name(), n, human(*b));
+        println!("  {:<8} {:>5} tensors {:>12}", ty.name(), n, fmt_bytes(*b));
     }
     println!("\nby layer:");
     for (l, (n, b)) in &tot.by_layer {
         let name = l.map_or_else(|| "(none)".to_string(), |l| format!("blk.{l}"));
-        println!("  {name:<8} {n:>5} tensors {:>12}", human(*b));
+        println!("  {name:<8} {n:>5} tensors {:>12}", fmt_bytes(*b));
     }
     println!(
         "\ntotal: {} tensors, {}",
         model.tensors.len(),
-        human(model.total_tensor_bytes())
+        fmt_bytes(model.total_tensor_bytes())
     );
 }
