@@ -17,19 +17,15 @@ import struct
 import sys
 import time
 
-UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
-         "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9}
+import harness
 
 
 def parse_size(s):
-    s = s.strip().lower()
-    i = len(s)
-    while i and not (s[i - 1].isdigit() or s[i - 1] == "."):
-        i -= 1
-    num, unit = s[:i], s[i:].strip()
-    if not num or unit not in UNITS:
-        sys.exit(f"fake flashstream: bad size {s!r}")
-    return int(float(num) * UNITS[unit])
+    """The harness's size parser, exiting with a message on a bad size."""
+    try:
+        return harness.parse_size(s)
+    except argparse.ArgumentTypeError as e:
+        sys.exit(f"fake flashstream: {e}")
 
 
 def stream(path, mem, passes):
