@@ -7,6 +7,27 @@
 //! The dispatch unit is a [`DotKernel`]: for a weight type, the function that quantizes a row
 //! of activations to the paired type ([`GgmlType::vec_dot_type`]) and the function that dots a
 //! weight row with it, both over raw bytes.
+//!
+//! # Batch kernels
+//! Besides the one-row `dot`, a kernel may have `dot_rows` ([`DotActRowsFn`]: one weight row
+//! against every activation row of a batch, lengths checked once, four-row kernels inside that
+//! unpack each weight block once), `dot_many` ([`DotWeightRowsFn`]: many weight rows against
+//! one activation row, for decode) and `dot_block` (a block of weight rows against every
+//! activation row: the tile kernels). Every result equals the one-row `dot`'s, bit for bit.
+//!
+//! [`matvec::quantize_rows`] stores each activation row's Q8_0/Q8_1 block scales again as f32
+//! tables after its blocks ([`act_scale_tables`]), so the batch and decode kernels convert
+//! them once per matmul rather than once per weight row; for kernels with `packed_act` it adds
+//! a packed copy of the row's quants ([`act_packed_layout`]): per group of four blocks, the
+//! quants' 4-byte groups transposed so that four dot-product instructions give each half
+//! block's exact integer sum, followed by the negated half sums that undo the weights'
+//! unsigned offset.
+//!
+//! # Tile kernels (`avx2::tile`)
+//! They unpack 16 weight rows at a time and run each tile of four activation rows against all
+//! of them, with `vpdpbusd`/`vpdpwssd` where the CPU has AVX-VNNI or AVX-512 VNNI and plain
+//! AVX2 otherwise (`TileIsa`, the best build detected once); for the 32-weight block types and
+//! Q4_K, Q5_K, Q6_K. `matmul` uses them for batches when present.
 
 use flashstream_formats::GgmlType;
 

@@ -1,3 +1,6 @@
+//! (One file past 800 lines: the tile kernel family, its unpacking and its builds, reads best
+//! whole.)
+//!
 //! Batch kernels for the 32-weight block types over packed activations
 //! ([`act_packed_layout`]): one weight row against many activation rows, with the weight row
 //! unpacked once per call into the same packed order, so that each group of four blocks costs
