@@ -630,6 +630,9 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
         AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB => {
             bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)")
         }
+        AttnQkv | AttnGate | SsmConv1d | SsmDt | SsmA | SsmBeta | SsmAlpha | SsmNorm | SsmOut => {
+            bail!("{role:?} is a Qwen3.5 linear-attention tensor, not written by this writer")
+        }
         TokenEmbd | OutputNorm | Output | RopeFreqs => {
             bail!("{role:?} is not a layer tensor")
         }
