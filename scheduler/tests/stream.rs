@@ -65,7 +65,7 @@ fn same_unit(a: &dyn WeightSource, b: &dyn WeightSource, id: UnitId) {
     }
 }
 
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 9] = [
     "rand-llama-q8_0.gguf",
     "rand-qwen3-q5km.gguf",
     "rand-qwen3moe-q4km.gguf",
@@ -73,6 +73,8 @@ const MODELS: [&str; 7] = [
     "rand-deepseek2-q4k.gguf",
     "rand-gptoss-mxfp4.gguf",
     "rand-glm4moe-q5k.gguf",
+    "rand-qwen35-q8.gguf",
+    "rand-qwen35moe-q4k.gguf",
 ];
 
 #[test]
