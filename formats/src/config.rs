@@ -1221,6 +1221,58 @@ mod tests {
         m
     }
 
+    /// Qwen3.5: linear layers by the interval (or the explicit flags), KV only in the others,
+    /// the recurrent state of the 397B's dimensions (186 MiB over 45 linear layers).
+    #[test]
+    fn qwen35_layers_and_state() {
+        let mut m = base("qwen35moe");
+        for (k, v) in [
+            ("block_count", 60u32),
+            ("embedding_length", 4096),
+            ("attention.head_count", 32),
+            ("attention.head_count_kv", 2),
+            ("attention.key_length", 256),
+            ("attention.value_length", 256),
+            ("expert_count", 512),
+            ("expert_used_count", 10),
+            ("expert_feed_forward_length", 1024),
+            ("ssm.conv_kernel", 4),
+            ("ssm.state_size", 128),
+            ("ssm.group_count", 16),
+            ("ssm.time_step_rank", 64),
+            ("ssm.inner_size", 8192),
+        ] {
+            m.set(format!("qwen35moe.{k}"), Value::U32(v));
+        }
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        let ssm = c.ssm.as_ref().unwrap();
+        assert!(c.attn_output_gate && c.moe.unwrap().norm_top_k);
+        assert_eq!((ssm.n_recurrent(), c.n_kv_layers()), (45, 15));
+        assert!(c.is_recurrent_layer(0) && c.is_recurrent_layer(2) && !c.is_recurrent_layer(3));
+        assert_eq!(
+            (c.layer_slot(3), c.layer_slot(7), c.layer_slot(8)),
+            (0, 1, 6)
+        );
+        assert_eq!(ssm.conv_channels(), 2 * 16 * 128 + 8192);
+        assert_eq!(
+            c.recurrent_state_bytes(),
+            45 * (3 * 12288 + 64 * 128 * 128) * 4
+        );
+        assert_eq!(c.recurrent_state_bytes() >> 20, 186);
+        assert_eq!(c.kv_bytes_per_token(2), 15 * 2 * 512 * 2);
+        // Explicit flags win over the interval.
+        let flags: Vec<bool> = (0..60).map(|i| i % 2 == 0).collect();
+        m.set(
+            "qwen35moe.attention.recurrent_layers",
+            Value::Array(crate::Array::Bool(flags)),
+        );
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert!(c.is_recurrent_layer(0) && !c.is_recurrent_layer(1) && c.is_recurrent_layer(2));
+        m.remove("qwen35moe.attention.recurrent_layers");
+        m.set("qwen35moe.ssm.inner_size", Value::U32(8000));
+        assert!(ModelConfig::from_metadata(&m).is_err());
+    }
+
     #[test]
     fn llama_defaults() {
         let c = ModelConfig::from_metadata(&base("llama")).unwrap();

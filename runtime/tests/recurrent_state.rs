@@ -71,11 +71,12 @@ fn session_memory_grows_only_in_the_attention_layers_kv() {
     let (m, c) = model("rand-qwen35-q8.gguf");
     let ssm = c.ssm.as_ref().unwrap();
     assert_eq!((c.n_layer, ssm.n_recurrent(), c.n_kv_layers()), (8, 6, 2));
-    // Only the 2 full-attention layers have a cache: 2 layers × 2 KV heads × (64 + 64) f16.
+    // Only the 2 full-attention layers have a cache: 2 layers × 1 KV head × (64 + 64) f16.
     let per_pos = kv_bytes_per_position(&c);
-    assert_eq!(per_pos, 2 * 2 * 128 * 2);
-    // Per linear layer: 3 past inputs of 384 conv channels, 8 value heads of 32×32 f32.
-    assert_eq!(c.recurrent_state_bytes(), 6 * (3 * 384 + 8 * 32 * 32) * 4);
+    assert_eq!(per_pos, 2 * 128 * 2);
+    // Per linear layer: 3 past inputs of 512 conv channels (4 q and 4 k heads of 32, 8 v
+    // heads of 32), 8 value heads of 32×32 f32.
+    assert_eq!(c.recurrent_state_bytes(), 6 * (3 * 512 + 8 * 32 * 32) * 4);
 
     let size_of_session = |n_ctx: usize| {
         let before = live();
