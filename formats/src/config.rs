@@ -34,11 +34,16 @@ pub enum Architecture {
     /// leading dense layers, sigmoid + score-bias routing, an ungated shared expert, and
     /// NextN/MTP layers after the trunk (skipped).
     Glm4Moe,
+    /// Qwen3.5 (dense): Gated-DeltaNet linear-attention layers ([`SsmConfig`]) between gated
+    /// full-attention layers (every `full_attention_interval`-th).
+    Qwen35,
+    /// Qwen3.5-MoE: the Qwen3.5 layers with experts and a sigmoid-gated shared expert.
+    Qwen35Moe,
 }
 
 impl Architecture {
     /// Every supported architecture.
-    pub const ALL: [Architecture; 9] = [
+    pub const ALL: [Architecture; 11] = [
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Qwen3,
@@ -48,6 +53,8 @@ impl Architecture {
         Architecture::Deepseek2,
         Architecture::GptOss,
         Architecture::Glm4Moe,
+        Architecture::Qwen35,
+        Architecture::Qwen35Moe,
     ];
 
     /// The `general.architecture` string.
@@ -62,6 +69,8 @@ impl Architecture {
             Architecture::Deepseek2 => "deepseek2",
             Architecture::GptOss => "gpt-oss",
             Architecture::Glm4Moe => "glm4moe",
+            Architecture::Qwen35 => "qwen35",
+            Architecture::Qwen35Moe => "qwen35moe",
         }
     }
 
@@ -249,6 +258,51 @@ pub struct MlaConfig {
     pub head_dim_v: usize,
 }
 
+/// Gated DeltaNet linear attention (Qwen3.5), llama.cpp's `ssm.*` keys.
+///
+/// A linear layer projects `[q | k | v]` (`conv_channels` values), runs a causal depthwise
+/// convolution of `d_conv` taps over them, and keeps per sequence the last `d_conv - 1` inputs
+/// of every channel and a `head_v_dim × head_v_dim` f32 state per value head: a fixed size
+/// whatever the context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsmConfig {
+    /// Convolution taps (`ssm.conv_kernel`).
+    pub d_conv: usize,
+    /// Value width, `n_v_heads · head_v_dim` (`ssm.inner_size`).
+    pub d_inner: usize,
+    /// Key head size (`ssm.state_size`).
+    pub head_k_dim: usize,
+    /// Key (and query) heads (`ssm.group_count`).
+    pub n_k_heads: usize,
+    /// Value heads (`ssm.time_step_rank`).
+    pub n_v_heads: usize,
+    /// Per layer: whether it is a linear (recurrent) layer.
+    pub recurrent: Vec<bool>,
+}
+
+impl SsmConfig {
+    /// Value head size.
+    pub fn head_v_dim(&self) -> usize {
+        self.d_inner / self.n_v_heads
+    }
+
+    /// Channels of the convolution: `[q | k | v]`.
+    pub fn conv_channels(&self) -> usize {
+        2 * self.n_k_heads * self.head_k_dim + self.d_inner
+    }
+
+    /// f32 values of one linear layer's state per sequence: the convolution's last
+    /// `d_conv - 1` inputs of every channel and the delta-rule matrices.
+    pub fn state_values_per_layer(&self) -> usize {
+        (self.d_conv - 1) * self.conv_channels() + self.n_v_heads * self.head_v_dim().pow(2)
+    }
+
+    /// Linear layers.
+    pub fn n_recurrent(&self) -> usize {
+        self.recurrent.iter().filter(|&&r| r).count()
+    }
+}
+
 /// Sliding-window attention layout (Gemma 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingWindow {
@@ -333,6 +387,12 @@ pub struct ModelConfig {
     pub attn_scale: AttnScale,
     /// Multi-head latent attention, for architectures with it.
     pub mla: Option<MlaConfig>,
+    /// Gated DeltaNet linear-attention layers (Qwen3.5).
+    pub ssm: Option<SsmConfig>,
+    /// Whether each query head's projection is followed by a gate of the same size
+    /// (`attn_q` rows per head `[q | gate]`) that scales the attention output by its sigmoid
+    /// (Qwen3.5).
+    pub attn_output_gate: bool,
 }
 
 struct Keys<'a> {
@@ -672,7 +732,8 @@ impl ModelConfig {
                 | Architecture::Qwen3Moe
                 | Architecture::Deepseek2
                 | Architecture::GptOss
-                | Architecture::Glm4Moe => {
+                | Architecture::Glm4Moe
+                | Architecture::Qwen35Moe => {
                     return Err(FormatError::MissingKey(k.key("expert_count")))
                 }
                 _ => None,
@@ -736,7 +797,9 @@ impl ModelConfig {
             | Architecture::Qwen3
             | Architecture::Qwen2Moe
             | Architecture::Qwen3Moe
-            | Architecture::Glm4Moe => (
+            | Architecture::Glm4Moe
+            | Architecture::Qwen35
+            | Architecture::Qwen35Moe => (
                 None,
                 Activation::Swiglu,
                 AttnScale::Scores(1.0 / (head_dim_k as f32).sqrt()),
@@ -749,6 +812,11 @@ impl ModelConfig {
                 (Some(mla), AttnScale::Scores(mla_kq_scale(scaling, mla)))
             }
             _ => (None, attn_scale),
+        };
+
+        let ssm = match arch {
+            Architecture::Qwen35 | Architecture::Qwen35Moe => Some(Self::ssm(&k, n_layer)?),
+            _ => None,
         };
 
         let n_vocab = match meta.get("tokenizer.ggml.tokens") {
@@ -789,6 +857,69 @@ impl ModelConfig {
             activation,
             attn_scale,
             mla,
+            attn_output_gate: ssm.is_some(),
+            ssm,
+        })
+    }
+
+    /// The Gated DeltaNet dimensions and which layers are linear: `attention.recurrent_layers`
+    /// (one flag per layer) when present, else every layer but each
+    /// `full_attention_interval`-th (default 4), as llama.cpp decides.
+    fn ssm(k: &Keys<'_>, n_layer: usize) -> Result<SsmConfig> {
+        let req = |key: &str| -> Result<usize> { positive(&k.key(key), k.usize_req(key)?) };
+        let d_conv = req("ssm.conv_kernel")?;
+        let d_inner = req("ssm.inner_size")?;
+        let head_k_dim = req("ssm.state_size")?;
+        let n_k_heads = req("ssm.group_count")?;
+        let n_v_heads = req("ssm.time_step_rank")?;
+        if d_inner % n_v_heads != 0 || d_inner / n_v_heads != head_k_dim {
+            return Err(bad(
+                &k.key("ssm.inner_size"),
+                &format!(
+                    "{d_inner} must be ssm.time_step_rank ({n_v_heads}) heads of ssm.state_size \
+                     ({head_k_dim})"
+                ),
+            ));
+        }
+        if n_v_heads % n_k_heads != 0 {
+            return Err(bad(
+                &k.key("ssm.group_count"),
+                &format!("{n_k_heads} does not divide ssm.time_step_rank {n_v_heads}"),
+            ));
+        }
+        let rec_key = k.key("attention.recurrent_layers");
+        let recurrent = match k.meta.get(&rec_key) {
+            Some(Value::Array(a)) => {
+                if a.len() < n_layer {
+                    return Err(bad(
+                        &rec_key,
+                        &format!("has {} flags for {n_layer} layers", a.len()),
+                    ));
+                }
+                (0..n_layer)
+                    .map(|i| {
+                        let v = a.get(i);
+                        v.as_ref()
+                            .and_then(|v| v.as_bool().or_else(|| v.as_u64().map(|x| x != 0)))
+                            .ok_or_else(|| bad(&rec_key, "expected an array of bools"))
+                    })
+                    .collect::<Result<Vec<bool>>>()?
+            }
+            Some(_) => return Err(bad(&rec_key, "expected an array of bools")),
+            None => {
+                let key = k.key("full_attention_interval");
+                let interval =
+                    positive(&key, k.usize_opt("full_attention_interval")?.unwrap_or(4))?;
+                (0..n_layer).map(|i| (i + 1) % interval != 0).collect()
+            }
+        };
+        Ok(SsmConfig {
+            d_conv,
+            d_inner,
+            head_k_dim,
+            n_k_heads,
+            n_v_heads,
+            recurrent,
         })
     }
 
@@ -913,7 +1044,24 @@ impl ModelConfig {
             let need = |r: TensorRole| model.require_tensor(&r.name(il));
             if let Some(mla) = self.mla {
                 self.check_mla(model, il, mla)?;
+            } else if let Some(ssm) = self.ssm.as_ref().filter(|_| self.is_recurrent_layer(il)) {
+                let ch = ssm.conv_channels() as u64;
+                let vh = ssm.n_v_heads as u64;
+                self.expect_shape(need(TensorRole::AttnQkv)?, &[e, ch])?;
+                self.expect_shape(need(TensorRole::AttnGate)?, &[e, ssm.d_inner as u64])?;
+                self.expect_shape(need(TensorRole::SsmConv1d)?, &[ssm.d_conv as u64, ch])?;
+                self.expect_shape(need(TensorRole::SsmAlpha)?, &[e, vh])?;
+                self.expect_shape(need(TensorRole::SsmBeta)?, &[e, vh])?;
+                self.expect_shape(need(TensorRole::SsmDt)?, &[vh])?;
+                self.expect_shape(need(TensorRole::SsmA)?, &[vh])?;
+                self.expect_shape(need(TensorRole::SsmNorm)?, &[ssm.head_v_dim() as u64])?;
+                self.expect_shape(need(TensorRole::SsmOut)?, &[ssm.d_inner as u64, e])?;
             } else {
+                let q_out = if self.attn_output_gate {
+                    2 * q_out
+                } else {
+                    q_out
+                };
                 self.expect_shape(need(TensorRole::AttnQ)?, &[e, q_out])?;
                 self.expect_shape(need(TensorRole::AttnK)?, &[e, kv_k])?;
                 self.expect_shape(need(TensorRole::AttnV)?, &[e, kv_v])?;
@@ -996,6 +1144,41 @@ impl ModelConfig {
         self.moe.is_some_and(|m| il >= m.n_leading_dense)
     }
 
+    /// Whether layer `il` is a linear-attention (recurrent) layer without a KV cache.
+    pub fn is_recurrent_layer(&self, il: usize) -> bool {
+        self.ssm
+            .as_ref()
+            .is_some_and(|s| s.recurrent.get(il).copied().unwrap_or(false))
+    }
+
+    /// Layer `il`'s index among the layers of its kind (the KV cache's layer index for an
+    /// attention layer, the recurrent state's for a linear one); `il` without linear layers.
+    pub fn layer_slot(&self, il: usize) -> usize {
+        match &self.ssm {
+            None => il,
+            Some(s) => {
+                let rec = s.recurrent.get(il).copied().unwrap_or(false);
+                s.recurrent[..il.min(s.recurrent.len())]
+                    .iter()
+                    .filter(|&&r| r == rec)
+                    .count()
+            }
+        }
+    }
+
+    /// Layers with a KV cache (all but the recurrent ones).
+    pub fn n_kv_layers(&self) -> usize {
+        self.n_layer - self.ssm.as_ref().map_or(0, |s| s.n_recurrent())
+    }
+
+    /// Bytes of recurrent state one sequence keeps over all linear layers (f32), whatever
+    /// its length; 0 without linear layers.
+    pub fn recurrent_state_bytes(&self) -> u64 {
+        self.ssm.as_ref().map_or(0, |s| {
+            s.n_recurrent() as u64 * s.state_values_per_layer() as u64 * 4
+        })
+    }
+
     /// Whether layer `il` uses sliding-window attention.
     pub fn is_swa_layer(&self, il: usize) -> bool {
         self.sliding_window.is_some_and(|s| s.is_swa_layer(il))
@@ -1005,7 +1188,7 @@ impl ModelConfig {
     /// With MLA the values are the first `kv_lora_rank` values of each key row, not stored
     /// again.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
-        self.n_layer * self.n_head_kv * self.kv_values_per_head() * bytes_per_value
+        self.n_kv_layers() * self.n_head_kv * self.kv_values_per_head() * bytes_per_value
     }
 
     /// Cache values stored per position, layer and KV head: `head_dim_k + head_dim_v`, or
@@ -1036,6 +1219,58 @@ mod tests {
             m.insert(format!("{arch}.{k}"), Value::U32(v)).unwrap();
         }
         m
+    }
+
+    /// Qwen3.5: linear layers by the interval (or the explicit flags), KV only in the others,
+    /// the recurrent state of the 397B's dimensions (186 MiB over 45 linear layers).
+    #[test]
+    fn qwen35_layers_and_state() {
+        let mut m = base("qwen35moe");
+        for (k, v) in [
+            ("block_count", 60u32),
+            ("embedding_length", 4096),
+            ("attention.head_count", 32),
+            ("attention.head_count_kv", 2),
+            ("attention.key_length", 256),
+            ("attention.value_length", 256),
+            ("expert_count", 512),
+            ("expert_used_count", 10),
+            ("expert_feed_forward_length", 1024),
+            ("ssm.conv_kernel", 4),
+            ("ssm.state_size", 128),
+            ("ssm.group_count", 16),
+            ("ssm.time_step_rank", 64),
+            ("ssm.inner_size", 8192),
+        ] {
+            m.set(format!("qwen35moe.{k}"), Value::U32(v));
+        }
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        let ssm = c.ssm.as_ref().unwrap();
+        assert!(c.attn_output_gate && c.moe.unwrap().norm_top_k);
+        assert_eq!((ssm.n_recurrent(), c.n_kv_layers()), (45, 15));
+        assert!(c.is_recurrent_layer(0) && c.is_recurrent_layer(2) && !c.is_recurrent_layer(3));
+        assert_eq!(
+            (c.layer_slot(3), c.layer_slot(7), c.layer_slot(8)),
+            (0, 1, 6)
+        );
+        assert_eq!(ssm.conv_channels(), 2 * 16 * 128 + 8192);
+        assert_eq!(
+            c.recurrent_state_bytes(),
+            45 * (3 * 12288 + 64 * 128 * 128) * 4
+        );
+        assert_eq!(c.recurrent_state_bytes() >> 20, 186);
+        assert_eq!(c.kv_bytes_per_token(2), 15 * 2 * 512 * 2);
+        // Explicit flags win over the interval.
+        let flags: Vec<bool> = (0..60).map(|i| i % 2 == 0).collect();
+        m.set(
+            "qwen35moe.attention.recurrent_layers",
+            Value::Array(crate::Array::Bool(flags)),
+        );
+        let c = ModelConfig::from_metadata(&m).unwrap();
+        assert!(c.is_recurrent_layer(0) && !c.is_recurrent_layer(1) && c.is_recurrent_layer(2));
+        m.remove("qwen35moe.attention.recurrent_layers");
+        m.set("qwen35moe.ssm.inner_size", Value::U32(8000));
+        assert!(ModelConfig::from_metadata(&m).is_err());
     }
 
     #[test]

@@ -102,6 +102,24 @@ pub enum TensorRole {
     FfnUpExpsBias,
     /// Fused expert down biases, `[n_embd, n_expert]`.
     FfnDownExpsBias,
+    /// Linear attention's joint `[q | k | v]` projection (`attn_qkv`, Qwen3.5).
+    AttnQkv,
+    /// Linear attention's output gate projection `z` (`attn_gate`).
+    AttnGate,
+    /// Depthwise causal convolution taps `[d_conv, channels]` (`ssm_conv1d`).
+    SsmConv1d,
+    /// Decay bias per value head (`ssm_dt.bias`).
+    SsmDt,
+    /// Decay rate per value head, `-exp(A_log)` (`ssm_a`, no suffix).
+    SsmA,
+    /// Delta-rule write strength projection (`ssm_beta`).
+    SsmBeta,
+    /// Decay projection (`ssm_alpha`).
+    SsmAlpha,
+    /// RMSNorm weight per value head of the output (`ssm_norm`).
+    SsmNorm,
+    /// Linear attention's output projection (`ssm_out`).
+    SsmOut,
 }
 
 /// Whether a model must have a tensor.
@@ -129,8 +147,8 @@ impl TensorSpec {
     /// The tensor's name in layer `il` under this architecture's naming.
     pub fn name(&self, il: usize) -> String {
         match self.base {
-            Some(b) if !self.role.is_global() => format!("blk.{il}.{b}.{}", self.role.suffix()),
-            Some(b) => format!("{b}.{}", self.role.suffix()),
+            Some(b) if !self.role.is_global() => format!("blk.{il}.{b}{}", self.role.dot_suffix()),
+            Some(b) => format!("{b}{}", self.role.dot_suffix()),
             None => self.role.name(il),
         }
     }
@@ -177,17 +195,36 @@ pub struct ArchTensors {
     /// Feed-forward block of a MoE layer (router, experts, shared expert); empty when the
     /// architecture has no experts.
     pub moe_ffn: &'static [TensorSpec],
+    /// The block replacing `attn` in linear-attention (recurrent) layers, and their pre-FFN
+    /// norm; empty when the architecture has none.
+    pub linear_attn: &'static [TensorSpec],
 }
 
 impl ArchTensors {
-    /// The tensors of a layer: attention, then the dense or the MoE feed-forward block.
+    /// The tensors of an attention layer: attention, then the dense or the MoE feed-forward
+    /// block.
     pub fn layer(&self, moe_layer: bool) -> impl Iterator<Item = TensorSpec> + '_ {
+        self.layer_of(false, moe_layer)
+    }
+
+    /// The tensors of a layer of either kind: attention (or, in a recurrent layer, linear
+    /// attention), then the dense or the MoE feed-forward block.
+    pub fn layer_of(
+        &self,
+        recurrent: bool,
+        moe_layer: bool,
+    ) -> impl Iterator<Item = TensorSpec> + '_ {
         let ffn = if moe_layer {
             self.moe_ffn
         } else {
             self.dense_ffn
         };
-        self.attn.iter().chain(ffn).copied()
+        let mixer = if recurrent {
+            self.linear_attn
+        } else {
+            self.attn
+        };
+        mixer.iter().chain(ffn).copied()
     }
 
     /// Whether the architecture lists `role` for a layer of the given kind.
@@ -306,6 +343,32 @@ const ATTN_GPT_OSS: &[TensorSpec] = &[
     req(AttnSinks),
     req_as(FfnNorm, "post_attention_norm"),
 ];
+/// Qwen3.5 gated full attention: `attn_q` rows per head `[q | gate]`, per-head q/k norms;
+/// the pre-FFN norm is named `post_attention_norm`.
+const ATTN_QWEN35: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQ),
+    req(AttnK),
+    req(AttnV),
+    req(AttnQNorm),
+    req(AttnKNorm),
+    req(AttnOut),
+    req_as(FfnNorm, "post_attention_norm"),
+];
+/// Qwen3.5 Gated DeltaNet linear attention (`model/deltanet.rs` in the runtime).
+const LINEAR_ATTN_QWEN35: &[TensorSpec] = &[
+    req(AttnNorm),
+    req(AttnQkv),
+    req(AttnGate),
+    req(SsmConv1d),
+    req(SsmDt),
+    req(SsmA),
+    req(SsmBeta),
+    req(SsmAlpha),
+    req(SsmNorm),
+    req(SsmOut),
+    req_as(FfnNorm, "post_attention_norm"),
+];
 /// gpt-oss experts: router and every expert projection with a bias.
 const MOE_BIASED: &[TensorSpec] = &[
     req(FfnRouter),
@@ -319,13 +382,14 @@ const MOE_BIASED: &[TensorSpec] = &[
 ];
 
 /// Every architecture's row (one per [`Architecture`], in [`Architecture::ALL`] order).
-static TABLE: [ArchTensors; 9] = [
+static TABLE: [ArchTensors; 11] = [
     ArchTensors {
         arch: Architecture::Llama,
         globals: GLOBALS,
         attn: ATTN_OPT_BIAS,
         dense_ffn: FFN,
         moe_ffn: MOE,
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Qwen2,
@@ -333,6 +397,7 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_BIAS,
         dense_ffn: FFN,
         moe_ffn: &[],
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Qwen3,
@@ -340,6 +405,7 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_QK_NORM,
         dense_ffn: FFN,
         moe_ffn: &[],
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Gemma3,
@@ -357,6 +423,7 @@ static TABLE: [ArchTensors; 9] = [
         ],
         dense_ffn: &[req(FfnGate), req(FfnUp), req(FfnDown), req(PostFfwNorm)],
         moe_ffn: &[],
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Qwen2Moe,
@@ -364,6 +431,7 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_BIAS,
         dense_ffn: FFN,
         moe_ffn: MOE_SHARED_GATED,
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Qwen3Moe,
@@ -371,6 +439,7 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_QK_NORM,
         dense_ffn: FFN,
         moe_ffn: MOE,
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Deepseek2,
@@ -378,6 +447,7 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_MLA,
         dense_ffn: FFN,
         moe_ffn: MOE_BIASED_SHARED,
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::GptOss,
@@ -385,6 +455,7 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_GPT_OSS,
         dense_ffn: FFN,
         moe_ffn: MOE_BIASED,
+        linear_attn: &[],
     },
     ArchTensors {
         arch: Architecture::Glm4Moe,
@@ -392,6 +463,23 @@ static TABLE: [ArchTensors; 9] = [
         attn: ATTN_GLM4MOE,
         dense_ffn: FFN,
         moe_ffn: MOE_BIASED_SHARED,
+        linear_attn: &[],
+    },
+    ArchTensors {
+        arch: Architecture::Qwen35,
+        globals: GLOBALS,
+        attn: ATTN_QWEN35,
+        dense_ffn: FFN,
+        moe_ffn: &[],
+        linear_attn: LINEAR_ATTN_QWEN35,
+    },
+    ArchTensors {
+        arch: Architecture::Qwen35Moe,
+        globals: GLOBALS,
+        attn: ATTN_QWEN35,
+        dense_ffn: FFN,
+        moe_ffn: MOE_SHARED_GATED,
+        linear_attn: LINEAR_ATTN_QWEN35,
     },
 ];
 
@@ -408,6 +496,8 @@ pub fn arch_tensors(arch: Architecture) -> &'static ArchTensors {
         Architecture::Deepseek2 => 6,
         Architecture::GptOss => 7,
         Architecture::Glm4Moe => 8,
+        Architecture::Qwen35 => 9,
+        Architecture::Qwen35Moe => 10,
     };
     &TABLE[i]
 }
@@ -466,15 +556,33 @@ impl TensorRole {
             FfnGateExpsBias => "ffn_gate_exps",
             FfnUpExpsBias => "ffn_up_exps",
             FfnDownExpsBias => "ffn_down_exps",
+            AttnQkv => "attn_qkv",
+            AttnGate => "attn_gate",
+            SsmConv1d => "ssm_conv1d",
+            SsmDt => "ssm_dt",
+            SsmA => "ssm_a",
+            SsmBeta => "ssm_beta",
+            SsmAlpha => "ssm_alpha",
+            SsmNorm => "ssm_norm",
+            SsmOut => "ssm_out",
         }
     }
 
-    /// `weight` or `bias`.
+    /// `weight` or `bias`, or empty for a tensor named without one (`ssm_a`).
     pub const fn suffix(self) -> &'static str {
         match self {
             AttnQBias | AttnKBias | AttnVBias | AttnOutBias | FfnRouterBias | FfnGateExpsBias
-            | FfnUpExpsBias | FfnDownExpsBias | FfnExpProbsB => "bias",
+            | FfnUpExpsBias | FfnDownExpsBias | FfnExpProbsB | SsmDt => "bias",
+            SsmA => "",
             _ => "weight",
+        }
+    }
+
+    /// `.suffix`, or nothing when the role's tensor has no suffix.
+    fn dot_suffix(self) -> String {
+        match self.suffix() {
+            "" => String::new(),
+            s => format!(".{s}"),
         }
     }
 
@@ -493,7 +601,7 @@ impl TensorRole {
         if self.is_global() {
             self.global_name()
         } else {
-            format!("blk.{il}.{}.{}", self.base_name(), self.suffix())
+            format!("blk.{il}.{}{}", self.base_name(), self.dot_suffix())
         }
     }
 
@@ -635,6 +743,19 @@ mod tests {
         assert!(ds.has(FfnExpProbsB, true) && !ds.has(FfnRouterShexp, true));
         assert_eq!(FfnExpProbsB.name(1), "blk.1.exp_probs_b.bias");
         assert!(!AttnKB.is_expert() && !FfnExpProbsB.is_expert());
+        let q35 = arch_tensors(Architecture::Qwen35Moe);
+        let lin: Vec<String> = q35.layer_of(true, true).map(|s| s.name(0)).collect();
+        for n in [
+            "blk.0.ssm_a",
+            "blk.0.ssm_dt.bias",
+            "blk.0.attn_qkv.weight",
+            "blk.0.post_attention_norm.weight",
+            "blk.0.ffn_gate_inp_shexp.weight",
+        ] {
+            assert!(lin.iter().any(|x| x == n), "{n} in {lin:?}");
+        }
+        assert!(!lin.iter().any(|x| x == "blk.0.attn_q.weight"));
+        assert!(q35.has(AttnQNorm, true) && !q35.has(SsmA, true));
     }
 
     /// gpt-oss: the pre-FFN norm under its own name, biases sliced per expert like weights.

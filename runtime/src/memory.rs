@@ -34,8 +34,9 @@ impl Default for NeedsOptions {
 /// Bytes per KV-cache position (f16 keys and values of every layer). With MLA one row of
 /// `kv_lora_rank + rope dims` per layer (the latent, which is also the value, and the rope
 /// key), as llama.cpp caches it.
+/// Linear-attention layers (Qwen3.5) have no KV cache.
 pub fn kv_bytes_per_position(c: &ModelConfig) -> u64 {
-    c.n_layer as u64 * c.n_head_kv as u64 * c.kv_values_per_head() as u64 * 2
+    c.n_kv_layers() as u64 * c.n_head_kv as u64 * c.kv_values_per_head() as u64 * 2
 }
 
 /// Bytes one quantized activation row of length `k` takes, for the worst paired type.
@@ -94,6 +95,17 @@ pub fn runtime_needs(c: &ModelConfig, o: &NeedsOptions) -> RuntimeNeeds {
                 + 2 * (lora + mla.q_lora_rank.unwrap_or(0) as u64 + mla.head_dim_qk as u64)
         }
     };
+    // Qwen3.5: gated attention's [q | gate] rows and gates; a linear layer's [q | k | v]
+    // projection and its convolution, z, output, and the per-head beta and decay.
+    let attn_f32 = match &c.ssm {
+        None => attn_f32,
+        Some(ssm) => {
+            let ch = ssm.conv_channels() as u64;
+            let di = ssm.d_inner as u64;
+            let hv = ssm.n_v_heads as u64;
+            (attn_f32 + 2 * q).max(2 * ch + 2 * di + 2 * hv)
+        }
+    };
     let ffn_f32 = 2 * ff
         + e
         + if n_expert > 0 {
@@ -104,6 +116,7 @@ pub fn runtime_needs(c: &ModelConfig, o: &NeedsOptions) -> RuntimeNeeds {
     let act = 4 * n * (4 * e + attn_f32.max(ffn_f32) + attn_f32);
     let k_max = [
         c.n_embd,
+        c.ssm.as_ref().map_or(0, |x| x.d_inner),
         c.n_ff,
         attn as usize,
         n_ff_exp as usize,
@@ -135,7 +148,18 @@ pub fn runtime_needs(c: &ModelConfig, o: &NeedsOptions) -> RuntimeNeeds {
                 scratch + margin,
             ),
             (format!("logits ({logits_rows} rows)"), logits),
-        ],
+        ]
+        .into_iter()
+        .chain(c.ssm.as_ref().map(|ssm| {
+            (
+                format!(
+                    "recurrent state ({} linear layers, any context)",
+                    ssm.n_recurrent()
+                ),
+                c.recurrent_state_bytes(),
+            )
+        }))
+        .collect(),
         kv_bytes_per_pos: kv_bytes_per_position(c),
         n_ctx_max: c.n_ctx_train,
         experts_per_token: c.moe.map_or(0, |m| m.n_expert_used),

@@ -195,6 +195,16 @@ fn golden_rand_glm4moe_q5k() {
     check_random("generate.rand-glm4moe-q5k.jsonl");
 }
 
+#[test]
+fn golden_rand_qwen35_q8() {
+    check_random("generate.rand-qwen35-q8.jsonl");
+}
+
+#[test]
+fn golden_rand_qwen35moe_q4k() {
+    check_random("generate.rand-qwen35moe-q4k.jsonl");
+}
+
 /// Real models. The README asks for every logit of the reference top-10 within
 /// `0.5 + 0.02·|logit|`, top-1 agreement of at least 90% and the first 8 greedy tokens equal.
 /// Top-1 agreement is held to that. The logit bound is held at 2.5× the README's tolerance

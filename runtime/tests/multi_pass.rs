@@ -136,6 +136,13 @@ fn shared_passes_equal_sequences_alone_moe() {
     check(workspace().join("testdata/models/rand-gptoss-mxfp4.gguf"));
 }
 
+/// Qwen3.5: each sequence's rows through its own recurrent state and gated attention.
+#[test]
+fn shared_passes_equal_sequences_alone_qwen35() {
+    check(workspace().join("testdata/models/rand-qwen35-q8.gguf"));
+    check(workspace().join("testdata/models/rand-qwen35moe-q4k.gguf"));
+}
+
 /// Both real models. Gemma 3 mixes weight types whose batch kernels read different
 /// activation layouts on CPUs without VNNI (Q5_0 tiled, Q8_0 not); it caught the forward
 /// pass reusing one layout for both.

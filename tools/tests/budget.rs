@@ -197,6 +197,17 @@ fn gemma3_streams_inside_224mib_plus_allowance() {
     check_under_cgroup(&m, 224, "2,105,2364,107,6974,563", "auto");
 }
 
+/// Qwen3.5-MoE (the random model of `testdata/`): layers and experts stream at 4 MiB, with
+/// the linear layers' recurrent state and the attention layers' KV cache counted in it.
+#[test]
+fn qwen35moe_streams_inside_4mib_plus_allowance() {
+    let m = root().join("testdata/models/rand-qwen35moe-q4k.gguf");
+    let tokens: Vec<String> = (0..40u32)
+        .map(|i| ((i * 37 + 11) % 256).to_string())
+        .collect();
+    check_under_cgroup(&m, 4, &tokens.join(","), "auto");
+}
+
 /// `--mem auto:0.5` inside a memory cgroup: the budget is half of what the cgroup leaves
 /// (limit minus usage, not the machine's free memory), the run fits in the cgroup, and the
 /// greedy text is the one of a fixed budget.

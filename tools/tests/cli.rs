@@ -270,6 +270,8 @@ fn logits_json_matches_random_goldens() {
         "generate.rand-deepseek2-q4k.jsonl",
         "generate.rand-gptoss-mxfp4.jsonl",
         "generate.rand-glm4moe-q5k.jsonl",
+        "generate.rand-qwen35-q8.jsonl",
+        "generate.rand-qwen35moe-q4k.jsonl",
     ] {
         for c in golden(file) {
             let m = root()

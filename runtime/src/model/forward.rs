@@ -15,6 +15,8 @@ use flashstream_formats::GgmlType;
 use flashstream_scheduler::{Lease, UnitId};
 
 use super::attn;
+#[path = "deltanet.rs"]
+mod deltanet;
 #[path = "mla.rs"]
 mod mla;
 use super::kv::KvCache;
@@ -25,6 +27,7 @@ use crate::kernels::{dot_kernel, scalar, ScratchBuf};
 use crate::ops;
 use crate::pool::{ChunkCounter, SendPtr};
 use crate::yarn::Yarn;
+pub use deltanet::RecurrentState;
 
 /// Which positions' logits [`Session::eval`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +70,16 @@ pub(super) struct Scratch {
     pub(super) router: Vec<f32>,
     pub(super) xe: Vec<f32>,
     pub(super) emb_bytes: Vec<u8>,
+    /// Linear-attention layers' buffers (Qwen3.5).
+    pub(super) delta: deltanet::DeltaScratch,
 }
 
-/// A conversation with a model: a KV cache and scratch buffers.
+/// A conversation with a model: a KV cache (of the attention layers), the recurrent state
+/// of the linear-attention layers where the model has them, and scratch buffers.
 pub struct Session<'m> {
     model: &'m Model,
     kv: KvCache,
+    rec: Option<RecurrentState>,
     pub(super) pos: usize,
     scratch: Scratch,
     /// MoE: the experts predicted for a layer (layer, sorted expert ids), until it routes.
@@ -253,16 +260,27 @@ impl<'m> Session<'m> {
             c.n_head_kv * c.head_dim_v
         };
         let kd = c.n_head_kv * c.head_dim_k;
-        let kv =
-            KvCache::new(c.n_layer, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
-                what: format!(
-                    "a KV cache of {} bytes for {n_ctx} positions",
-                    KvCache::bytes_for(c.n_layer, n_ctx, kd, vd)
-                ),
-            })?;
+        let nl = c.n_kv_layers();
+        let kv = KvCache::new(nl, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
+            what: format!(
+                "a KV cache of {} bytes for {n_ctx} positions",
+                KvCache::bytes_for(nl, n_ctx, kd, vd)
+            ),
+        })?;
+        let rec = match &c.ssm {
+            Some(ssm) => {
+                Some(
+                    RecurrentState::new(ssm).ok_or_else(|| RuntimeError::OutOfMemory {
+                        what: format!("a recurrent state of {} bytes", c.recurrent_state_bytes()),
+                    })?,
+                )
+            }
+            None => None,
+        };
         Ok(Session {
             model,
             kv,
+            rec,
             pos: 0,
             scratch: Scratch::default(),
             predicted: None,
@@ -284,15 +302,32 @@ impl<'m> Session<'m> {
         self.model
     }
 
-    /// Forgets every position (the next eval starts at position 0).
+    /// Forgets every position (the next eval starts at position 0, with a zero recurrent
+    /// state).
     pub fn reset(&mut self) {
         self.pos = 0;
+        if let Some(r) = &mut self.rec {
+            r.clear();
+        }
     }
 
     /// Forgets the positions from `pos` on (the next eval continues from there; keeps the
-    /// KV cache of the positions before, e.g. a conversation's shared prefix).
-    pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+    /// KV cache of the positions before, e.g. a conversation's shared prefix) and returns
+    /// the position the session now continues from. A model with linear-attention layers
+    /// cannot take back tokens folded into its recurrent state: going back forgets
+    /// everything and returns 0 (the caller evaluates the whole sequence again).
+    pub fn truncate(&mut self, pos: usize) -> usize {
+        if pos < self.pos && self.rec.is_some() {
+            self.reset();
+        } else {
+            self.pos = self.pos.min(pos);
+        }
+        self.pos
+    }
+
+    /// The recurrent state of the linear-attention layers, where the model has them.
+    pub fn recurrent_state(&self) -> Option<&RecurrentState> {
+        self.rec.as_ref()
     }
 
     /// Runs `tokens` (at positions `pos()..pos()+tokens.len()`) through the model and returns
@@ -366,7 +401,9 @@ impl<'m> Session<'m> {
                 c.rms_eps,
                 &mut s.cur,
             );
-            if c.mla.is_some() {
+            if c.ssm.is_some() {
+                self.mixer(s, il, &lease, n)?;
+            } else if c.mla.is_some() {
                 self.mla_attention(s, il, &lease, n)?;
             } else {
                 self.attention(s, il, &lease, n)?;
@@ -401,11 +438,17 @@ impl<'m> Session<'m> {
         let c = &m.config;
         let lw = &m.layers[il];
         let req = |r: Role| m.layer_weight(il, r);
+        // Linear-attention layers (Qwen3.5) project with their own output matrix.
+        let out_role = if c.is_recurrent_layer(il) {
+            Role::SsmOut
+        } else {
+            Role::AttnOut
+        };
         linear(
             m,
             &mut s.xq,
             lease,
-            req(Role::AttnOut)?,
+            req(out_role)?,
             &s.attn,
             n,
             false,
@@ -566,9 +609,10 @@ impl<'m> Session<'m> {
             let kt = &mut s.k[t * nkv * hd..(t + 1) * nkv * hd];
             ops::rope_apply(kt, hd, dims, neox, &cos, &sin);
         }
+        let kl = c.layer_slot(il);
         for t in 0..n {
             self.kv.store(
-                il,
+                kl,
                 self.pos + t,
                 &s.k[t * nkv * hd..(t + 1) * nkv * hd],
                 &s.v[t * nkv * hdv..(t + 1) * nkv * hdv],
@@ -598,8 +642,8 @@ impl<'m> Session<'m> {
         };
         s.attn.clear();
         s.attn.resize(n * nh * hdv, 0.0);
-        let keys = self.kv.keys(il);
-        let values = self.kv.values(il);
+        let keys = self.kv.keys(kl);
+        let values = self.kv.values(kl);
         let group = nh / nkv;
         let pos0 = self.pos;
         let softcap = c.attn_softcap;

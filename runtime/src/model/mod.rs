@@ -23,7 +23,7 @@ use flashstream_scheduler::{UnitId, WeightSource};
 
 use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
-pub use forward::{LogitsWanted, Session};
+pub use forward::{LogitsWanted, RecurrentState, Session};
 pub use multi::{MultiPass, SeqInput};
 
 /// Errors of the runtime.
@@ -289,7 +289,7 @@ impl Model {
         let mut layers = Vec::with_capacity(config.n_layer);
         for il in 0..config.n_layer {
             let mut lw = LayerWeights::default();
-            for spec in table.layer(config.is_moe_layer(il)) {
+            for spec in table.layer_of(config.is_recurrent_layer(il), config.is_moe_layer(il)) {
                 let role = spec.role;
                 let name = spec.name(il);
                 let found = if role.is_expert() {
@@ -387,6 +387,19 @@ impl Model {
             }
             if let Some(w) = lw.get(Role::FfnRouterShexp) {
                 check(w, c.n_embd)?;
+            }
+            if let Some(ssm) = &c.ssm {
+                let ch = ssm.conv_channels();
+                for (role, len) in [
+                    (Role::SsmConv1d, ssm.d_conv * ch),
+                    (Role::SsmDt, ssm.n_v_heads),
+                    (Role::SsmA, ssm.n_v_heads),
+                    (Role::SsmNorm, ssm.head_v_dim()),
+                ] {
+                    if let Some(w) = lw.get(role) {
+                        check(w, len)?;
+                    }
+                }
             }
             if let Some(mla) = c.mla {
                 if let (Some(w), Some(r)) = (lw.get(Role::AttnQANorm), mla.q_lora_rank) {

@@ -164,6 +164,24 @@ impl MultiPass {
                 c.rms_eps,
                 &mut s.cur,
             );
+            if c.ssm.is_some() {
+                // Qwen3.5: each session's rows through its own linear-attention state or
+                // gated attention (the same arithmetic as its own eval), then the shared rest.
+                let w = if c.is_recurrent_layer(il) {
+                    c.ssm.as_ref().map_or(ad, |x| x.d_inner)
+                } else {
+                    ad
+                };
+                s.attn.clear();
+                s.attn.resize(n * w, 0.0);
+                for (inp, &(r0, r1)) in inputs.iter_mut().zip(&ranges) {
+                    rows_into(&s.cur, e, r0, r1, &mut seg.cur);
+                    inp.session.mixer(seg, il, &lease, r1 - r0)?;
+                    s.attn[r0 * w..r1 * w].copy_from_slice(&seg.attn[..(r1 - r0) * w]);
+                }
+                inputs[0].session.finish_layer(s, il, &lease, n)?;
+                continue;
+            }
             project_qkv(m, s, il, &lease, n)?;
             s.attn.clear();
             s.attn.resize(n * ad, 0.0);

@@ -95,7 +95,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let (rendered, add_bos) = render_chat(&template, &messages)?;
         let all = tok.encode(&rendered, add_bos, true)?;
         let keep = common_prefix(&held, &all).min(all.len().saturating_sub(1));
-        session.truncate(keep);
+        // A model with a recurrent state cannot go back: it starts over (keep 0).
+        let keep = session.truncate(keep);
         held.truncate(keep);
         let new = &all[keep..];
         if keep + new.len() >= n_ctx {

@@ -11,6 +11,9 @@
 //! - `mkmodel moe OUT --arch gpt-oss --size 4GiB --type mxfp4`, and `mkmodel moe OUT --shape
 //!   gpt-oss-120b [--layers N]`: a gpt-oss MoE, or one with a real model's per-layer shape and
 //!   quant types (see `mkmodel_shapes.rs`).
+//! - `mkmodel moe OUT --shape qwen3.5-397b-a17b [--layers N]` (and the 122B and 35B) and
+//!   `mkmodel dense OUT --arch qwen35 [--shape qwen3.5-27b]`: Qwen3.5's hybrid Gated DeltaNet
+//!   / gated attention models with the real dimensions (`mkmodel_qwen35.rs`).
 //! - `mkmodel upcycle DENSE OUT --experts N --top-k K`: a Mixtral-style MoE whose N experts
 //!   are exact copies of each layer's dense FFN, with a random router. The top-k weights are
 //!   renormalised to one, so it computes the dense model's function while every token routes.
@@ -45,6 +48,9 @@ mod mla;
 
 #[path = "mkmodel_glm.rs"]
 mod glm;
+
+#[path = "mkmodel_qwen35.rs"]
+mod qwen35;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -97,6 +103,13 @@ struct DenseArgs {
     /// FFN hidden size (default: about 3.5x the hidden size).
     #[arg(long)]
     ff: Option<usize>,
+    /// Architecture: llama (shaped from --size), or qwen35 (Qwen3.5's hybrid linear /
+    /// full attention, from a real --shape: qwen3.5-27b, the default; --layers N for a slice).
+    #[arg(long, default_value = "llama")]
+    arch: String,
+    /// A real model's shape (qwen35: qwen3.5-27b).
+    #[arg(long)]
+    shape: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -104,12 +117,13 @@ struct MoeArgs {
     #[command(flatten)]
     c: Common,
     /// Architecture: qwen3moe, qwen2moe (with a shared expert), llama (Mixtral-style),
-    /// deepseek2, glm4moe or gpt-oss.
+    /// deepseek2, glm4moe, gpt-oss or qwen35moe (Qwen3.5: from a real --shape only).
     #[arg(long, default_value = "qwen3moe")]
     arch: String,
     /// A real model's shape: its per-layer dimensions, expert counts, vocabulary and the quant
     /// types of its common GGUF release (gpt-oss-120b, gpt-oss-20b: MXFP4; deepseek-v3,
-    /// kimi-k2, glm-4.5-air, glm-4.6: Q4_K_M); `--layers N` keeps the shape with fewer layers.
+    /// kimi-k2, glm-4.5-air, glm-4.6, qwen3.5-397b-a17b, qwen3.5-122b-a10b, qwen3.5-35b-a3b:
+    /// Q4_K_M); `--layers N` keeps the shape with fewer layers.
     /// Sets the architecture; `--type`, `--embd`, `--experts`, `--top-k` and `--expert-ff` do
     /// not apply.
     #[arg(long)]
@@ -412,8 +426,14 @@ fn write_random(w: GgufWriter, specs: &[Spec], out: &Path, seed: u64) -> anyhow:
                 let mut rng = Rng::with_stream(seed, i as u64);
                 let n: u64 = s.shape.iter().product();
                 if s.norm {
+                    // Qwen3.5's decay rate `ssm_a` is negative (-exp(A_log)).
+                    let sign = if s.role == TensorRole::SsmA {
+                        -1.0
+                    } else {
+                        1.0
+                    };
                     let v: Vec<u8> = (0..n)
-                        .flat_map(|_| (1.0 + 0.05 * rng.sym()).to_le_bytes())
+                        .flat_map(|_| (sign * (1.0 + 0.05 * rng.sym())).to_le_bytes())
                         .collect();
                     tx.send((i, v)).ok();
                     continue;
@@ -589,6 +609,9 @@ fn role_spec(role: TensorRole, l: usize, d: &LayerShape) -> anyhow::Result<Spec>
         AttnQA | AttnQANorm | AttnQB | AttnKvAMqa | AttnKvANorm | AttnKB | AttnVB => {
             bail!("{role:?} is shaped by the deepseek2 writer (mkmodel_mla.rs)")
         }
+        AttnQkv | AttnGate | SsmConv1d | SsmDt | SsmA | SsmBeta | SsmAlpha | SsmNorm | SsmOut => {
+            bail!("{role:?} is a Qwen3.5 linear-attention tensor, not written by this writer")
+        }
         TokenEmbd | OutputNorm | Output | RopeFreqs => {
             bail!("{role:?} is not a layer tensor")
         }
@@ -628,6 +651,12 @@ fn summary(out: &Path, json: bool, fields: serde_json::Value) -> anyhow::Result<
 
 fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let c = &a.c;
+    match a.arch.as_str() {
+        "qwen35" => return qwen35::qwen35(c, false, a.shape.as_deref()),
+        "llama" if a.shape.is_none() => {}
+        "llama" => bail!("--shape applies to --arch qwen35 (dense llama models come from --size)"),
+        other => bail!("unsupported --arch {other:?} for a dense model (use llama or qwen35)"),
+    }
     let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
     let mut d = dims_for(size_of(c)? as f64 / bpw, c.embd);
     if let Some(ff) = a.ff {
@@ -724,6 +753,9 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
     if arch == "deepseek2" || matches!(a.shape.as_deref(), Some("deepseek-v3" | "kimi-k2")) {
         let shape = a.shape.clone();
         return mla::deepseek2(a, shape.as_deref());
+    }
+    if arch == "qwen35moe" || a.shape.as_deref().is_some_and(|s| s.starts_with("qwen3.5")) {
+        return qwen35::qwen35(c, true, a.shape.as_deref());
     }
     if arch == "glm4moe" || matches!(a.shape.as_deref(), Some("glm-4.5-air" | "glm-4.6")) {
         let shape = a.shape.clone();
