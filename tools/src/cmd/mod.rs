@@ -13,6 +13,7 @@ pub mod plan;
 pub mod run;
 pub mod serve;
 pub mod size;
+pub mod spec;
 pub mod template;
 pub mod tokenize;
 
