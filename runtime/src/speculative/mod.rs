@@ -80,6 +80,48 @@ pub trait Drafter {
     ) -> Result<(), RuntimeError>;
 }
 
+/// A drafter that sees `prefix` before the history it is given: for a generation that
+/// continues a session holding earlier text (a conversation's previous turns), so the
+/// drafter sees the whole context.
+pub struct Prefixed<'a> {
+    prefix: &'a [u32],
+    inner: &'a mut dyn Drafter,
+    buf: Vec<u32>,
+}
+
+impl<'a> Prefixed<'a> {
+    /// `inner`, shown `prefix` first.
+    pub fn new(prefix: &'a [u32], inner: &'a mut dyn Drafter) -> Self {
+        Prefixed {
+            prefix,
+            inner,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Prefixed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefixed")
+            .field("prefix", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drafter for Prefixed<'_> {
+    fn propose(
+        &mut self,
+        history: &[u32],
+        k: usize,
+        out: &mut Proposal,
+    ) -> Result<(), RuntimeError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(self.prefix);
+        self.buf.extend_from_slice(history);
+        self.inner.propose(&self.buf, k, out)
+    }
+}
+
 /// Speculative decoding's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecOptions {

@@ -113,21 +113,41 @@ pub fn load_draft(
         count_tokenizer: false,
         ..EngineOptions::default()
     };
-    let (plan, _) = flashstream::engine::plan(&gguf, &config, &opts)
-        .with_context(|| format!("cannot plan draft model {}", path.display()))?;
+    let plan_at = |mem: u64| {
+        flashstream::engine::plan(
+            &gguf,
+            &config,
+            &EngineOptions {
+                mem: Some(mem),
+                ..opts.clone()
+            },
+        )
+        .with_context(|| format!("cannot plan draft model {}", path.display()))
+    };
+    let (all, _) = plan_at(u64::MAX / 4)?;
+    // The smallest budget, from what holding all of it takes up, under which nothing
+    // streams (the planner keeps room for ring slots until it knows everything is pinned).
+    let mut mem = all.total_bytes();
+    let (plan, batch) = loop {
+        let (p, b) = plan_at(mem)?;
+        if !p.streams() {
+            break (p, b);
+        }
+        if mem >= all.total_bytes().saturating_mul(2) {
+            bail!(
+                "draft model {} cannot be planned resident; a draft must be held in RAM (use a smaller one)",
+                path.display()
+            );
+        }
+        mem += all.total_bytes() / 32;
+    };
     let bytes = plan.total_bytes();
     let opts = EngineOptions {
-        mem: Some(bytes),
+        mem: Some(mem),
         ..opts
     };
-    let engine = Engine::load(gguf, &opts)
+    let engine = Engine::with_plan(gguf, &opts, plan, batch)
         .with_context(|| format!("cannot load draft model {}", path.display()))?;
-    if engine.plan().streams() {
-        bail!(
-            "draft model {} would be streamed; a draft must be held in RAM (use a smaller one)",
-            path.display()
-        );
-    }
     Ok(Draft { engine, bytes })
 }
 
