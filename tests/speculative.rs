@@ -79,11 +79,12 @@ fn gen_opts(sampler: SamplerConfig) -> GenerateOptions {
     }
 }
 
-fn plain(engine: &Engine, o: &GenerateOptions) -> Generation {
+fn plain(engine: &Engine, o: &GenerateOptions) -> (Generation, usize) {
     let tok = engine.tokenizer().unwrap();
     let prompt = tok.encode(PROMPT, true, true).unwrap();
     let mut s = engine.session().unwrap();
-    generate(&mut s, &tok, &prompt, o, |_| ControlFlow::Continue(())).unwrap()
+    let g = generate(&mut s, &tok, &prompt, o, |_| ControlFlow::Continue(())).unwrap();
+    (g, s.pos())
 }
 
 fn speculative(
@@ -91,7 +92,7 @@ fn speculative(
     o: &GenerateOptions,
     drafter: &mut dyn Drafter,
     k: usize,
-) -> (Generation, SpecStats, String) {
+) -> (Generation, SpecStats, String, usize) {
     let tok = engine.tokenizer().unwrap();
     let prompt = tok.encode(PROMPT, true, true).unwrap();
     let mut s = engine.session().unwrap();
@@ -109,10 +110,14 @@ fn speculative(
         },
     )
     .unwrap();
-    (g, st, streamed)
+    (g, st, streamed, s.pos())
 }
 
-fn assert_same(want: &Generation, got: &Generation, streamed: &str, what: &str) {
+/// The same output, and the session left at the same position (the last token emitted is
+/// not in the cache, as after plain decoding).
+fn assert_same(want: &(Generation, usize), got: &(Generation, usize), streamed: &str, what: &str) {
+    assert_eq!(want.1, got.1, "{what}: session position");
+    let (want, got) = (&want.0, &got.0);
     assert_eq!(want.tokens, got.tokens, "{what}: tokens");
     assert_eq!(want.text, got.text, "{what}: text");
     assert_eq!(want.text, streamed, "{what}: streamed text");
@@ -128,9 +133,9 @@ fn lookup_greedy_equals_plain_decoding() {
             let want = plain(&engine, &o);
             for (k, ngram) in [(K, 3), (1, 1)] {
                 let mut lookup = Lookup::new(ngram, 1);
-                let (got, st, streamed) = speculative(&engine, &o, &mut lookup, k);
+                let (got, st, streamed, pos) = speculative(&engine, &o, &mut lookup, k);
                 let what = format!("{name} {how} lookup k={k}");
-                assert_same(&want, &got, &streamed, &what);
+                assert_same(&want, &(got, pos), &streamed, &what);
                 assert!(st.accepted <= st.proposed, "{what}");
                 assert_eq!(st.passes + 1 + st.accepted, N, "{what}: {st:?}");
                 assert!(st.proposed > 0, "{what}: lookup proposed nothing");
@@ -144,7 +149,7 @@ fn stop_strings_and_eog_end_speculative_output_where_plain_ends() {
     let path = root().join("testdata/models/rand-llama-q8_0.gguf");
     let engine = Engine::open(&path, &opts(None)).unwrap();
     let base = gen_opts(SamplerConfig::greedy());
-    let full = plain(&engine, &base);
+    let (full, _) = plain(&engine, &base);
     // A stop string from the middle of the plain output, and a token limit inside a pass.
     let cut: String = full.text.chars().skip(20).take(3).collect();
     for o in [
@@ -162,8 +167,8 @@ fn stop_strings_and_eog_end_speculative_output_where_plain_ends() {
         },
     ] {
         let want = plain(&engine, &o);
-        let (got, _, streamed) = speculative(&engine, &o, &mut Lookup::default(), K);
-        assert_same(&want, &got, &streamed, &format!("{:?}", o.stop));
+        let (got, _, streamed, pos) = speculative(&engine, &o, &mut Lookup::default(), K);
+        assert_same(&want, &(got, pos), &streamed, &format!("{:?}", o.stop));
     }
 }
 
@@ -190,9 +195,9 @@ fn draft_model_greedy_equals_plain_decoding() {
             let nv = engine.model().config().n_vocab;
             let mut drafter =
                 DraftModel::new(d.session().unwrap(), nv, SamplerConfig::greedy()).unwrap();
-            let (got, st, streamed) = speculative(&engine, &o, &mut drafter, K);
+            let (got, st, streamed, pos) = speculative(&engine, &o, &mut drafter, K);
             let what = format!("{name} {how} draft");
-            assert_same(&want, &got, &streamed, &what);
+            assert_same(&want, &(got, pos), &streamed, &what);
             assert_eq!(st.passes + 1 + st.accepted, N, "{what}: {st:?}");
             if target == draft {
                 // Same model, same arithmetic: only the batch tail can differ.
@@ -242,8 +247,8 @@ fn sampled_speculative_output_is_reproducible() {
         seed: 42,
         ..SamplerConfig::default()
     });
-    let (a, sa, _) = speculative(&engine, &o, &mut Lookup::default(), K);
-    let (b, sb, _) = speculative(&engine, &o, &mut Lookup::default(), K);
+    let (a, sa, _, _) = speculative(&engine, &o, &mut Lookup::default(), K);
+    let (b, sb, _, _) = speculative(&engine, &o, &mut Lookup::default(), K);
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(sa.accepted, sb.accepted);
     assert_eq!(a.tokens.len(), N);

@@ -272,6 +272,7 @@ where
         stats.proposed += drafts.len();
         let greedy = seq.is_greedy();
         let mut kept = 0;
+        let mut ended_on_draft = false;
         for i in 0..=drafts.len() {
             let row = &logits[i * n_vocab..(i + 1) * n_vocab];
             let room = pos0 + i + 1 < n_ctx;
@@ -294,6 +295,7 @@ where
             }
             if emit(&mut seq, step) {
                 done = true;
+                ended_on_draft = accepted;
                 break;
             }
             if !accepted {
@@ -301,8 +303,10 @@ where
             }
         }
         stats.accepted += kept;
-        // Keep the pending token and the kept proposals; forget the rejected positions.
-        session.truncate(pos0 + 1 + kept);
+        // Keep the pending token and the kept proposals; forget the rejected positions. As
+        // in plain decoding, the last token emitted is not in the cache: when generation
+        // ended on a kept proposal, its position is forgotten too.
+        session.truncate(pos0 + 1 + kept - usize::from(ended_on_draft));
     }
     let tokens = seq.tokens().to_vec();
     let decode_s = if tokens.is_empty() {
