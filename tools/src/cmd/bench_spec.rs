@@ -2,7 +2,8 @@
 //! plain decoding and speculative decoding of the same prompt in one run, under one plan:
 //! decode tokens/s, tokens per pass, acceptance, bytes read per token (MoE: expert bytes per
 //! token; a verification pass reads the union of its positions' experts), and whether the
-//! two outputs are identical (greedy).
+//! two outputs are identical (greedy). A text prompt's answer stops at the model's
+//! end-of-generation token (or `-n`); random ids always decode `-n` tokens.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -112,6 +113,8 @@ pub fn run(b: SpecBench<'_>) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    // A text prompt's answer ends where the model ends it; random ids have no answer.
+    let stop_at_eog = text.is_some();
     let prompt: Vec<u32> = match text {
         Some(t) if a.chat => {
             let tpl = chat_template(&b.gguf, &tok);
@@ -162,7 +165,7 @@ pub fn run(b: SpecBench<'_>) -> anyhow::Result<()> {
     let gen_opts = GenerateOptions {
         max_tokens: b.n,
         sampler: SamplerConfig::greedy(),
-        stop_at_eog: false,
+        stop_at_eog,
         ..GenerateOptions::default()
     };
     let mut session = engine.session()?;
