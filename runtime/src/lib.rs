@@ -15,5 +15,6 @@ pub mod ops;
 pub mod pool;
 pub mod sampler;
 pub mod sequence;
+pub mod speculative;
 pub mod tokenizer;
 pub mod yarn;

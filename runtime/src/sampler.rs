@@ -122,6 +122,7 @@ pub struct Sampler {
     cfg: SamplerConfig,
     rng: SplitMix64,
     scratch: Vec<(u32, f32)>,
+    probs: Vec<f64>,
 }
 
 impl Sampler {
@@ -132,6 +133,7 @@ impl Sampler {
             rng: SplitMix64(cfg.seed),
             cfg,
             scratch: Vec::new(),
+            probs: Vec::new(),
         })
     }
 
@@ -142,6 +144,41 @@ impl Sampler {
 
     /// Picks the next token from `logits`, given the tokens seen so far (for the penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32, SamplerError> {
+        if let Some(greedy) = self.filter(logits, history)? {
+            return Ok(greedy);
+        }
+        let r = self.rng.next_f64();
+        Ok(draw_sorted(&self.scratch, &self.probs, r))
+    }
+
+    /// The distribution [`sample`](Self::sample) draws from: `(token, probability)` pairs,
+    /// most likely first, probabilities summing to 1 (one token with probability 1 when
+    /// greedy). Draws nothing from the generator.
+    pub fn distribution(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+    ) -> Result<Vec<(u32, f64)>, SamplerError> {
+        if let Some(greedy) = self.filter(logits, history)? {
+            return Ok(vec![(greedy, 1.0)]);
+        }
+        Ok(self
+            .scratch
+            .iter()
+            .zip(&self.probs)
+            .map(|(&(t, _), &p)| (t, p))
+            .collect())
+    }
+
+    /// A uniform draw in `[0, 1)` from the sampler's seeded generator (speculative
+    /// sampling's acceptance test uses the same stream, so a seed still fixes the run).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.next_f64()
+    }
+
+    /// Applies the chain to `logits`: the greedy token (`Some`) at temperature 0, else
+    /// `None` with the kept candidates in `scratch` and their probabilities in `probs`.
+    fn filter(&mut self, logits: &[f32], history: &[u32]) -> Result<Option<u32>, SamplerError> {
         if logits.is_empty() {
             return Err(SamplerError::Empty);
         }
@@ -165,7 +202,7 @@ impl Sampler {
                     (0u32, f32::NEG_INFINITY),
                     |b, &(i, l)| if l > b.1 { (i, l) } else { b },
                 );
-            return Ok(best.0);
+            return Ok(Some(best.0));
         }
         // Masked tokens (`-inf`, e.g. from an output constraint) can never be drawn, not even
         // by the rounding fallback below.
@@ -202,17 +239,45 @@ impl Sampler {
             keep = keep.min(n);
         }
         cands.truncate(keep.max(1));
-        let probs = softmax_sorted(cands, c.temperature);
-        let r = self.rng.next_f64();
-        let mut cum = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            cum += p;
-            if r < cum {
-                return Ok(cands[i].0);
-            }
-        }
-        Ok(cands[cands.len() - 1].0)
+        self.probs = softmax_sorted(cands, c.temperature);
+        Ok(None)
     }
+}
+
+/// The token `r` (uniform in `[0, 1)`) falls on, walking `probs` in order (the last one if
+/// rounding leaves `r` past the sum).
+fn draw_sorted(cands: &[(u32, f32)], probs: &[f64], r: f64) -> u32 {
+    let mut cum = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        cum += p;
+        if r < cum {
+            return cands[i].0;
+        }
+    }
+    cands[cands.len() - 1].0
+}
+
+/// Draws from a distribution of `(token, weight)` pairs (weights need not sum to 1; at
+/// least one must be positive) with `r` uniform in `[0, 1)`.
+pub fn draw(dist: &[(u32, f64)], r: f64) -> Option<u32> {
+    let total: f64 = dist.iter().map(|e| e.1.max(0.0)).sum();
+    if total <= 0.0 || !total.is_finite() {
+        return None;
+    }
+    let target = r * total;
+    let mut cum = 0.0;
+    let mut last = None;
+    for &(t, w) in dist {
+        if w <= 0.0 {
+            continue;
+        }
+        cum += w;
+        last = Some(t);
+        if target < cum {
+            return Some(t);
+        }
+    }
+    last
 }
 
 /// A logit of a token seen `count` (> 0) times in the window: the repetition penalty

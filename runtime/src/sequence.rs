@@ -82,6 +82,57 @@ impl<'t> SequenceGen<'t> {
         Ok(self.advance(tok, constraint.finished(), room))
     }
 
+    /// Records `tok`, chosen by the caller (speculative decoding's verification), as
+    /// [`step`](Self::step) records a sampled one.
+    pub fn push(&mut self, tok: u32, room: bool) -> Step {
+        self.advance(tok, false, room)
+    }
+
+    /// The token [`step`](Self::step) would sample from `logits`, without recording it.
+    pub fn choose(&mut self, logits: &[f32]) -> Result<u32, SamplerError> {
+        self.sampler.sample(logits, &self.history)
+    }
+
+    /// The distribution [`step`](Self::step) samples from (see
+    /// [`Sampler::distribution`]).
+    pub fn distribution(&mut self, logits: &[f32]) -> Result<Vec<(u32, f64)>, SamplerError> {
+        self.sampler.distribution(logits, &self.history)
+    }
+
+    /// A uniform draw in `[0, 1)` from the sequence's seeded generator.
+    pub fn uniform(&mut self) -> f64 {
+        self.sampler.uniform()
+    }
+
+    /// Whether sampling is greedy (temperature 0).
+    pub fn is_greedy(&self) -> bool {
+        self.sampler.config().temperature == 0.0
+    }
+
+    /// The prompt followed by the tokens generated so far.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Ends the generation early ([`StopReason::Cancelled`]): returns the text held back
+    /// (an incomplete character is dropped; a stop string found in it still ends the text
+    /// before it, as [`StopReason::StopString`]).
+    pub fn cancel(&mut self) -> String {
+        if self.finished.is_some() {
+            return String::new();
+        }
+        let tail = self.decoder.flush().unwrap_or_default();
+        let (mut out, stopped) = self.filter.push(&tail);
+        if stopped {
+            self.finished = Some(StopReason::StopString);
+        } else {
+            out.push_str(&self.filter.finish());
+            self.finished = Some(StopReason::Cancelled);
+        }
+        self.text.push_str(&out);
+        out
+    }
+
     /// Records `tok`; `complete` says the output constraint ends here.
     fn advance(&mut self, tok: u32, complete: bool, room: bool) -> Step {
         self.tokens.push(tok);

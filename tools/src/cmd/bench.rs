@@ -1,6 +1,7 @@
 //! `flashstream bench MODEL --mem SIZE [-n N] [--prompt-len P] [--json]`: in one run, the
 //! device's sequential `O_DIRECT` read bandwidth on the model file, then prompt and decode
-//! speed under the budget, as ratios to what the device allows.
+//! speed under the budget, as ratios to what the device allows. `--parallel` and `--spec`
+//! hand over to `bench_parallel.rs` and `bench_spec.rs`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,8 @@ pub struct Args {
     /// comma-separated list (e.g. 1,2,4,8).
     #[arg(long, value_delimiter = ',')]
     parallel: Vec<usize>,
+    #[command(flatten)]
+    spec: super::bench_spec::BenchSpecArgs,
 }
 
 /// Decode steps and what they read.
@@ -152,6 +155,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             prompt_len: a.prompt_len,
             seed: a.seed,
             json: a.json,
+        });
+    }
+    if a.spec.spec.is_some() {
+        return super::bench_spec::run(super::bench_spec::SpecBench {
+            gguf,
+            model: a.model.clone(),
+            mem: &a.mem,
+            threads: a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            n: a.n,
+            prompt_len: a.prompt_len,
+            seed: a.seed,
+            json: a.json,
+            args: &a.spec,
         });
     }
     let config = ModelConfig::from_model(&gguf)

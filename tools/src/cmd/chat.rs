@@ -15,6 +15,7 @@ use super::common::{
 };
 use flashstream::runtime::chat::Message;
 use flashstream::runtime::generate::{generate, GenerateOptions};
+use flashstream::runtime::speculative::{generate_speculative, Prefixed};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,6 +29,8 @@ pub struct Args {
     /// Most tokens per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
     n_predict: usize,
+    #[command(flatten)]
+    spec: super::spec::SpecArgs,
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -41,16 +44,43 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let gguf = super::open_model(&a.model.model)?;
     let tok = tokenizer(&gguf, &a.model.model)?;
     let template = chat_template(&gguf, &tok);
+    a.spec.validate()?;
+    let wanted = flashstream::scheduler::plan::DEFAULT_CTX;
+    let draft = match &a.spec.draft {
+        Some(p) => Some(super::spec::load_draft(
+            p,
+            &tok,
+            a.model.ctx.unwrap_or(wanted),
+            a.model
+                .threads
+                .unwrap_or_else(|| flashstream::runtime::model::ModelOptions::default().threads),
+        )?),
+        None => None,
+    };
+    let mut model_args = a.model.clone();
+    if let Some(d) = &draft {
+        model_args.mem.mem = Some(super::spec::target_mem(a.model.mem.mem, d.bytes)?);
+    }
     let loaded = build_model(
         gguf,
-        &a.model,
+        &model_args,
         Needs {
             ctx: Some(1),
-            wanted_ctx: Some(flashstream::scheduler::plan::DEFAULT_CTX),
-            logits_rows: 1,
+            wanted_ctx: Some(wanted),
+            logits_rows: a.spec.logits_rows(),
             extra_bytes: tok.heap_bytes() as u64,
         },
     )?;
+    let mut drafter = if a.spec.on() {
+        Some(super::spec::drafter(
+            &a.spec,
+            draft.as_ref(),
+            loaded.model().config().n_vocab,
+            &a.sampling.config(),
+        )?)
+    } else {
+        None
+    };
     let mut session = loaded.session()?;
     let n_ctx = session.n_ctx();
     eprintln!(
@@ -107,11 +137,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
             continue;
         }
-        let out = generate(&mut session, &tok, new, &opts, |ev| {
+        let show = |ev: &flashstream::runtime::generate::TokenEvent<'_>| {
             let _ = stdout.write_all(ev.text.as_bytes());
             let _ = stdout.flush();
             ControlFlow::Continue(())
-        });
+        };
+        let mut spec_stats = None;
+        let out = match drafter.as_mut() {
+            Some(d) => {
+                // The drafter sees the whole conversation, not just this turn's new tokens.
+                let mut p = Prefixed::new(&held, d.as_mut());
+                generate_speculative(
+                    &mut session,
+                    &tok,
+                    new,
+                    &opts,
+                    &a.spec.options(),
+                    &mut p,
+                    show,
+                )
+                .map(|(g, st)| {
+                    spec_stats = Some(st);
+                    g
+                })
+            }
+            None => generate(&mut session, &tok, new, &opts, show),
+        };
         let out = match out {
             Ok(o) => o,
             Err(e) => {
@@ -128,8 +179,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // Every generated token but the last was evaluated.
         held.extend_from_slice(&out.tokens[..out.tokens.len().saturating_sub(1)]);
         messages.push(Message::new("assistant", out.text.trim()));
+        let spec_note = spec_stats.map_or(String::new(), |st| {
+            format!(
+                "; {:.2} tokens per pass, {} of {} proposed accepted",
+                st.tokens_per_pass, st.accepted, st.proposed
+            )
+        });
         eprintln!(
-            "[{} tokens at {:.1}/s; {} of {n_ctx} positions used]",
+            "[{} tokens at {:.1}/s{spec_note}; {} of {n_ctx} positions used]",
             out.stats.generated_tokens,
             out.stats.decode_tokens_per_s,
             session.pos()

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_parallel;
+pub mod bench_spec;
 pub mod chat;
 pub mod common;
 pub mod dump;
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod run;
 pub mod serve;
 pub mod size;
+pub mod spec;
 pub mod template;
 pub mod tokenize;
 

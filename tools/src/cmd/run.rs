@@ -11,8 +11,10 @@ use super::common::{
     build_model, chat_template, render_chat, tokenizer, ModelArgs, Needs, SamplingArgs,
 };
 use super::engine::{describe_plan, stats_json};
+use super::spec::SpecArgs;
 use flashstream::runtime::chat::Message;
 use flashstream::runtime::generate::{generate_constrained, GenerateOptions};
+use flashstream::runtime::speculative::generate_speculative;
 use flashstream::runtime::tokenizer::Tokenizer;
 use flashstream::scheduler::{sysmem, SourceStats};
 use flashstream_structured::{Constraint, Grammar, StructuredVocab};
@@ -53,6 +55,8 @@ pub struct Args {
     /// `%json {..}` embeds a schema).
     #[arg(long, value_name = "FILE")]
     grammar: Option<PathBuf>,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 /// The constraint `--json-schema` / `--grammar` ask for, compiled (so a bad schema fails
@@ -99,15 +103,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt gives no tokens");
     }
+    a.spec.validate()?;
+    if a.spec.on() && (a.json_schema.is_some() || a.grammar.is_some()) {
+        bail!("--lookup/--draft cannot be combined with --json-schema/--grammar yet");
+    }
     let mut constraint = constraint(&a, &tok)?;
     let wanted = prompt.len().saturating_add(a.n_predict);
+    let threads = a
+        .model
+        .threads
+        .unwrap_or_else(|| flashstream::runtime::model::ModelOptions::default().threads);
+    let draft = match &a.spec.draft {
+        Some(p) => Some(super::spec::load_draft(
+            p,
+            &tok,
+            a.model.ctx.unwrap_or(wanted),
+            threads,
+        )?),
+        None => None,
+    };
+    let mut model_args = a.model.clone();
+    if let Some(d) = &draft {
+        model_args.mem.mem = Some(super::spec::target_mem(a.model.mem.mem, d.bytes)?);
+    }
     let loaded = build_model(
         gguf,
-        &a.model,
+        &model_args,
         Needs {
             ctx: Some(prompt.len()),
             wanted_ctx: Some(wanted),
-            logits_rows: 1,
+            logits_rows: a.spec.logits_rows(),
             extra_bytes: tok.heap_bytes() as u64,
         },
     )?;
@@ -129,7 +154,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let dyn_constraint = constraint
         .as_mut()
         .map(|c| c as &mut dyn flashstream::runtime::constraint::LogitsConstraint);
-    let out = generate_constrained(&mut session, &tok, &prompt, &opts, dyn_constraint, |ev| {
+    let on_token = |ev: &flashstream::runtime::generate::TokenEvent<'_>| {
         if s1.is_none() {
             s1 = Some(loaded.stats());
         }
@@ -143,8 +168,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         ControlFlow::Continue(())
-    })
-    .context("generating")?;
+    };
+    let (out, spec_stats) = if a.spec.on() {
+        let n_vocab = loaded.model().config().n_vocab;
+        let mut drafter = super::spec::drafter(&a.spec, draft.as_ref(), n_vocab, &opts.sampler)?;
+        let (g, st) = generate_speculative(
+            &mut session,
+            &tok,
+            &prompt,
+            &opts,
+            &a.spec.options(),
+            drafter.as_mut(),
+            on_token,
+        )
+        .context("generating")?;
+        (g, Some(st))
+    } else {
+        let g = generate_constrained(&mut session, &tok, &prompt, &opts, dyn_constraint, on_token)
+            .context("generating")?;
+        (g, None)
+    };
     if let Some(e) = write_err {
         return Err(e).context("writing to stdout");
     }
@@ -235,6 +278,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 s.generated_tokens.saturating_sub(1) as u64,
                 decode_wall,
             ));
+            if let Some(st) = &spec_stats {
+                obj.insert(
+                    "speculative".into(),
+                    super::spec::stats_json(st, &super::spec::kind(&a.spec)),
+                );
+                obj.insert("tokens_per_pass".into(), st.tokens_per_pass.into());
+                obj.insert("proposed".into(), st.proposed.into());
+                obj.insert("accepted".into(), st.accepted.into());
+                obj.insert("passes".into(), st.passes.into());
+                obj.insert("draft_s".into(), st.draft_s.into());
+                if let Some(d) = &draft {
+                    obj.insert("draft_bytes".into(), d.bytes.into());
+                }
+            }
             let p = loaded.model().prediction_stats().since(&p0);
             if p.actual > 0 {
                 // Of the experts routed to, the share the previous layer had predicted.
@@ -246,6 +303,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     } else {
         if !out.text.ends_with('\n') {
             writeln!(stdout).context("writing to stdout")?;
+        }
+        if let Some(st) = &spec_stats {
+            eprintln!(
+                "[speculative ({}): {:.2} tokens per pass, {} of {} proposed accepted over {} passes, drafting {:.3} s]",
+                super::spec::kind(&a.spec),
+                st.tokens_per_pass,
+                st.accepted,
+                st.proposed,
+                st.passes,
+                st.draft_s
+            );
         }
         eprintln!(
             "[{} prompt tokens at {:.1}/s, {} generated at {:.1}/s, first token after {:.3} s, stop: {}]",
