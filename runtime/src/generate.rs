@@ -55,6 +55,13 @@ pub enum GenerateError {
         /// Context length.
         n_ctx: usize,
     },
+    /// Speculative decoding needs to take back rejected positions, which the model's
+    /// recurrent (linear-attention) layers cannot do.
+    #[error("speculative decoding is not available for {arch} models: their recurrent layers cannot take back rejected tokens; run without --lookup/--draft (a {arch} model can still be a draft model)")]
+    CannotRollBack {
+        /// The model's architecture.
+        arch: String,
+    },
 }
 
 /// What to generate.

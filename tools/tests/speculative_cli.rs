@@ -181,3 +181,14 @@ fn bench_spec_compares_with_plain_decoding_in_one_run() {
     let out = run(&["bench", &m, "--spec", "nonsense"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("lookup or draft:MODEL"));
 }
+
+#[test]
+fn speculation_on_a_recurrent_model_is_a_clear_error() {
+    // Qwen3.5's linear-attention layers cannot take back rejected tokens.
+    let model = testdata("rand-qwen35-q8.gguf");
+    let out = run(&["run", &model, "-p", "hi", "-n", "4", "--lookup"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recurrent layers cannot take back"), "{err}");
+    assert!(err.contains("--lookup"), "{err}");
+}

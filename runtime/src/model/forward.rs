@@ -316,6 +316,7 @@ impl<'m> Session<'m> {
     /// the position the session now continues from. A model with linear-attention layers
     /// cannot take back tokens folded into its recurrent state: going back forgets
     /// everything and returns 0 (the caller evaluates the whole sequence again).
+    #[must_use = "a recurrent model may continue from 0, not from `pos`"]
     pub fn truncate(&mut self, pos: usize) -> usize {
         if pos < self.pos && self.rec.is_some() {
             self.reset();

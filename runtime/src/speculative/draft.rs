@@ -101,7 +101,8 @@ impl Drafter for DraftModel<'_> {
             .take_while(|(a, b)| a == b)
             .count()
             .min(history.len() - 1);
-        self.session.truncate(common);
+        // A model with recurrent layers cannot go back: it starts over from 0.
+        let common = self.session.truncate(common);
         self.fed.truncate(common);
         let mut logits = self.session.eval(&history[common..], LogitsWanted::Last)?;
         self.fed.extend_from_slice(&history[common..]);

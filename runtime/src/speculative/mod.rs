@@ -190,6 +190,11 @@ where
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
+    if session.recurrent_state().is_some() {
+        return Err(GenerateError::CannotRollBack {
+            arch: session.model().config().arch.to_string(),
+        });
+    }
     let n_ctx = session.n_ctx();
     if session.pos() + prompt.len() > n_ctx {
         return Err(GenerateError::PromptTooLong {
@@ -306,7 +311,8 @@ where
         // Keep the pending token and the kept proposals; forget the rejected positions. As
         // in plain decoding, the last token emitted is not in the cache: when generation
         // ended on a kept proposal, its position is forgotten too.
-        session.truncate(pos0 + 1 + kept - usize::from(ended_on_draft));
+        // (Models with recurrent layers were refused above, so the cache goes back exactly.)
+        let _ = session.truncate(pos0 + 1 + kept - usize::from(ended_on_draft));
     }
     let tokens = seq.tokens().to_vec();
     let decode_s = if tokens.is_empty() {
