@@ -3,6 +3,10 @@
 //! thread-local last-error message. The header `include/flashstream.h` is generated from this
 //! crate by cbindgen (see `tests/header.rs`).
 //!
+//! One file (about 900 lines) on purpose: every exported `extern "C"` function is here, in the
+//! order of the generated header, so the whole C surface reviews as one list; handles, errors
+//! and conversions live in their own modules.
+//!
 //! Rules every function follows: no panic crosses the boundary (a caught one is
 //! `FLASHSTREAM_ERR_INTERNAL`); NULL pointers, freed or made-up handles, invalid UTF-8 and
 //! out-of-range values are error codes; strings the library returns are either written into

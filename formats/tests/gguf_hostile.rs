@@ -1,6 +1,9 @@
 //! Hostile GGUF input: hand-built files for each error the reader reports, truncation at every
 //! length, random mutations and huge counts. Nothing may panic, and no allocation may be much
 //! larger than the input (checked with a tracking global allocator).
+//!
+//! One file (about 1000 lines) on purpose: one test per reader error, sharing the hand-built
+//! file helpers and the tracking allocator, which must be the test binary's only global one.
 
 mod common;
 

@@ -1,5 +1,8 @@
 //! aarch64 NEON kernels, with an `sdot` (ARMv8.2 dotprod) variant of every integer dot.
 //!
+//! One file (about 950 lines) on purpose: the NEON family reads best whole, like the scalar
+//! reference it mirrors (each type's kernel beside its siblings, one `I8Dot` abstraction).
+//!
 //! NEON itself is part of the aarch64 baseline, so the plain kernels run on every aarch64 CPU.
 //! The dotprod kernels are compiled with `#[target_feature(enable = "dotprod")]` and are only
 //! ever entered after [`std::arch::is_aarch64_feature_detected!`] said yes (checked in the safe

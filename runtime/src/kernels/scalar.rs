@@ -1,5 +1,9 @@
 //! Scalar reference kernels: dequantization, activation quantization and dot products.
 //!
+//! This file is long (about 1100 lines) on purpose: it is the one reference every SIMD family
+//! is tested against, and each weight type's dequantizer, quantizer and dot sit beside their
+//! siblings so that a difference in operation order is visible in one read.
+//!
 //! Every function here computes what ggml's portable C code computes, in the same order:
 //! - `dequantize_row` follows ggml's `dequantize_row_*` (f16 scales converted exactly to f32,
 //!   products formed in the same order, e.g. Q4_K is `(d*sc)*q - dmin*m`), so it is bit-exact
