@@ -71,8 +71,25 @@ fn inspect_json_describes_every_test_model() {
             tensors.len() as u64,
             j["totals"]["tensors"].as_u64().unwrap()
         );
-        // 4 layers; token_embd first, output last (layer order).
-        assert_eq!(j["config"]["n_layer"].as_u64(), Some(4));
+        // 4 layers (8 for the Qwen3.5 hybrids, whose attention comes every 4th), every one with
+        // tensors (glm4moe adds a NextN layer the config leaves out); token_embd first, output
+        // last (layer order).
+        let layers: std::collections::BTreeSet<u64> = tensors
+            .iter()
+            .filter_map(|t| {
+                t["name"]
+                    .as_str()?
+                    .strip_prefix("blk.")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let n_layer = j["config"]["n_layer"].as_u64().unwrap();
+        let want = if arch.starts_with("qwen35") { 8 } else { 4 };
+        assert_eq!(n_layer, want, "{m:?}");
+        assert!(layers.len() as u64 >= n_layer, "{m:?}: {layers:?}");
         assert_eq!(tensors[0]["name"], "token_embd.weight");
         assert!(tensors.last().unwrap()["name"]
             .as_str()
