@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use flashstream_formats::gguf::GgufModel;
-use flashstream_runtime::model::{LogitsWanted, Model, ModelOptions, MultiPass, SeqInput};
+use flashstream_runtime::model::{
+    LogitsWanted, Model, ModelOptions, MultiPass, RowLogits, SeqInput,
+};
 use flashstream_scheduler::ResidentSource;
 
 fn workspace() -> PathBuf {
@@ -101,7 +103,7 @@ fn check(path: PathBuf) {
             .map(|(i, s)| SeqInput {
                 session: s,
                 tokens: &next[i],
-                want_logits: true,
+                want_logits: RowLogits::Last,
             })
             .collect();
         let out = multi.eval(&model, &mut inputs).unwrap();
@@ -175,14 +177,14 @@ fn shared_pass_refuses_bad_input() {
     let mut inputs = [SeqInput {
         session: &mut s,
         tokens: &toks,
-        want_logits: true,
+        want_logits: RowLogits::Last,
     }];
     let e = multi.eval(&model, &mut inputs).unwrap_err();
     assert!(e.to_string().contains("context full"), "{e}");
     let mut inputs = [SeqInput {
         session: &mut s,
         tokens: &[],
-        want_logits: true,
+        want_logits: RowLogits::Last,
     }];
     assert!(multi.eval(&model, &mut inputs).is_err());
     assert_eq!(s.pos(), 0);
