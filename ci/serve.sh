@@ -5,6 +5,7 @@
 #     completions, concurrent requests equal to the same alone, 4xx cases, tokenize, metrics;
 #     structured output (12 JSON schemas validated with `jsonschema`, json_object, Lark
 #     grammars, 400 for schemas that do not compile) and the frequency/presence penalties;
+#     prompt-lookup speculative requests equal to plain ones (also at --parallel 1);
 #  2. a bounded load test (32 concurrent requests, all complete or get 503) with the server in
 #     a memory cgroup of its budget + 64 MiB: nothing may be killed;
 #  3. the chat page in Debian's headless chromium: it sends a message and shows streamed text.
@@ -83,6 +84,11 @@ if command -v chromium > /dev/null && [ -d "$node_dir/node_modules/playwright-co
 else
   skip "chromium, node or playwright-core is missing (apt-get install chromium nodejs npm)"
 fi
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+
+echo "==> speculative requests at --parallel 1"
+start "$work/serve1p.log" "$bin" serve "$model" --mem 256MiB --port 0 --parallel 1 --ctx 512
+"$py" ci/serve_test.py "$url" "$id" "$work/ref.json" speculative
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
 echo "==> load test in a memory cgroup of budget + 64 MiB"
