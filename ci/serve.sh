@@ -5,6 +5,7 @@
 #     completions, concurrent requests equal to the same alone, 4xx cases, tokenize, metrics;
 #     structured output (12 JSON schemas validated with `jsonschema`, json_object, Lark
 #     grammars, 400 for schemas that do not compile) and the frequency/presence penalties;
+#     prompt-lookup speculative requests equal to plain ones (also at --parallel 1);
 #  2. a bounded load test (32 concurrent requests, all complete or get 503) with the server in
 #     a memory cgroup of its budget + 64 MiB: nothing may be killed;
 #  3. the chat page in Debian's headless chromium: it sends a message and shows streamed text.
@@ -83,6 +84,20 @@ if command -v chromium > /dev/null && [ -d "$node_dir/node_modules/playwright-co
 else
   skip "chromium, node or playwright-core is missing (apt-get install chromium nodejs npm)"
 fi
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+
+echo "==> speculative requests at --parallel 1"
+start "$work/serve1p.log" "$bin" serve "$model" --mem 256MiB --port 0 --parallel 1 --ctx 512
+"$py" ci/serve_test.py "$url" "$id" "$work/ref.json" speculative
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
+# A model with recurrent layers cannot take back rejected tokens: a 400 naming the field.
+start "$work/serve1q.log" "$bin" serve testdata/models/rand-qwen35-q8.gguf --mem 64MiB --port 0 --parallel 1 --ctx 128
+out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"prompt": [1, 2, 3], "max_tokens": 4, "speculative": "lookup"}')
+case "$out" in
+  *'"param":"speculative"'*' 400') echo "ok: speculative on a recurrent model is a 400 naming it" ;;
+  *) echo "FAIL: speculative on a recurrent model: $out"; exit 1 ;;
+esac
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
 echo "==> load test in a memory cgroup of budget + 64 MiB"

@@ -1,6 +1,6 @@
 """Client tests of `flashstream serve` with the real `openai` package (see ci/serve.sh).
 
-Usage: serve_test.py BASE_URL MODEL_ID REFERENCE_JSON
+Usage: serve_test.py BASE_URL MODEL_ID REFERENCE_JSON [speculative]
 REFERENCE_JSON: {"system", "prompt", "max_tokens", "text"} from `flashstream run --chat --temp 0`.
 Loopback only; every request has a timeout.
 """
@@ -30,6 +30,68 @@ def check(cond, what):
         print("FAIL:", what)
         failures.append(what)
 
+
+# Speculative decoding by prompt lookup (the `speculative` extension): greedy output equals the
+# plain output token for token, alone and sharing passes with a plain request, stream and not;
+# the prompt asks to copy code, so lookup proposes and some proposals are kept.
+def speculative_checks():
+    """Speculative requests against plain ones (the whole run with `speculative` as 4th argument)."""
+    CODE = ("def scale(values, factor):\n    out = []\n    for v in values:\n        out.append(v * factor)\n"
+            "    return out\n\n\ndef total(values):\n    s = 0\n    for v in values:\n        s += v\n    return s\n")
+    spec_msgs = [{"role": "user", "content": "Repeat this code exactly:\n" + CODE}]
+
+    def spec_chat(spec, stream=False, messages=spec_msgs, max_tokens=64):
+        """A greedy chat (with `speculative` when given); returns (text, finish_reason, timings)."""
+        extra = {"speculative": spec} if spec is not None else {}
+        if stream:
+            chunks = list(client.chat.completions.create(model=model_id, messages=messages, temperature=0,
+                                                         max_tokens=max_tokens, stream=True, extra_body=extra))
+            last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+            return ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices), last.choices[0].finish_reason,
+                    (last.model_extra or {}).get("timings", {}))
+        r = client.chat.completions.create(model=model_id, messages=messages, temperature=0, max_tokens=max_tokens,
+                                           extra_body=extra)
+        return r.choices[0].message.content, r.choices[0].finish_reason, (r.model_extra or {}).get("timings", {})
+
+    plain = spec_chat(None)
+    spec = spec_chat("lookup")
+    sp = spec[2].get("speculative", {})
+    check(spec[:2] == plain[:2], f"speculative greedy chat equals plain ({spec[0]!r} vs {plain[0]!r})")
+    check(sp.get("accepted", 0) > 0 and sp["proposed"] >= sp["accepted"] and sp["tokens_per_pass"] > 1,
+          f"lookup proposals are kept ({sp})")
+    check("speculative" not in plain[2], "a plain request reports no speculative timings")
+    streamed = spec_chat({"type": "lookup", "k": 4, "ngram": 2}, stream=True)
+    check(streamed[:2] == plain[:2] and streamed[2].get("speculative", {}).get("k") == 4,
+          f"streamed speculative chat (k 4, 2-grams) equals plain ({streamed[0]!r})")
+    other = [{"role": "user", "content": "Write a haiku about the sea."}]
+    other_plain = spec_chat(None, messages=other, max_tokens=32)
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        fs = ex.submit(spec_chat, "lookup", True)
+        fo = ex.submit(spec_chat, None, False, other, 32)
+        both = (fs.result(), fo.result())
+    check(both[0][:2] == plain[:2] and both[1][:2] == other_plain[:2],
+          "a speculative and a plain request sharing passes each equal their output alone")
+    cp = client.completions.create(model=model_id, prompt=CODE + "\n" + CODE[:40], max_tokens=40, temperature=0)
+    cs = client.completions.create(model=model_id, prompt=CODE + "\n" + CODE[:40], max_tokens=40, temperature=0,
+                                   extra_body={"speculative": "lookup"})
+    check(cs.choices[0].text == cp.choices[0].text and (cs.model_extra or {})["timings"]["speculative"]["accepted"] > 0,
+          f"speculative completion equals plain ({cs.choices[0].text!r})")
+    metrics_text = request("GET", "/metrics").text
+    check(re.search(r"^flashstream_speculative_accepted_tokens_total [1-9]", metrics_text, re.M) is not None,
+          "/metrics counts accepted speculative tokens")
+
+
+def report():
+    if failures:
+        print(f"{len(failures)} failures")
+        sys.exit(1)
+    print("all client tests passed")
+
+
+if sys.argv[4:] == ["speculative"]:
+    speculative_checks()
+    report()
+    sys.exit(0)
 
 # Models list.
 models = client.models.list()
@@ -76,6 +138,8 @@ with concurrent.futures.ThreadPoolExecutor(4) as ex:
         model=model_id, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=24).choices[0].message.content, prompts))
 check(together == alone, "concurrent greedy requests equal the same requests alone")
 
+speculative_checks()
+
 # Errors: OpenAI's shape and status.
 def status_of(fn):
     try:
@@ -98,6 +162,13 @@ st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messa
 check(st == 400, f"empty messages is 400 ({msg})")
 st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, temperature=-1))
 check(st == 400, f"negative temperature is 400 ({msg})")
+for bad, what in [("medusa", "unknown type"), ({"type": "lookup", "k": 0}, "k 0"), ({"k": 4}, "no type"),
+                  ({"type": "lookup", "depth": 2}, "unknown field"), (3, "a number")]:
+    st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, extra_body={"speculative": bad}))
+    check(st == 400 and "speculative" in msg, f"speculative {what} is a 400 naming it ({msg})")
+st, msg = status_of(lambda: client.chat.completions.create(model=model_id, messages=msgs, response_format={"type": "json_object"},
+                                                           extra_body={"speculative": "lookup"}))
+check(st == 400 and "speculative" in msg and "structured" in msg, f"speculative with structured output is a 400 ({msg})")
 resp = request("POST", "/v1/chat/completions", raw=b"{not json")
 body = resp.json()
 check(resp.status_code == 400 and set(body["error"]) >= {"message", "type", "code"}, "malformed JSON is a 400 in OpenAI's shape")
@@ -274,7 +345,4 @@ page = request("GET", "/")
 check(page.status_code == 200 and "/v1/chat/completions" in page.text and "http" not in page.text.split("<script>")[1].replace("//", ""),
       "chat page served, no external resources")
 
-if failures:
-    print(f"{len(failures)} failures")
-    sys.exit(1)
-print("all client tests passed")
+report()

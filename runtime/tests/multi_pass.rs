@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use flashstream_formats::gguf::GgufModel;
-use flashstream_runtime::model::{LogitsWanted, Model, ModelOptions, MultiPass, SeqInput};
+use flashstream_runtime::model::{
+    LogitsWanted, Model, ModelOptions, MultiPass, RowLogits, SeqInput,
+};
 use flashstream_scheduler::ResidentSource;
 
 fn workspace() -> PathBuf {
@@ -101,7 +103,7 @@ fn check(path: PathBuf) {
             .map(|(i, s)| SeqInput {
                 session: s,
                 tokens: &next[i],
-                want_logits: true,
+                want_logits: RowLogits::Last,
             })
             .collect();
         let out = multi.eval(&model, &mut inputs).unwrap();
@@ -175,15 +177,71 @@ fn shared_pass_refuses_bad_input() {
     let mut inputs = [SeqInput {
         session: &mut s,
         tokens: &toks,
-        want_logits: true,
+        want_logits: RowLogits::Last,
     }];
     let e = multi.eval(&model, &mut inputs).unwrap_err();
     assert!(e.to_string().contains("context full"), "{e}");
     let mut inputs = [SeqInput {
         session: &mut s,
         tokens: &[],
-        want_logits: true,
+        want_logits: RowLogits::Last,
     }];
     assert!(multi.eval(&model, &mut inputs).is_err());
     assert_eq!(s.pos(), 0);
+}
+
+/// A sequence wanting every row's logits (speculative verification) beside one wanting its
+/// last row and one wanting none: each gets, bit for bit, what it gets alone.
+#[test]
+fn every_row_logits_equal_the_sequence_alone() {
+    for name in ["rand-llama-q4_0.gguf", "rand-qwen3moe-q4km.gguf"] {
+        let model = load(&workspace().join("testdata/models").join(name));
+        let nv = model.config().n_vocab;
+        let (pa, pb, pc) = (prompt(9, 1, nv), prompt(5, 2, nv), prompt(4, 3, nv));
+        let (ta, tb, tc) = (prompt(6, 4, nv), prompt(1, 5, nv), prompt(3, 6, nv));
+        let mut alone_a = model.session(64).unwrap();
+        alone_a.eval(&pa, LogitsWanted::Last).unwrap();
+        let want_a = alone_a.eval(&ta, LogitsWanted::All).unwrap();
+        let mut alone_b = model.session(64).unwrap();
+        alone_b.eval(&pb, LogitsWanted::Last).unwrap();
+        let want_b = alone_b.eval(&tb, LogitsWanted::Last).unwrap();
+
+        let mut sa = model.session(64).unwrap();
+        let mut sb = model.session(64).unwrap();
+        let mut sc = model.session(64).unwrap();
+        sa.eval(&pa, LogitsWanted::Last).unwrap();
+        sb.eval(&pb, LogitsWanted::Last).unwrap();
+        sc.eval(&pc, LogitsWanted::Last).unwrap();
+        let mut multi = MultiPass::new();
+        let mut inputs = [
+            SeqInput {
+                session: &mut sa,
+                tokens: &ta,
+                want_logits: RowLogits::All,
+            },
+            SeqInput {
+                session: &mut sb,
+                tokens: &tb,
+                want_logits: RowLogits::Last,
+            },
+            SeqInput {
+                session: &mut sc,
+                tokens: &tc,
+                want_logits: RowLogits::None,
+            },
+        ];
+        let out = multi.eval(&model, &mut inputs).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let got_a = out[0].as_deref().expect("every row was wanted");
+        assert_eq!(got_a.len(), ta.len() * nv, "{name}: one row per token");
+        assert_eq!(
+            bits(got_a),
+            bits(&want_a),
+            "{name}: every-row logits differ"
+        );
+        let got_b = out[1].as_deref().expect("the last row was wanted");
+        assert_eq!(bits(got_b), bits(&want_b), "{name}: last-row logits differ");
+        assert!(out[2].is_none(), "{name}: no logits were wanted");
+        assert_eq!(sc.pos(), pc.len() + tc.len());
+    }
 }

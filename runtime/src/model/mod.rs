@@ -24,7 +24,7 @@ use flashstream_scheduler::{UnitId, WeightSource};
 use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
 pub use forward::{LogitsWanted, RecurrentState, Session};
-pub use multi::{MultiPass, SeqInput};
+pub use multi::{MultiPass, RowLogits, SeqInput};
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]

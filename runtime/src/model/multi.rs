@@ -21,9 +21,20 @@ pub struct SeqInput<'a, 'm> {
     pub session: &'a mut Session<'m>,
     /// The tokens it adds at its next positions (at least one).
     pub tokens: &'a [u32],
-    /// Whether the logits of its last token are wanted (a prompt chunk before the last needs
-    /// none).
-    pub want_logits: bool,
+    /// Which rows' logits are wanted (a prompt chunk before the last needs none; a
+    /// speculative verification needs every row).
+    pub want_logits: RowLogits,
+}
+
+/// Which logits a [`SeqInput`] wants back from a shared pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLogits {
+    /// None.
+    None,
+    /// Its last token's (`n_vocab` values).
+    Last,
+    /// Every token's, row after row (`tokens.len() * n_vocab` values).
+    All,
 }
 
 /// Scratch of shared passes (reused across calls; sized by the largest pass seen).
@@ -63,7 +74,8 @@ impl MultiPass {
     }
 
     /// Runs every input's tokens through the model in one pass and returns, per input, the
-    /// logits of its last token (`n_vocab` values) when wanted (`None` otherwise). Every
+    /// logits it wants (its last token's, or every token's row after row; `None` when it
+    /// wants none). Every
     /// session must belong to `model`; together they may add at most the model's
     /// `max_batch` tokens. On error no session advances.
     pub fn eval(
@@ -195,24 +207,31 @@ impl MultiPass {
             inputs[0].session.finish_layer(s, il, &lease, n)?;
         }
 
-        // Output head on the last row of each input whose logits are wanted.
-        let wanted: Vec<usize> = (0..inputs.len())
-            .filter(|&i| inputs[i].want_logits)
+        // Output head on the rows whose logits are wanted, each row's arithmetic its own.
+        let rows: Vec<(usize, usize)> = (0..inputs.len())
+            .filter_map(|i| match inputs[i].want_logits {
+                RowLogits::None => None,
+                RowLogits::Last => Some((i, ranges[i].1 - 1)),
+                RowLogits::All => Some((i, ranges[i].0)),
+            })
+            .flat_map(|(i, from)| (from..ranges[i].1).map(move |r| (i, r)))
             .collect();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
-        if wanted.is_empty() {
+        if rows.is_empty() {
             return Ok(out);
         }
-        // The wanted rows move to the front of `s.x` (no longer needed after the last layer).
-        for (j, &i) in wanted.iter().enumerate() {
-            let last = ranges[i].1 - 1;
-            s.x.copy_within(last * e..(last + 1) * e, j * e);
+        // The wanted rows move to the front of `s.x` (no longer needed after the last layer);
+        // rows only move towards the front, in order, so none is overwritten before it moves.
+        for (j, &(_, r)) in rows.iter().enumerate() {
+            s.x.copy_within(r * e..(r + 1) * e, j * e);
         }
-        s.x.truncate(wanted.len() * e);
+        s.x.truncate(rows.len() * e);
         output_head(m, s, 0)?;
-        let nv = s.tmp.len() / wanted.len();
-        for (j, &i) in wanted.iter().enumerate() {
-            out[i] = Some(s.tmp[j * nv..(j + 1) * nv].to_vec());
+        let nv = s.tmp.len() / rows.len();
+        for (j, &(i, _)) in rows.iter().enumerate() {
+            out[i]
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(&s.tmp[j * nv..(j + 1) * nv]);
         }
         Ok(out)
     }

@@ -170,6 +170,76 @@ fn per_s(n: usize, s: f64) -> f64 {
     }
 }
 
+/// What one verification pass decided ([`verify_pass`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Proposed tokens kept.
+    pub kept: usize,
+    /// The generation ended (a stop condition, or the emit callback said so).
+    pub done: bool,
+    /// The position to cut the session's cache back to ([`Session::truncate`]): the pending
+    /// token and the kept proposals stay; as in plain decoding, the last token emitted is not
+    /// in the cache (when generation ended on a kept proposal, its position goes too).
+    pub keep_pos: usize,
+}
+
+/// Verifies one pass: `logits` holds one row of `n_vocab` per evaluated token (the pending
+/// token at position `pos0`, then each of `proposal`'s tokens). Walking the rows in order,
+/// each proposal is checked against the target's choice there (greedy: equality; sampling:
+/// the rule of [`accept`]); every emitted token (the kept proposals, then the target's own
+/// token at the first rejection, or one more after the last row when all are kept) is pushed
+/// to `seq` and handed to `emit`, which returns true to end the generation. The caller then
+/// truncates the session to [`Verified::keep_pos`].
+pub fn verify_pass(
+    seq: &mut SequenceGen<'_>,
+    logits: &[f32],
+    n_vocab: usize,
+    proposal: &Proposal,
+    pos0: usize,
+    n_ctx: usize,
+    mut emit: impl FnMut(&mut SequenceGen<'_>, Step) -> bool,
+) -> Result<Verified, SamplerError> {
+    let drafts = &proposal.tokens;
+    let greedy = seq.is_greedy();
+    let mut kept = 0;
+    let mut done = false;
+    let mut ended_on_draft = false;
+    for i in 0..=drafts.len() {
+        let row = &logits[i * n_vocab..(i + 1) * n_vocab];
+        let room = pos0 + i + 1 < n_ctx;
+        let (tok, accepted) = if i == drafts.len() {
+            (seq.choose(row)?, false)
+        } else if greedy {
+            let t = seq.choose(row)?;
+            (t, t == drafts[i])
+        } else {
+            let p = seq.distribution(row)?;
+            let q = proposal.dists.as_ref().map(|d| d[i].as_slice());
+            match accept::verify(&p, q, drafts[i], || seq.uniform()) {
+                accept::Verdict::Accept => (drafts[i], true),
+                accept::Verdict::Reject(t) => (t, false),
+            }
+        };
+        let step = seq.push(tok, room);
+        if accepted {
+            kept += 1;
+        }
+        if emit(seq, step) {
+            done = true;
+            ended_on_draft = accepted;
+            break;
+        }
+        if !accepted {
+            break;
+        }
+    }
+    Ok(Verified {
+        kept,
+        done,
+        keep_pos: pos0 + 1 + kept - usize::from(ended_on_draft),
+    })
+}
+
 /// [`crate::generate::generate`] with speculative decoding: `drafter` proposes up to
 /// `spec.k` tokens per step, verified in one pass. Greedy output is the plain one token for
 /// token; sampled output has the plain distribution.
@@ -275,44 +345,13 @@ where
         let logits = session.eval(&input, LogitsWanted::All)?;
         stats.passes += 1;
         stats.proposed += drafts.len();
-        let greedy = seq.is_greedy();
-        let mut kept = 0;
-        let mut ended_on_draft = false;
-        for i in 0..=drafts.len() {
-            let row = &logits[i * n_vocab..(i + 1) * n_vocab];
-            let room = pos0 + i + 1 < n_ctx;
-            let (tok, accepted) = if i == drafts.len() {
-                (seq.choose(row)?, false)
-            } else if greedy {
-                let t = seq.choose(row)?;
-                (t, t == drafts[i])
-            } else {
-                let p = seq.distribution(row)?;
-                let q = proposal.dists.as_ref().map(|d| d[i].as_slice());
-                match accept::verify(&p, q, drafts[i], || seq.uniform()) {
-                    accept::Verdict::Accept => (drafts[i], true),
-                    accept::Verdict::Reject(t) => (t, false),
-                }
-            };
-            let step = seq.push(tok, room);
-            if accepted {
-                kept += 1;
-            }
-            if emit(&mut seq, step) {
-                done = true;
-                ended_on_draft = accepted;
-                break;
-            }
-            if !accepted {
-                break;
-            }
-        }
-        stats.accepted += kept;
-        // Keep the pending token and the kept proposals; forget the rejected positions. As
-        // in plain decoding, the last token emitted is not in the cache: when generation
-        // ended on a kept proposal, its position is forgotten too.
+        let v = verify_pass(
+            &mut seq, &logits, n_vocab, &proposal, pos0, n_ctx, &mut emit,
+        )?;
+        stats.accepted += v.kept;
+        done = v.done;
         // (Models with recurrent layers were refused above, so the cache goes back exactly.)
-        let _ = session.truncate(pos0 + 1 + kept - usize::from(ended_on_draft));
+        let _ = session.truncate(v.keep_pos);
     }
     let tokens = seq.tokens().to_vec();
     let decode_s = if tokens.is_empty() {

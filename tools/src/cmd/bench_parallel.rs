@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::engine::{describe_plan, MemArgs};
 use flashstream::formats::GgufModel;
-use flashstream::runtime::model::{MultiPass, SeqInput, Session};
+use flashstream::runtime::model::{MultiPass, RowLogits, SeqInput, Session};
 use flashstream::scheduler::fmt_bytes;
 use flashstream::{Engine, EngineOptions};
 
@@ -99,7 +99,7 @@ pub fn run(a: ParallelArgs<'_>) -> anyhow::Result<()> {
                 .map(|(i, s)| SeqInput {
                     session: s,
                     tokens: &prompts[i],
-                    want_logits: true,
+                    want_logits: RowLogits::Last,
                 })
                 .collect();
             for l in multi.eval(model, &mut inputs)? {
@@ -116,7 +116,7 @@ pub fn run(a: ParallelArgs<'_>) -> anyhow::Result<()> {
                 .map(|(s, t)| SeqInput {
                     session: s,
                     tokens: t,
-                    want_logits: true,
+                    want_logits: RowLogits::Last,
                 })
                 .collect();
             let out = multi.eval(model, &mut inputs)?;

@@ -41,7 +41,27 @@ pub struct GenRequest {
     pub include_usage: bool,
     /// What the output must fit (`response_format` or the `grammar` extension), if anything.
     pub grammar: Option<Grammar>,
+    /// Prompt-lookup speculative decoding (the `speculative` extension), if asked for.
+    pub speculative: Option<SpecRequest>,
 }
+
+/// The `speculative` extension: `"lookup"`, or `{"type": "lookup", "k": K, "ngram": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecRequest {
+    /// Most tokens proposed per pass.
+    pub k: usize,
+    /// Longest n-gram matched (down to 1).
+    pub ngram: usize,
+}
+
+impl Default for SpecRequest {
+    fn default() -> Self {
+        SpecRequest { k: 8, ngram: 3 }
+    }
+}
+
+/// Longest n-gram a request may ask prompt lookup to match.
+const MAX_NGRAM: u64 = 16;
 
 /// Parameters both endpoints take (and those taken only with their default value).
 const COMMON: &[&str] = &[
@@ -66,6 +86,7 @@ const COMMON: &[&str] = &[
     "logit_bias",
     "response_format",
     "grammar",
+    "speculative",
 ];
 const CHAT_ONLY: &[&str] = &[
     "messages",
@@ -306,6 +327,14 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<GenRequest, ApiError> {
         return Err(ApiError::unsupported("suffix", "(no insertion)"));
     }
     let grammar = grammar(&o)?;
+    let speculative = speculative(o.get("speculative"))?;
+    if speculative.is_some() && grammar.is_some() {
+        return Err(ApiError::param(
+            "speculative",
+            "'speculative' cannot be combined with structured output ('response_format' or \
+             'grammar'): drop one of them",
+        ));
+    }
     if boolean(&o, "parallel_tool_calls")? == Some(true) {
         return Err(ApiError::unsupported("parallel_tool_calls", "(no tools)"));
     }
@@ -409,7 +438,76 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<GenRequest, ApiError> {
         stream,
         include_usage,
         grammar,
+        speculative,
     })
+}
+
+/// The `speculative` extension: `null`/absent (off), `"lookup"`, or an object
+/// `{"type": "lookup", "k": 1..=48, "ngram": 1..=16}` (both optional).
+fn speculative(v: Option<&Value>) -> Result<Option<SpecRequest>, ApiError> {
+    let bad_type = |t: &str| {
+        ApiError::param(
+            "speculative",
+            format!(
+                "unknown speculative type '{t}': the server drafts by prompt lookup, \
+                     \"speculative\": \"lookup\""
+            ),
+        )
+    };
+    let o = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(t)) if t == "lookup" => return Ok(Some(SpecRequest::default())),
+        Some(Value::String(t)) => return Err(bad_type(t)),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(ApiError::param(
+                "speculative",
+                "'speculative' must be \"lookup\" or an object {\"type\": \"lookup\", \"k\": K, \"ngram\": N}",
+            ))
+        }
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "k" | "ngram"))
+    {
+        return Err(ApiError::param(
+            "speculative",
+            format!("unknown field 'speculative.{k}' (known: type, k, ngram)"),
+        ));
+    }
+    match o.get("type") {
+        Some(Value::String(t)) if t == "lookup" => {}
+        Some(Value::String(t)) => return Err(bad_type(t)),
+        _ => {
+            return Err(ApiError::param(
+                "speculative",
+                "'speculative.type' is required: \"lookup\"",
+            ))
+        }
+    }
+    let d = SpecRequest::default();
+    let max_k = flashstream::runtime::speculative::MAX_SPEC_K as u64;
+    let k = match uint(o, "k")? {
+        None => d.k,
+        Some(k) if (1..=max_k).contains(&k) => k as usize,
+        Some(k) => {
+            return Err(ApiError::param(
+                "speculative",
+                format!("'speculative.k' is {k}; it must be in 1..={max_k}"),
+            ))
+        }
+    };
+    let ngram = match uint(o, "ngram")? {
+        None => d.ngram,
+        Some(n) if (1..=MAX_NGRAM).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::param(
+                "speculative",
+                format!("'speculative.ngram' is {n}; it must be in 1..={MAX_NGRAM}"),
+            ))
+        }
+    };
+    Ok(Some(SpecRequest { k, ngram }))
 }
 
 /// The output constraint of `response_format` and the `grammar` extension (a Lark grammar in

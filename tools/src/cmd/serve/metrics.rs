@@ -32,6 +32,9 @@ pub struct Metrics {
     compile_ns: AtomicU64,
     /// f64 bits: seconds building the token trie (once, at the first constrained request).
     vocab_s: AtomicU64,
+    /// Tokens proposed by speculative (prompt-lookup) sequences, and those kept.
+    spec_proposed: AtomicU64,
+    spec_accepted: AtomicU64,
 }
 
 fn ns(s: f64) -> u64 {
@@ -54,6 +57,11 @@ impl Metrics {
         self.mask_ns.fetch_add(ns(mask_s), Ordering::Relaxed);
         self.commit_ns.fetch_add(ns(commit_s), Ordering::Relaxed);
         self.compile_ns.fetch_add(ns(compile_s), Ordering::Relaxed);
+    }
+
+    pub fn add_speculative(&self, proposed: u64, accepted: u64) {
+        self.spec_proposed.fetch_add(proposed, Ordering::Relaxed);
+        self.spec_accepted.fetch_add(accepted, Ordering::Relaxed);
     }
 
     pub fn set_vocab_s(&self, s: f64) {
@@ -147,6 +155,18 @@ impl Metrics {
             "gauge",
             "Sequences being generated.",
             g(&self.active).to_string(),
+        );
+        line(
+            "speculative_proposed_tokens_total",
+            "counter",
+            "Tokens proposed by prompt lookup for speculative requests.",
+            g(&self.spec_proposed).to_string(),
+        );
+        line(
+            "speculative_accepted_tokens_total",
+            "counter",
+            "Proposed tokens the model agreed with (emitted without a pass of their own).",
+            g(&self.spec_accepted).to_string(),
         );
         let secs = |a: &AtomicU64| (g(a) as f64 / 1e9).to_string();
         line(

@@ -15,7 +15,7 @@ mod metrics;
 mod routes;
 mod scheduler;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context};
@@ -63,6 +63,9 @@ pub struct AppState {
     template: ChatTemplate,
     /// A sequence's context once the model is loaded; 0 while it loads.
     n_ctx: AtomicUsize,
+    /// Whether the model has recurrent layers (set before `n_ctx`): they cannot take back
+    /// rejected speculative tokens.
+    recurrent: AtomicBool,
     queue: std::sync::mpsc::SyncSender<Job>,
     queue_cap: usize,
     metrics: Arc<Metrics>,
@@ -131,6 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         tokenizer: tok.clone(),
         template,
         n_ctx: AtomicUsize::new(0),
+        recurrent: AtomicBool::new(false),
         queue: tx,
         queue_cap: a.queue,
         metrics: metrics.clone(),
@@ -171,6 +175,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     describe_plan(engine.plan()),
                     engine.plan().n_ctx
                 );
+                st.recurrent
+                    .store(engine.model().config().ssm.is_some(), Ordering::Release);
                 st.n_ctx.store(engine.plan().n_ctx, Ordering::Release);
                 scheduler::run(&engine, &tok, parallel, rx, &metrics);
             }

@@ -344,6 +344,13 @@ fn submit(
             return Err(unknown_model(st, m));
         }
     }
+    if req.speculative.is_some() && st.recurrent.load(Ordering::Acquire) {
+        return Err(ApiError::param(
+            "speculative",
+            "this model has recurrent layers, which cannot take back rejected speculative \
+             tokens: drop 'speculative'",
+        ));
+    }
     let prompt = prompt_tokens(st, &req)?;
     if prompt.len() >= n_ctx {
         return Err(ApiError::too_long(prompt.len(), n_ctx));
@@ -364,6 +371,7 @@ fn submit(
         events: tx,
         queued_at: Instant::now(),
         constraint,
+        speculative: req.speculative,
     };
     match st.queue.try_send(job) {
         Ok(()) => Ok((req, rx)),

@@ -11,6 +11,12 @@
 //! sequence samples, its logits are masked to what the grammar allows; the sampled token is
 //! committed; it ends (`stop`) when the grammar is complete. Other sequences of the same pass
 //! are untouched.
+//!
+//! A request with the `speculative` extension drafts by prompt lookup: each pass its
+//! sequence adds, beside its pending token, up to K proposed tokens (fewer when the batch is
+//! full) and gets the logits of every row; [`verify_pass`] keeps the longest prefix the
+//! target agrees with (the rule of `generate_speculative`), the rejected positions are
+//! rolled back, and every emitted token is sent like a plain one.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -19,10 +25,14 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::api::SpecRequest;
 use super::metrics::Metrics;
 use flashstream::runtime::generate::{GenerateOptions, StopReason};
-use flashstream::runtime::model::{MultiPass, SeqInput, Session};
+use flashstream::runtime::model::{MultiPass, RowLogits, SeqInput, Session};
 use flashstream::runtime::sequence::SequenceGen;
+use flashstream::runtime::speculative::{
+    verify_pass, Drafter, Lookup, Proposal, SpecStats, MAX_SPEC_K,
+};
 use flashstream::runtime::tokenizer::Tokenizer;
 use flashstream::Engine;
 use flashstream_structured::{Constraint, MaskStats};
@@ -35,6 +45,8 @@ pub struct Job {
     pub queued_at: Instant,
     /// The output constraint, compiled (its first mask computed) before queueing.
     pub constraint: Option<Constraint>,
+    /// Prompt-lookup speculative decoding, if asked for.
+    pub speculative: Option<SpecRequest>,
 }
 
 /// What the model thread tells a request.
@@ -65,6 +77,15 @@ struct Active<'t> {
     /// This sequence's share of the bytes read by the passes it took part in.
     bytes: f64,
     decode_bytes: f64,
+    spec: Option<Spec>,
+}
+
+/// A speculative sequence's drafter, this pass's proposal and its figures.
+struct Spec {
+    req: SpecRequest,
+    drafter: Lookup,
+    proposal: Proposal,
+    stats: SpecStats,
 }
 
 impl Active<'_> {
@@ -83,6 +104,7 @@ pub fn run(
 ) {
     let model = engine.model();
     let max_batch = model.max_batch().max(1);
+    let n_vocab = model.config().n_vocab;
     let mut sessions: Vec<Session<'_>> = Vec::with_capacity(parallel);
     for _ in 0..parallel {
         match engine.session() {
@@ -136,6 +158,12 @@ pub fn run(
                 }
             };
             sessions[i].reset();
+            let job_spec = job.speculative.map(|req| Spec {
+                req,
+                drafter: Lookup::new(req.ngram, 1),
+                proposal: Proposal::default(),
+                stats: SpecStats::default(),
+            });
             slots[i] = Some(Active {
                 job,
                 gen,
@@ -145,6 +173,7 @@ pub fn run(
                 first_token: None,
                 bytes: 0.0,
                 decode_bytes: 0.0,
+                spec: job_spec,
             });
         }
         // Cancel the sequences whose client is gone.
@@ -161,16 +190,48 @@ pub fn run(
         }
 
         // This pass's tokens: decode rows first, then prompt chunks in the room left.
+        // Speculative sequences' proposals come next, as many as the batch has room for.
         let mut room = max_batch - slots.iter().flatten().filter(|a| !a.in_prompt()).count();
         let mut toks: Vec<Vec<u32>> = vec![Vec::new(); parallel];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(a) = slot else { continue };
+            let (Some(t), false) = (a.next, a.in_prompt()) else {
+                continue;
+            };
+            toks[i] = vec![t];
+            let Some(sp) = a.spec.as_mut() else { continue };
+            sp.proposal.clear();
+            let remaining = a.job.opts.max_tokens.saturating_sub(a.gen.tokens().len());
+            let k = sp
+                .req
+                .k
+                .min(MAX_SPEC_K)
+                .min(room)
+                .min(remaining.saturating_sub(1))
+                .min(sessions[i].n_ctx().saturating_sub(sessions[i].pos() + 1));
+            if k == 0 {
+                continue;
+            }
+            let t0 = Instant::now();
+            // Prompt lookup cannot fail; an error would only mean no proposal.
+            if sp
+                .drafter
+                .propose(a.gen.history(), k, &mut sp.proposal)
+                .is_err()
+            {
+                sp.proposal.clear();
+            }
+            sp.stats.draft_s += t0.elapsed().as_secs_f64();
+            sp.proposal.tokens.truncate(k);
+            room -= sp.proposal.tokens.len();
+            toks[i].extend_from_slice(&sp.proposal.tokens);
+        }
         for (i, slot) in slots.iter().enumerate() {
             let Some(a) = slot else { continue };
             if a.in_prompt() {
                 let take = (a.job.prompt.len() - a.done).min(room);
                 toks[i] = a.job.prompt[a.done..a.done + take].to_vec();
                 room -= take;
-            } else if let Some(t) = a.next {
-                toks[i] = vec![t];
             }
         }
         let in_pass: Vec<usize> = (0..parallel).filter(|&i| !toks[i].is_empty()).collect();
@@ -183,7 +244,17 @@ pub fn run(
                 SeqInput {
                     session: s,
                     tokens: &toks[i],
-                    want_logits: !a.in_prompt() || a.done + toks[i].len() == a.job.prompt.len(),
+                    want_logits: if a.in_prompt() {
+                        if a.done + toks[i].len() == a.job.prompt.len() {
+                            RowLogits::Last
+                        } else {
+                            RowLogits::None
+                        }
+                    } else if a.spec.is_some() {
+                        RowLogits::All
+                    } else {
+                        RowLogits::Last
+                    },
                 }
             })
             .collect();
@@ -229,6 +300,52 @@ pub fn run(
                 a.decode_bytes += share;
             }
             let Some(mut l) = l else { continue };
+            if let (Some(sp), Some(_)) = (a.spec.as_mut(), a.first_token) {
+                // A speculative decode step: verify the proposals.
+                let pos0 = sessions[i].pos() - toks[i].len();
+                let n_ctx = sessions[i].n_ctx();
+                sp.stats.passes += 1;
+                sp.stats.proposed += sp.proposal.tokens.len();
+                let events = &a.job.events;
+                let mut emitted = 0u64;
+                let mut last = None;
+                let mut ended = None;
+                let r = verify_pass(
+                    &mut a.gen,
+                    &l,
+                    n_vocab,
+                    &sp.proposal,
+                    pos0,
+                    n_ctx,
+                    |_, step| {
+                        emitted += 1;
+                        last = Some(step.token);
+                        ended = step.finished;
+                        let _ = events.send(Event::Text(step.text));
+                        step.finished.is_some()
+                    },
+                );
+                generated += emitted;
+                let v = match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = a.job.events.send(Event::Error(e.to_string()));
+                        slots[i] = None;
+                        continue;
+                    }
+                };
+                sp.stats.accepted += v.kept;
+                metrics.add_speculative(sp.proposal.tokens.len() as u64, v.kept as u64);
+                // Attention-only models (recurrent ones are refused at the request) go back
+                // exactly.
+                let _ = sessions[i].truncate(v.keep_pos);
+                a.next = last;
+                if let Some(reason) = ended {
+                    let a = slots[i].take().expect("in the pass");
+                    finish(a, reason, metrics);
+                }
+                continue;
+            }
             let room = sessions[i].pos() < sessions[i].n_ctx();
             let step = match a.job.constraint.as_mut() {
                 None => a.gen.step(&l, room).map_err(|e| e.to_string()),
@@ -308,6 +425,20 @@ fn finish(a: Active<'_>, reason: StopReason, metrics: &Metrics) {
     });
     if let Some(c) = &a.job.constraint {
         timings["structured"] = structured_timings(&c.stats());
+    }
+    if let Some(sp) = &a.spec {
+        let s = &sp.stats;
+        timings["speculative"] = json!({
+            "type": "lookup",
+            "k": sp.req.k,
+            "ngram": sp.req.ngram,
+            "passes": s.passes,
+            "proposed": s.proposed,
+            "accepted": s.accepted,
+            "acceptance": s.acceptance(),
+            "tokens_per_pass": if s.passes > 0 { decode_steps as f64 / s.passes as f64 } else { 0.0 },
+            "draft_ms": s.draft_s * 1e3,
+        });
     }
     metrics.requests_done.fetch_add(1, Ordering::Relaxed);
     let _ = a.job.events.send(Event::Done {
