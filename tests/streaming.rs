@@ -15,7 +15,7 @@ use flashstream::runtime::memory::{runtime_needs, NeedsOptions};
 use flashstream::runtime::model::{LogitsWanted, Model, ModelOptions};
 use flashstream::scheduler::testing::{Faults, ScrambledPread};
 use flashstream::scheduler::{
-    Plan, PlanRequest, ResidentSource, SchedulerError, StreamingSource, UnitTable,
+    Plan, PlanRequest, ResidentSource, SchedulerError, StreamingSource, UnitId, UnitTable,
 };
 
 fn root() -> PathBuf {
@@ -94,6 +94,15 @@ fn streamed_logits_equal_resident_logits_bit_for_bit() {
         drop(resident);
 
         let plan = smallest_plan(&gguf, &config, prompt.len());
+        // Dense layers stream as sub-layer pieces (matrices), with their small cores pinned.
+        if config.moe.is_none() {
+            assert!(
+                plan.cycle.iter().any(|u| matches!(u, UnitId::Piece { .. })),
+                "{}: {:?}",
+                path.display(),
+                plan.cycle
+            );
+        }
         assert!(
             !plan.cycle.is_empty(),
             "{}: the smallest budget must stream",
@@ -111,6 +120,8 @@ fn streamed_logits_equal_resident_logits_bit_for_bit() {
         }
         let st = streamed.source().stats();
         assert!(st.bytes_read > 0 && st.ring_leases > 0, "{st:?}");
+        // The runtime leases layer pieces and head rows in exactly the plan's cycle order.
+        assert_eq!(st.ring_skips, 0, "{}: {st:?}", path.display());
         if config.moe.is_some() {
             assert!(st.expert_misses > 0, "{st:?}");
         }

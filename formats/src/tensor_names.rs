@@ -656,6 +656,34 @@ pub fn parse_per_expert(name: &str) -> Option<PerExpertName> {
     })
 }
 
+/// The weight matrices of a dense layer that may be streamed as units of their own (sub-layer
+/// pieces), in the order the forward pass multiplies by them. Each is used only through a
+/// matrix product (never read element-wise), so the runtime can lease it on its own; a
+/// layer's other tensors (norms, biases, convolution taps, per-head MLA factors) stay in the
+/// layer's core unit.
+pub const PIECE_ROLES: [TensorRole; 15] = [
+    TensorRole::AttnQkv,
+    TensorRole::AttnGate,
+    TensorRole::SsmBeta,
+    TensorRole::SsmAlpha,
+    TensorRole::AttnQA,
+    TensorRole::AttnKvAMqa,
+    TensorRole::AttnQB,
+    TensorRole::AttnQ,
+    TensorRole::AttnK,
+    TensorRole::AttnV,
+    TensorRole::SsmOut,
+    TensorRole::AttnOut,
+    TensorRole::FfnGate,
+    TensorRole::FfnUp,
+    TensorRole::FfnDown,
+];
+
+/// If `name` is one of layer `layer`'s [`PIECE_ROLES`] matrices, its index in that list.
+pub fn piece_index(name: &str, layer: usize) -> Option<usize> {
+    PIECE_ROLES.iter().position(|r| r.name(layer) == name)
+}
+
 /// Whether `name` is a fused expert tensor of layer `layer` (sliced per expert).
 pub fn is_fused_expert(name: &str, layer: usize) -> bool {
     EXPERT_ROLES.iter().any(|r| r.name(layer) == name)

@@ -387,19 +387,34 @@ impl Plan {
         let foot = |id: UnitId| units.position(id).map_or(0, |i| layouts[i].bytes);
         let weight_bytes = units.total_bytes();
 
-        // Per-token units, in use order.
-        let mut per_token: Vec<(UnitId, u64)> = (0..units.n_layer())
-            .filter(|&l| units.get(UnitId::Layer(l)).is_some())
-            .map(|l| (UnitId::Layer(l), foot(UnitId::Layer(l))))
-            .collect();
+        // Per-token units, in use order. A layer split into pieces has its small core (norms,
+        // biases) pinned and streams its matrices one by one.
+        let mut per_token: Vec<(UnitId, u64)> = Vec::new();
+        let mut cores: Vec<UnitId> = Vec::new();
+        for l in (0..units.n_layer()).filter(|&l| units.get(UnitId::Layer(l)).is_some()) {
+            let mut pieces = units.pieces(l).peekable();
+            if pieces.peek().is_some() {
+                cores.push(UnitId::Layer(l));
+                per_token.extend(pieces.map(|u| (u.id, foot(u.id))));
+            } else {
+                per_token.push((UnitId::Layer(l), foot(UnitId::Layer(l))));
+            }
+        }
+        let core_bytes: u64 = cores.iter().map(|&id| foot(id)).sum();
         let has_head = units.get(UnitId::Head).is_some();
         let has_embd = units.get(UnitId::Embedding).is_some();
+        let head_rows: Vec<(UnitId, u64)> = units.head_rows().map(|u| (u.id, foot(u.id))).collect();
+        // A tied model's embedding split into head rows: embedding rows come from those
+        // pieces when all are pinned, else from flash.
+        let embd_split = units.embedding_pieces().is_some();
         if has_head {
             per_token.push((UnitId::Head, foot(UnitId::Head)));
+        } else if !head_rows.is_empty() {
+            per_token.extend(head_rows.iter().copied());
         } else if req.tied_output && has_embd {
             per_token.push((UnitId::Embedding, foot(UnitId::Embedding)));
         }
-        let embd_in_cycle = !has_head && req.tied_output && has_embd;
+        let embd_in_cycle = !has_head && req.tied_output && (has_embd || embd_split);
 
         // Experts.
         let n_experts_total = units
@@ -422,6 +437,7 @@ impl Plan {
         // Embedding rows.
         let row_bytes = units
             .get(UnitId::Embedding)
+            .or_else(|| embd_split.then(|| units.get(UnitId::HeadRows(0))).flatten())
             .and_then(|u| u.parts.first())
             .map(|p| {
                 let rows = p.shape.iter().skip(1).product::<u64>().max(1);
@@ -441,7 +457,7 @@ impl Plan {
         let fixed: u64 = needs.fixed.iter().map(|f| f.1).sum();
         let depth_pref = req.prefetch_depth.unwrap_or(DEFAULT_PREFETCH_DEPTH).max(1);
         let kv = |ctx: usize| needs.kv_bytes_per_pos.saturating_mul(ctx as u64);
-        let base = globals + fixed;
+        let base = globals + core_bytes + fixed;
         // Scratch for rows is needed unless the embedding ends up resident; count it while
         // solving and give it back if the embedding is pinned.
         let avail_for = |ctx: usize| -> Option<u64> {
@@ -498,7 +514,7 @@ impl Plan {
                     let largest = per_token.iter().max_by_key(|u| u.1).map(|u| u.0);
                     let mut parts = vec![
                         format!(
-                            "the smallest weight ring {} (largest per-token unit {:?}: {})",
+                            "the smallest weight ring {} (largest per-token unit {}: {})",
                             crate::fmt_bytes(min_weights_bytes(&per_token)),
                             largest.unwrap_or(UnitId::Globals),
                             crate::fmt_bytes(per_token.iter().map(|u| u.1).max().unwrap_or(0))
@@ -516,6 +532,12 @@ impl Plan {
                     }
                     for (what, b) in &needs.fixed {
                         parts.push(format!("{what} {}", crate::fmt_bytes(*b)));
+                    }
+                    if core_bytes > 0 {
+                        parts.push(format!(
+                            "pinned layer cores (norms, biases) {}",
+                            crate::fmt_bytes(core_bytes)
+                        ));
                     }
                     if globals > 0 {
                         parts.push(format!(
@@ -553,9 +575,11 @@ impl Plan {
         let mut left = avail_for(n_ctx).unwrap_or(0) - fit.used;
         let mut pinned = fit.pinned.clone();
         pinned.push(UnitId::Globals);
+        pinned.extend(cores.iter().copied());
         // The input embedding: resident if the fit pinned it (tied output) or, for dense
         // models, if what is left holds it; otherwise rows are read on demand.
-        let mut embedding_on_demand = has_embd && !fit.pinned.contains(&UnitId::Embedding);
+        let mut embedding_on_demand = (has_embd && !fit.pinned.contains(&UnitId::Embedding))
+            || (embd_split && head_rows.iter().any(|u| !fit.pinned.contains(&u.0)));
         let e = foot(UnitId::Embedding);
         if embedding_on_demand && !embd_in_cycle && n_experts_total == 0 && e <= left + row_scratch
         {

@@ -79,18 +79,28 @@ impl WeightSource for ResidentSource {
     }
 
     fn embedding_rows(&self, tokens: &[u32], out: &mut [u8]) -> Result<(), SchedulerError> {
-        let lease = self.lease(UnitId::Embedding)?;
-        let table = lease.part(0);
         let rb = self.embd_row_bytes;
+        // A tied model's embedding may be split into head row ranges of `per` rows each.
+        let (whole, per) = match self.units.embedding_pieces() {
+            Some((_, per)) => (false, per.max(1)),
+            None => (true, self.embd_rows.max(1)),
+        };
         for (t, dst) in tokens.iter().zip(out.chunks_exact_mut(rb)) {
-            if u64::from(*t) >= self.embd_rows {
+            let t = u64::from(*t);
+            if t >= self.embd_rows {
                 return Err(SchedulerError::TokenOutOfRange {
-                    token: *t,
+                    token: t as u32,
                     n_vocab: self.embd_rows,
                 });
             }
-            let o = *t as usize * rb;
-            dst.copy_from_slice(&table[o..o + rb]);
+            let id = if whole {
+                UnitId::Embedding
+            } else {
+                UnitId::HeadRows((t / per) as usize)
+            };
+            let lease = self.lease(id)?;
+            let o = (t % per) as usize * rb;
+            dst.copy_from_slice(&lease.part(0)[o..o + rb]);
         }
         Ok(())
     }

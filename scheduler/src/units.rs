@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 
 use flashstream_formats::config::first_nextn_layer;
-use flashstream_formats::tensor_names::{is_fused_expert, parse_per_expert};
+use flashstream_formats::tensor_names::{
+    is_fused_expert, parse_per_expert, piece_index, PIECE_ROLES,
+};
 use flashstream_formats::{GgmlType, GgufModel, TensorRole};
 
 use crate::SchedulerError;
@@ -26,8 +28,16 @@ use crate::SchedulerError;
 pub enum UnitId {
     /// `token_embd.weight`.
     Embedding,
-    /// Layer `N`'s tensors (for MoE, all but the experts).
+    /// Layer `N`'s tensors (for MoE, all but the experts; for a dense layer split into
+    /// pieces, its core: everything but the [`UnitId::Piece`] matrices).
     Layer(usize),
+    /// One weight matrix of a dense layer, streamed on its own (a sub-layer piece).
+    Piece {
+        /// Layer index.
+        layer: usize,
+        /// The matrix's index in [`PIECE_ROLES`], which is also its use order in the layer.
+        piece: usize,
+    },
     /// One expert of one layer.
     Expert {
         /// Layer index.
@@ -37,8 +47,30 @@ pub enum UnitId {
     },
     /// The output projection `output.weight` (tied models have none: they use the embedding).
     Head,
+    /// A range of rows of an output matrix too large for one ring slot (`output.weight`, or
+    /// the embedding of a tied model, which then has no [`UnitId::Embedding`] unit).
+    HeadRows(usize),
     /// Small tensors outside the layers, used at any time: `output_norm`, `rope_freqs`, ...
     Globals,
+}
+
+impl std::fmt::Display for UnitId {
+    /// `token_embd`, `blk.3`, `blk.3.ffn_up`, `blk.3 expert 17`, `output`, `output rows 2`,
+    /// `globals`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            UnitId::Embedding => f.write_str("token_embd"),
+            UnitId::Layer(l) => write!(f, "blk.{l}"),
+            UnitId::Piece { layer, piece } => match PIECE_ROLES.get(piece) {
+                Some(r) => write!(f, "blk.{layer}.{}", r.base_name()),
+                None => write!(f, "blk.{layer} piece {piece}"),
+            },
+            UnitId::Expert { layer, expert } => write!(f, "blk.{layer} expert {expert}"),
+            UnitId::Head => f.write_str("output"),
+            UnitId::HeadRows(k) => write!(f, "output rows {k}"),
+            UnitId::Globals => f.write_str("globals"),
+        }
+    }
 }
 
 /// One tensor, or one expert's slice of a fused expert tensor, inside a unit.
@@ -107,6 +139,97 @@ fn expert_count(name: &str, n: u64) -> Result<usize, SchedulerError> {
         _ => Err(SchedulerError::BadModel(format!(
             "{name}: {n} experts per layer exceed the limit of {MAX_EXPERTS}"
         ))),
+    }
+}
+
+/// A dense layer is split when its core (what is left after taking out the matrices) is at
+/// most this fraction of the layer: the core is then pinned, and small.
+const CORE_SHARE_DIVISOR: u64 = 8;
+
+/// Splits every dense layer (one without experts) whose core is small into its core and one
+/// [`UnitId::Piece`] per matrix of [`PIECE_ROLES`].
+fn split_dense_layers(units: &mut Vec<Unit>, n_layer: usize) {
+    let mut has_experts = vec![false; n_layer];
+    for u in units.iter() {
+        if let UnitId::Expert { layer, .. } = u.id {
+            has_experts[layer] = true;
+        }
+    }
+    let mut pieces = Vec::new();
+    for u in units.iter_mut() {
+        let UnitId::Layer(layer) = u.id else { continue };
+        if has_experts[layer] {
+            continue;
+        }
+        let total = u.bytes();
+        let is_piece = |p: &Part| p.shape.len() == 2 && piece_index(&p.name, layer).is_some();
+        let core: u64 = u.parts.iter().filter(|p| !is_piece(p)).map(|p| p.len).sum();
+        let n_pieces = u.parts.iter().filter(|p| is_piece(p)).count();
+        if n_pieces == 0 || core == 0 || core.saturating_mul(CORE_SHARE_DIVISOR) > total {
+            continue;
+        }
+        let (taken, kept): (Vec<Part>, Vec<Part>) =
+            std::mem::take(&mut u.parts).into_iter().partition(is_piece);
+        u.parts = kept;
+        for p in taken {
+            if let Some(piece) = piece_index(&p.name, layer) {
+                pieces.push(Unit {
+                    id: UnitId::Piece { layer, piece },
+                    parts: vec![p],
+                });
+            }
+        }
+    }
+    units.extend(pieces);
+}
+
+/// Splits the output matrix (`output.weight`, or a tied model's embedding) into
+/// [`UnitId::HeadRows`] ranges when it is larger than every other per-token unit, so that
+/// ring slots need not be as large as the head.
+fn split_head(units: &mut Vec<Unit>, has_output: bool) {
+    let cap = units
+        .iter()
+        .filter(|u| matches!(u.id, UnitId::Layer(_) | UnitId::Piece { .. }))
+        .map(Unit::bytes)
+        .max()
+        .unwrap_or(0);
+    let head_id = if has_output {
+        UnitId::Head
+    } else {
+        UnitId::Embedding
+    };
+    let Some(i) = units.iter().position(|u| u.id == head_id) else {
+        return;
+    };
+    let u = &units[i];
+    let [p] = u.parts.as_slice() else { return };
+    if cap == 0 || p.len <= cap || p.shape.len() != 2 {
+        return;
+    }
+    let rows = p.shape[1];
+    if rows < 2 || p.len % rows != 0 {
+        return;
+    }
+    let row_bytes = p.len / rows;
+    let n = p.len.div_ceil(cap).min(rows);
+    let per = rows.div_ceil(n);
+    let p = p.clone();
+    units.remove(i);
+    let mut first = 0;
+    let mut k = 0;
+    while first < rows {
+        let r = per.min(rows - first);
+        units.push(Unit {
+            id: UnitId::HeadRows(k),
+            parts: vec![Part {
+                shape: vec![p.shape[0], r],
+                offset: p.offset + first * row_bytes,
+                len: r * row_bytes,
+                ..p.clone()
+            }],
+        });
+        first += r;
+        k += 1;
     }
 }
 
@@ -186,6 +309,8 @@ impl UnitTable {
         for u in &mut units {
             u.parts.sort_by_key(|p| (p.file, p.offset));
         }
+        split_dense_layers(&mut units, n_layer);
+        split_head(&mut units, model.tensor(&head_name).is_some());
         units.sort_by_key(|u| u.id);
         let index = units.iter().enumerate().map(|(i, u)| (u.id, i)).collect();
         Ok(UnitTable {
@@ -206,10 +331,35 @@ impl UnitTable {
         self.index.get(&id).map(|&i| &self.units[i])
     }
 
-    /// Every unit, ordered: Embedding, the layers, the experts (by layer, then expert), Head,
+    /// Every unit, ordered: Embedding, the layers (or their cores), the layer pieces (by
+    /// layer, then use order), the experts (by layer, then expert), Head, its row ranges,
     /// Globals.
     pub fn iter(&self) -> impl Iterator<Item = &Unit> {
         self.units.iter()
+    }
+
+    /// When a tied model's embedding is split into [`UnitId::HeadRows`] units (it then has no
+    /// [`UnitId::Embedding`] unit): the position of the first and the rows each holds.
+    pub fn embedding_pieces(&self) -> Option<(usize, u64)> {
+        let first = self.get(UnitId::HeadRows(0))?;
+        let p = first.parts.first()?;
+        (p.name == TensorRole::TokenEmbd.global_name())
+            .then(|| Some((self.position(UnitId::HeadRows(0))?, *p.shape.get(1)?)))
+            .flatten()
+    }
+
+    /// The [`UnitId::HeadRows`] units, in row order (none unless the output matrix is split).
+    pub fn head_rows(&self) -> impl Iterator<Item = &Unit> {
+        self.units
+            .iter()
+            .filter(|u| matches!(u.id, UnitId::HeadRows(_)))
+    }
+
+    /// The [`UnitId::Piece`] matrices of layer `layer`, in use order (none unless it is split).
+    pub fn pieces(&self, layer: usize) -> impl Iterator<Item = &Unit> {
+        self.units
+            .iter()
+            .filter(move |u| matches!(u.id, UnitId::Piece { layer: l, .. } if l == layer))
     }
 
     /// Number of layers.

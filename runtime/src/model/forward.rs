@@ -149,7 +149,14 @@ pub(super) fn linear(
         xq.ty = Some(layout);
     }
     out.resize(n * w.rows(), 0.0);
-    matmul(&m.pool, &kernel, lease.part(w.part), k, &xq.buf, n, out)?;
+    if w.unit == lease.unit().id {
+        matmul(&m.pool, &kernel, lease.part(w.part), k, &xq.buf, n, out)?;
+    } else {
+        // A matrix streamed as a unit of its own (a sub-layer piece): leased for this product
+        // only, while the caller keeps its layer's pinned core.
+        let own = m.source.lease(w.unit)?;
+        matmul(&m.pool, &kernel, own.part(w.part), k, &xq.buf, n, out)?;
+    }
     Ok(())
 }
 
@@ -235,11 +242,29 @@ pub(super) fn output_head(m: &Model, s: &mut Scratch, first: usize) -> Result<()
         let globals = m.source.lease(UnitId::Globals)?;
         rms_rows(rows, f32s(&globals, &m.output_norm)?, c.rms_eps, &mut s.cur);
     }
-    let head = m.source.lease(m.output.unit)?;
-    linear(
-        m, &mut s.xq, &head, &m.output, &s.cur, n_out, false, &mut s.tmp,
-    )?;
-    drop(head);
+    if m.output_rows.is_empty() {
+        let head = m.source.lease(m.output.unit)?;
+        linear(
+            m, &mut s.xq, &head, &m.output, &s.cur, n_out, false, &mut s.tmp,
+        )?;
+    } else {
+        // The head in row ranges, one lease at a time; each range's logits go to their
+        // columns of every output row (each logit is one row's dot product, so the split
+        // changes no value).
+        let n_vocab = m.output.rows();
+        s.tmp.resize(n_out * n_vocab, 0.0);
+        let mut col = 0;
+        for (i, w) in m.output_rows.iter().enumerate() {
+            let piece = m.source.lease(w.unit)?;
+            linear(m, &mut s.xq, &piece, w, &s.cur, n_out, i > 0, &mut s.out)?;
+            drop(piece);
+            let r = w.rows();
+            for (dst, src) in s.tmp.chunks_exact_mut(n_vocab).zip(s.out.chunks_exact(r)) {
+                dst[col..col + r].copy_from_slice(src);
+            }
+            col += r;
+        }
+    }
     if let Some(cap) = c.final_softcap {
         ops::softcap(&mut s.tmp, cap);
     }

@@ -16,7 +16,7 @@ mod routing;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use flashstream_formats::tensor_names::{arch_tensors, Need};
+use flashstream_formats::tensor_names::{arch_tensors, piece_index, Need};
 pub use flashstream_formats::TensorRole as Role;
 use flashstream_formats::{Architecture, GgmlType, GgufModel, ModelConfig};
 use flashstream_scheduler::{UnitId, WeightSource};
@@ -154,6 +154,8 @@ pub struct Model {
     embd: WeightRef,
     output_norm: WeightRef,
     output: WeightRef,
+    /// The output matrix's row ranges when it is streamed in pieces (empty: one unit).
+    output_rows: Vec<WeightRef>,
     rope_freqs: Option<WeightRef>,
     isa: Isa,
     pool: WorkerPool,
@@ -306,7 +308,13 @@ impl Model {
                         },
                     }
                 } else {
-                    find(src, arch, UnitId::Layer(il), &name)?
+                    // A matrix of a layer split into pieces is a unit of its own.
+                    let piece =
+                        piece_index(&name, il).map(|piece| UnitId::Piece { layer: il, piece });
+                    match piece {
+                        Some(id) if src.units().get(id).is_some() => find(src, arch, id, &name)?,
+                        _ => find(src, arch, UnitId::Layer(il), &name)?,
+                    }
                 };
                 match found {
                     Some(w) => {
@@ -324,11 +332,36 @@ impl Model {
             let name = role.global_name();
             find(src, arch, unit, &name)?.ok_or(RuntimeError::MissingTensor { arch, name })
         };
-        let embd = need(UnitId::Embedding, Role::TokenEmbd)?;
+        // An output matrix larger than the other per-token units is in row ranges; the whole
+        // matrix's reference then names the first range's unit with the full shape.
+        let mut output_rows = Vec::new();
+        for u in src.units().head_rows() {
+            let name = u.parts.first().map(|p| p.name.clone()).unwrap_or_default();
+            output_rows.extend(find(src, arch, u.id, &name)?);
+        }
+        let whole = |rows: &[WeightRef]| {
+            rows.first().map(|f| WeightRef {
+                shape: vec![f.k() as u64, rows.iter().map(|w| w.rows() as u64).sum()],
+                ..f.clone()
+            })
+        };
+        let embd_name = Role::TokenEmbd.global_name();
+        let embd = match find(src, arch, UnitId::Embedding, &embd_name)? {
+            Some(e) => e,
+            None => match whole(&output_rows) {
+                Some(w) if w.name == embd_name => w,
+                _ => {
+                    return Err(RuntimeError::MissingTensor {
+                        arch,
+                        name: embd_name,
+                    })
+                }
+            },
+        };
         let output_norm = need(UnitId::Globals, Role::OutputNorm)?;
         let output = match find(src, arch, UnitId::Head, &Role::Output.global_name())? {
             Some(o) => o,
-            None => embd.clone(),
+            None => whole(&output_rows).unwrap_or_else(|| embd.clone()),
         };
         let rope_freqs = find(src, arch, UnitId::Globals, &Role::RopeFreqs.global_name())?;
         let model = Model {
@@ -339,6 +372,7 @@ impl Model {
             embd,
             output_norm,
             output,
+            output_rows,
             rope_freqs,
             isa,
             max_batch: opts.max_batch,

@@ -149,19 +149,14 @@ impl StreamingSource {
         }
         let kind = backend.kind();
         let chunk = (chunk_bytes.max(align) / align) * align;
-        let embd = match (
-            units.position(UnitId::Embedding),
-            model.tensor("token_embd.weight"),
-        ) {
-            (Some(pos), Some(t)) => Some(EmbdInfo {
-                file: t.file,
-                offset: t.offset,
-                row_bytes: t.row_bytes(),
-                n_rows: t.n_rows(),
-                pos,
-            }),
-            _ => None,
-        };
+        let embd = model.tensor("token_embd.weight").map(|t| EmbdInfo {
+            file: t.file,
+            offset: t.offset,
+            row_bytes: t.row_bytes(),
+            n_rows: t.n_rows(),
+            pos: units.position(UnitId::Embedding),
+            pieces: units.embedding_pieces(),
+        });
         let row_foot = embd.map_or(0, |e| e.row_bytes.div_ceil(align) * align + align);
         let layouts = plan.layouts.clone();
         let mut src = StreamingSource {

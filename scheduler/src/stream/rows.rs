@@ -16,8 +16,11 @@ pub(super) struct EmbdInfo {
     pub(super) offset: u64,
     pub(super) row_bytes: u64,
     pub(super) n_rows: u64,
-    /// Position of the Embedding unit (for pinned copies).
-    pub(super) pos: usize,
+    /// Position of the Embedding unit (for pinned copies), if it is one unit.
+    pub(super) pos: Option<usize>,
+    /// When a tied model's embedding is split into [`UnitId::HeadRows`] units: the position
+    /// of the first and the rows each holds (the last may hold fewer).
+    pub(super) pieces: Option<(usize, u64)>,
 }
 
 impl StreamingSource {
@@ -46,15 +49,32 @@ impl StreamingSource {
                 });
             }
         }
-        if let Some(r) = core.pinned[e.pos] {
+        if let Some(r) = e.pos.and_then(|p| core.pinned[p]) {
             // SAFETY: pinned regions are immutable while the core is installed.
             let table = unsafe { r.slice() };
-            let base = self.layouts[e.pos].part_offsets[0];
+            let base = self.layouts[e.pos.unwrap_or(0)].part_offsets[0];
             for (&t, dst) in tokens.iter().zip(out.chunks_exact_mut(rb)) {
                 let o = base + t as usize * rb;
                 dst.copy_from_slice(&table[o..o + rb]);
             }
             return Ok(());
+        }
+        if let Some((first, per)) = e.pieces {
+            // Rows of pinned head pieces are copied; if any row's piece streams, all are read.
+            let piece = |t: u32| first + (u64::from(t) / per) as usize;
+            if tokens.iter().all(|&t| core.pinned[piece(t)].is_some()) {
+                for (&t, dst) in tokens.iter().zip(out.chunks_exact_mut(rb)) {
+                    let pos = piece(t);
+                    if let Some(r) = core.pinned[pos] {
+                        // SAFETY: pinned regions are immutable while the core is installed.
+                        let table = unsafe { r.slice() };
+                        let o =
+                            self.layouts[pos].part_offsets[0] + (u64::from(t) % per) as usize * rb;
+                        dst.copy_from_slice(&table[o..o + rb]);
+                    }
+                }
+                return Ok(());
+            }
         }
         Self::fail_check(&core.shared.st.lock())?;
         let _one = self.row_lock.lock();

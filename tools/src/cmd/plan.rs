@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::engine::{describe_plan, MemArgs};
 use flashstream::engine::budget;
+use flashstream::formats::tensor_names::PIECE_ROLES;
 use flashstream::formats::ModelConfig;
 use flashstream::loader::{probe_read_bandwidth, BackendOptions, IoKind};
 use flashstream::scheduler::{fmt_bytes, Plan, SchedulerError, UnitId};
@@ -61,11 +62,34 @@ fn layers_of(ids: &[UnitId]) -> Vec<usize> {
         .collect()
 }
 
+/// Layer pieces grouped by matrix: `ffn_up [0-3,7]`, and head row ranges: `output rows
+/// [0-5]`; then every other unit by name.
 fn others_of(ids: &[UnitId]) -> Vec<String> {
-    ids.iter()
-        .filter(|u| !matches!(u, UnitId::Layer(_)))
-        .map(|u| format!("{u:?}").to_lowercase())
-        .collect()
+    let mut by_piece: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    let mut head_rows = Vec::new();
+    let mut out = Vec::new();
+    for u in ids {
+        match *u {
+            UnitId::Layer(_) => {}
+            UnitId::Piece { layer, piece } => by_piece.entry(piece).or_default().push(layer),
+            UnitId::HeadRows(k) => head_rows.push(k),
+            other => out.push(other.to_string()),
+        }
+    }
+    let mut groups: Vec<String> = by_piece
+        .into_iter()
+        .map(|(piece, mut layers)| {
+            layers.sort_unstable();
+            let name = PIECE_ROLES.get(piece).map_or("piece", |r| r.base_name());
+            format!("{name} [{}]", ranges(&layers))
+        })
+        .collect();
+    if !head_rows.is_empty() {
+        head_rows.sort_unstable();
+        groups.push(format!("output rows [{}]", ranges(&head_rows)));
+    }
+    groups.extend(out);
+    groups
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -143,6 +167,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     println!();
+    if plan
+        .pinned
+        .iter()
+        .chain(&plan.cycle)
+        .any(|u| matches!(u, UnitId::Piece { .. } | UnitId::HeadRows(_)))
+    {
+        println!(
+            "units: layers split into pieces stream each matrix on its own (their norms and \
+             biases, the cores, stay pinned; `layers` below are whole layers or cores); \
+             ring slots hold the largest streamed piece"
+        );
+    }
     let pl = layers_of(&plan.pinned);
     let sl = layers_of(&plan.cycle);
     println!(
@@ -189,7 +225,7 @@ fn plan_json(
     tps: Option<f64>,
     budget: u64,
 ) -> serde_json::Value {
-    let ids = |v: &[UnitId]| -> Vec<String> { v.iter().map(|u| format!("{u:?}")).collect() };
+    let ids = |v: &[UnitId]| -> Vec<String> { v.iter().map(|u| u.to_string()).collect() };
     json!({
         "budget_bytes": budget,
         "planned_bytes": p.total_bytes(),
