@@ -108,7 +108,8 @@ struct DenseArgs {
     /// full attention, from a real --shape: qwen3.5-27b, the default; --layers N for a slice).
     #[arg(long, default_value = "llama")]
     arch: String,
-    /// A real model's shape (qwen35: qwen3.5-27b).
+    /// A real model's shape (llama: qwen2.5-0.5b, tied output, use --type q8_0 for its real
+    /// file; qwen35: qwen3.5-27b).
     #[arg(long)]
     shape: Option<String>,
 }
@@ -239,6 +240,7 @@ fn common_keys(
     c: &Common,
     d: &Dims,
     layers: usize,
+    vocab: usize,
 ) -> anyhow::Result<()> {
     let key = |k: &str| format!("{arch}.{k}");
     w.set("general.architecture", Value::String(arch.into()))?;
@@ -258,7 +260,7 @@ fn common_keys(
     w.set(key("rope.freq_base"), Value::F32(10000.0))?;
     w.set(key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))?;
     w.set("general.quantization_version", Value::U32(2))?;
-    byte_vocab(w)
+    padded_byte_vocab(w, vocab)
 }
 
 /// Sizes the shapes of a layer's tensors come from.
@@ -354,14 +356,31 @@ fn summary(out: &Path, json: bool, fields: serde_json::Value) -> anyhow::Result<
 
 fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let c = &a.c;
-    match a.arch.as_str() {
-        "qwen35" => return qwen35::qwen35(c, false, a.shape.as_deref()),
-        "llama" if a.shape.is_none() => {}
-        "llama" => bail!("--shape applies to --arch qwen35 (dense llama models come from --size)"),
-        other => bail!("unsupported --arch {other:?} for a dense model (use llama or qwen35)"),
-    }
+    // Qwen2.5-0.5B's dimensions (its config.json: hidden 896, intermediate 4864, 24 layers,
+    // 14 heads, 2 KV heads, vocabulary 151936, tied embeddings); its Q8_0 file is
+    // `--type q8_0`, whose 151936-row embedding (the output head too) is 138 MiB.
+    let qwen05 = match (a.arch.as_str(), a.shape.as_deref()) {
+        ("qwen35", _) => return qwen35::qwen35(c, false, a.shape.as_deref()),
+        ("llama", None) => false,
+        ("llama", Some("qwen2.5-0.5b")) => true,
+        ("llama", Some(other)) => bail!(
+            "unknown --shape {other:?} for a dense llama model (qwen2.5-0.5b; or give --size)"
+        ),
+        (other, _) => {
+            bail!("unsupported --arch {other:?} for a dense model (use llama or qwen35)")
+        }
+    };
     let bpw = c.ty.block_bytes() as f64 / c.ty.block_size() as f64;
-    let mut d = dims_for(size_of(c)? as f64 / bpw, c.embd);
+    let mut d = if qwen05 {
+        Dims {
+            embd: 896,
+            ff: 4864,
+            heads: 14,
+            kv_heads: 2,
+        }
+    } else {
+        dims_for(size_of(c)? as f64 / bpw, c.embd)
+    };
     if let Some(ff) = a.ff {
         d.ff = ff;
     }
@@ -371,10 +390,13 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
     let kv = d.kv_heads as u64 * hd;
     let per_layer_w = 2 * e * e + 2 * e * kv + 3 * e * d.ff as u64;
     let per_layer = (per_layer_w as f64 * bpw) as u64 + 8 * e;
-    let vocab = 257u64;
-    let layers = layer_count(c, per_layer, 2 * vocab * e * 2 + 4 * e)?;
+    let vocab = if qwen05 { 151_936u64 } else { 257 };
+    let layers = match (qwen05, c.layers) {
+        (true, None) => 24,
+        _ => layer_count(c, per_layer, 2 * vocab * e * 2 + 4 * e)?,
+    };
     let mut w = GgufWriter::new();
-    common_keys(&mut w, "llama", c, &d, layers)?;
+    common_keys(&mut w, "llama", c, &d, layers, vocab as usize)?;
     w.set("general.file_type", Value::U32(file_type(c.ty)))?;
     let table = arch_tensors(Architecture::Llama);
     let shape = LayerShape {
@@ -389,18 +411,17 @@ fn dense(a: DenseArgs) -> anyhow::Result<()> {
         experts: 0,
         shared_ff: 0,
     };
-    let mut specs = vec![Spec::new(
-        TensorRole::TokenEmbd,
-        0,
-        GgmlType::F16,
-        &[e, vocab],
-    )];
+    // The shaped model ties its output to an embedding of the weight type.
+    let embd_ty = if qwen05 { c.ty } else { GgmlType::F16 };
+    let mut specs = vec![Spec::new(TensorRole::TokenEmbd, 0, embd_ty, &[e, vocab])];
     for l in 0..layers {
         push_specs(table.attn, l, &shape, &mut specs)?;
         push_specs(table.dense_ffn, l, &shape, &mut specs)?;
     }
     specs.push(Spec::norm(TensorRole::OutputNorm, 0, e));
-    specs.push(Spec::new(TensorRole::Output, 0, GgmlType::F16, &[e, vocab]));
+    if !qwen05 {
+        specs.push(Spec::new(TensorRole::Output, 0, GgmlType::F16, &[e, vocab]));
+    }
     let params = declare(&mut w, &specs)?;
     let len = write_random(w, &specs, &c.out, c.seed)?;
     summary(
@@ -501,7 +522,7 @@ fn moe(a: MoeArgs) -> anyhow::Result<()> {
     let vocab = 257u64;
     let layers = layer_count(c, per_layer, 2 * vocab * e * 2)?;
     let mut w = GgufWriter::new();
-    common_keys(&mut w, arch, c, &d, layers)?;
+    common_keys(&mut w, arch, c, &d, layers, 257)?;
     let key = |k: &str| format!("{arch}.{k}");
     w.set(key("expert_count"), Value::U32(a.experts as u32))?;
     w.set(key("expert_used_count"), Value::U32(a.top_k as u32))?;

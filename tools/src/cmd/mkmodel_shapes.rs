@@ -144,7 +144,7 @@ pub(super) fn moe_shaped(a: &MoeArgs) -> anyhow::Result<()> {
         heads: s.heads,
         kv_heads: s.kv_heads,
     };
-    common_keys(&mut w, arch, c, &dims, layers)?;
+    common_keys(&mut w, arch, c, &dims, layers, 257)?;
     if vocab > 257 {
         pad_vocab(&mut w, s.vocab)?;
     }

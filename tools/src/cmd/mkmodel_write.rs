@@ -162,10 +162,20 @@ pub(super) fn byte_token(b: u8) -> String {
 
 /// Tokenizer keys of a 257-token byte-level vocabulary.
 pub(super) fn byte_vocab(w: &mut GgufWriter) -> anyhow::Result<()> {
+    padded_byte_vocab(w, 257)
+}
+
+/// [`byte_vocab`] padded with unused tokens `<|pad_N|>` (type 5, never produced by the
+/// tokenizer) to `n` tokens, for models shaped like a real one's vocabulary size.
+pub(super) fn padded_byte_vocab(w: &mut GgufWriter, n: usize) -> anyhow::Result<()> {
     let mut tokens: Vec<String> = (0..=255u8).map(byte_token).collect();
     tokens.push("<|endoftext|>".into());
     let mut types = vec![1i32; 256];
     types.push(3);
+    for i in tokens.len()..n {
+        tokens.push(format!("<|pad_{i}|>"));
+        types.push(5);
+    }
     w.set("tokenizer.ggml.model", Value::String("gpt2".into()))?;
     w.set("tokenizer.ggml.pre", Value::String("default".into()))?;
     w.set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))?;
