@@ -148,17 +148,19 @@ const CORE_SHARE_DIVISOR: u64 = 8;
 
 /// Splits every dense layer (one without experts) whose core is small into its core and one
 /// [`UnitId::Piece`] per matrix of [`PIECE_ROLES`].
-fn split_dense_layers(units: &mut Vec<Unit>, n_layer: usize) {
-    let mut has_experts = vec![false; n_layer];
-    for u in units.iter() {
-        if let UnitId::Expert { layer, .. } = u.id {
-            has_experts[layer] = true;
-        }
-    }
+fn split_dense_layers(units: &mut Vec<Unit>) {
+    // A set, not a table by layer: hostile files declare layer indices up to usize::MAX.
+    let with_experts: std::collections::HashSet<usize> = units
+        .iter()
+        .filter_map(|u| match u.id {
+            UnitId::Expert { layer, .. } => Some(layer),
+            _ => None,
+        })
+        .collect();
     let mut pieces = Vec::new();
     for u in units.iter_mut() {
         let UnitId::Layer(layer) = u.id else { continue };
-        if has_experts[layer] {
+        if with_experts.contains(&layer) {
             continue;
         }
         let total = u.bytes();
@@ -309,7 +311,7 @@ impl UnitTable {
         for u in &mut units {
             u.parts.sort_by_key(|p| (p.file, p.offset));
         }
-        split_dense_layers(&mut units, n_layer);
+        split_dense_layers(&mut units);
         split_head(&mut units, model.tensor(&head_name).is_some());
         units.sort_by_key(|u| u.id);
         let index = units.iter().enumerate().map(|(i, u)| (u.id, i)).collect();

@@ -73,7 +73,12 @@ fn check_invariants(p: &Plan, units: &UnitTable) {
         let pinned = p.pinned.contains(&u.id);
         let streamed = p.cycle.contains(&u.id);
         assert!(!(pinned && streamed), "{:?} both pinned and streamed", u.id);
-        if let UnitId::Layer(_) | UnitId::Head | UnitId::Globals = u.id {
+        if let UnitId::Layer(_)
+        | UnitId::Piece { .. }
+        | UnitId::Head
+        | UnitId::HeadRows(_)
+        | UnitId::Globals = u.id
+        {
             assert!(pinned || streamed, "{:?} neither pinned nor streamed", u.id);
         }
     }
@@ -148,16 +153,130 @@ fn tight_budget_streams_what_does_not_fit() {
 }
 
 #[test]
-fn a_large_head_is_pinned_rather_than_sized_into_every_slot() {
-    // Head 12 MiB, layers 2 MiB: slots of 12 MiB would waste 3 x 10 MiB.
+fn a_large_head_streams_in_row_ranges_no_larger_than_a_layer() {
+    // Head 12 MiB, layers 2 MiB: slots of 12 MiB would waste 3 x 10 MiB; the head is six
+    // ranges of rows instead, each pinned or streamed like a layer.
     let m = dense(20, 2 * MIB, Some(12 * MIB));
     let units = UnitTable::from_model(&m).unwrap();
+    assert!(units.get(UnitId::Head).is_none());
+    let rows: Vec<&flashstream_scheduler::Unit> = units.head_rows().collect();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|u| u.bytes() <= 2 * MIB));
+    assert_eq!(rows.iter().map(|u| u.bytes()).sum::<u64>(), 12 * MIB);
+    assert_eq!(
+        units.embedding_pieces(),
+        None,
+        "the embedding is not the head"
+    );
     let mut req = PlanRequest::new(40 * MIB, false);
     req.ctx = Some(128);
     let p = Plan::compute(&units, &needs(MIB, 1024), &req).unwrap();
     check_invariants(&p, &units);
-    assert!(p.pinned.contains(&UnitId::Head));
     assert!(p.slot_bytes < 3 * MIB);
+    // Streamed head ranges come last, in row order.
+    let streamed_rows: Vec<usize> = p
+        .cycle
+        .iter()
+        .filter_map(|u| match u {
+            UnitId::HeadRows(k) => Some(*k),
+            _ => None,
+        })
+        .collect();
+    let mut sorted = streamed_rows.clone();
+    sorted.sort_unstable();
+    assert_eq!(streamed_rows, sorted);
+}
+
+/// A dense model whose layers are a norm and three 2-D matrices (attention query, FFN up and
+/// down) of `mat` bytes each; `embd_rows` rows of 1 KiB in a tied embedding.
+fn split_model(layers: usize, mat: u64, embd_rows: u64) -> GgufModel {
+    let mut tensors = Vec::new();
+    let mut at = 4096u64;
+    let mut add = |name: String, bytes: u64, shape: Vec<u64>| {
+        tensors.push(TensorInfo {
+            name,
+            ty: GgmlType::F32,
+            shape,
+            file: 0,
+            offset: at,
+            n_bytes: bytes,
+        });
+        at += bytes.div_ceil(32) * 32;
+    };
+    add(
+        "token_embd.weight".into(),
+        embd_rows * 1024,
+        vec![256, embd_rows],
+    );
+    for l in 0..layers {
+        add(format!("blk.{l}.attn_norm.weight"), 1024, vec![256]);
+        for t in ["attn_q", "ffn_up", "ffn_down"] {
+            add(format!("blk.{l}.{t}.weight"), mat, vec![256, mat / 1024]);
+        }
+    }
+    add("output_norm.weight".into(), 1024, vec![256]);
+    let len = at;
+    GgufModel::from_parts(
+        vec![GgufFile {
+            path: "/nonexistent".into(),
+            len,
+            version: 3,
+            data_offset: 4096,
+            alignment: 32,
+        }],
+        Metadata::new(),
+        tensors,
+    )
+    .unwrap()
+}
+
+#[test]
+fn dense_layers_stream_matrix_by_matrix_with_their_cores_pinned() {
+    let m = split_model(6, MIB, 2048);
+    let units = UnitTable::from_model(&m).unwrap();
+    // Each layer: a core (the norm) and three pieces; the 2 MiB tied embedding, larger than
+    // a piece, is two head ranges (and no embedding unit).
+    for l in 0..6 {
+        assert_eq!(units.get(UnitId::Layer(l)).unwrap().parts.len(), 1);
+        assert_eq!(units.pieces(l).count(), 3);
+    }
+    assert!(units.get(UnitId::Embedding).is_none());
+    assert_eq!(
+        units.embedding_pieces(),
+        Some((units.position(UnitId::HeadRows(0)).unwrap(), 1024))
+    );
+    let mut req = PlanRequest::new(12 * MIB, true);
+    req.ctx = Some(64);
+    let p = Plan::compute(&units, &needs(MIB, 1024), &req).unwrap();
+    check_invariants(&p, &units);
+    for l in 0..6 {
+        assert!(p.pinned.contains(&UnitId::Layer(l)), "core {l} is pinned");
+    }
+    // Slots hold one matrix, not a layer of three.
+    assert!(p.slot_bytes < 2 * MIB, "{}", p.slot_bytes);
+    assert!(!p.cycle.is_empty());
+    // The cycle is in use order: by layer, then query, up, down; the head rows last.
+    let order = |u: &UnitId| match *u {
+        UnitId::Piece { layer, piece } => (layer, piece),
+        UnitId::HeadRows(k) => (usize::MAX, k),
+        other => panic!("{other:?} in the cycle"),
+    };
+    let keys: Vec<(usize, usize)> = p.cycle.iter().map(order).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    // Rows come from flash unless every head range is pinned.
+    let all_rows_pinned = units.head_rows().all(|u| p.pinned.contains(&u.id));
+    assert_eq!(p.embedding_on_demand, !all_rows_pinned);
+}
+
+#[test]
+fn a_layer_with_a_large_core_stays_whole() {
+    // The norm is as large as the matrices: pinning it would not be small.
+    let m = split_model(2, 1024, 16);
+    let units = UnitTable::from_model(&m).unwrap();
+    assert_eq!(units.pieces(0).count(), 0);
+    assert_eq!(units.get(UnitId::Layer(0)).unwrap().parts.len(), 4);
 }
 
 #[test]
