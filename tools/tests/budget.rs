@@ -193,8 +193,30 @@ fn gemma3_streams_inside_224mib_plus_allowance() {
     let Some(m) = model("gemma-3-270m-q4_k_m.gguf") else {
         return;
     };
-    // Its tied 170 MiB embedding (the output head) is pinned; the layers stream.
+    // Its tied 170 MiB embedding (the output head) streams in row ranges with the layers'
+    // matrices, or is pinned where the budget allows.
     check_under_cgroup(&m, 224, "2,105,2364,107,6974,563", "auto");
+}
+
+/// A 4-layer slice of Qwen2.5-0.5B at Q8_0 (`mkmodel --shape qwen2.5-0.5b`): its tied
+/// 151936-row embedding, 138 MiB, is the output head, larger than the whole budget. In row
+/// ranges it streams through slots a matrix wide, inside 64 MiB (whole, it needed 187 MiB).
+#[test]
+fn a_138mib_head_streams_in_row_ranges_inside_64mib_plus_allowance() {
+    let path = std::env::temp_dir().join(format!("flashstream-qwen05-{}.gguf", std::process::id()));
+    let made = Command::new(bin())
+        .args(["mkmodel", "dense"])
+        .arg(&path)
+        .args(["--shape", "qwen2.5-0.5b", "--type", "q8_0", "--layers", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    check_under_cgroup(&path, 64, "1,2,3,100,200,300,151935,5000", "auto");
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Qwen3.5-MoE (the random model of `testdata/`): layers and experts stream at 4 MiB, with
