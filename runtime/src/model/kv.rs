@@ -350,7 +350,11 @@ mod tests {
         // Largest magnitude 11 (|d| = 11/8): every value within d/2, but the opposite
         // extreme, which quant 15 (not 16) holds, within 1.5 d.
         for (a, b) in x.iter().zip(&y) {
-            let tol = if a.abs() == 11.0 { 33.0 / 16.0 } else { 11.0 / 16.0 };
+            let tol = if a.abs() == 11.0 {
+                33.0 / 16.0
+            } else {
+                11.0 / 16.0
+            };
             assert!((a - b).abs() <= tol + 1e-6, "{a} vs {b}");
         }
         // The value of largest magnitude maps to quant 0 (-8 · d).
