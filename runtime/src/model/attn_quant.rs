@@ -24,6 +24,8 @@ use half::f16;
 use super::attn::{fma_f16, scale_f16, score};
 use super::kv::KvRows;
 use crate::kernels::{dot_kernel, scalar, DotKernel, Isa, KernelError};
+use crate::model::{Model, RuntimeError};
+use crate::pool::{ChunkCounter, SendPtr};
 use flashstream_formats::GgmlType;
 
 /// The chunk length of the keys' Hadamard rotation for quantized keys of `kind` with head
@@ -103,6 +105,93 @@ impl<'a> HeadRows<'a> {
             }
         }
     }
+}
+
+/// The dimensions of one layer's attention over a quantized cache.
+pub(crate) struct Shape {
+    /// Query rows (tokens).
+    pub n: usize,
+    /// Query heads.
+    pub nh: usize,
+    /// KV heads.
+    pub nkv: usize,
+    /// Key head dimension.
+    pub hd: usize,
+    /// Value head dimension.
+    pub hdv: usize,
+    /// Position of the first query row.
+    pub pos0: usize,
+    /// Sliding window, on windowed layers.
+    pub window: Option<usize>,
+    /// Score scale.
+    pub scale: f32,
+    /// Score soft-cap.
+    pub softcap: Option<f32>,
+}
+
+/// Every query row and head of `q` (`n × nh × hd`, already rotated where the keys are)
+/// against the cache rows `keys`/`values` (causal, windowed), [`attend_row`] on the model's
+/// threads; the `n × nh × hdv` outputs go to `out` (resized).
+pub(crate) fn attend_all(
+    m: &Model,
+    q: &[f32],
+    keys: KvRows<'_>,
+    values: KvRows<'_>,
+    sh: &Shape,
+    sink_of: &(dyn Fn(usize) -> Option<f32> + Sync),
+    out: &mut Vec<f32>,
+) -> Result<(), RuntimeError> {
+    let Shape {
+        n,
+        nh,
+        nkv,
+        hd,
+        hdv,
+        pos0,
+        window,
+        scale,
+        softcap,
+    } = *sh;
+    let kt = match keys {
+        KvRows::F16(_) => GgmlType::F16,
+        KvRows::Quant { ty, .. } => ty,
+    };
+    let kernels = CacheKernels::new(m.isa, kt)?;
+    out.clear();
+    out.resize(n * nh * hdv, 0.0);
+    let group = nh / nkv.max(1);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let items = ChunkCounter::new(n * nh);
+    let work = |_: usize| {
+        let mut sc = RowScratch::default();
+        while let Some(item) = items.next_chunk() {
+            let (t, h) = (item / nh, item % nh);
+            let p = pos0 + t;
+            let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let g = h / group;
+            let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+            // SAFETY: each (t, h) item is claimed once and owns out[(t*nh+h)*hdv..+hdv].
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * hdv), hdv)
+            };
+            attend_row(
+                m.isa,
+                &kernels,
+                qh,
+                HeadRows::new(keys, lo, g, hd, nkv),
+                HeadRows::new(values, lo, g, hdv, nkv),
+                (hd, hdv),
+                p + 1 - lo,
+                scale,
+                softcap,
+                sink_of(h),
+                &mut sc,
+                dst,
+            );
+        }
+    };
+    m.pool.run(work);
+    Ok(())
 }
 
 /// Per-thread scratch of [`attend_row`].

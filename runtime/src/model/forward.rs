@@ -21,7 +21,7 @@ mod deltanet;
 mod mla;
 #[path = "moe.rs"]
 mod moe;
-use super::attn_quant::{self, CacheKernels, HeadRows, RowScratch};
+use super::attn_quant;
 use super::kv::{KvCache, KvRows, KvType};
 use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
@@ -681,39 +681,21 @@ impl<'m> Session<'m> {
         let q = &s.q;
         let out_ptr = SendPtr(s.attn.as_mut_ptr());
         if !types.is_f16() {
-            let kernels = CacheKernels::new(m.isa, types.k.ggml())?;
-            let items = ChunkCounter::new(n * nh);
-            let work = |_: usize| {
-                let mut sc = RowScratch::default();
-                while let Some(item) = items.next_chunk() {
-                    let (t, h) = (item / nh, item % nh);
-                    let p = pos0 + t;
-                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                    let g = h / group;
-                    let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                    // SAFETY: each (t, h) item is claimed once and owns out[(t*nh+h)*hdv..+hdv].
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add((t * nh + h) * hdv), hdv)
-                    };
-                    attn_quant::attend_row(
-                        m.isa,
-                        &kernels,
-                        qh,
-                        HeadRows::new(key_rows, lo, g, hd, nkv),
-                        HeadRows::new(value_rows, lo, g, hdv, nkv),
-                        (hd, hdv),
-                        p + 1 - lo,
-                        scale,
-                        softcap,
-                        sink_of(h),
-                        &mut sc,
-                        dst,
-                    );
-                }
+            let shape = attn_quant::Shape {
+                n,
+                nh,
+                nkv,
+                hd,
+                hdv,
+                pos0,
+                window,
+                scale,
+                softcap,
             };
-            m.pool.run(work);
+            let out = &mut s.attn;
+            attn_quant::attend_all(m, &s.q, key_rows, value_rows, &shape, &sink_of, out)?;
             if let Some(r) = rot_v {
-                attn_quant::fwht_chunks(&mut s.attn, r);
+                attn_quant::fwht_chunks(out, r);
             }
             return Ok(());
         }
