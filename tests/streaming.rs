@@ -62,6 +62,7 @@ fn smallest_plan(gguf: &GgufModel, config: &ModelConfig, rows: usize) -> Plan {
             max_batch: rows,
             threads: 2,
             logits_rows: rows,
+            ..NeedsOptions::default()
         },
     );
     let mut req = PlanRequest::new(1, config.tied_output);

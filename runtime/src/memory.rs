@@ -9,6 +9,8 @@
 use flashstream_formats::{Array, GgmlType, Metadata, ModelConfig, Value};
 use flashstream_scheduler::RuntimeNeeds;
 
+use crate::model::kv::{KvCache, KvTypes};
+
 /// Inputs of [`runtime_needs`] besides the config.
 #[derive(Debug, Clone, Copy)]
 pub struct NeedsOptions {
@@ -19,6 +21,8 @@ pub struct NeedsOptions {
     /// Positions whose logits one eval returns at most (1 for generation; the sequence
     /// length, up to `max_batch`, for teacher forcing).
     pub logits_rows: usize,
+    /// Storage types of the KV cache.
+    pub kv_types: KvTypes,
 }
 
 impl Default for NeedsOptions {
@@ -27,6 +31,7 @@ impl Default for NeedsOptions {
             max_batch: 512,
             threads: 1,
             logits_rows: 1,
+            kv_types: KvTypes::default(),
         }
     }
 }
@@ -37,6 +42,18 @@ impl Default for NeedsOptions {
 /// Linear-attention layers (Qwen3.5) have no KV cache.
 pub fn kv_bytes_per_position(c: &ModelConfig) -> u64 {
     c.n_kv_layers() as u64 * c.n_head_kv as u64 * c.kv_values_per_head() as u64 * 2
+}
+
+/// [`kv_bytes_per_position`] for a cache of `types` (what [`KvCache::with_types`] allocates
+/// per position). MLA and f16 caches are f16; a type the model cannot use
+/// ([`crate::model::kv::check_kv_types`]) is counted as f16 (loading refuses it).
+pub fn kv_bytes_per_position_for(c: &ModelConfig, types: KvTypes) -> u64 {
+    if types.is_f16() || c.mla.is_some() {
+        return kv_bytes_per_position(c);
+    }
+    let (kd, vd) = (c.n_head_kv * c.head_dim_k, c.n_head_kv * c.head_dim_v);
+    KvCache::bytes_for_types(c.n_kv_layers(), 1, kd, vd, types)
+        .unwrap_or_else(|| kv_bytes_per_position(c))
 }
 
 /// Bytes one quantized activation row of length `k` takes, for the worst paired type.
@@ -160,7 +177,7 @@ pub fn runtime_needs(c: &ModelConfig, o: &NeedsOptions) -> RuntimeNeeds {
             )
         }))
         .collect(),
-        kv_bytes_per_pos: kv_bytes_per_position(c),
+        kv_bytes_per_pos: kv_bytes_per_position_for(c, o.kv_types),
         n_ctx_max: c.n_ctx_train,
         experts_per_token: c.moe.map_or(0, |m| m.n_expert_used),
     }

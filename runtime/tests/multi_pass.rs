@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use flashstream_formats::gguf::GgufModel;
+use flashstream_runtime::model::kv::{KvType, KvTypes};
 use flashstream_runtime::model::{
     LogitsWanted, Model, ModelOptions, MultiPass, RowLogits, SeqInput,
 };
@@ -15,11 +16,16 @@ fn workspace() -> PathBuf {
 }
 
 fn load(path: &PathBuf) -> Model {
+    load_kv(path, KvTypes::default())
+}
+
+fn load_kv(path: &PathBuf, kv_types: KvTypes) -> Model {
     let gguf = GgufModel::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let source = ResidentSource::load(&gguf).unwrap();
     let opts = ModelOptions {
         threads: 2,
         max_batch: 256,
+        kv_types,
         ..ModelOptions::default()
     };
     Model::new(&gguf, Box::new(source), &opts).unwrap()
@@ -62,7 +68,11 @@ fn alone(model: &Model, p: &[u32]) -> Vec<Vec<f32>> {
 }
 
 fn check(path: PathBuf) {
-    let model = load(&path);
+    check_kv(path, KvTypes::default())
+}
+
+fn check_kv(path: PathBuf, kv_types: KvTypes) {
+    let model = load_kv(&path, kv_types);
     let nv = model.config().n_vocab;
     // Lengths under and over the 64-row attention tile, sequences joining one pass apart.
     let prompts: Vec<Vec<u32>> = [7usize, 70, 3, 12]
@@ -136,6 +146,24 @@ fn shared_passes_equal_sequences_alone_moe() {
     check(workspace().join("testdata/models/rand-qwen3moe-q4km.gguf"));
     check(workspace().join("testdata/models/rand-qwen2moe-q2k.gguf"));
     check(workspace().join("testdata/models/rand-gptoss-mxfp4.gguf"));
+}
+
+/// A quantized KV cache (Hadamard-rotated rows) in shared passes, dense and hybrid.
+#[test]
+fn shared_passes_equal_sequences_alone_quantized_kv() {
+    for t in [KvType::Q8_0, KvType::Q4_0] {
+        check_kv(
+            workspace().join("testdata/models/rand-qwen3-q5km.gguf"),
+            KvTypes::both(t),
+        );
+        check_kv(
+            workspace().join("testdata/models/rand-qwen35-q8.gguf"),
+            KvTypes {
+                k: t,
+                v: KvType::F16,
+            },
+        );
+    }
 }
 
 /// Qwen3.5: each sequence's rows through its own recurrent state and gated attention.

@@ -290,6 +290,115 @@ fn logits_json_matches_random_goldens() {
         "generate.rand-qwen35-q8.jsonl",
         "generate.rand-qwen35moe-q4k.jsonl",
     ] {
+        check_logits_golden(file, &[]);
+    }
+}
+
+/// The same with a quantized KV cache (`--kv-type-k/-v` from each record's `kv_type`)
+/// against llama.cpp's references made with that cache.
+#[test]
+fn logits_json_matches_quantized_kv_goldens() {
+    for file in [
+        "generate-kv-q8_0.rand-llama-f16.jsonl",
+        "generate-kv-q4_0.rand-llama-f16.jsonl",
+        "generate-kv-q8_0.rand-qwen3-q5km.jsonl",
+        "generate-kv-q4_0.rand-qwen3-q5km.jsonl",
+    ] {
+        let c = &golden(file)[0];
+        let (k, v) = (
+            c["kv_type"]["k"].as_str().unwrap(),
+            c["kv_type"]["v"].as_str().unwrap(),
+        );
+        check_logits_golden(file, &["--kv-type-k", k, "--kv-type-v", v]);
+    }
+}
+
+/// Unknown KV-cache types are a usage error that lists the accepted ones.
+#[test]
+fn bad_kv_type_lists_the_accepted_types() {
+    let m = root().join("testdata/models/rand-llama-f16.gguf");
+    for flag in ["--kv-type", "--kv-type-k", "--kv-type-v"] {
+        let out = run(&["logits", m.to_str().unwrap(), "--tokens", "1", flag, "q5_1"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("q5_1") && err.contains("f16, q8_0, q4_0") && err.contains(flag),
+            "{err}"
+        );
+    }
+    // MLA (deepseek2) keeps an f16 cache: a clear error naming the flag and architecture.
+    let m = root().join("testdata/models/rand-deepseek2-q4k.gguf");
+    let out = run(&[
+        "logits",
+        m.to_str().unwrap(),
+        "--tokens",
+        "1",
+        "--kv-type",
+        "q8_0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--kv-type q8_0") && err.contains("deepseek2"),
+        "{err}"
+    );
+}
+
+/// `plan` counts the quantized cache and shows what each type takes.
+#[test]
+fn plan_shows_kv_bytes_per_type() {
+    let m = root().join("testdata/models/rand-llama-f16.gguf");
+    let m = m.to_str().unwrap();
+    let plan = |t: &str| {
+        ok_json(&[
+            "plan",
+            m,
+            "--ctx",
+            "256",
+            "--kv-type",
+            t,
+            "--bandwidth",
+            "1",
+            "--json",
+        ])
+    };
+    let (f16, q8, q4) = (plan("f16"), plan("q8_0"), plan("q4_0"));
+    let kv = |j: &Value| j["kv_bytes"].as_u64().unwrap();
+    assert_eq!(
+        kv(&q8) * 64,
+        kv(&f16) * 34,
+        "q8_0 is 34 bytes per 32 values"
+    );
+    assert_eq!(
+        kv(&q4) * 64,
+        kv(&f16) * 18,
+        "q4_0 is 18 bytes per 32 values"
+    );
+    assert_eq!(f16["kv_bytes_by_type"]["q4_0"].as_u64(), Some(kv(&q4)));
+    assert_eq!(q4["kv_type_k"], "q4_0");
+    let out = run(&[
+        "plan",
+        m,
+        "--ctx",
+        "256",
+        "--kv-type-v",
+        "q8_0",
+        "--bandwidth",
+        "1",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("KV cache (K f16 / V q8_0)"), "{text}");
+    assert!(
+        text.contains("q4_0") && text.contains("saves 72% vs f16"),
+        "{text}"
+    );
+}
+
+/// Teacher-forces every case of the golden `file` through `logits --json` (with `extra`
+/// flags) and holds it to the random models' rules.
+fn check_logits_golden(file: &str, extra: &[&str]) {
+    {
         for c in golden(file) {
             let m = root()
                 .join("testdata/models")
@@ -303,15 +412,18 @@ fn logits_json_matches_random_goldens() {
                     .map(|s| s["token"].as_u64().unwrap() as u32),
             );
             let list: Vec<String> = seq.iter().map(|t| t.to_string()).collect();
-            let j = ok_json(&[
+            let tokens = list.join(",");
+            let mut args = vec![
                 "logits",
                 m.to_str().unwrap(),
                 "--tokens",
-                &list.join(","),
+                &tokens,
                 "--top",
                 "10",
                 "--json",
-            ]);
+            ];
+            args.extend_from_slice(extra);
+            let j = ok_json(&args);
             let pos = j["positions"].as_array().unwrap();
             assert_eq!(pos.len(), seq.len());
             let mut top1 = 0;

@@ -128,6 +128,31 @@ fn every_backend_streams_the_same_logits_as_resident() {
     }
 }
 
+/// A quantized KV cache (both, and K and V apart) streams the same logits as resident.
+#[test]
+fn quantized_kv_cache_streams_the_same_logits_as_resident() {
+    for name in ["rand-llama-f16.gguf", "rand-qwen3-q5km.gguf"] {
+        let m = root().join("testdata/models").join(name);
+        let m = m.to_str().unwrap();
+        // The f16 cache's smallest budget holds every smaller cache too.
+        let budget = smallest_budget(m).to_string();
+        for kv in [
+            &["--kv-type", "q8_0"][..],
+            &["--kv-type", "q4_0"],
+            &["--kv-type-k", "q4_0", "--kv-type-v", "f16"],
+        ] {
+            let want = logits(m, kv, &[]).unwrap();
+            let f16 = logits(m, &[], &[]).unwrap();
+            assert_ne!(want["positions"], f16["positions"], "{m} {kv:?}: no effect");
+            let mut a = kv.to_vec();
+            a.extend(["--mem", &budget, "--io", "pread"]);
+            let got = logits(m, &a, &[]).unwrap_or_else(|e| panic!("{m} {kv:?}: {e}"));
+            assert!(got["stats"]["streamed_units"].as_u64().unwrap() > 0);
+            assert_eq!(got["positions"], want["positions"], "{m} {kv:?}");
+        }
+    }
+}
+
 #[test]
 fn auto_falls_back_to_pread_when_io_uring_is_refused() {
     let m = root().join("testdata/models/rand-llama-q4_0.gguf");

@@ -8,7 +8,7 @@
 //! f16 after every position and rescaled in f16 when the maximum grows). Batches of at least
 //! [`TILE`] rows go through its tiled kernel instead: Q, K and V in f32, tiles of [`TILE`]
 //! query rows and [`TILE`] positions, an f32 accumulator. [`attend_f16`] and [`attend_tile`]
-//! follow each.
+//! follow each. A cache with quantized keys or values goes through `attn_quant` instead.
 //!
 //! Every entry point takes the model's [`Isa`]: the AVX2 inner loops run only under
 //! [`Isa::Avx2`] (on a CPU that has it), so [`Isa::Scalar`] is scalar here as in the matvec
@@ -72,7 +72,7 @@ pub fn dot_f16_scalar(a: &[f32], b: &[f16]) -> f32 {
 /// The score of a dot product: `dot * scale`, or with soft-capping `cap * tanh(dot * (scale /
 /// cap))`, in llama.cpp's order of operations.
 #[inline]
-fn score(dot: f32, scale: f32, softcap: Option<f32>) -> f32 {
+pub(crate) fn score(dot: f32, scale: f32, softcap: Option<f32>) -> f32 {
     match softcap {
         Some(cap) => cap * (dot * (scale / cap)).tanh(),
         None => dot * scale,
@@ -104,7 +104,7 @@ pub fn attend_f16(
 /// logit in the maximum and the denominator, no value), as llama.cpp applies it after the
 /// last key: returns the factor the accumulated values are scaled by and the new sum.
 #[inline]
-fn join_sink(s: f32, m: f32, sum: f32) -> (f32, f32) {
+pub(crate) fn join_sink(s: f32, m: f32, sum: f32) -> (f32, f32) {
     let (ms, vs) = if s > m {
         ((m - s).exp(), 1.0)
     } else {
@@ -167,7 +167,7 @@ pub fn attend_f16_sink(
 }
 
 /// `acc[i] = f16(acc[i] · s)`.
-fn scale_f16(isa: Isa, acc: &mut [f16], s: f32) {
+pub(crate) fn scale_f16(isa: Isa, acc: &mut [f16], s: f32) {
     #[cfg(target_arch = "x86_64")]
     if x86::usable(isa) {
         // SAFETY: AVX2, FMA and F16C were detected at run time.
@@ -185,7 +185,7 @@ fn scale_f16_scalar(acc: &mut [f16], s: f32) {
 }
 
 /// `acc[i] = f16(fma(v[i], s, acc[i]))`.
-fn fma_f16(isa: Isa, acc: &mut [f16], v: &[f16], s: f32) {
+pub(crate) fn fma_f16(isa: Isa, acc: &mut [f16], v: &[f16], s: f32) {
     #[cfg(target_arch = "x86_64")]
     if x86::usable(isa) {
         // SAFETY: AVX2, FMA and F16C were detected at run time.

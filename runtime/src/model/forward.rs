@@ -21,7 +21,8 @@ mod deltanet;
 mod mla;
 #[path = "moe.rs"]
 mod moe;
-use super::kv::KvCache;
+use super::attn_quant;
+use super::kv::{KvCache, KvRows, KvType};
 use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
@@ -288,11 +289,14 @@ impl<'m> Session<'m> {
         };
         let kd = c.n_head_kv * c.head_dim_k;
         let nl = c.n_kv_layers();
-        let kv = KvCache::new(nl, n_ctx, kd, vd).ok_or_else(|| RuntimeError::OutOfMemory {
-            what: format!(
-                "a KV cache of {} bytes for {n_ctx} positions",
-                KvCache::bytes_for(nl, n_ctx, kd, vd)
-            ),
+        let types = model.kv_types();
+        let kv = KvCache::with_types(nl, n_ctx, kd, vd, types).ok_or_else(|| {
+            RuntimeError::OutOfMemory {
+                what: format!(
+                    "a {types} KV cache of {} bytes for {n_ctx} positions",
+                    KvCache::bytes_for_types(nl, n_ctx, kd, vd, types).unwrap_or(u64::MAX)
+                ),
+            }
         })?;
         let rec = match &c.ssm {
             Some(ssm) => {
@@ -322,6 +326,11 @@ impl<'m> Session<'m> {
     /// Context length.
     pub fn n_ctx(&self) -> usize {
         self.kv.n_ctx()
+    }
+
+    /// Bytes its KV cache holds.
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.allocated_bytes()
     }
 
     /// The model.
@@ -637,6 +646,16 @@ impl<'m> Session<'m> {
             let kt = &mut s.k[t * nkv * hd..(t + 1) * nkv * hd];
             ops::rope_apply(kt, hd, dims, neox, &cos, &sin);
         }
+        // A quantized cache holds Hadamard-rotated rows, as llama.cpp's (see `attn_quant`).
+        let types = self.kv.types();
+        let rot_k = attn_quant::key_rotation(types.k != KvType::F16, hd);
+        let rot_v = attn_quant::value_rotation(types.v != KvType::F16, hdv);
+        if let Some(r) = rot_k {
+            attn_quant::fwht_chunks(&mut s.k[..n * nkv * hd], r);
+        }
+        if let Some(r) = rot_v {
+            attn_quant::fwht_chunks(&mut s.v[..n * nkv * hdv], r);
+        }
         let kl = c.layer_slot(il);
         for t in 0..n {
             self.kv.store(
@@ -653,10 +672,15 @@ impl<'m> Session<'m> {
         if let Some(f) = q_scale {
             ops::scale(&mut s.q, f);
         }
+        if let Some(r) = rot_k {
+            attn_quant::fwht_chunks(&mut s.q[..n * nh * hd], r);
+        }
         // Small batches (and decode steps) take Q in f16, as llama.cpp converts it to the
         // cache's type; large batches stay in f32 (see `attn`).
-        let tiled = n >= attn::TILE;
-        if !tiled {
+        // llama.cpp's tiled kernel takes f16 keys and values only; a quantized cache goes
+        // row by row at any batch size, with Q converted to the keys' dot partner (from f32).
+        let tiled = n >= attn::TILE && types.is_f16();
+        if !tiled && types.k == KvType::F16 {
             for v in s.q.iter_mut() {
                 *v = f16::from_f32(*v).to_f32();
             }
@@ -670,8 +694,7 @@ impl<'m> Session<'m> {
         };
         s.attn.clear();
         s.attn.resize(n * nh * hdv, 0.0);
-        let keys = self.kv.keys(kl);
-        let values = self.kv.values(kl);
+        let (key_rows, value_rows) = (self.kv.keys(kl), self.kv.values(kl));
         let group = nh / nkv;
         let pos0 = self.pos;
         let softcap = c.attn_softcap;
@@ -682,6 +705,28 @@ impl<'m> Session<'m> {
         let sink_of = |h: usize| sinks.and_then(|v| v.get(h)).copied();
         let q = &s.q;
         let out_ptr = SendPtr(s.attn.as_mut_ptr());
+        if !types.is_f16() {
+            let shape = attn_quant::Shape {
+                n,
+                nh,
+                nkv,
+                hd,
+                hdv,
+                pos0,
+                window,
+                scale,
+                softcap,
+            };
+            let out = &mut s.attn;
+            attn_quant::attend_all(m, &s.q, key_rows, value_rows, &shape, &sink_of, out)?;
+            if let Some(r) = rot_v {
+                attn_quant::fwht_chunks(out, r);
+            }
+            return Ok(());
+        }
+        let (KvRows::F16(keys), KvRows::F16(values)) = (key_rows, value_rows) else {
+            return Err(RuntimeError::Invalid("f16 KV cache expected".into()));
+        };
         if tiled {
             // Work items: a tile of up to TILE consecutive rows of one head.
             let n_tiles = n.div_ceil(attn::TILE);

@@ -214,7 +214,12 @@ impl Session<'_> {
         // Every head against the one cached row per position; the values are its latent.
         s.up.clear();
         s.up.resize(n * nh * lora, 0.0);
-        let keys = self.kv.keys(il);
+        // Model::new refuses a quantized cache for MLA (`kv::check_kv_types`).
+        let crate::model::kv::KvRows::F16(keys) = self.kv.keys(il) else {
+            return Err(RuntimeError::Invalid(
+                "MLA keeps its KV cache in f16 only (--kv-type f16)".into(),
+            ));
+        };
         let pos0 = self.pos;
         let softcap = c.attn_softcap;
         let q = &s.v;

@@ -8,6 +8,7 @@
 //! come back for the last position or for all of them.
 
 pub mod attn;
+pub mod attn_quant;
 mod forward;
 pub mod kv;
 pub mod multi;
@@ -133,6 +134,8 @@ pub struct ModelOptions {
     /// MoE models: while a layer computes, apply the next layer's router to its hidden state
     /// and prefetch the experts it picks (used only when the next layer's router is resident).
     pub predict_experts: bool,
+    /// Storage types of every session's KV cache (f16 by default).
+    pub kv_types: kv::KvTypes,
 }
 
 impl Default for ModelOptions {
@@ -142,6 +145,7 @@ impl Default for ModelOptions {
             isa: None,
             max_batch: 512,
             predict_experts: true,
+            kv_types: kv::KvTypes::default(),
         }
     }
 }
@@ -158,6 +162,7 @@ pub struct Model {
     output_rows: Vec<WeightRef>,
     rope_freqs: Option<WeightRef>,
     isa: Isa,
+    kv_types: kv::KvTypes,
     pool: WorkerPool,
     max_batch: usize,
     /// Forward passes run one at a time (they share the pool and the source's ring order).
@@ -286,6 +291,7 @@ impl Model {
             Some(i) => i,
             None => Isa::detect(),
         };
+        kv::check_kv_types(&config, opts.kv_types).map_err(RuntimeError::Invalid)?;
         let src = source.as_ref();
         let table = arch_tensors(arch);
         let mut layers = Vec::with_capacity(config.n_layer);
@@ -375,6 +381,7 @@ impl Model {
             output_rows,
             rope_freqs,
             isa,
+            kv_types: opts.kv_types,
             max_batch: opts.max_batch,
             eval_lock: parking_lot::Mutex::new(()),
             predict_experts: AtomicBool::new(opts.predict_experts),
@@ -461,6 +468,11 @@ impl Model {
     /// The instruction set the kernels use.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The storage types of its sessions' KV caches.
+    pub fn kv_types(&self) -> kv::KvTypes {
+        self.kv_types
     }
 
     /// Threads used by kernels.

@@ -1,12 +1,24 @@
-//! The memory and I/O flags (`--mem`, `--io`, `--prefetch`, `--stats`) and how plans and
+//! The memory and I/O flags (`--mem`, `--io`, `--prefetch`, `--stats`, `--kv-type`) and how plans and
 //! streaming statistics are shown; loading itself is the library's [`flashstream::Engine`].
 
 use anyhow::Context;
 
 use super::size::parse_size;
 use flashstream::loader::IoKind;
+use flashstream::runtime::model::kv::{KvType, KvTypes};
 use flashstream::scheduler::{sysmem, ExpertPolicy, Plan, SourceStats};
 use flashstream::{AutoBudget, Engine, EngineOptions};
+
+/// Parses a KV-cache type flag (`f16`, `q8_0`, `q4_0`).
+pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s.trim()).ok_or_else(|| {
+        let names: Vec<&str> = KvType::ALL.iter().map(|t| t.name()).collect();
+        format!(
+            "unknown KV-cache type {s:?} (accepted: {})",
+            names.join(", ")
+        )
+    })
+}
 
 /// What `--mem` asks for: a fixed budget, or one that follows the available memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,9 +73,28 @@ pub struct MemArgs {
     /// MoE expert-cache eviction: distance (the layer needed furthest ahead, then LRU) or lru.
     #[arg(long, default_value = "distance")]
     pub expert_policy: ExpertPolicy,
+    /// KV-cache storage type of keys and values, as llama.cpp's `--cache-type-k/-v`: f16
+    /// (default), q8_0 or q4_0 (about 53% / 28% of the f16 bytes, counted in the budget).
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kv_type: Option<KvType>,
+    /// KV-cache type of the keys alone (overrides --kv-type for them).
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kv_type_k: Option<KvType>,
+    /// KV-cache type of the values alone (overrides --kv-type for them).
+    #[arg(long, value_parser = parse_kv_type)]
+    pub kv_type_v: Option<KvType>,
 }
 
 impl MemArgs {
+    /// The KV-cache types `--kv-type`, `--kv-type-k` and `--kv-type-v` ask for.
+    pub fn kv_types(&self) -> KvTypes {
+        let both = self.kv_type.unwrap_or_default();
+        KvTypes {
+            k: self.kv_type_k.unwrap_or(both),
+            v: self.kv_type_v.unwrap_or(both),
+        }
+    }
+
     /// The library options these flags (and a command's `shape`) stand for. With `--mem
     /// auto`, the budget to open with is the auto target with nothing held yet: the fraction
     /// of what is available now.
@@ -86,6 +117,7 @@ impl MemArgs {
             io: self.io,
             prefetch: self.prefetch,
             expert_policy: self.expert_policy,
+            kv_types: self.kv_types(),
             ..shape
         })
     }

@@ -10,6 +10,8 @@ use flashstream::engine::budget;
 use flashstream::formats::tensor_names::PIECE_ROLES;
 use flashstream::formats::ModelConfig;
 use flashstream::loader::{probe_read_bandwidth, BackendOptions, IoKind};
+use flashstream::runtime::memory::kv_bytes_per_position_for;
+use flashstream::runtime::model::kv::{check_kv_types, KvType, KvTypes};
 use flashstream::scheduler::{fmt_bytes, Plan, SchedulerError, UnitId};
 use flashstream::{EngineError, EngineOptions};
 
@@ -144,11 +146,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => (None, false),
     };
     let tps = gbps.and_then(|g| plan.predicted_tokens_per_s(g));
+    let kv_by_type = kv_bytes_by_type(&config, plan.n_ctx);
     if a.json {
-        println!(
-            "{}",
-            plan_json(&plan, minimum, gbps, measured, tps, budget(&opts)?)
-        );
+        let mut j = plan_json(&plan, minimum, gbps, measured, tps, budget(&opts)?);
+        j["kv_type_k"] = opts.kv_types.k.name().into();
+        j["kv_type_v"] = opts.kv_types.v.name().into();
+        j["kv_bytes_by_type"] = kv_by_type
+            .iter()
+            .map(|(t, b)| (t.name().to_string(), json!(b)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        println!("{j}");
         return Ok(());
     }
     println!("{}", describe_plan(&plan));
@@ -165,6 +173,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "minimum budget for this model",
             fmt_bytes(m)
         );
+    }
+    println!();
+    println!(
+        "KV cache ({}): {} for {} positions",
+        opts.kv_types,
+        fmt_bytes(plan.kv_bytes),
+        plan.n_ctx
+    );
+    if let Some(&(_, f16)) = kv_by_type.first() {
+        let per: Vec<String> = kv_by_type
+            .iter()
+            .map(|&(t, b)| {
+                let saved = if f16 > 0 {
+                    100.0 * (f16 as f64 - b as f64) / f16 as f64
+                } else {
+                    0.0
+                };
+                format!("{t} {} (saves {saved:.0}% vs f16)", fmt_bytes(b))
+            })
+            .collect();
+        println!("KV cache by --kv-type: {}", per.join(", "));
     }
     println!();
     if plan
@@ -215,6 +244,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => println!("predicted decode: nothing is read per token (compute bound)"),
     }
     Ok(())
+}
+
+/// The KV-cache bytes of `n_ctx` positions for each `--kv-type` the model can use (f16
+/// first).
+fn kv_bytes_by_type(config: &ModelConfig, n_ctx: usize) -> Vec<(KvType, u64)> {
+    KvType::ALL
+        .into_iter()
+        .map(KvTypes::both)
+        .filter(|t| check_kv_types(config, *t).is_ok())
+        .map(|t| (t.k, kv_bytes_per_position_for(config, t) * n_ctx as u64))
+        .collect()
 }
 
 fn plan_json(
