@@ -39,7 +39,7 @@ use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
     sysmem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds, SchedulerError, SourceStats,
-    StreamingSource, UnitTable, SOURCE_READ_BYTES,
+    StreamingSource, Trace, UnitTable, SOURCE_READ_BYTES,
 };
 
 /// Errors of [`Engine`].
@@ -103,6 +103,9 @@ pub struct EngineOptions {
     /// Told how reading the pinned weights goes; returning false cancels the load
     /// ([`SchedulerError::Cancelled`]).
     pub progress: Option<LoadProgress>,
+    /// Records reads, stalls, layer compute and passes (off by default; see
+    /// [`crate::scheduler::trace`]). The engine only records: the caller writes the events.
+    pub trace: Trace,
 }
 
 /// A load-progress callback: `(bytes_read, bytes_to_read) -> keep going`.
@@ -132,6 +135,7 @@ impl Default for EngineOptions {
             expert_policy: ExpertPolicy::default(),
             sequences: 1,
             progress: None,
+            trace: Trace::off(),
         }
     }
 }
@@ -314,12 +318,13 @@ impl Engine {
             },
         )?;
         let progress = opts.progress.clone();
-        let source = Arc::new(StreamingSource::with_progress(
+        let source = Arc::new(StreamingSource::with_trace(
             &gguf,
             plan.clone(),
             backend,
             SOURCE_READ_BYTES,
             &mut |done, total| progress.as_ref().is_none_or(|p| (p.0)(done, total)),
+            opts.trace.clone(),
         )?);
         let io = source.io_kind();
         let batch = batch.min(opts.max_batch);
@@ -343,6 +348,7 @@ impl Engine {
             &ModelOptions {
                 threads: opts.threads,
                 max_batch: batch,
+                trace: opts.trace.clone(),
                 ..ModelOptions::default()
             },
         )?;
