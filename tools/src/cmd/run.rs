@@ -117,7 +117,7 @@ fn generate_run(a: &Args, trace: &flashstream::scheduler::Trace) -> anyhow::Resu
     if a.spec.on() && (a.json_schema.is_some() || a.grammar.is_some()) {
         bail!("--lookup/--draft cannot be combined with --json-schema/--grammar yet");
     }
-    let mut constraint = constraint(&a, &tok)?;
+    let mut constraint = constraint(a, &tok)?;
     let wanted = prompt.len().saturating_add(a.n_predict);
     let threads = a
         .model
