@@ -40,7 +40,7 @@ use crate::runtime::model::{Model, ModelOptions, RuntimeError, Session};
 use crate::runtime::tokenizer::{Tokenizer, TokenizerError};
 use crate::scheduler::{
     sysmem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds, SchedulerError, SourceStats,
-    StreamingSource, UnitTable, SOURCE_READ_BYTES,
+    StreamingSource, Trace, UnitTable, SOURCE_READ_BYTES,
 };
 
 /// Errors of [`Engine`].
@@ -107,6 +107,9 @@ pub struct EngineOptions {
     /// Told how reading the pinned weights goes; returning false cancels the load
     /// ([`SchedulerError::Cancelled`]).
     pub progress: Option<LoadProgress>,
+    /// Records reads, stalls, layer compute and passes (off by default; see
+    /// [`crate::scheduler::trace`]). The engine only records: the caller writes the events.
+    pub trace: Trace,
 }
 
 /// A load-progress callback: `(bytes_read, bytes_to_read) -> keep going`.
@@ -137,6 +140,7 @@ impl Default for EngineOptions {
             sequences: 1,
             kv_types: KvTypes::default(),
             progress: None,
+            trace: Trace::off(),
         }
     }
 }
@@ -321,12 +325,13 @@ impl Engine {
             },
         )?;
         let progress = opts.progress.clone();
-        let source = Arc::new(StreamingSource::with_progress(
+        let source = Arc::new(StreamingSource::with_trace(
             &gguf,
             plan.clone(),
             backend,
             SOURCE_READ_BYTES,
             &mut |done, total| progress.as_ref().is_none_or(|p| (p.0)(done, total)),
+            opts.trace.clone(),
         )?);
         let io = source.io_kind();
         let batch = batch.min(opts.max_batch);
@@ -351,6 +356,7 @@ impl Engine {
                 threads: opts.threads,
                 max_batch: batch,
                 kv_types: opts.kv_types,
+                trace: opts.trace.clone(),
                 ..ModelOptions::default()
             },
         )?;

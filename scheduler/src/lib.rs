@@ -20,11 +20,13 @@ pub mod sysmem;
 #[cfg(unix)]
 #[doc(hidden)]
 pub mod testing;
+pub mod trace;
 mod units;
 
 pub use plan::{BudgetItem, ExpertPolicy, Plan, PlanRequest, RuntimeNeeds};
 pub use resident::ResidentSource;
 pub use stream::{ReadFailure, StreamingSource, SOURCE_READ_BYTES};
+pub use trace::{Trace, Track};
 pub use units::{Part, Unit, UnitId, UnitTable};
 
 /// Errors of the scheduler.

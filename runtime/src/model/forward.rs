@@ -423,11 +423,13 @@ impl<'m> Session<'m> {
         let m = self.model;
         let c = &m.config;
         let n = tokens.len();
+        let (pass, pos0, t_pass) = (m.trace.next_pass(), self.pos, m.trace.now());
         self.embed(s, tokens)?;
 
         let n_layer = c.n_layer;
         for il in 0..n_layer {
             let _l = tracing::trace_span!("layer", il).entered();
+            let t_layer = m.trace.now();
             let lease = m.source.lease(UnitId::Layer(il))?;
             let req = |r: Role| m.layer_weight(il, r);
 
@@ -446,17 +448,26 @@ impl<'m> Session<'m> {
                 self.attention(s, il, &lease, n)?;
             }
             self.finish_layer(s, il, &lease, n)?;
+            m.trace_compute(pass, t_layer, pos0, n, || format!("blk.{il}"));
         }
         self.pos += n;
 
         // Output head on the rows whose logits are wanted.
         let first = match want {
-            None => return Ok(()),
+            None => 0,
             Some(LogitsWanted::All) => 0,
             Some(LogitsWanted::Last) => n - 1,
         };
-        output_head(m, s, first)?;
-        logits.extend_from_slice(&s.tmp);
+        if want.is_some() {
+            let t_head = m.trace.now();
+            output_head(m, s, first)?;
+            m.trace_compute(pass, t_head, pos0, n, || "output".into());
+            logits.extend_from_slice(&s.tmp);
+        }
+        m.trace_pass(pass, t_pass, pos0, n, || match n {
+            1 => format!("token {pos0}"),
+            _ => format!("prompt {pos0}..{}", pos0 + n),
+        });
         Ok(())
     }
 

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use flashstream_formats::tensor_names::{arch_tensors, piece_index, Need};
 pub use flashstream_formats::TensorRole as Role;
 use flashstream_formats::{Architecture, GgmlType, GgufModel, ModelConfig};
-use flashstream_scheduler::{UnitId, WeightSource};
+use flashstream_scheduler::trace::ArgValue;
+use flashstream_scheduler::{Trace, Track, UnitId, WeightSource};
 
 use crate::kernels::{Isa, KernelError};
 use crate::pool::WorkerPool;
@@ -136,6 +137,9 @@ pub struct ModelOptions {
     pub predict_experts: bool,
     /// Storage types of every session's KV cache (f16 by default).
     pub kv_types: kv::KvTypes,
+    /// Records each pass and each layer's compute (off by default; the runtime only records,
+    /// the caller writes the events out).
+    pub trace: Trace,
 }
 
 impl Default for ModelOptions {
@@ -146,6 +150,7 @@ impl Default for ModelOptions {
             max_batch: 512,
             predict_experts: true,
             kv_types: kv::KvTypes::default(),
+            trace: Trace::off(),
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct Model {
     /// Whether MoE layers predict the next layer's experts and prefetch them.
     predict_experts: AtomicBool,
     prediction: PredictionCounters,
+    /// Where passes and layer compute are recorded (see [`ModelOptions::trace`]).
+    pub(crate) trace: Trace,
 }
 
 /// Counters of next-layer expert prediction (MoE models).
@@ -386,6 +393,7 @@ impl Model {
             eval_lock: parking_lot::Mutex::new(()),
             predict_experts: AtomicBool::new(opts.predict_experts),
             prediction: PredictionCounters::default(),
+            trace: opts.trace.clone(),
         };
         model.check_small_tensors()?;
         Ok(model)
@@ -508,5 +516,52 @@ impl Model {
     /// A session with room for `n_ctx` positions (at most the model's training context).
     pub fn session(&self, n_ctx: usize) -> Result<Session<'_>, RuntimeError> {
         Session::new(self, n_ctx)
+    }
+}
+
+/// Recording points of the forward passes (nothing but a branch when the trace is off).
+impl Model {
+    /// Trace: a pass of `n` rows from position `pos` (the first session's) that began at
+    /// `start` has ended; `what` names it ("token 7", "prompt 0..64", "pass 3").
+    pub(crate) fn trace_pass(
+        &self,
+        pass: u64,
+        start: Option<std::time::Instant>,
+        pos: usize,
+        n: usize,
+        what: impl FnOnce() -> String,
+    ) {
+        if !self.trace.is_on() {
+            return;
+        }
+        // The source's byte counter at the end of the pass (reads run ahead across passes).
+        let total = self.source.stats().bytes_read;
+        self.trace.span(Track::Passes, "pass", start, what, || {
+            vec![
+                ("pass", ArgValue::Int(pass)),
+                ("pos", ArgValue::Int(pos as u64)),
+                ("n", ArgValue::Int(n as u64)),
+                ("bytes_read_total", ArgValue::Int(total)),
+            ]
+        });
+    }
+
+    /// Trace: the compute of `unit` ("blk.3", "output") in pass `pass`, from `start` to now
+    /// (a stall waiting for its lease lies inside it).
+    pub(crate) fn trace_compute(
+        &self,
+        pass: u64,
+        start: Option<std::time::Instant>,
+        pos: usize,
+        n: usize,
+        unit: impl FnOnce() -> String,
+    ) {
+        self.trace.span(Track::Compute, "compute", start, unit, || {
+            vec![
+                ("pass", ArgValue::Int(pass)),
+                ("pos", ArgValue::Int(pos as u64)),
+                ("n", ArgValue::Int(n as u64)),
+            ]
+        });
     }
 }

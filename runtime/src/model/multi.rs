@@ -159,6 +159,7 @@ impl MultiPass {
             ranges.push((r, r + inp.tokens.len()));
             r += inp.tokens.len();
         }
+        let (pass, pos0, t_pass) = (m.trace.next_pass(), inputs[0].session.pos, m.trace.now());
         inputs[0].session.embed(s, &tokens)?;
         let qd = c.n_head * c.head_dim_k;
         let kd = c.n_head_kv * c.head_dim_k;
@@ -166,6 +167,7 @@ impl MultiPass {
         let ad = c.n_head * c.head_dim_v;
         for il in 0..c.n_layer {
             let _l = tracing::trace_span!("layer", il).entered();
+            let t_layer = m.trace.now();
             let lease = m.source.lease(UnitId::Layer(il))?;
             let req = |r: Role| m.layer_weight(il, r);
 
@@ -192,6 +194,7 @@ impl MultiPass {
                     s.attn[r0 * w..r1 * w].copy_from_slice(&seg.attn[..(r1 - r0) * w]);
                 }
                 inputs[0].session.finish_layer(s, il, &lease, n)?;
+                m.trace_compute(pass, t_layer, pos0, n, || format!("blk.{il}"));
                 continue;
             }
             project_qkv(m, s, il, &lease, n)?;
@@ -205,7 +208,10 @@ impl MultiPass {
                 s.attn[r0 * ad..r1 * ad].copy_from_slice(&seg.attn[..(r1 - r0) * ad]);
             }
             inputs[0].session.finish_layer(s, il, &lease, n)?;
+            m.trace_compute(pass, t_layer, pos0, n, || format!("blk.{il}"));
         }
+        let seqs = inputs.len();
+        let what = || format!("pass {pass} ({n} rows, {seqs} sequences)");
 
         // Output head on the rows whose logits are wanted, each row's arithmetic its own.
         let rows: Vec<(usize, usize)> = (0..inputs.len())
@@ -218,6 +224,7 @@ impl MultiPass {
             .collect();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
         if rows.is_empty() {
+            m.trace_pass(pass, t_pass, pos0, n, what);
             return Ok(out);
         }
         // The wanted rows move to the front of `s.x` (no longer needed after the last layer);
@@ -226,7 +233,10 @@ impl MultiPass {
             s.x.copy_within(r * e..(r + 1) * e, j * e);
         }
         s.x.truncate(rows.len() * e);
+        let t_head = m.trace.now();
         output_head(m, s, 0)?;
+        m.trace_compute(pass, t_head, pos0, n, || "output".into());
+        m.trace_pass(pass, t_pass, pos0, n, what);
         let nv = s.tmp.len() / rows.len();
         for (j, &(i, _)) in rows.iter().enumerate() {
             out[i]

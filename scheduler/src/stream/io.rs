@@ -11,6 +11,7 @@ use super::residency::{Region, Static};
 use super::state::{CacheSlot, Origin, RingSlot, Shared, State};
 use super::ReadFailure;
 use crate::layout::UnitLayout;
+use crate::trace::{unit_name, ArgValue, Track};
 use crate::{SchedulerError, UnitId, UnitTable};
 
 #[derive(Debug, Clone, Copy)]
@@ -227,11 +228,13 @@ pub(super) fn start_expert(
     st.cache_of.insert(id, slot);
 }
 
-/// Targets of reads in flight, by tag, with the number of ops still out for each.
+/// Targets of reads in flight, by tag, with the number of ops still out for each (and, for
+/// the trace, when the first op went out and the bytes completed so far).
 #[derive(Default)]
 pub(super) struct Slab {
     pub(super) entries: Vec<Option<(Target, usize)>>,
     pub(super) free: Vec<usize>,
+    pub(super) traced: Vec<(Option<Instant>, u64)>,
 }
 
 impl Slab {
@@ -239,13 +242,30 @@ impl Slab {
         match self.free.pop() {
             Some(i) => {
                 self.entries[i] = Some((t, 0));
+                self.traced[i] = (None, 0);
                 i as u64
             }
             None => {
                 self.entries.push(Some((t, 0)));
+                self.traced.push((None, 0));
                 (self.entries.len() - 1) as u64
             }
         }
+    }
+
+    /// Trace: an op of `tag` was submitted (the first one starts the read).
+    pub(super) fn submitted(&mut self, tag: u64) {
+        if let Some(t) = self.traced.get_mut(tag as usize) {
+            t.0.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Trace: `n` bytes of `tag` completed; the read's start and bytes when it was its last op.
+    fn completed(&mut self, tag: u64, n: u64) -> Option<(Option<Instant>, u64)> {
+        let last = matches!(self.entries.get(tag as usize), Some(Some((_, 1))));
+        let t = self.traced.get_mut(tag as usize)?;
+        t.1 += n;
+        last.then_some(*t)
     }
 
     pub(super) fn add_refs(&mut self, tag: u64, n: usize) {
@@ -272,6 +292,12 @@ impl Slab {
 }
 
 pub(super) fn apply(s: &Static, st: &mut State, slab: &mut Slab, c: Completion) {
+    let done = if s.trace.is_on() {
+        let n = c.result.as_ref().map_or(0, |&n| n as u64);
+        slab.completed(c.tag, n)
+    } else {
+        None
+    };
     let Some(t) = slab.finish(c.tag) else { return };
     match c.result {
         Ok(n) => {
@@ -294,6 +320,9 @@ pub(super) fn apply(s: &Static, st: &mut State, slab: &mut Slab, c: Completion) 
             }
         }
     }
+    if let Some((start, bytes)) = done {
+        trace_read(s, st, t, start, bytes);
+    }
     match t {
         Target::Ring { slot, seq } => {
             let rs = &mut st.ring[slot];
@@ -313,6 +342,37 @@ pub(super) fn apply(s: &Static, st: &mut State, slab: &mut Slab, c: Completion) 
             }
         }
     }
+}
+
+/// Records the finished read of `t` (its first op went out at `start`) on its slot's track.
+fn trace_read(s: &Static, st: &State, t: Target, start: Option<Instant>, bytes: u64) {
+    let (track, name) = match t {
+        Target::Ring { slot, seq } => (
+            Track::RingSlot(slot),
+            unit_name(s.cycle[(seq % s.cycle.len() as u64) as usize]),
+        ),
+        Target::Cache { slot } => (
+            Track::ExpertSlot(slot),
+            st.cache[slot]
+                .unit
+                .map_or_else(|| "expert".into(), unit_name),
+        ),
+        Target::Rows => (Track::Rows, "token_embd rows".into()),
+    };
+    // The source's byte counter after this read: the trace's read bytes add up to it.
+    let total = st.stats.bytes_read;
+    s.trace.span(
+        track,
+        "read",
+        start,
+        || name,
+        || {
+            vec![
+                ("bytes", ArgValue::Int(bytes)),
+                ("bytes_read_total", ArgValue::Int(total)),
+            ]
+        },
+    );
 }
 
 pub(super) fn io_thread(
@@ -358,6 +418,9 @@ pub(super) fn io_thread(
             let Some(op) = urgent.pop_front().or_else(|| background.pop_front()) else {
                 break;
             };
+            if s.trace.is_on() {
+                slab.submitted(op.tag);
+            }
             // SAFETY: `op.dst` points into a slot that the state machine reserved for this
             // read: it is neither leased nor handed to another read until the completion has
             // been applied, and the buffers outlive this thread (the source joins it first).

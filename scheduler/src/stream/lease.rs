@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::residency::Core;
 use super::state::{Origin, State};
 use super::StreamingSource;
+use crate::trace::{unit_name, Track};
 use crate::{Lease, SchedulerError, UnitId};
 
 impl StreamingSource {
@@ -110,6 +111,7 @@ impl StreamingSource {
                 st.stats.ring_leases += 1;
                 if let Some(t) = waited {
                     st.stats.stall_s += t.elapsed().as_secs_f64();
+                    stall(core, id, t);
                 }
                 shared.work.notify_one();
                 // SAFETY: the slot is ready and leased: the I/O thread does not write it until
@@ -188,6 +190,7 @@ impl StreamingSource {
                     }
                     if let Some(t) = waited {
                         stats.stall_s += t.elapsed().as_secs_f64();
+                        stall(core, id, t);
                     }
                     // SAFETY: ready and leased: not written until released and evicted.
                     let data = unsafe { s.cache[slot].slice() };
@@ -209,4 +212,15 @@ impl StreamingSource {
             shared.done.wait(&mut st);
         }
     }
+}
+
+/// Records that a lease of `id` waited from `since` until now.
+fn stall(core: &Core, id: UnitId, since: Instant) {
+    core.st.trace.span(
+        Track::Stalls,
+        "stall",
+        Some(since),
+        || format!("stall {}", unit_name(id)),
+        Vec::new,
+    );
 }

@@ -49,6 +49,7 @@ use flashstream_loader::{IoKind, ReadBackend};
 
 use crate::layout::UnitLayout;
 use crate::plan::Plan;
+use crate::trace::Trace;
 use crate::{Lease, Release, SchedulerError, SourceStats, UnitId, UnitTable, WeightSource};
 
 pub use failure::ReadFailure;
@@ -81,6 +82,7 @@ pub struct StreamingSource {
     gate: Mutex<Gate>,
     gate_cv: Condvar,
     row_lock: Mutex<()>,
+    trace: Trace,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +130,20 @@ impl StreamingSource {
         chunk_bytes: u64,
         progress: &mut dyn FnMut(u64, u64) -> bool,
     ) -> Result<Self, SchedulerError> {
+        Self::with_trace(model, plan, backend, chunk_bytes, progress, Trace::off())
+    }
+
+    /// [`StreamingSource::with_progress`] recording into `trace`: each read of the I/O thread
+    /// (a unit, on the track of the slot it fills, with its bytes) and each time a lease waited
+    /// for bytes (a stall). The up-front read of the pinned units is not recorded.
+    pub fn with_trace(
+        model: &GgufModel,
+        plan: Plan,
+        backend: Box<dyn ReadBackend>,
+        chunk_bytes: u64,
+        progress: &mut dyn FnMut(u64, u64) -> bool,
+        trace: Trace,
+    ) -> Result<Self, SchedulerError> {
         let _span = tracing::info_span!("streaming_source").entered();
         let units = UnitTable::from_model(model)?;
         if plan.layouts.len() != units.iter().count() {
@@ -171,6 +187,7 @@ impl StreamingSource {
             gate: Mutex::new(Gate::default()),
             gate_cv: Condvar::new(),
             row_lock: Mutex::new(()),
+            trace,
         };
         let core = src
             .build_core(

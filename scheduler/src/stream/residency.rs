@@ -16,6 +16,7 @@ use super::state::{Shared, State};
 use super::{ReadFailure, StreamingSource};
 use crate::layout::UnitLayout;
 use crate::plan::Plan;
+use crate::trace::Trace;
 use crate::{LayerExpertStats, SchedulerError, SourceStats, UnitId, UnitTable};
 
 /// A region of memory owned by the source (one of its buffers).
@@ -64,6 +65,8 @@ pub(super) struct Static {
     pub(super) units: UnitTable,
     pub(super) chunk: u64,
     pub(super) align: u64,
+    /// Where reads are recorded (off unless the source was given a recording trace).
+    pub(super) trace: Trace,
 }
 
 /// The memory and the I/O thread of one plan.
@@ -107,6 +110,7 @@ impl Core {
             units: UnitTable::default(),
             chunk: 0,
             align: 1,
+            trace: Trace::off(),
         });
         let shared = Arc::new(Shared {
             st: Mutex::new(State::new(
@@ -290,6 +294,7 @@ impl StreamingSource {
             units: units.clone(),
             chunk: self.chunk,
             align: self.align,
+            trace: self.trace.clone(),
         });
         let shared = Arc::new(Shared {
             st: Mutex::new(State::new(

@@ -62,6 +62,12 @@ pub struct Args {
     parallel: Vec<usize>,
     #[command(flatten)]
     spec: super::bench_spec::BenchSpecArgs,
+    #[command(flatten)]
+    trace: super::trace::TraceArgs,
+    /// Draw per decoded token the time waiting for reads, the compute time and the bytes
+    /// read as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 }
 
 /// Decode steps and what they read.
@@ -136,6 +142,38 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if (a.trace.trace.is_some() || a.plot.is_some())
+        && (!a.parallel.is_empty() || a.spec.spec.is_some())
+    {
+        bail!("--trace and --plot work with the plain bench, not with --parallel or --spec");
+    }
+    let mut trace = a.trace.start()?;
+    if a.plot.is_some() && !trace.is_on() {
+        trace =
+            flashstream::scheduler::Trace::new(flashstream::scheduler::trace::DEFAULT_TRACE_CAP);
+    }
+    if let Some(p) = &a.plot {
+        std::fs::File::create(p).with_context(|| {
+            format!(
+                "cannot write the plot {} (--plot): give a path in a writable directory",
+                p.display()
+            )
+        })?;
+    }
+    let (trace_args, plot) = (a.trace.clone(), a.plot.clone());
+    let r = bench(a, trace.clone());
+    // The trace is written also when the bench failed part-way.
+    let w = trace_args.finish(&trace);
+    let title = r?;
+    w?;
+    if let Some(p) = plot {
+        super::plot::draw(&p, &title, &super::plot::token_bars(&trace.events()))?;
+    }
+    Ok(())
+}
+
+/// The bench itself; returns a title for the plot.
+fn bench(a: Args, trace: flashstream::scheduler::Trace) -> anyhow::Result<String> {
     if a.n == 0 || a.prompt_len == 0 {
         bail!("-n and --prompt-len must be at least 1");
     }
@@ -155,7 +193,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             prompt_len: a.prompt_len,
             seed: a.seed,
             json: a.json,
-        });
+        })
+        .map(|()| String::new());
     }
     if a.spec.spec.is_some() {
         return super::bench_spec::run(super::bench_spec::SpecBench {
@@ -170,7 +209,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             seed: a.seed,
             json: a.json,
             args: &a.spec,
-        });
+        })
+        .map(|()| String::new());
     }
     let config = ModelConfig::from_model(&gguf)
         .with_context(|| format!("cannot run {}", a.model.display()))?;
@@ -184,6 +224,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         min_ctx: need,
         threads,
         count_tokenizer: false,
+        trace,
         ..EngineOptions::default()
     })?;
     let (plan, batch) = flashstream::engine::plan(&gguf, &config, &opts)?;
@@ -467,9 +508,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => unreachable!("json! of an object literal is an object"),
     };
     out.append(&mut stats);
+    let title = format!(
+        "{} under {}: {decode_tps:.2} tokens/s",
+        a.model
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+        fmt_bytes(engine.plan().budget)
+    );
     if a.json {
         println!("{}", Value::Object(out));
-        return Ok(());
+        return Ok(title);
     }
     let g = |k: &str| out.get(k).cloned().unwrap_or(Value::Null);
     println!(
@@ -506,5 +554,5 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             fmt_bytes(engine.plan().budget)
         );
     }
-    Ok(())
+    Ok(title)
 }

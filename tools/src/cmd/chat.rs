@@ -70,6 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             logits_rows: a.spec.logits_rows(),
             extra_bytes: tok.heap_bytes() as u64,
         },
+        flashstream::scheduler::Trace::off(),
     )?;
     let mut drafter = if a.spec.on() {
         Some(super::spec::drafter(

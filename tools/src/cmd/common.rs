@@ -53,7 +53,13 @@ pub struct Needs {
 }
 
 /// Validates the options and loads the model under its budget (see [`Engine`]).
-pub fn build_model(gguf: GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Result<Engine> {
+/// `trace` records the run (off unless the command has `--trace`).
+pub fn build_model(
+    gguf: GgufModel,
+    a: &ModelArgs,
+    needs: Needs,
+    trace: flashstream::scheduler::Trace,
+) -> anyhow::Result<Engine> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
@@ -90,6 +96,7 @@ pub fn build_model(gguf: GgufModel, a: &ModelArgs, needs: Needs) -> anyhow::Resu
         max_batch: a.batch,
         extra_bytes: needs.extra_bytes,
         count_tokenizer: false,
+        trace,
         ..EngineOptions::default()
     })?;
     let (opts, bar) = crate::progress::loading(opts);

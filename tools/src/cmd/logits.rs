@@ -35,6 +35,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             logits_rows: n,
             ..Needs::default()
         },
+        flashstream::scheduler::Trace::off(),
     )?;
     let model = loaded.model();
     let n_vocab = model.config().n_vocab;

@@ -11,12 +11,14 @@ pub mod inspect;
 pub mod logits;
 pub mod mkmodel;
 pub mod plan;
+pub mod plot;
 pub mod run;
 pub mod serve;
 pub mod size;
 pub mod spec;
 pub mod template;
 pub mod tokenize;
+pub mod trace;
 
 use std::path::Path;
 

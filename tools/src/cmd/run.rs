@@ -57,6 +57,8 @@ pub struct Args {
     grammar: Option<PathBuf>,
     #[command(flatten)]
     spec: SpecArgs,
+    #[command(flatten)]
+    trace: super::trace::TraceArgs,
 }
 
 /// The constraint `--json-schema` / `--grammar` ask for, compiled (so a bad schema fails
@@ -81,6 +83,14 @@ fn constraint(a: &Args, tok: &Tokenizer) -> anyhow::Result<Option<Constraint>> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let trace = a.trace.start()?;
+    let r = generate_run(&a, &trace);
+    // Written also when generation failed part-way: the trace shows how far it got.
+    let w = a.trace.finish(&trace);
+    r.and(w)
+}
+
+fn generate_run(a: &Args, trace: &flashstream::scheduler::Trace) -> anyhow::Result<()> {
     let sampler = a.sampling.config();
     sampler.validate()?;
     if a.stop.iter().any(|s| s.is_empty()) {
@@ -107,7 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.spec.on() && (a.json_schema.is_some() || a.grammar.is_some()) {
         bail!("--lookup/--draft cannot be combined with --json-schema/--grammar yet");
     }
-    let mut constraint = constraint(&a, &tok)?;
+    let mut constraint = constraint(a, &tok)?;
     let wanted = prompt.len().saturating_add(a.n_predict);
     let threads = a
         .model
@@ -135,6 +145,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             logits_rows: a.spec.logits_rows(),
             extra_bytes: tok.heap_bytes() as u64,
         },
+        trace.clone(),
     )?;
     let n_ctx = loaded.plan().n_ctx;
     let mut session = loaded.model().session(n_ctx)?;

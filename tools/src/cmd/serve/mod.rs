@@ -54,6 +54,10 @@ pub struct Args {
     /// The model id clients use (default: the file's stem).
     #[arg(long)]
     alias: Option<String>,
+    /// The trace is written when the server stops (Ctrl-C); at most a million events are
+    /// kept, then recording stops with a note.
+    #[command(flatten)]
+    trace: super::trace::TraceArgs,
 }
 
 /// What the routes share.
@@ -81,6 +85,14 @@ pub struct AppState {
 const DEFAULT_CTX: usize = 2048;
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let trace = a.trace.start()?;
+    let trace_args = a.trace.clone();
+    let r = serve(a, trace.clone());
+    let w = trace_args.finish(&trace);
+    r.and(w)
+}
+
+fn serve(a: Args, trace: flashstream::scheduler::Trace) -> anyhow::Result<()> {
     if a.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
@@ -124,6 +136,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         extra_bytes: tok.heap_bytes() as u64,
         count_tokenizer: false,
         sequences: a.parallel,
+        trace,
         ..EngineOptions::default()
     })?;
     let mem = a.model.mem.clone();
