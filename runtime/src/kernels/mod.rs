@@ -239,6 +239,12 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
             Some(f) => (Some(f), Some(f), true),
             None => (avx2::dot_rows_fn(ty), None, false),
         },
+        // The tile kernels take one weight row or a block of them.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDotprod => {
+            let f = neon::dot_block_fn(ty, isa == Isa::NeonDotprod);
+            (f, f, false)
+        }
         _ => (None, None, false),
     };
     let dot_many = match isa {
