@@ -28,8 +28,8 @@ mod common;
 
 use flashstream_formats::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le};
 use flashstream_formats::GgmlType;
-use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
 use flashstream_runtime::kernels::neon::tile::{tile_rows_fn, TileIsa};
+use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
 use flashstream_runtime::kernels::{dot_kernel, matvec, neon, scalar, Isa, ScratchBuf};
 use flashstream_runtime::pool::WorkerPool;
 
@@ -509,7 +509,10 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
         ran.push(isa);
         for ty in common::quant_types() {
             let Some(rows) = tile_rows_fn(isa, ty) else {
-                assert!(!TILE_TYPES.contains(&ty), "{isa:?} has no tile kernel for {ty}");
+                assert!(
+                    !TILE_TYPES.contains(&ty),
+                    "{isa:?} has no tile kernel for {ty}"
+                );
                 continue;
             };
             let dot = neon_dot(ty, isa != TileIsa::Neon);
@@ -581,7 +584,10 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
     eprintln!("tile builds run: {ran:?}");
     // With both expectations set (as ci/aarch64.sh does), exactly the expected builds ran.
     let flag = |v: &str| std::env::var(v).ok().map(|s| s == "1");
-    if let (Some(dp), Some(mm)) = (flag("FLASHSTREAM_EXPECT_DOTPROD"), flag("FLASHSTREAM_EXPECT_I8MM")) {
+    if let (Some(dp), Some(mm)) = (
+        flag("FLASHSTREAM_EXPECT_DOTPROD"),
+        flag("FLASHSTREAM_EXPECT_I8MM"),
+    ) {
         let want = 1 + usize::from(dp) + usize::from(dp && mm);
         assert_eq!(ran.len(), want, "tile builds run: {ran:?}");
     }
@@ -598,7 +604,10 @@ fn matmul_uses_tiles_and_equals_one_row_dots() {
         }
         for ty in TILE_TYPES {
             let kernel = dot_kernel(isa, ty).unwrap();
-            assert!(kernel.dot_block.is_some() && kernel.dot_rows.is_some(), "{isa:?} {ty}");
+            assert!(
+                kernel.dot_block.is_some() && kernel.dot_rows.is_some(),
+                "{isa:?} {ty}"
+            );
             let n = 2 * ty.block_size().max(32);
             let (rows, n_tok) = (37, 6);
             let w: Vec<u8> = (0..rows)

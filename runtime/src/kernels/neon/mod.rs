@@ -525,8 +525,13 @@ fn scalar_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// 32-weight block kernel ([`block32::b32_tile`] with one activation row).
 macro_rules! int_dot {
     (b32 $name:ident, $ty:ident, $w:ty) => {
-        int_dot!($name, $ty, [block32::b32_dot::<Sdot, $w>, block32::b32_dot::<Mull, $w>],
-            $w, <$w as block32::W32>::A);
+        int_dot!(
+            $name,
+            $ty,
+            [block32::b32_dot::<Sdot, $w>, block32::b32_dot::<Mull, $w>],
+            $w,
+            <$w as block32::W32>::A
+        );
     };
     ($name:ident, $ty:ident, $kernel:ident, $w:ty, $a:ty) => {
         int_dot!($name, $ty, [$kernel::<Sdot>, $kernel::<Mull>], $w, $a);

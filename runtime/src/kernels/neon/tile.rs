@@ -379,7 +379,17 @@ fn k_entry<K: KQuant, const ISA: u8>(
     out_stride: usize,
 ) {
     let wt = K::TYPE;
-    let Some(b) = check(wt, GgmlType::Q8_K, n, w, a, a_stride, n_tok, out, out_stride) else {
+    let Some(b) = check(
+        wt,
+        GgmlType::Q8_K,
+        n,
+        w,
+        a,
+        a_stride,
+        n_tok,
+        out,
+        out_stride,
+    ) else {
         return;
     };
     let sdot = ISA != NEON && has_dotprod();
