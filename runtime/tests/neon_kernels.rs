@@ -633,3 +633,38 @@ fn matmul_uses_tiles_and_equals_one_row_dots() {
         }
     }
 }
+
+/// Not a check but a probe for counting executed instructions under qemu (`-d in_asm,exec`):
+/// `FLASHSTREAM_PROBE=<type>,<tiles 0|1>,<reps>` runs `reps` matmuls of 32 rows by 8 tokens on
+/// the best NEON level, with or without the tile kernels, and checks the results are finite.
+#[test]
+#[ignore]
+fn probe_matmul() {
+    let Ok(spec) = std::env::var("FLASHSTREAM_PROBE") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let ty = GgmlType::ALL
+        .into_iter()
+        .find(|t| t.name() == parts[0])
+        .expect("type name");
+    let tiles = parts[1] == "1";
+    let reps: usize = parts[2].parse().expect("reps");
+    let pool = WorkerPool::new(1).unwrap();
+    let mut kernel = dot_kernel(Isa::detect(), ty).unwrap();
+    if !tiles {
+        (kernel.dot_block, kernel.dot_rows) = (None, None);
+    }
+    let (n, rows, n_tok) = (1024, 32, 8);
+    let w = random_weights(ty, n * rows, 1);
+    let x: Vec<f32> = (0..n_tok)
+        .flat_map(|t| random_activations(n, 2 + t as u64))
+        .collect();
+    let mut a = ScratchBuf::default();
+    matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
+    let mut y = vec![0f32; rows * n_tok];
+    for _ in 0..reps {
+        matvec::matmul(&pool, &kernel, &w, n, &a, n_tok, &mut y).unwrap();
+    }
+    assert!(y.iter().all(|v| v.is_finite()));
+}
