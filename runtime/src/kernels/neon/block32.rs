@@ -207,20 +207,33 @@ pub(super) unsafe fn b32_tile<D: I8Dot, W: W32, const T: usize>(
 ) -> [f32; T] {
     let mut acc = [[vdupq_n_f32(0.0); 2]; T];
     let mut mins = [0.0f32; T];
-    for (b, xb) in x.iter().enumerate() {
-        let (lo, hi) = xb.unpack();
-        let dx = xb.d();
-        let mx = xb.m();
-        for t in 0..T {
-            let yb = &ys[t][b];
-            let q = yb.qs();
-            let p = dot32::<D>(lo, hi, ld_s8(&q[..16]), ld_s8(&q[16..]));
-            let a = &mut acc[t][b % 2];
-            *a = vfmaq_n_f32(*a, vcvtq_f32_s32(p), dx * yb.d());
-            if W::MIN {
-                mins[t] += mx * yb.s();
+    // Block `b` into accumulator `$k` (a constant, so the accumulators stay in registers).
+    macro_rules! step {
+        ($b:expr, $k:literal) => {{
+            let b = $b;
+            let xb = &x[b];
+            let (lo, hi) = xb.unpack();
+            let dx = xb.d();
+            let mx = xb.m();
+            for t in 0..T {
+                let yb = &ys[t][b];
+                let q = yb.qs();
+                let p = dot32::<D>(lo, hi, ld_s8(&q[..16]), ld_s8(&q[16..]));
+                acc[t][$k] = vfmaq_n_f32(acc[t][$k], vcvtq_f32_s32(p), dx * yb.d());
+                if W::MIN {
+                    mins[t] += mx * yb.s();
+                }
             }
-        }
+        }};
+    }
+    let mut b = 0;
+    while b + 2 <= x.len() {
+        step!(b, 0);
+        step!(b + 1, 1);
+        b += 2;
+    }
+    if b < x.len() {
+        step!(b, 0);
     }
     std::array::from_fn(|t| {
         let s = vaddvq_f32(vaddq_f32(acc[t][0], acc[t][1]));
