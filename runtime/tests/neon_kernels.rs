@@ -20,8 +20,13 @@
 //! - End to end through `dot_kernel(Isa::Neon | Isa::NeonDotprod, ty)`, and odd inputs
 //!   (wrong lengths, misaligned activations) behave exactly like the scalar entry points.
 //!
+//! - The tile (batch) kernels, every build the CPU runs (plain NEON, `sdot`, `smmla`): bit for
+//!   bit equal to the one-row kernel of the same level, for blocks of weight rows against
+//!   tiles of activation rows and their remainders, also through `matmul`.
+//!
 //! `FLASHSTREAM_EXPECT_DOTPROD=1` (or `0`) makes the run fail if the CPU (or qemu's model of
-//! it) does not (or does) report dotprod, so a CI run cannot silently skip the `sdot` path.
+//! it) does not (or does) report dotprod, so a CI run cannot silently skip the `sdot` path;
+//! `FLASHSTREAM_EXPECT_I8MM` does the same for i8mm and the `smmla` tiles.
 #![cfg(target_arch = "aarch64")]
 
 mod common;

@@ -1,7 +1,7 @@
 //! aarch64 NEON kernels, with an `sdot` (ARMv8.2 dotprod) variant of every integer dot, and
 //! batch (tile) kernels in [`tile`] (`sdot`, and `smmla` where the CPU has i8mm).
 //!
-//! This file (about 900 lines) keeps the shared primitives, the K-quant one-row kernels, the
+//! This file (about 850 lines) keeps the shared primitives, the K-quant one-row kernels, the
 //! float dots and the quantizers together on purpose: the NEON family reads best whole, like
 //! the scalar reference it mirrors. The 32-weight block kernels (one-row and tile are the same
 //! function) are in `block32`, the K-quant tile kernels in `ktile`, the batch drivers and
