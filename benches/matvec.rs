@@ -9,7 +9,8 @@
 //! `matmul64_*` is the prompt case: a 1536 x 576 matrix (SmolLM2's FFN shape) times 64
 //! activation rows, in multiply-adds per second (criterion's "elements"), best kernels only.
 //! `FLASHSTREAM_MATMUL_SHAPE=ROWSxK` picks another shape (K-quants round K up to 256), e.g.
-//! `2048x640` for Gemma 3 270M's FFN.
+//! `2048x640` for Gemma 3 270M's FFN. On aarch64 each NEON type is also run without its tile
+//! kernels (`…-one-row`: the one-row dot per (row, token)), the comparison the tiles exist for.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flashstream::formats::GgmlType;
@@ -131,11 +132,24 @@ fn bench_matmul(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("matmul64_{}", ty.name()));
         g.throughput(Throughput::Elements((rows * k * n_tok) as u64));
         g.sample_size(20);
-        for pool in &pools {
-            let id = BenchmarkId::new(format!("{best:?}"), format!("{}t", pool.n_threads()));
-            g.bench_function(id, |b| {
-                b.iter(|| matmul(pool, &kernel, &w, k, &xq, n_tok, &mut y).expect("matmul"))
-            });
+        // The same kernel without its batch kernels (same activation layout: no packed copy).
+        let one_row = (cfg!(target_arch = "aarch64") && kernel.dot_block.is_some()).then(|| {
+            let mut k1 = kernel;
+            (k1.dot_block, k1.dot_rows) = (None, None);
+            k1
+        });
+        let variants = [
+            (format!("{best:?}"), Some(kernel)),
+            (format!("{best:?}-one-row"), one_row),
+        ];
+        for (name, kern) in &variants {
+            let Some(kern) = kern else { continue };
+            for pool in &pools {
+                let id = BenchmarkId::new(name, format!("{}t", pool.n_threads()));
+                g.bench_function(id, |b| {
+                    b.iter(|| matmul(pool, kern, &w, k, &xq, n_tok, &mut y).expect("matmul"))
+                });
+            }
         }
         g.finish();
     }

@@ -20,16 +20,23 @@
 //! - End to end through `dot_kernel(Isa::Neon | Isa::NeonDotprod, ty)`, and odd inputs
 //!   (wrong lengths, misaligned activations) behave exactly like the scalar entry points.
 //!
+//! - The tile (batch) kernels, every build the CPU runs (plain NEON, `sdot`, `smmla`): bit for
+//!   bit equal to the one-row kernel of the same level, for blocks of weight rows against
+//!   tiles of activation rows and their remainders, also through `matmul`.
+//!
 //! `FLASHSTREAM_EXPECT_DOTPROD=1` (or `0`) makes the run fail if the CPU (or qemu's model of
-//! it) does not (or does) report dotprod, so a CI run cannot silently skip the `sdot` path.
+//! it) does not (or does) report dotprod, so a CI run cannot silently skip the `sdot` path;
+//! `FLASHSTREAM_EXPECT_I8MM` does the same for i8mm and the `smmla` tiles.
 #![cfg(target_arch = "aarch64")]
 
 mod common;
 
 use flashstream_formats::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le};
 use flashstream_formats::GgmlType;
+use flashstream_runtime::kernels::neon::tile::{tile_rows_fn, TileIsa};
 use flashstream_runtime::kernels::testutil::{random_activations, random_weights, Rng};
-use flashstream_runtime::kernels::{dot_kernel, neon, scalar, Isa, ScratchBuf};
+use flashstream_runtime::kernels::{dot_kernel, matvec, neon, scalar, Isa, ScratchBuf};
+use flashstream_runtime::pool::WorkerPool;
 
 const ACT_TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K];
 
@@ -449,4 +456,220 @@ fn odd_inputs_behave_like_scalar() {
             "{act}: wrong length"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile (batch) kernels
+
+#[test]
+fn i8mm_detection_matches_expectation() {
+    let has = neon::tile::has_i8mm();
+    eprintln!("i8mm detected: {has}");
+    match std::env::var("FLASHSTREAM_EXPECT_I8MM").as_deref() {
+        Ok("1") => assert!(has, "i8mm expected but not detected"),
+        Ok("0") => assert!(!has, "i8mm detected but not expected"),
+        _ => {}
+    }
+    let want = if has && neon::has_dotprod() {
+        TileIsa::I8mm
+    } else if neon::has_dotprod() {
+        TileIsa::Dotprod
+    } else {
+        TileIsa::Neon
+    };
+    assert_eq!(TileIsa::detect(true), want);
+    assert_eq!(TileIsa::detect(false), TileIsa::Neon);
+}
+
+/// The types with NEON tile kernels.
+const TILE_TYPES: [GgmlType; 13] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::MXFP4,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
+];
+
+/// Every tile build this CPU runs, against the one-row kernel of the same level (plain NEON for
+/// the plain build, `sdot` for the dotprod and i8mm builds): bit for bit, for one weight row and
+/// blocks of weight rows (odd and even counts, so the `smmla` pairs and their leftovers both
+/// run), tiles of activation rows and remainders, at a stride and with strided output; buffers
+/// that do not fit give NaN.
+#[test]
+fn tile_dots_equal_one_row_dots_bit_for_bit() {
+    let mut ran = Vec::new();
+    for isa in [TileIsa::Neon, TileIsa::Dotprod, TileIsa::I8mm] {
+        if !isa.is_available() {
+            eprintln!("tile build {isa:?} not available on this CPU; skipped");
+            continue;
+        }
+        ran.push(isa);
+        for ty in common::quant_types() {
+            let Some(rows) = tile_rows_fn(isa, ty) else {
+                assert!(
+                    !TILE_TYPES.contains(&ty),
+                    "{isa:?} has no tile kernel for {ty}"
+                );
+                continue;
+            };
+            let dot = neon_dot(ty, isa != TileIsa::Neon);
+            let act = ty.vec_dot_type();
+            let kernel = dot_kernel(Isa::Neon, ty).unwrap();
+            let lengths: &[usize] = if ty.block_size() == 256 {
+                &[256, 768]
+            } else {
+                &[32, 96, 160]
+            };
+            for (i, &n) in lengths.iter().enumerate() {
+                let seed = i as u64 + 1;
+                let a_row = act.row_bytes(n as u64).unwrap() as usize;
+                let stride = matvec::act_row_stride(&kernel, n).unwrap();
+                let w_row = ty.row_bytes(n as u64).unwrap() as usize;
+                for n_tok in [1, 2, 3, 4, 5, 7] {
+                    let x: Vec<f32> = (0..n_tok)
+                        .flat_map(|t| random_activations(n, 300 + seed * 16 + t as u64))
+                        .collect();
+                    let mut a = ScratchBuf::default();
+                    matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
+                    let ab = a.as_bytes();
+                    for m in [1, 2, 5, 9] {
+                        let w: Vec<u8> = (0..m)
+                            .flat_map(|r| random_weights(ty, n, seed * 100 + r as u64))
+                            .collect();
+                        let os = m + 1;
+                        let mut out = vec![0f32; os * n_tok];
+                        rows(n, &w, ab, stride, n_tok, &mut out, os);
+                        for t in 0..n_tok {
+                            let at = &ab[t * stride..t * stride + a_row];
+                            for r in 0..m {
+                                let want = dot(n, &w[r * w_row..(r + 1) * w_row], at);
+                                let got = out[t * os + r];
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{isa:?} {ty} n={n} n_tok={n_tok} m={m} row {r} token {t}: {got} vs {want}"
+                                );
+                            }
+                            assert_eq!(out[t * os + m], 0.0, "{isa:?} {ty}: wrote past the block");
+                        }
+                    }
+                    // Buffers that do not fit: NaN in every result.
+                    let w = random_weights(ty, n, seed);
+                    let mut out = vec![0f32; 2 * n_tok];
+                    let short = &ab[..ab.len() - stride + a_row - 1];
+                    rows(n, &w, short, stride, n_tok, &mut out, 2);
+                    assert!(
+                        (0..n_tok).all(|t| out[2 * t].is_nan()),
+                        "{isa:?} {ty} n_tok={n_tok}: short activations"
+                    );
+                    out.fill(0.0);
+                    rows(n, &w[..w.len() - 1], ab, stride, n_tok, &mut out, 2);
+                    assert!(
+                        (0..n_tok).all(|t| out[2 * t].is_nan()),
+                        "{isa:?} {ty} n_tok={n_tok}: short weights"
+                    );
+                    let mut small = vec![0f32; 2 * (n_tok - 1)];
+                    rows(n, &w, ab, stride, n_tok, &mut small, 2);
+                    assert!(
+                        (0..n_tok - 1).all(|t| small[2 * t].is_nan()),
+                        "{isa:?} {ty} n_tok={n_tok}: short output"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("tile builds run: {ran:?}");
+    // With both expectations set (as ci/aarch64.sh does), exactly the expected builds ran.
+    let flag = |v: &str| std::env::var(v).ok().map(|s| s == "1");
+    if let (Some(dp), Some(mm)) = (
+        flag("FLASHSTREAM_EXPECT_DOTPROD"),
+        flag("FLASHSTREAM_EXPECT_I8MM"),
+    ) {
+        let want = 1 + usize::from(dp) + usize::from(dp && mm);
+        assert_eq!(ran.len(), want, "tile builds run: {ran:?}");
+    }
+}
+
+/// `dot_kernel` hands out the tile kernels as `dot_rows` and `dot_block`, and `matmul` through
+/// them equals one-row dots bit for bit.
+#[test]
+fn matmul_uses_tiles_and_equals_one_row_dots() {
+    let pool = WorkerPool::new(2).unwrap();
+    for isa in [Isa::Neon, Isa::NeonDotprod] {
+        if !isa.is_available() {
+            continue;
+        }
+        for ty in TILE_TYPES {
+            let kernel = dot_kernel(isa, ty).unwrap();
+            assert!(
+                kernel.dot_block.is_some() && kernel.dot_rows.is_some(),
+                "{isa:?} {ty}"
+            );
+            let n = 2 * ty.block_size().max(32);
+            let (rows, n_tok) = (37, 6);
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|r| random_weights(ty, n, 500 + r as u64))
+                .collect();
+            let x: Vec<f32> = (0..n_tok)
+                .flat_map(|t| random_activations(n, 600 + t as u64))
+                .collect();
+            let mut a = ScratchBuf::default();
+            matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
+            let mut y = vec![0f32; rows * n_tok];
+            matvec::matmul(&pool, &kernel, &w, n, &a, n_tok, &mut y).unwrap();
+            let stride = matvec::act_row_stride(&kernel, n).unwrap();
+            let a_row = kernel.act_type.row_bytes(n as u64).unwrap() as usize;
+            let w_row = ty.row_bytes(n as u64).unwrap() as usize;
+            for t in 0..n_tok {
+                let at = &a.as_bytes()[t * stride..t * stride + a_row];
+                for r in 0..rows {
+                    let want = (kernel.dot)(n, &w[r * w_row..(r + 1) * w_row], at);
+                    assert_eq!(y[t * rows + r].to_bits(), want.to_bits(), "{isa:?} {ty}");
+                }
+            }
+        }
+    }
+}
+
+/// Not a check but a probe for counting executed instructions under qemu (`-d in_asm,exec`):
+/// `FLASHSTREAM_PROBE=<type>,<tiles 0|1>,<reps>` runs `reps` matmuls of 32 rows by 8 tokens on
+/// the best NEON level, with or without the tile kernels, and checks the results are finite.
+#[test]
+#[ignore]
+fn probe_matmul() {
+    let Ok(spec) = std::env::var("FLASHSTREAM_PROBE") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let ty = GgmlType::ALL
+        .into_iter()
+        .find(|t| t.name() == parts[0])
+        .expect("type name");
+    let tiles = parts[1] == "1";
+    let reps: usize = parts[2].parse().expect("reps");
+    let pool = WorkerPool::new(1).unwrap();
+    let mut kernel = dot_kernel(Isa::detect(), ty).unwrap();
+    if !tiles {
+        (kernel.dot_block, kernel.dot_rows) = (None, None);
+    }
+    let (n, rows, n_tok) = (1024, 32, 8);
+    let w = random_weights(ty, n * rows, 1);
+    let x: Vec<f32> = (0..n_tok)
+        .flat_map(|t| random_activations(n, 2 + t as u64))
+        .collect();
+    let mut a = ScratchBuf::default();
+    matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
+    let mut y = vec![0f32; rows * n_tok];
+    for _ in 0..reps {
+        matvec::matmul(&pool, &kernel, &w, n, &a, n_tok, &mut y).unwrap();
+    }
+    assert!(y.iter().all(|v| v.is_finite()));
 }

@@ -1,7 +1,8 @@
 //! Quantized kernels: dequantization, activation quantization, dot products, matvec/matmul.
 //!
 //! Every kernel has a scalar reference in [`scalar`]; [`avx2`] (x86-64, AVX2+FMA+F16C detected
-//! at run time) and [`neon`] (aarch64, with `dotprod` where present) are tested against it.
+//! at run time) and [`neon`] (aarch64, with `dotprod` and `i8mm` where present) are tested
+//! against it.
 //!
 //! Kernels borrow weight bytes (a slot, an mmap, a test buffer); they never own or load them.
 //! The dispatch unit is a [`DotKernel`]: for a weight type, the function that quantizes a row
@@ -28,6 +29,20 @@
 //! of them, with `vpdpbusd`/`vpdpwssd` where the CPU has AVX-VNNI or AVX-512 VNNI and plain
 //! AVX2 otherwise (`TileIsa`, the best build detected once); for the 32-weight block types and
 //! Q4_K, Q5_K, Q6_K. `matmul` uses them for batches when present.
+//!
+//! # Tile kernels (`neon::tile`)
+//! For the 32-weight block types, one weight row against tiles of four activation rows, weight
+//! rows in groups of eight, each block unpacked once per tile; the one-row dot is the same
+//! function with one activation row, so the results agree by construction. For the K-quants
+//! (Q2_K..Q6_K, IQ4_XS), each weight row unpacked once per call into a common form (256
+//! signed bytes, a scale and a min per 16 weights) and run against tiles of four activation
+//! rows; with i8mm, weight rows in pairs (interleaved once per call) against pairs of
+//! activation rows with `smmla`. The one-row K-quant kernels reduce each super-block to an
+//! exact integer before any float step, which is why any grouping of the products (`sdot`,
+//! `smull`, `smmla`) gives their results bit for bit. The 32-weight block types have no
+//! `smmla` build: their one-row kernel scales `sdot`'s four lanes separately, and matching
+//! that with `smmla` needs a per-lane activation layout. Plain NEON, `sdot` and `smmla` are
+//! chosen at run time (`TileIsa`); they use no packed activation copy.
 
 use flashstream_formats::GgmlType;
 
@@ -239,6 +254,12 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
             Some(f) => (Some(f), Some(f), true),
             None => (avx2::dot_rows_fn(ty), None, false),
         },
+        // The tile kernels take one weight row or a block of them.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDotprod => {
+            let f = neon::dot_block_fn(ty, isa == Isa::NeonDotprod);
+            (f, f, false)
+        }
         _ => (None, None, false),
     };
     let dot_many = match isa {

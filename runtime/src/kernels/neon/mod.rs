@@ -1,16 +1,21 @@
-//! aarch64 NEON kernels, with an `sdot` (ARMv8.2 dotprod) variant of every integer dot.
+//! aarch64 NEON kernels, with an `sdot` (ARMv8.2 dotprod) variant of every integer dot, and
+//! batch (tile) kernels in [`tile`] (`sdot`, and `smmla` where the CPU has i8mm).
 //!
-//! One file (about 950 lines) on purpose: the NEON family reads best whole, like the scalar
-//! reference it mirrors (each type's kernel beside its siblings, one `I8Dot` abstraction).
+//! This file (about 850 lines) keeps the shared primitives, the K-quant one-row kernels, the
+//! float dots and the quantizers together on purpose: the NEON family reads best whole, like
+//! the scalar reference it mirrors. The 32-weight block kernels (one-row and tile are the same
+//! function) are in `block32`, the K-quant tile kernels in `ktile`, the batch drivers and
+//! their dispatch in [`tile`].
 //!
 //! NEON itself is part of the aarch64 baseline, so the plain kernels run on every aarch64 CPU.
-//! The dotprod kernels are compiled with `#[target_feature(enable = "dotprod")]` and are only
-//! ever entered after [`std::arch::is_aarch64_feature_detected!`] said yes (checked in the safe
-//! wrapper on every call, which costs one cached atomic load per row).
+//! The dotprod kernels are compiled with `#[target_feature(enable = "dotprod")]` (the i8mm
+//! ones with `"dotprod,i8mm"`) and are only ever entered after
+//! [`std::arch::is_aarch64_feature_detected!`] said yes (checked in the safe wrapper on every
+//! call, which costs one cached atomic load per call).
 //!
-//! `vdotq_s32` is still unstable in Rust, and the f16→f32 conversion intrinsics are newer than
-//! the workspace's minimum Rust version, so `sdot`, `fcvt` and `fcvtl`/`fcvtl2` are emitted
-//! with small `asm!` wrappers (stable since Rust 1.59).
+//! `vdotq_s32` and `vmmlaq_s32` are still unstable in Rust, and the f16→f32 conversion
+//! intrinsics are newer than the workspace's minimum Rust version, so `sdot`, `smmla`, `fcvt`
+//! and `fcvtl`/`fcvtl2` are emitted with small `asm!` wrappers (stable since Rust 1.59).
 //!
 //! Arithmetic contract, shared with the scalar reference: every block's integer dot product is
 //! exact (i32), and only the per-block float scaling and the final sum are rounded, in a
@@ -39,7 +44,11 @@ use flashstream_formats::blocks::{
 };
 use flashstream_formats::GgmlType;
 
-use super::{scalar, DotFn, QuantizeFn};
+use super::{scalar, DotBlockFn, DotFn, QuantizeFn};
+
+mod block32;
+mod ktile;
+pub mod tile;
 
 // The raw f16/bf16/f32 rows are read as little-endian lanes.
 const _: () = assert!(
@@ -82,6 +91,14 @@ pub fn dot_fn(ty: GgmlType, dotprod: bool) -> Option<DotFn> {
         GgmlType::BF16 => dot_bf16,
         _ => return None,
     })
+}
+
+/// The NEON batch kernel ([`DotBlockFn`]: a block of weight rows against many activation
+/// rows) for weight type `ty`, if there is one: the plain NEON build, or with `dotprod` the
+/// best build this CPU runs ([`tile::TileIsa::detect`]). Each result equals what
+/// [`dot_fn`]`(ty, dotprod)`'s kernel gives, bit for bit.
+pub fn dot_block_fn(ty: GgmlType, dotprod: bool) -> Option<DotBlockFn> {
+    tile::tile_rows_fn(tile::TileIsa::detect(dotprod), ty)
 }
 
 /// The NEON quantizer for activation type `act`, if there is one (Q8_0, Q8_1, Q8_K).
@@ -212,69 +229,8 @@ unsafe fn s8(v: uint8x16_t) -> int8x16_t {
     vreinterpretq_s8_u8(v)
 }
 
-/// Runs `$body` (with `$xb`, `$yb` the current blocks and `$acc` a float accumulator, giving
-/// the new accumulator) over pairs of blocks with two accumulators, then over an odd last
-/// block, and returns the sum of all lanes.
-///
-/// A macro rather than a function taking a closure: the `sdot` asm must be inlined straight
-/// into the `#[target_feature(enable = "dotprod")]` kernel, and a closure would be compiled
-/// as a separate function without that feature.
-macro_rules! two_acc {
-    ($x:expr, $y:expr, |$xb:ident, $yb:ident, $acc:ident| $body:expr) => {{
-        let mut a0 = vdupq_n_f32(0.0);
-        let mut a1 = vdupq_n_f32(0.0);
-        let mut xs = $x.chunks_exact(2);
-        let mut ys = $y.chunks_exact(2);
-        for (xp, yp) in (&mut xs).zip(&mut ys) {
-            a0 = {
-                let ($xb, $yb, $acc) = (&xp[0], &yp[0], a0);
-                $body
-            };
-            a1 = {
-                let ($xb, $yb, $acc) = (&xp[1], &yp[1], a1);
-                $body
-            };
-        }
-        for ($xb, $yb) in xs.remainder().iter().zip(ys.remainder()) {
-            a0 = {
-                let $acc = a0;
-                $body
-            };
-        }
-        vaddvq_f32(vaddq_f32(a0, a1))
-    }};
-}
-
 // ---------------------------------------------------------------------------------------------
-// 32-weight block kernels (paired with Q8_0 / Q8_1).
-
-#[inline(always)]
-unsafe fn q4_0_q8_0<D: I8Dot>(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let off = vdupq_n_s8(8);
-    two_acc!(x, y, |xb, yb, acc| {
-        let q = ld_u8(&xb.qs);
-        let lo = vsubq_s8(s8(vandq_u8(q, m4)), off);
-        let hi = vsubq_s8(s8(vshrq_n_u8::<4>(q)), off);
-        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
-    })
-}
-
-#[inline(always)]
-unsafe fn q4_1_q8_1<D: I8Dot>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let mut mins = 0.0f32;
-    let s = two_acc!(x, y, |xb, yb, acc| {
-        let q = ld_u8(&xb.qs);
-        let lo = s8(vandq_u8(q, m4));
-        let hi = s8(vshrq_n_u8::<4>(q));
-        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
-        mins += f16(xb.m) * f16(yb.s);
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
-    });
-    s + mins
-}
+// 32-weight block kernels (paired with Q8_0 / Q8_1): `block32`; this is the shared Q5 helper.
 
 /// Bit `i % 8` of each lane, for expanding packed high bits to bytes.
 const BIT_OF_LANE: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
@@ -295,77 +251,6 @@ unsafe fn q5_high_bits(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
         vandq_u8(vtstq_u8(lo, bits), b5),
         vandq_u8(vtstq_u8(hi, bits), b5),
     )
-}
-
-#[inline(always)]
-unsafe fn q5_0_q8_0<D: I8Dot>(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let off = vdupq_n_s8(16);
-    two_acc!(x, y, |xb, yb, acc| {
-        let q = ld_u8(&xb.qs);
-        let (hlo, hhi) = q5_high_bits(xb.qh);
-        let lo = vsubq_s8(s8(vorrq_u8(vandq_u8(q, m4), hlo)), off);
-        let hi = vsubq_s8(s8(vorrq_u8(vshrq_n_u8::<4>(q), hhi)), off);
-        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
-    })
-}
-
-#[inline(always)]
-unsafe fn q5_1_q8_1<D: I8Dot>(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let mut mins = 0.0f32;
-    let s = two_acc!(x, y, |xb, yb, acc| {
-        let q = ld_u8(&xb.qs);
-        let (hlo, hhi) = q5_high_bits(xb.qh);
-        let lo = s8(vorrq_u8(vandq_u8(q, m4), hlo));
-        let hi = s8(vorrq_u8(vshrq_n_u8::<4>(q), hhi));
-        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
-        mins += f16(xb.m) * f16(yb.s);
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
-    });
-    s + mins
-}
-
-#[inline(always)]
-unsafe fn q8_0_q8_0<D: I8Dot>(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    two_acc!(x, y, |xb, yb, acc| {
-        let p = dot32::<D>(
-            ld_s8(&xb.qs[..16]),
-            ld_s8(&xb.qs[16..]),
-            ld_s8(&yb.qs[..16]),
-            ld_s8(&yb.qs[16..]),
-        );
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
-    })
-}
-
-#[inline(always)]
-unsafe fn iq4_nl_q8_0<D: I8Dot>(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let table = vld1q_s8(IQ4NL_VALUES.as_ptr());
-    two_acc!(x, y, |xb, yb, acc| {
-        let q = ld_u8(&xb.qs);
-        let lo = vqtbl1q_s8(table, vandq_u8(q, m4));
-        let hi = vqtbl1q_s8(table, vshrq_n_u8::<4>(q));
-        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16(xb.d) * f16(yb.d))
-    })
-}
-
-/// MXFP4: the codes through the table of doubled E2M1 values (as IQ4_NL's), each block scaled
-/// by `dy · 2^(e - 128)` (ggml's halved E8M0 scale).
-#[inline(always)]
-unsafe fn mxfp4_q8_0<D: I8Dot>(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let table = vld1q_s8(MXFP4_VALUES.as_ptr());
-    two_acc!(x, y, |xb, yb, acc| {
-        let q = ld_u8(&xb.qs);
-        let lo = vqtbl1q_s8(table, vandq_u8(q, m4));
-        let hi = vqtbl1q_s8(table, vshrq_n_u8::<4>(q));
-        let p = dot32::<D>(lo, hi, ld_s8(&yb.qs[..16]), ld_s8(&yb.qs[16..]));
-        vfmaq_n_f32(acc, vcvtq_f32_s32(p), e8m0_to_f32_half(xb.e) * f16(yb.d))
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,16 +521,29 @@ fn scalar_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Defines the safe `DotFn` entry `$name::<SDOT>` for weight type `$ty`: kernel `$kernel`
-/// over blocks `$w`·`$a`, with `sdot` if `SDOT` and the CPU has it.
+/// over blocks `$w`·`$a`, with `sdot` if `SDOT` and the CPU has it. The `b32` form uses the
+/// 32-weight block kernel ([`block32::b32_tile`] with one activation row).
 macro_rules! int_dot {
+    (b32 $name:ident, $ty:ident, $w:ty) => {
+        int_dot!(
+            $name,
+            $ty,
+            [block32::b32_dot::<Sdot, $w>, block32::b32_dot::<Mull, $w>],
+            $w,
+            <$w as block32::W32>::A
+        );
+    };
     ($name:ident, $ty:ident, $kernel:ident, $w:ty, $a:ty) => {
+        int_dot!($name, $ty, [$kernel::<Sdot>, $kernel::<Mull>], $w, $a);
+    };
+    ($name:ident, $ty:ident, [$sdot:expr, $mull:expr], $w:ty, $a:ty) => {
         fn $name<const SDOT: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
             let (Some(x), Some(y)) = (row::<$w>(w, n), row::<$a>(a, n)) else {
                 return scalar_dot(GgmlType::$ty, n, w, a);
             };
             #[target_feature(enable = "dotprod")]
             unsafe fn with_sdot(x: &[$w], y: &[$a]) -> f32 {
-                $kernel::<Sdot>(x, y)
+                ($sdot)(x, y)
             }
             if SDOT && has_dotprod() {
                 // SAFETY: dotprod was detected on this CPU just now; the kernel reads only
@@ -653,19 +551,19 @@ macro_rules! int_dot {
                 unsafe { with_sdot(x, y) }
             } else {
                 // SAFETY: plain NEON is baseline on aarch64; reads stay within the slices.
-                unsafe { $kernel::<Mull>(x, y) }
+                unsafe { ($mull)(x, y) }
             }
         }
     };
 }
 
-int_dot!(dot_q4_0, Q4_0, q4_0_q8_0, BlockQ4_0, BlockQ8_0);
-int_dot!(dot_q4_1, Q4_1, q4_1_q8_1, BlockQ4_1, BlockQ8_1);
-int_dot!(dot_q5_0, Q5_0, q5_0_q8_0, BlockQ5_0, BlockQ8_0);
-int_dot!(dot_q5_1, Q5_1, q5_1_q8_1, BlockQ5_1, BlockQ8_1);
-int_dot!(dot_q8_0, Q8_0, q8_0_q8_0, BlockQ8_0, BlockQ8_0);
-int_dot!(dot_iq4_nl, IQ4_NL, iq4_nl_q8_0, BlockIQ4NL, BlockQ8_0);
-int_dot!(dot_mxfp4, MXFP4, mxfp4_q8_0, BlockMXFP4, BlockQ8_0);
+int_dot!(b32 dot_q4_0, Q4_0, BlockQ4_0);
+int_dot!(b32 dot_q4_1, Q4_1, BlockQ4_1);
+int_dot!(b32 dot_q5_0, Q5_0, BlockQ5_0);
+int_dot!(b32 dot_q5_1, Q5_1, BlockQ5_1);
+int_dot!(b32 dot_q8_0, Q8_0, BlockQ8_0);
+int_dot!(b32 dot_iq4_nl, IQ4_NL, BlockIQ4NL);
+int_dot!(b32 dot_mxfp4, MXFP4, BlockMXFP4);
 int_dot!(dot_q2_k, Q2_K, q2_k_q8_k, BlockQ2K, BlockQ8K);
 int_dot!(dot_q3_k, Q3_K, q3_k_q8_k, BlockQ3K, BlockQ8K);
 int_dot!(dot_q4_k, Q4_K, q4_k_q8_k, BlockQ4K, BlockQ8K);
