@@ -106,8 +106,7 @@ fn run_trace_is_valid_and_adds_up() {
     );
 
     // Reads: each carries its bytes and the source's counter after it; in that order the
-    // bytes add up to the counter (no read missing), and the counter at the passes' ends
-    // gives the bytes the run reports for the prompt and for decoding.
+    // bytes add up to the counter (no read missing).
     let mut reads = of("read");
     assert!(!reads.is_empty());
     reads.sort_by_key(|e| int(e, "bytes_read_total"));
@@ -126,14 +125,11 @@ fn run_trace_is_valid_and_adds_up() {
             .sum()
     };
     let stats = &run["stats"];
-    assert_eq!(
-        between(0, at_end[0]),
-        stats["prompt_bytes_read"].as_u64().unwrap()
-    );
-    assert_eq!(
-        between(at_end[0], at_end[3]),
-        stats["bytes_read"].as_u64().unwrap()
-    );
+    // `run` takes its stats snapshots around the passes while the ring's I/O thread keeps
+    // reading ahead, so its figures and the counters at the pass markers differ by whatever
+    // completed in between: check the markers' order and that the decode steps read.
+    assert!(at_end.windows(2).all(|w| w[0] <= w[1]), "{at_end:?}");
+    assert!(between(at_end[0], at_end[3]) > 0, "the decode steps stream");
     assert!(stats["bytes_read"].as_u64().unwrap() > 0, "the run streams");
 
     // Compute: every layer once per pass, and every streamed layer among them.
@@ -160,11 +156,19 @@ fn run_trace_is_valid_and_adds_up() {
     for i in 0..n_layer {
         assert!(layers.contains(&format!("blk.{i}")), "{layers:?}");
     }
+    // Reads are of layers, of their pieces (one matrix, `blk.N.ffn_up`), of the output head
+    // or of its row ranges.
     for r in &reads {
         let name = r["name"].as_str().unwrap();
+        let piece_of_layer = name
+            .rsplit_once('.')
+            .is_some_and(|(layer, _)| layers.contains(layer));
         assert!(
-            layers.contains(name) || name == "output",
-            "read of {name} is no layer"
+            layers.contains(name)
+                || piece_of_layer
+                || name == "output"
+                || name.starts_with("output rows "),
+            "read of {name} is no layer, piece or head"
         );
     }
     // Stalls are named after the unit waited for.
