@@ -15,6 +15,9 @@ tolerance), for:
 
 and prints one line per case and engine. It also compares flashstream with llama.cpp-here.
 
+With `--kv-type q8_0|q4_0` the KV cache is of that type on both sides and the references are
+`generate-kv-<type>.<model>.jsonl`.
+
 Usage (from the repository root, with the peer venv of install_llama.sh):
   ~/.cache/flashstream/peer-venv/bin/python benches/peer/golden_floor.py \
       --flashstream target/release/flashstream models/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -72,9 +75,10 @@ def llama_tops(llm, np, toks, n_prompt, mode, k=40):
     return [[(int(i), float(s[i])) for i in np.argsort(-s)[:k]] for s in scores]
 
 
-def flashstream_tops(binary, model, toks, k=40):
+def flashstream_tops(binary, model, toks, kv_type, k=40):
     out = subprocess.run(
-        [binary, "logits", model, "--tokens", ",".join(map(str, toks)), "--top", str(k), "--json"],
+        [binary, "logits", model, "--tokens", ",".join(map(str, toks)), "--top", str(k), "--json"]
+        + (["--kv-type", kv_type] if kv_type else []),
         capture_output=True, text=True, check=True,
     ).stdout
     return [[(int(i), float(v)) for i, v in p["top"]] for p in json.loads(out)["positions"]]
@@ -85,6 +89,8 @@ def main():
     ap.add_argument("models", nargs="+", help="GGUF files that have generate.<name>.jsonl goldens")
     ap.add_argument("--flashstream", help="flashstream binary to compare as well")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-type", choices=["q8_0", "q4_0"],
+                    help="quantized KV cache on both sides, against generate-kv-<type> references")
     a = ap.parse_args()
     try:
         import numpy as np
@@ -93,18 +99,23 @@ def main():
         sys.exit(f"golden_floor: needs llama-cpp-python and numpy (the peer venv): {e}")
     for model in a.models:
         name = os.path.basename(model)[: -len(".gguf")]
-        path = os.path.join(GOLDEN, f"generate.{name}.jsonl")
+        prefix = f"generate-kv-{a.kv_type}" if a.kv_type else "generate"
+        path = os.path.join(GOLDEN, f"{prefix}.{name}.jsonl")
         if not os.path.exists(path):
             sys.exit(f"golden_floor: no golden {path} for {model}")
         cases = [json.loads(line) for line in open(path, encoding="utf-8")]
+        # ggml type ids: q4_0 = 2, q8_0 = 8; a quantized V cache needs flash attention.
+        kv = {"type_k": {"q8_0": 8, "q4_0": 2}[a.kv_type], "flash_attn": True} if a.kv_type else {}
+        if kv:
+            kv["type_v"] = kv["type_k"]
         llm = Llama(model_path=model, n_ctx=1024, n_threads=a.threads, logits_all=True,
-                    verbose=False, n_batch=512)
+                    verbose=False, n_batch=512, **kv)
         for case in cases:
             toks = case["prompt_tokens"] + [s["token"] for s in case["steps"][:-1]]
             n_p = len(case["prompt_tokens"])
             runs = {m: llama_tops(llm, np, toks, n_p, m) for m in ("batch", "seq")}
             if a.flashstream:
-                runs["flashstream"] = flashstream_tops(a.flashstream, model, toks)
+                runs["flashstream"] = flashstream_tops(a.flashstream, model, toks, a.kv_type)
             label = repr(case["prompt"][:24])
             for engine, tops in runs.items():
                 w, agree, n = worst_vs_golden(case, tops)
