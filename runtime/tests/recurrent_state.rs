@@ -3,11 +3,16 @@
 //! long sequence (4000 tokens) runs with no growth between decode steps, and reset and
 //! truncation clear the state (a sequence started again gives the same logits).
 //!
-//! Memory is measured by a counting global allocator (live heap bytes of this process).
+//! Memory is measured by a counting global allocator: live heap bytes of this process, and
+//! the bytes allocated by the calling thread (a session's own allocations, which the worker
+//! threads and the other test of this file cannot disturb). The tests take one lock so that
+//! neither allocates while the other measures the process.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
 
 use flashstream_formats::gguf::GgufModel;
 use flashstream_formats::ModelConfig;
@@ -18,23 +23,36 @@ use flashstream_scheduler::ResidentSource;
 struct Counting;
 
 static LIVE: AtomicI64 = AtomicI64::new(0);
+/// One test at a time measures the process.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// Bytes allocated minus freed by this thread (const-initialised: no allocation).
+    static MINE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn count(delta: i64) {
+    LIVE.fetch_add(delta, Ordering::Relaxed);
+    // `try_with`: a thread being torn down may still free memory.
+    let _ = MINE.try_with(|c| c.set(c.get() + delta));
+}
 
 // SAFETY: forwards to the system allocator and only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
+        count(l.size() as i64);
         System.alloc(l)
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
+        count(l.size() as i64);
         System.alloc_zeroed(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
+        count(-(l.size() as i64));
         System.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
+        count(new as i64 - l.size() as i64);
         System.realloc(p, l, new)
     }
 }
@@ -44,6 +62,10 @@ static A: Counting = Counting;
 
 fn live() -> i64 {
     LIVE.load(Ordering::Relaxed)
+}
+
+fn mine() -> i64 {
+    MINE.with(Cell::get)
 }
 
 fn model(name: &str) -> (Model, ModelConfig) {
@@ -68,6 +90,7 @@ fn tokens(n: usize, salt: usize) -> Vec<u32> {
 
 #[test]
 fn session_memory_grows_only_in_the_attention_layers_kv() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (m, c) = model("rand-qwen35-q8.gguf");
     let ssm = c.ssm.as_ref().unwrap();
     assert_eq!((c.n_layer, ssm.n_recurrent(), c.n_kv_layers()), (8, 6, 2));
@@ -79,9 +102,9 @@ fn session_memory_grows_only_in_the_attention_layers_kv() {
     assert_eq!(c.recurrent_state_bytes(), 6 * (3 * 512 + 8 * 32 * 32) * 4);
 
     let size_of_session = |n_ctx: usize| {
-        let before = live();
+        let before = mine();
         let s = m.session(n_ctx).unwrap();
-        let bytes = live() - before;
+        let bytes = mine() - before;
         assert_eq!(
             s.recurrent_state().unwrap().bytes(),
             c.recurrent_state_bytes()
@@ -122,6 +145,7 @@ fn session_memory_grows_only_in_the_attention_layers_kv() {
 
 #[test]
 fn reset_and_truncate_clear_the_recurrent_state() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for name in ["rand-qwen35-q8.gguf", "rand-qwen35moe-q4k.gguf"] {
         let (m, _) = model(name);
         let a = tokens(12, 2);
