@@ -8,40 +8,28 @@ use flashstream_scheduler::{Plan, PlanRequest, RuntimeNeeds, SchedulerError, Uni
 
 const MIB: u64 = 1 << 20;
 
-/// A dense model: `layers` layers of `layer_bytes` (two tensors each), an output head of
-/// `head_bytes` (none: tied), a 1 MiB embedding and a small norm.
-fn dense(layers: usize, layer_bytes: u64, head_bytes: Option<u64>) -> GgufModel {
-    let mut tensors = Vec::new();
+/// A model of F32 tensors laid out one after another, from `(name, bytes, shape)`.
+fn model_of(specs: Vec<(String, u64, Vec<u64>)>) -> GgufModel {
     let mut at = 4096u64;
-    let mut add = |name: String, bytes: u64, shape: Vec<u64>| {
-        tensors.push(TensorInfo {
-            name,
-            ty: GgmlType::F32,
-            shape,
-            file: 0,
-            offset: at,
-            n_bytes: bytes,
-        });
-        at += bytes.div_ceil(32) * 32;
-    };
-    add("token_embd.weight".into(), MIB, vec![256, 1024]);
-    for l in 0..layers {
-        add(format!("blk.{l}.attn_norm.weight"), 1024, vec![256]);
-        add(
-            format!("blk.{l}.ffn_up.weight"),
-            layer_bytes - 1024,
-            vec![(layer_bytes - 1024) / 4],
-        );
-    }
-    add("output_norm.weight".into(), 1024, vec![256]);
-    if let Some(h) = head_bytes {
-        add("output.weight".into(), h, vec![256, h / 1024]);
-    }
-    let len = at;
+    let tensors = specs
+        .into_iter()
+        .map(|(name, bytes, shape)| {
+            let t = TensorInfo {
+                name,
+                ty: GgmlType::F32,
+                shape,
+                file: 0,
+                offset: at,
+                n_bytes: bytes,
+            };
+            at += bytes.div_ceil(32) * 32;
+            t
+        })
+        .collect();
     GgufModel::from_parts(
         vec![GgufFile {
             path: "/nonexistent".into(),
-            len,
+            len: at,
             version: 3,
             data_offset: 4096,
             alignment: 32,
@@ -50,6 +38,22 @@ fn dense(layers: usize, layer_bytes: u64, head_bytes: Option<u64>) -> GgufModel 
         tensors,
     )
     .unwrap()
+}
+
+/// A dense model: `layers` layers of `layer_bytes` (two tensors each), an output head of
+/// `head_bytes` (none: tied), a 1 MiB embedding and a small norm.
+fn dense(layers: usize, layer_bytes: u64, head_bytes: Option<u64>) -> GgufModel {
+    let mut t = vec![("token_embd.weight".into(), MIB, vec![256, 1024])];
+    for l in 0..layers {
+        t.push((format!("blk.{l}.attn_norm.weight"), 1024, vec![256]));
+        let up = layer_bytes - 1024;
+        t.push((format!("blk.{l}.ffn_up.weight"), up, vec![up / 4]));
+    }
+    t.push(("output_norm.weight".into(), 1024, vec![256]));
+    if let Some(h) = head_bytes {
+        t.push(("output.weight".into(), h, vec![256, h / 1024]));
+    }
+    model_of(t)
 }
 
 fn needs(fixed: u64, kv_per_pos: u64) -> RuntimeNeeds {
@@ -190,44 +194,19 @@ fn a_large_head_streams_in_row_ranges_no_larger_than_a_layer() {
 /// A dense model whose layers are a norm and three 2-D matrices (attention query, FFN up and
 /// down) of `mat` bytes each; `embd_rows` rows of 1 KiB in a tied embedding.
 fn split_model(layers: usize, mat: u64, embd_rows: u64) -> GgufModel {
-    let mut tensors = Vec::new();
-    let mut at = 4096u64;
-    let mut add = |name: String, bytes: u64, shape: Vec<u64>| {
-        tensors.push(TensorInfo {
-            name,
-            ty: GgmlType::F32,
-            shape,
-            file: 0,
-            offset: at,
-            n_bytes: bytes,
-        });
-        at += bytes.div_ceil(32) * 32;
-    };
-    add(
+    let mut t = vec![(
         "token_embd.weight".into(),
         embd_rows * 1024,
         vec![256, embd_rows],
-    );
+    )];
     for l in 0..layers {
-        add(format!("blk.{l}.attn_norm.weight"), 1024, vec![256]);
-        for t in ["attn_q", "ffn_up", "ffn_down"] {
-            add(format!("blk.{l}.{t}.weight"), mat, vec![256, mat / 1024]);
+        t.push((format!("blk.{l}.attn_norm.weight"), 1024, vec![256]));
+        for m in ["attn_q", "ffn_up", "ffn_down"] {
+            t.push((format!("blk.{l}.{m}.weight"), mat, vec![256, mat / 1024]));
         }
     }
-    add("output_norm.weight".into(), 1024, vec![256]);
-    let len = at;
-    GgufModel::from_parts(
-        vec![GgufFile {
-            path: "/nonexistent".into(),
-            len,
-            version: 3,
-            data_offset: 4096,
-            alignment: 32,
-        }],
-        Metadata::new(),
-        tensors,
-    )
-    .unwrap()
+    t.push(("output_norm.weight".into(), 1024, vec![256]));
+    model_of(t)
 }
 
 #[test]
