@@ -72,8 +72,13 @@ start "$work/serve1.log" "$bin" serve "$model" --mem 256MiB --port 0 --parallel 
 "$py" ci/serve_test.py "$url" "$id" "$work/ref.json"
 
 echo "==> chat page in headless chromium"
-if { ! command -v chromium || ! command -v npm; } > /dev/null && [ $ci = 1 ]; then
-  apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm > /dev/null
+# Only what is missing: a machine with its own Node.js (not Debian's) cannot take Debian's
+# nodejs/npm packages beside it ("held broken packages").
+need=()
+command -v chromium > /dev/null || need+=(chromium)
+command -v npm > /dev/null || need+=(nodejs npm)
+if ((${#need[@]})) && [ $ci = 1 ]; then
+  apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
 fi
 node_dir=target/serve-node
 if command -v node > /dev/null && [ ! -d "$node_dir/node_modules/playwright-core" ]; then
