@@ -15,8 +15,6 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::UnitId;
-
 /// Events a trace keeps by default before it stops recording.
 pub const DEFAULT_TRACE_CAP: usize = 1_000_000;
 
@@ -172,12 +170,6 @@ impl Inner {
     }
 }
 
-/// The name of a unit in a trace: its `Display` form (`blk.3`, `blk.3.ffn_up`,
-/// `blk.3 expert 17`, `output`, `output rows 2`, `token_embd`, `globals`).
-pub fn unit_name(id: UnitId) -> String {
-    id.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,18 +201,5 @@ mod tests {
         assert_eq!(ev.len(), 3);
         assert!(names[2].starts_with("trace full"), "{names:?}");
         assert!(ev[0].dur_us.is_some_and(|d| d >= 0.0));
-    }
-
-    #[test]
-    fn unit_names() {
-        assert_eq!(unit_name(UnitId::Layer(3)), "blk.3");
-        assert_eq!(
-            unit_name(UnitId::Expert {
-                layer: 3,
-                expert: 17
-            }),
-            "blk.3 expert 17"
-        );
-        assert_eq!(unit_name(UnitId::Head), "output");
     }
 }

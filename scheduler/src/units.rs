@@ -409,6 +409,21 @@ mod tests {
         GgufModel::from_bytes(&w.to_bytes(&[&data]).unwrap()).unwrap()
     }
 
+    /// A unit's `Display` form names it in traces and plans.
+    #[test]
+    fn unit_names() {
+        assert_eq!(UnitId::Layer(3).to_string(), "blk.3");
+        assert_eq!(
+            UnitId::Expert {
+                layer: 3,
+                expert: 17
+            }
+            .to_string(),
+            "blk.3 expert 17"
+        );
+        assert_eq!(UnitId::Head.to_string(), "output");
+    }
+
     /// Found by the `gguf_struct` fuzz target: `blk.<usize::MAX>.*` overflowed `layer + 1` (a
     /// panic with overflow checks on), and so did an expert index of `usize::MAX`.
     #[test]

@@ -11,7 +11,7 @@ use super::residency::{Region, Static};
 use super::state::{CacheSlot, Origin, RingSlot, Shared, State};
 use super::ReadFailure;
 use crate::layout::UnitLayout;
-use crate::trace::{unit_name, ArgValue, Track};
+use crate::trace::{ArgValue, Track};
 use crate::{SchedulerError, UnitId, UnitTable};
 
 #[derive(Debug, Clone, Copy)]
@@ -349,13 +349,13 @@ fn trace_read(s: &Static, st: &State, t: Target, start: Option<Instant>, bytes: 
     let (track, name) = match t {
         Target::Ring { slot, seq } => (
             Track::RingSlot(slot),
-            unit_name(s.cycle[(seq % s.cycle.len() as u64) as usize]),
+            s.cycle[(seq % s.cycle.len() as u64) as usize].to_string(),
         ),
         Target::Cache { slot } => (
             Track::ExpertSlot(slot),
             st.cache[slot]
                 .unit
-                .map_or_else(|| "expert".into(), unit_name),
+                .map_or_else(|| "expert".into(), |id| id.to_string()),
         ),
         Target::Rows => (Track::Rows, "token_embd rows".into()),
     };

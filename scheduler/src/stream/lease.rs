@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::residency::Core;
 use super::state::{Origin, State};
 use super::StreamingSource;
-use crate::trace::{unit_name, Track};
+use crate::trace::Track;
 use crate::{Lease, SchedulerError, UnitId};
 
 impl StreamingSource {
@@ -220,7 +220,7 @@ fn stall(core: &Core, id: UnitId, since: Instant) {
         Track::Stalls,
         "stall",
         Some(since),
-        || format!("stall {}", unit_name(id)),
+        || format!("stall {id}"),
         Vec::new,
     );
 }
