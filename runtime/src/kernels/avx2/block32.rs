@@ -3,13 +3,16 @@
 
 use super::*;
 
-/// Dot-product loop over the blocks of a 32-weight type, four blocks per step.
+/// Dot-product loop over the blocks of a 32-weight type, in ggml's x86 order.
 ///
 /// `$isum` (with `$bx`, `$by` bound to a block pair) yields the block's exact integer dot as
-/// 8 partial i32 sums. Per four blocks, the eight f16 scales are converted at once, the four
-/// integer sums reduced together, and one FMA adds `d_x · d_y · sum` for all four. With
-/// `mins`, `Σ m_x · s_y` (Q4_1/Q5_1 against Q8_1) is added as well. Leftover blocks (fewer
-/// than four) are done one by one.
+/// 8 partial i32 sums, lane `j` holding the products of weights `4j..4j+4` (what `maddubs` +
+/// `madd` or `vpdpbusd` give). Per block, those 8 sums are converted to f32 and one FMA adds
+/// `f32(d_x) · f32(d_y) · sums` into a single 8-lane accumulator, summed at the end; with
+/// `mins`, `Σ m_x · s_y` (Q4_1/Q5_1 against Q8_1) is summed block by block in a scalar and
+/// added last. This is the float order of ggml's AVX2 `ggml_vec_dot_*` and of llamafile's
+/// `tinyBLAS_Q0_AVX` (llama.cpp's x86 build), so results match llama.cpp's bit for bit.
+/// The scales of four blocks are converted at once.
 macro_rules! blocks32 {
     ($x:expr, $y:expr, |$bx:ident, $by:ident| $isum:expr) => {
         blocks32!(@ $x, $y, |$bx, $by| $isum, false)
@@ -24,57 +27,34 @@ macro_rules! blocks32 {
         }
         let mut acc = _mm256_setzero_ps();
         #[allow(unused_mut)] // only the `mins` variant adds to it
-        let mut acc_m = _mm_setzero_ps();
+        let mut acc_m = 0.0f32;
         let (xq, yq) = (x.chunks_exact(4), y.chunks_exact(4));
         let (xr, yr) = (xq.remainder(), yq.remainder());
         for (x4, y4) in xq.zip(yq) {
             blocks32!(@group x4, y4, |$bx, $by| $isum, $mins, acc, acc_m);
         }
-        let tail = blocks32!(@tail xr, yr, |$bx, $by| $isum, $mins);
-        blocks32!(@finish acc, acc_m, tail)
+        for ($bx, $by) in xr.iter().zip(yr) {
+            let d = h2f($bx.d) * h2f($by.d);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps($isum), acc);
+            blocks32!(@min1 $mins, acc_m, $bx, $by);
+        }
+        hsum_ps(acc) + acc_m
     }};
     // Four blocks into the accumulators.
     (@group $x4:ident, $y4:ident, |$bx:ident, $by:ident| $isum:expr, $mins:tt,
      $acc:expr, $acc_m:expr) => {{
-        let mut s = [_mm256_setzero_si256(); 4];
-        for (k, sk) in s.iter_mut().enumerate() {
-            let ($bx, $by) = ($x4.get_unchecked(k), $y4.get_unchecked(k));
-            *sk = $isum;
-        }
-        let d = mul_f16x4(
+        let d = lanes4(mul_f16x4(
             pack4([$x4[0].d, $x4[1].d, $x4[2].d, $x4[3].d]),
             pack4([$y4[0].d, $y4[1].d, $y4[2].d, $y4[3].d]),
-        );
-        let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
-        $acc = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, $acc);
-        blocks32!(@mins $mins, $acc_m, $x4, $y4);
-    }};
-    // Fewer than four leftover blocks, one by one.
-    (@tail $xr:expr, $yr:expr, |$bx:ident, $by:ident| $isum:expr, $mins:tt) => {{
-        let mut tail = 0.0f32;
-        for ($bx, $by) in $xr.iter().zip($yr) {
-            tail += h2f($bx.d) * h2f($by.d) * hsum_epi32($isum) as f32;
-            blocks32!(@min1 $mins, tail, $bx, $by);
+        ));
+        for k in 0..4 {
+            let ($bx, $by) = ($x4.get_unchecked(k), $y4.get_unchecked(k));
+            $acc = _mm256_fmadd_ps(_mm256_set1_ps(d[k]), _mm256_cvtepi32_ps($isum), $acc);
+            blocks32!(@min1 $mins, $acc_m, $bx, $by);
         }
-        tail
     }};
-    (@finish $acc:expr, $acc_m:expr, $tail:expr) => {{
-        let m = _mm_add_ps($acc_m, _mm_movehl_ps($acc_m, $acc_m));
-        let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
-        hsum_ps($acc) + m + $tail
-    }};
-    (@mins false, $acc_m:expr, $x4:ident, $y4:ident) => {};
-    (@mins true, $acc_m:expr, $x4:ident, $y4:ident) => {
-        $acc_m = _mm_add_ps(
-            $acc_m,
-            mul_f16x4(
-                pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]),
-                pack4([$y4[0].s, $y4[1].s, $y4[2].s, $y4[3].s]),
-            ),
-        );
-    };
-    (@min1 false, $t:ident, $bx:ident, $by:ident) => {};
-    (@min1 true, $t:ident, $bx:ident, $by:ident) => {
+    (@min1 false, $t:expr, $bx:ident, $by:ident) => {};
+    (@min1 true, $t:expr, $bx:ident, $by:ident) => {
         $t += h2f($bx.m) * h2f($by.s);
     };
 }
@@ -96,7 +76,7 @@ macro_rules! blocks32x4 {
         }
         let mut acc = [_mm256_setzero_ps(); 4];
         #[allow(unused_mut)] // only the `mins` variant adds to it
-        let mut acc_m = [_mm_setzero_ps(); 4];
+        let mut acc_m = [0.0f32; 4];
         let nq = x.len() / 4 * 4;
         let mut i = 0;
         while i < nq {
@@ -109,8 +89,12 @@ macro_rules! blocks32x4 {
         }
         let mut out = [0f32; 4];
         for t in 0..4 {
-            let tail = blocks32!(@tail x[nq..], &ys[t][nq..], |$bx, $by| $isum, $mins);
-            out[t] = blocks32!(@finish acc[t], acc_m[t], tail);
+            for ($bx, $by) in x[nq..].iter().zip(&ys[t][nq..]) {
+                let d = h2f($bx.d) * h2f($by.d);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps($isum), acc[t]);
+                blocks32!(@min1 $mins, acc_m[t], $bx, $by);
+            }
+            out[t] = hsum_ps(acc[t]) + acc_m[t];
         }
         out
     }};
@@ -139,7 +123,7 @@ macro_rules! blocks32x4t {
         }
         let mut acc = [_mm256_setzero_ps(); $nr];
         #[allow(unused_mut)] // only the `mins` variant adds to it
-        let mut acc_m = [_mm_setzero_ps(); $nr];
+        let mut acc_m = [0.0f32; $nr];
         let nq = x.len() / 4 * 4;
         let mut i = 0;
         while i < nq {
@@ -159,43 +143,44 @@ macro_rules! blocks32x4t {
             ];
             for t in 0..$nr {
                 let y4 = ys[t].get_unchecked(i..i + 4);
-                let mut s = [_mm256_setzero_si256(); 4];
-                for (k, sk) in s.iter_mut().enumerate() {
+                let d = lanes4(_mm_mul_ps(dx, _mm_loadu_ps(dy[t].as_ptr().add(i))));
+                for k in 0..4 {
                     let ($w, $by) = (wk[k], y4.get_unchecked(k));
-                    *sk = $dot;
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(d[k]),
+                        _mm256_cvtepi32_ps($dot),
+                        acc[t],
+                    );
+                    blocks32x4t!(@mins $mins, acc_m[t], mx, k, sy[t][i + k]);
                 }
-                let d = _mm_mul_ps(dx, _mm_loadu_ps(dy[t].as_ptr().add(i)));
-                let sums = _mm256_cvtepi32_ps(hsum4_epi32(s));
-                acc[t] = _mm256_fmadd_ps(_mm256_set_m128(d, d), sums, acc[t]);
-                blocks32x4t!(@mins $mins, acc_m[t], mx, sy[t], i);
             }
             i += 4;
         }
         let mut out = [0f32; $nr];
         for t in 0..$nr {
-            let mut tail = 0.0f32;
             for (j, ($bx, $by)) in x[nq..].iter().zip(&ys[t][nq..]).enumerate() {
                 let $w = $prep;
-                tail += h2f($bx.d) * dy[t][nq + j] * hsum_epi32($dot) as f32;
-                blocks32x4t!(@min1 $mins, tail, $bx, sy[t][nq + j]);
+                let d = h2f($bx.d) * dy[t][nq + j];
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps($dot), acc[t]);
+                blocks32x4t!(@min1 $mins, acc_m[t], $bx, sy[t][nq + j]);
             }
-            out[t] = blocks32!(@finish acc[t], acc_m[t], tail);
+            out[t] = hsum_ps(acc[t]) + acc_m[t];
         }
         out
     }};
     (@mx false, $x4:ident) => { () };
     (@mx true, $x4:ident) => {
-        _mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
+        lanes4(_mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
             0,
             pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]) as i64,
-        )))
+        ))))
     };
-    (@mins false, $acc_m:expr, $mx:ident, $sy:expr, $i:ident) => {};
-    (@mins true, $acc_m:expr, $mx:ident, $sy:expr, $i:ident) => {
-        $acc_m = _mm_add_ps($acc_m, _mm_mul_ps($mx, _mm_loadu_ps($sy.as_ptr().add($i))));
+    (@mins false, $acc_m:expr, $mx:ident, $k:ident, $s:expr) => {};
+    (@mins true, $acc_m:expr, $mx:ident, $k:ident, $s:expr) => {
+        $acc_m += $mx[$k] * $s;
     };
-    (@min1 false, $t:ident, $bx:ident, $s:expr) => {};
-    (@min1 true, $t:ident, $bx:ident, $s:expr) => {
+    (@min1 false, $t:expr, $bx:ident, $s:expr) => {};
+    (@min1 true, $t:expr, $bx:ident, $s:expr) => {
         $t += h2f($bx.m) * $s;
     };
 }

@@ -163,6 +163,15 @@ pub(super) unsafe fn split_scales16(sc: __m128i) -> (__m256i, __m256i) {
     )
 }
 
+/// The four lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn lanes4(v: __m128) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), v);
+    out
+}
+
 /// Four f16 values packed into a u64 (lane k in bits 16k..16k+16).
 #[inline(always)]
 pub(super) fn pack4(h: [F16Le; 4]) -> u64 {

@@ -1,17 +1,16 @@
 //! (One file past 800 lines: the tile kernel family, its unpacking and its builds, reads best
 //! whole.)
 //!
-//! Batch kernels for the 32-weight block types over packed activations
-//! ([`act_packed_layout`]): one weight row against many activation rows, with the weight row
-//! unpacked once per call into the same packed order, so that each group of four blocks costs
-//! four 4-byte-group dot-product instructions per activation row and no horizontal reduction.
+//! Batch kernels for the 32-weight block types: one weight row against many activation rows
+//! (rows laid out by `quantize_rows`, whose raw blocks and f32 scale tables they read), with
+//! the weight row unpacked once per call and reused for a tile of four activation rows.
 //!
-//! Weights are unpacked to unsigned bytes `u = q + offset` (Q4_0: the nibble, offset 8; Q5_0:
-//! 5 bits, 16; Q8_0 and IQ4_NL: the signed value plus 128; Q4_1 and Q5_1: the quant, no
-//! offset), and the activation side carries the negated half-block sums, so `Σ u·y − offset·Σ y`
-//! is exactly the integer the one-row kernels compute per half block. The float steps are the
-//! one-row kernels' ([`blocks32!`] / `blocks32x4t!`) in the same order, so every result equals
-//! the one-row kernel's bit for bit (tested).
+//! The 32-weight types follow llama.cpp's x86 float order (that of the one-row kernels,
+//! [`blocks32!`]): per block, the 8 lane sums of 4 products are exact integers (signed weights
+//! as `|q| · sign(y, q)`, Q4_1/Q5_1 as unsigned quants times `y`), converted to f32 and added
+//! with one FMA of `d_x · d_y`; mins are summed block by block in a scalar. Every result equals
+//! the one-row kernel's bit for bit (tested). The K-quant tiles below unpack their 256-weight
+//! blocks the same way for the K-quant one-row order.
 //!
 //! Three builds of one source: AVX-VNNI (`vpdpbusd`, VEX), AVX-512 VNNI on 256-bit vectors
 //! (EVEX, which also gives the compiler 32 vector registers), and plain AVX2, where the
@@ -29,8 +28,8 @@ use flashstream_formats::blocks::{
 use flashstream_formats::GgmlType;
 
 use super::{
-    bits32, blocks_of, bsums, h2f, hsum_epi32, hsum_ps, k4_scales_mins_pairs, load256, nibbles32,
-    scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
+    bits32, blocks_of, bsums, h2f, hsum_ps, k4_scales_mins_pairs, load256, nibbles32, scale8,
+    scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
 };
 use crate::kernels::{act_packed_layout, act_scale_tables, DotActRowsFn, PACKED_GROUP_BYTES};
 use crate::pool::SendPtr;
@@ -72,37 +71,16 @@ impl TileIsa {
 /// One weight row unpacked for the tile kernels.
 #[derive(Default)]
 struct Prepped {
-    /// Per whole group, four vectors in the packed order; then the leftover blocks, each one
-    /// vector in natural order.
+    /// Per block in natural order: `|q|` and `q` (signed types), or the unsigned quants.
     w: Vec<__m256i>,
-    /// Per group, the four blocks' f32 scales twice (lanes `k` and `4 + k`).
-    dx: Vec<__m256>,
-    /// Per group, the four blocks' f32 mins (types with mins only).
-    mx: Vec<__m128>,
-    /// Scales and mins of the leftover blocks.
-    tail_d: Vec<f32>,
-    tail_m: Vec<f32>,
+    /// Per block, the f32 scale.
+    dx: Vec<f32>,
+    /// Per block, the f32 min (types with mins only).
+    mx: Vec<f32>,
 }
 
 thread_local! {
     static PREPPED: RefCell<Vec<Prepped>> = RefCell::default();
-}
-
-/// The four vectors of a group in packed order from the four blocks' natural-order vectors:
-/// a 4x4 transpose of 32-bit lanes within each 128-bit half.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose4(u: [__m256i; 4]) -> [__m256i; 4] {
-    let t0 = _mm256_unpacklo_epi32(u[0], u[1]);
-    let t1 = _mm256_unpacklo_epi32(u[2], u[3]);
-    let t2 = _mm256_unpackhi_epi32(u[0], u[1]);
-    let t3 = _mm256_unpackhi_epi32(u[2], u[3]);
-    [
-        _mm256_unpacklo_epi64(t0, t1),
-        _mm256_unpackhi_epi64(t0, t1),
-        _mm256_unpacklo_epi64(t2, t3),
-        _mm256_unpackhi_epi64(t2, t3),
-    ]
 }
 
 /// A weight block type as the tile kernels see it.
@@ -216,61 +194,41 @@ impl TileBlock for BlockIQ4NL {
 /// Unpacks the weight row `x` into `p`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn prep<WB: TileBlock>(x: &[WB], p: &mut Prepped) {
-    let groups = x.len() / 4;
     p.w.clear();
     p.dx.clear();
     p.mx.clear();
-    p.tail_d.clear();
-    p.tail_m.clear();
-    for x4 in x.chunks_exact(4) {
-        let u = [
-            x4[0].unsigned(),
-            x4[1].unsigned(),
-            x4[2].unsigned(),
-            x4[3].unsigned(),
-        ];
-        p.w.extend_from_slice(&transpose4(u));
-        let sm = [
-            x4[0].scale_min(),
-            x4[1].scale_min(),
-            x4[2].scale_min(),
-            x4[3].scale_min(),
-        ];
-        let d = _mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
-            0,
-            super::pack4(sm.map(|s| s.0)) as i64,
-        )));
-        p.dx.push(_mm256_set_m128(d, d));
-        if WB::MINS {
-            p.mx.push(_mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
-                0,
-                super::pack4(sm.map(|s| s.1)) as i64,
-            ))));
+    for b in x {
+        let u = b.unsigned();
+        if WB::SHIFT > 0 {
+            let q = _mm256_sub_epi8(u, _mm256_set1_epi8((1u8 << WB::SHIFT) as i8));
+            p.w.extend_from_slice(&[_mm256_abs_epi8(q), q]);
+        } else {
+            p.w.push(u);
         }
-    }
-    for b in &x[groups * 4..] {
-        p.w.push(b.unsigned());
         let (d, m) = b.scale_min();
-        p.tail_d.push(h2f(d));
-        p.tail_m.push(h2f(m));
+        p.dx.push(h2f(d));
+        if WB::MINS {
+            p.mx.push(h2f(m));
+        }
     }
 }
 
 /// The activation side of one tile row: pointers into a row laid out by `quantize_rows`.
 #[derive(Clone, Copy)]
 struct ActRow {
-    /// The packed groups.
-    packed: *const u8,
     /// The f32 scale table (`n / 32` values).
     dy: *const f32,
     /// The f32 `s` table (types with mins; else dangling, unread).
     sy: *const f32,
-    /// The row's raw blocks (for the leftover blocks).
+    /// The row's raw blocks.
     blocks: *const u8,
 }
 
 /// The tile kernel: `C` activation rows against one prepped weight row, in one of the three
-/// builds (`$feat`: the target features, `$dp`: `s + Σ4 u·y` per 32-bit lane).
+/// builds (`$feat`: the target features, `$dp`: `s + Σ4 u·y` per 32-bit lane). Per block and
+/// row, the 8 lane sums of 4 products (exact integers) are converted and added with one FMA
+/// of `d_x · d_y` into the row's accumulator; mins are summed in a scalar: the float steps of
+/// the one-row kernels ([`blocks32!`](super::block32)), so each result equals theirs bit for bit.
 macro_rules! tile_kernel {
     ($name:ident, $feat:literal, |$s:ident, $u:ident, $y:ident| $dp:expr) => {
         #[inline]
@@ -285,65 +243,30 @@ macro_rules! tile_kernel {
             unsafe fn dp($s: __m256i, $u: __m256i, $y: __m256i) -> __m256i {
                 $dp
             }
-            let groups = p.dx.len();
+            let per = if WB::SHIFT > 0 { 2 } else { 1 };
+            let ab = <WB::Act as QuantBlock>::TYPE.block_bytes();
+            let zero = _mm256_setzero_si256();
             let mut acc = [_mm256_setzero_ps(); C];
-            let mut acc_m = [_mm_setzero_ps(); C];
-            for g in 0..groups {
-                let w = p.w.as_ptr().add(4 * g);
-                let (w0, w1, w2, w3) = (*w, *w.add(1), *w.add(2), *w.add(3));
-                let dx = *p.dx.as_ptr().add(g);
+            let mut acc_m = [0.0f32; C];
+            for (b, &dx) in p.dx.iter().enumerate() {
+                let w = p.w.as_ptr().add(per * b);
                 for t in 0..C {
-                    let a = rows[t].packed.add(g * PACKED_GROUP_BYTES);
-                    let av = a as *const __m256i;
-                    let mut s = if WB::SHIFT > 0 {
-                        // The negated half sums times the offset.
-                        _mm256_sllv_epi32(
-                            _mm256_load_si256(av.add(4)),
-                            _mm256_set1_epi32(WB::SHIFT),
-                        )
+                    let y =
+                        _mm256_loadu_si256(rows[t].blocks.add(b * ab + ab - 32) as *const __m256i);
+                    let s = if WB::SHIFT > 0 {
+                        dp(zero, *w, _mm256_sign_epi8(y, *w.add(1)))
                     } else {
-                        _mm256_setzero_si256()
+                        dp(zero, *w, y)
                     };
-                    s = dp(s, w0, _mm256_load_si256(av));
-                    s = dp(s, w1, _mm256_load_si256(av.add(1)));
-                    s = dp(s, w2, _mm256_load_si256(av.add(2)));
-                    s = dp(s, w3, _mm256_load_si256(av.add(3)));
-                    let dy = _mm_loadu_ps(rows[t].dy.add(4 * g));
-                    let d = _mm256_mul_ps(dx, _mm256_set_m128(dy, dy));
-                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
+                    let d = dx * *rows[t].dy.add(b);
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc[t]);
                     if WB::MINS {
-                        let mx = *p.mx.as_ptr().add(g);
-                        let sy = _mm_loadu_ps(rows[t].sy.add(4 * g));
-                        acc_m[t] = _mm_add_ps(acc_m[t], _mm_mul_ps(mx, sy));
+                        acc_m[t] += *p.mx.get_unchecked(b) * *rows[t].sy.add(b);
                     }
                 }
             }
-            let ab = <WB::Act as QuantBlock>::TYPE.block_bytes();
             for t in 0..C {
-                let mut tail = 0.0f32;
-                for (j, &dxj) in p.tail_d.iter().enumerate() {
-                    let b = 4 * groups + j;
-                    let y =
-                        _mm256_loadu_si256(rows[t].blocks.add(b * ab + ab - 32) as *const __m256i);
-                    let uy = hsum_epi32(dp(
-                        _mm256_setzero_si256(),
-                        *p.w.as_ptr().add(4 * groups + j),
-                        y,
-                    ));
-                    let isum = if WB::SHIFT > 0 {
-                        let sum_y = hsum_epi32(dp(_mm256_setzero_si256(), _mm256_set1_epi8(1), y));
-                        uy - (sum_y << WB::SHIFT)
-                    } else {
-                        uy
-                    };
-                    tail += dxj * *rows[t].dy.add(b) * isum as f32;
-                    if WB::MINS {
-                        tail += p.tail_m[j] * *rows[t].sy.add(b);
-                    }
-                }
-                let m = _mm_add_ps(acc_m[t], _mm_movehl_ps(acc_m[t], acc_m[t]));
-                let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
-                *out[t] = hsum_ps(acc[t]) + m + tail;
+                *out[t] = hsum_ps(acc[t]) + acc_m[t];
             }
         }
     };
@@ -506,7 +429,7 @@ fn rows_with<WB: TileBlock>(
         let ok = a_stride >= end && batch_fits(a, a_stride, end, 32, n_tok, out, out_stride, m);
         ok.then_some((m, p_off, t_off, n_tables))
     })();
-    let Some((m, p_off, t_off, n_tables)) = layout else {
+    let Some((m, _, t_off, n_tables)) = layout else {
         return fallback_rows(
             WB::TYPE,
             n,
@@ -526,7 +449,6 @@ fn rows_with<WB: TileBlock>(
         unsafe {
             let r = base.add(t * a_stride);
             ActRow {
-                packed: r.add(p_off),
                 dy: r.add(t_off) as *const f32,
                 sy: if n_tables > 1 {
                     r.add(t_off + nb * 4) as *const f32
