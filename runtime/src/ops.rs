@@ -56,11 +56,77 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF * x * x)).tanh())
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU).
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = silu(*g) * u;
+/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU) over rows of `row` values, as llama.cpp's x86
+/// build computes it: the first `row / 16 * 16` values of each row with [`silu_vec`] (its
+/// 16-lane AVX-512 loop), the rest with libm's `expf` ([`silu`]). The two differ in the last
+/// bit of about a quarter of the values, which a Q4_0 KV cache can turn into a flipped quant.
+pub fn swiglu(gate: &mut [f32], up: &[f32], row: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked just above).
+        return unsafe { swiglu_fma(gate, up, row) };
     }
+    swiglu_body(gate, up, row);
+}
+
+/// [`swiglu_body`] compiled with FMA, so that `mul_add` is one instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32], row: usize) {
+    swiglu_body(gate, up, row);
+}
+
+#[inline(always)]
+fn swiglu_body(gate: &mut [f32], up: &[f32], row: usize) {
+    let row = row.max(1);
+    let vec_part = row / 16 * 16;
+    for (gr, ur) in gate.chunks_mut(row).zip(up.chunks(row)) {
+        for (i, (g, &u)) in gr.iter_mut().zip(ur).enumerate() {
+            *g = if i < vec_part { silu_vec(*g) } else { silu(*g) } * u;
+        }
+    }
+}
+
+/// SiLU with [`exp_vec`]: `x / (1 + e^-x)` as ggml's AVX-512 `ggml_v_silu`.
+#[inline(always)]
+pub fn silu_vec(x: f32) -> f32 {
+    x / (1.0 + exp_vec(-x))
+}
+
+/// `e^x` exactly as ggml's AVX-512 vector loops compute it (`ggml_v_expf`, up to 1.5 ulp from
+/// the true value): `x = n·ln2 + b` with `n` rounded to an integer, a degree-5 polynomial in
+/// `b` (FMA steps in ggml's order), scaled by `2^n` with one rounding; beyond `|n| > 192`
+/// infinity or zero. Bit for bit on every target where `mul_add` is a fused multiply-add.
+#[inline(always)]
+pub fn exp_vec(x: f32) -> f32 {
+    const SHIFT: f32 = f32::from_bits(0x4b40_0000); // 1.5 · 2^23: rounds to an integer
+    const LOG2E: f32 = f32::from_bits(0x3fb8_aa3b);
+    const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+    const LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
+    const C: [f32; 5] = [
+        f32::from_bits(0x3f7f_fff6),
+        f32::from_bits(0x3eff_fedb),
+        f32::from_bits(0x3e2a_af33),
+        f32::from_bits(0x3d2b_9f17),
+        f32::from_bits(0x3c07_2010),
+    ];
+    let z = x.mul_add(LOG2E, SHIFT);
+    let n = z - SHIFT;
+    let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = C[4]
+        .mul_add(b, C[3])
+        .mul_add(u, C[2].mul_add(b, C[1]))
+        .mul_add(u, C[0].mul_add(b, 1.0));
+    // j · 2^n with one rounding (AVX-512's `scalef`): 2^n as two normal powers of two, the
+    // first product exact.
+    let ni = n as i32;
+    let h = ni / 2;
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    (j * pow2(h)) * pow2(ni - h)
 }
 
 /// `gate[i] = gelu(gate[i]) * up[i]` (GeGLU).
@@ -158,6 +224,16 @@ pub fn rope_cache(
     }
 }
 
+/// `(a·cos − b·sin, a·sin + b·cos)` as llama.cpp's x86 build computes it: the compiler
+/// contracts each line of ggml's `rotate_pairs` into one fused multiply-add of `a` over the
+/// rounded `b` product (read from the machine code of its `libggml-cpu`: `vfmsub231ss` /
+/// `vfmadd132ss`, `vfmaddsub` in the vector loops), which differs from two rounded products
+/// in the last bit.
+#[inline(always)]
+fn rotate_pair(a: f32, b: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (a.mul_add(cos, -(b * sin)), a.mul_add(sin, b * cos))
+}
+
 /// Rotates the first `dims` elements of each head of `x` (heads of `head_dim`) in place.
 /// `neox` pairs element `i` with `i + dims/2`; otherwise adjacent pairs `(2i, 2i+1)`.
 pub fn rope_apply(
@@ -173,14 +249,12 @@ pub fn rope_apply(
             let half = dims / 2;
             for i in 0..half {
                 let (a, b) = (head[i], head[i + half]);
-                head[i] = a * cos[i] - b * sin[i];
-                head[i + half] = a * sin[i] + b * cos[i];
+                (head[i], head[i + half]) = rotate_pair(a, b, cos[i], sin[i]);
             }
         } else {
             for i in 0..dims / 2 {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos[i] - b * sin[i];
-                head[2 * i + 1] = a * sin[i] + b * cos[i];
+                (head[2 * i], head[2 * i + 1]) = rotate_pair(a, b, cos[i], sin[i]);
             }
         }
     }

@@ -205,7 +205,7 @@ fn ffn_biased(
         add_bias(up, ub);
     }
     match m.config.activation {
-        Activation::Swiglu => ops::swiglu(gate, up),
+        Activation::Swiglu => ops::swiglu(gate, up, gate_w.rows()),
         Activation::GegluF16Table => ops::geglu_f16_table(gate, up),
         Activation::SwigluOai { alpha, limit } => ops::swiglu_oai(gate, up, alpha, limit),
     }
