@@ -110,7 +110,7 @@ pub(crate) fn join_sink(s: f32, m: f32, sum: f32) -> (f32, f32) {
     } else {
         (1.0, (s - m).exp())
     };
-    (ms, sum * ms + vs)
+    (ms, sum.mul_add(ms, vs))
 }
 
 /// [`attend_f16`] with an optional attention sink (gpt-oss: one logit per head that joins the
@@ -146,7 +146,7 @@ pub fn attend_f16_sink(
         }
         let vr = &values[j * v_stride..j * v_stride + dv];
         fma_f16(isa, &mut acc[..dv], vr, vs);
-        sum = sum * ms + vs;
+        sum = sum.mul_add(ms, vs);
     }
     for (o, a) in out[..dv].iter_mut().zip(&acc[..dv]) {
         *o = a.to_f32();

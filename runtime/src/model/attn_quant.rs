@@ -311,7 +311,7 @@ pub fn attend_row(
                 }
             }
         }
-        sum = sum * ms + vs;
+        sum = sum.mul_add(ms, vs);
     }
     if v_f16 {
         for (o, a) in out[..dv].iter_mut().zip(&sc.acc16) {
