@@ -245,62 +245,86 @@ fn golden_rand_qwen35moe_q4k() {
     check_random("generate.rand-qwen35moe-q4k.jsonl");
 }
 
-/// Real models. The README asks for every logit of the reference top-10 within
-/// `0.5 + 0.02·|logit|`, top-1 agreement of at least 90% and the first 8 greedy tokens equal.
-/// Top-1 agreement is held to that. The logit bound is held at 2.5× the README's tolerance
-/// for now: these small quantized models amplify accumulation-order noise (llama.cpp's own
-/// batched and token-by-token runs of the Gemma cases differ by up to 1.9× the tolerance, and
-/// ours on scalar and AVX2 kernels by 1.5 logits), and the kernels do not yet reproduce
-/// llama.cpp's x86 accumulation order; near-ties in the first 8 steps can flip for the same
-/// reason, so first-8 equality is asserted only on the cases that have no such near-tie.
-fn check_real(file: &str, first8_cases: &[&str]) {
+/// Whether this build reproduces llama.cpp's x86 arithmetic for SmolLM2 (Q4_1 + Q8_0 weights):
+/// the AVX2 kernels take ggml's float order, and the SiLU, RoPE and attention-sum steps follow
+/// its x86 build. llama.cpp built on this machine reproduces the SmolLM2 references exactly (batched
+/// and token by token, `benches/peer/golden_floor.py`), and so does flashstream here: every
+/// logit equal up to the references' printed precision. Elsewhere (NEON, scalar) the order
+/// differs and the real-model bound applies.
+fn llama_cpp_x86_arithmetic() -> bool {
+    flashstream_runtime::kernels::Isa::Avx2.is_available()
+}
+
+/// SmolLM2 against `file`: equal to llama.cpp on x86 (logits within 1/1000 of the tolerance,
+/// every top-1 and the first 8 tokens equal); elsewhere `fallback`.
+fn check_smollm2(file: &str, fallback: impl Fn(&str, Verdict)) {
     for (prompt, v) in run_file(file) {
-        assert!(v.worst <= 2.5 && v.top1 >= 0.9, "{file} {prompt:?}: {v:?}");
-        if first8_cases.iter().any(|p| prompt.starts_with(p)) {
-            assert!(v.first8, "{file} {prompt:?}: {v:?}");
+        if llama_cpp_x86_arithmetic() {
+            assert!(
+                v.worst <= 1e-3 && v.top1 == 1.0 && v.first8,
+                "{file} {prompt:?}: {v:?}"
+            );
+        } else {
+            fallback(&prompt, v);
         }
     }
 }
 
+/// Real models off x86: every logit of the reference top-10 within 2.5x the README's tolerance
+/// `0.5 + 0.02·|logit|` (these small quantized models amplify accumulation-order noise) and
+/// top-1 agreement of at least 90%. First-8 equality is not asserted there: near-ties in the
+/// first steps flip with the float order (as "def fibonacci" did with AVX2 and "The capital"
+/// with NEON under qemu before the x86 order was matched).
+fn real_bound(file: &'static str) -> impl Fn(&str, Verdict) {
+    move |prompt, v| assert!(v.worst <= 2.5 && v.top1 >= 0.9, "{file} {prompt:?}: {v:?}")
+}
+
 #[test]
 fn golden_smollm2() {
-    check_real(
-        "generate.SmolLM2-135M-Instruct.Q4_1.jsonl",
-        &["<|im_start|>", "def fibonacci"],
-    );
+    let f = "generate.SmolLM2-135M-Instruct.Q4_1.jsonl";
+    check_smollm2(f, real_bound(f));
 }
 
-/// First-8 equality is not asserted: each prompt has a near-tie in its first 8 steps on one
-/// ISA ("def fibonacci" with the AVX2 kernels, "The capital" with NEON under qemu, where the
-/// logits are still within 0.6x of the tolerance and top-1 agrees on 98% of the steps).
 #[test]
 fn golden_kv_q8_0_smollm2() {
-    check_real("generate-kv-q8_0.SmolLM2-135M-Instruct.Q4_1.jsonl", &[]);
+    let f = "generate-kv-q8_0.SmolLM2-135M-Instruct.Q4_1.jsonl";
+    check_smollm2(f, real_bound(f));
 }
 
-/// A Q4_0 cache on the real model: NOT held to the README's bound. Its 16-level grid turns
-/// the f16 path's small distance from llama.cpp (0.6-1.8x the tolerance on these prompts)
-/// into flipped quants: per step mostly 0.4-2.5x, with single steps at 3.5x and 8x (measured;
-/// llama.cpp's own Q4_0 and f16 caches differ by 6.5x on the first prompt). The same
-/// arithmetic on the random models, whose upstream matches llama.cpp exactly, agrees to 1e-5
-/// (qwen3) and 0.13x (llama), so this is held to a bound that still catches a broken cache
-/// (a wrong rotation or block layout gave 10-12x and top-1 below 85%). Not noise at llama.cpp's
-/// own floor: llama.cpp built here reproduces these references exactly with a Q4_0 cache
-/// (`benches/peer/golden_floor.py --kv-type q4_0`: 0.00x, batched and token by token), so a
-/// last-bit difference upstream of the cache remains to be found (open in issue 16).
+/// A Q4_0 cache on the real model. On x86 it equals llama.cpp's references. With other
+/// kernels (NEON, scalar), whose float order is not llama.cpp's x86 one, its 16-level grid turns
+/// last-bit differences upstream into flipped quants (measured before the x86 arithmetic was
+/// matched: single steps at 3.5x and 8x; llama.cpp's own Q4_0 and f16 caches differ by 6.5x on
+/// the first prompt), so there it is held to a bound that still catches a broken cache (a wrong
+/// rotation or block layout gave 10-12x and top-1 below 85%).
 #[test]
 fn golden_kv_q4_0_smollm2() {
-    for (prompt, v) in run_file("generate-kv-q4_0.SmolLM2-135M-Instruct.Q4_1.jsonl") {
-        assert!(v.worst <= 9.0 && v.top1 >= 0.85, "{prompt:?}: {v:?}");
-    }
+    check_smollm2(
+        "generate-kv-q4_0.SmolLM2-135M-Instruct.Q4_1.jsonl",
+        |prompt, v| assert!(v.worst <= 9.0 && v.top1 >= 0.85, "{prompt:?}: {v:?}"),
+    );
 }
 
+/// Gemma 3's references are not reproduced by llama.cpp built here (its K-quant kernels and
+/// repacked layouts depend on the CPU): on the chat prompt llama.cpp itself is 3.29x the
+/// tolerance off them batched and 3.02x token by token (`benches/peer/golden_floor.py`), and
+/// its batched and token-by-token runs differ by 1.6x. That prompt is held to llama.cpp's own
+/// distance (3.3x); the others to the real-model bound.
 #[test]
 fn golden_gemma3() {
-    check_real(
-        "generate.gemma-3-270m-q4_k_m.jsonl",
-        &["The capital", "<start_of_turn>", "def add"],
-    );
+    let file = "generate.gemma-3-270m-q4_k_m.jsonl";
+    for (prompt, v) in run_file(file) {
+        let bound = if prompt.starts_with("<start_of_turn>") {
+            3.3
+        } else {
+            2.5
+        };
+        assert!(
+            v.worst <= bound && v.top1 >= 0.9,
+            "{file} {prompt:?}: {v:?}"
+        );
+        assert!(v.first8, "{file} {prompt:?}: {v:?}");
+    }
 }
 
 /// A long input evaluated in chunks of `max_batch` tokens gives the logits of one batch:
