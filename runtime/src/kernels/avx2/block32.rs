@@ -47,12 +47,26 @@ macro_rules! blocks32 {
             pack4([$x4[0].d, $x4[1].d, $x4[2].d, $x4[3].d]),
             pack4([$y4[0].d, $y4[1].d, $y4[2].d, $y4[3].d]),
         ));
+        #[allow(unused_variables)] // only the `mins` variant uses it
+        let m = blocks32!(@m4 $mins, $x4, $y4);
         for k in 0..4 {
             let ($bx, $by) = ($x4.get_unchecked(k), $y4.get_unchecked(k));
             $acc = _mm256_fmadd_ps(_mm256_set1_ps(d[k]), _mm256_cvtepi32_ps($isum), $acc);
-            blocks32!(@min1 $mins, $acc_m, $bx, $by);
+            blocks32!(@add $mins, $acc_m, m[k]);
         }
     }};
+    // The four products m_x · s_y of a group (`()` without mins).
+    (@m4 false, $x4:ident, $y4:ident) => { () };
+    (@m4 true, $x4:ident, $y4:ident) => {
+        lanes4(mul_f16x4(
+            pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]),
+            pack4([$y4[0].s, $y4[1].s, $y4[2].s, $y4[3].s]),
+        ))
+    };
+    (@add false, $t:expr, $v:expr) => {};
+    (@add true, $t:expr, $v:expr) => {
+        $t += $v;
+    };
     (@min1 false, $t:expr, $bx:ident, $by:ident) => {};
     (@min1 true, $t:expr, $bx:ident, $by:ident) => {
         $t += h2f($bx.m) * h2f($by.s);
@@ -144,6 +158,8 @@ macro_rules! blocks32x4t {
             for t in 0..$nr {
                 let y4 = ys[t].get_unchecked(i..i + 4);
                 let d = lanes4(_mm_mul_ps(dx, _mm_loadu_ps(dy[t].as_ptr().add(i))));
+                #[allow(unused_variables)] // only the `mins` variant uses it
+                let m = blocks32x4t!(@m4 $mins, mx, sy[t], i);
                 for k in 0..4 {
                     let ($w, $by) = (wk[k], y4.get_unchecked(k));
                     acc[t] = _mm256_fmadd_ps(
@@ -151,7 +167,7 @@ macro_rules! blocks32x4t {
                         _mm256_cvtepi32_ps($dot),
                         acc[t],
                     );
-                    blocks32x4t!(@mins $mins, acc_m[t], mx, k, sy[t][i + k]);
+                    blocks32!(@add $mins, acc_m[t], m[k]);
                 }
             }
             i += 4;
@@ -170,14 +186,15 @@ macro_rules! blocks32x4t {
     }};
     (@mx false, $x4:ident) => { () };
     (@mx true, $x4:ident) => {
-        lanes4(_mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
+        _mm256_castps256_ps128(_mm256_cvtph_ps(_mm_set_epi64x(
             0,
             pack4([$x4[0].m, $x4[1].m, $x4[2].m, $x4[3].m]) as i64,
-        ))))
+        )))
     };
-    (@mins false, $acc_m:expr, $mx:ident, $k:ident, $s:expr) => {};
-    (@mins true, $acc_m:expr, $mx:ident, $k:ident, $s:expr) => {
-        $acc_m += $mx[$k] * $s;
+    // The four products m_x · s_y of a group from the f32 `s` table (`()` without mins).
+    (@m4 false, $mx:ident, $sy:expr, $i:ident) => { () };
+    (@m4 true, $mx:ident, $sy:expr, $i:ident) => {
+        lanes4(_mm_mul_ps($mx, _mm_loadu_ps($sy.as_ptr().add($i))))
     };
     (@min1 false, $t:expr, $bx:ident, $s:expr) => {};
     (@min1 true, $t:expr, $bx:ident, $s:expr) => {
