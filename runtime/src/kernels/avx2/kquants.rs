@@ -144,6 +144,28 @@ pub(super) unsafe fn k4_scales_mins_pairs(scales: &[u8; 12]) -> (__m256i, __m256
     (s, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn)))
 }
 
+/// Adds one Q4_K/Q5_K super-block to `acc = (Σ, Σ_min)` in the float order of llama.cpp's x86
+/// build for Q4_K (its repacked `q4_K_8x8` kernels, used for every Q4_K matrix whose row count
+/// is a multiple of 8): `sumi` (Σ scale · q · y) and `msum` (Σ min · bsum) are each summed to
+/// one exact i32, converted, and added with one FMA of `d_x · d_y` (`dmin_x · d_y`) into its
+/// own scalar; the dot product is `Σ - Σ_min` ([`k4_result`]).
+#[inline(always)]
+pub(super) unsafe fn k4_accumulate(
+    sumi: __m256i,
+    msum: __m256i,
+    (dy, dx, dminx): (f32, f32, f32),
+    acc: &mut (f32, f32),
+) {
+    acc.0 = (hsum_epi32(sumi) as f32).mul_add(dx * dy, acc.0);
+    acc.1 = (hsum_epi32(msum) as f32).mul_add(dminx * dy, acc.1);
+}
+
+/// The dot product from the sums of [`k4_accumulate`].
+#[inline(always)]
+pub(super) fn k4_result(acc: (f32, f32)) -> f32 {
+    acc.0 - acc.1
+}
+
 /// Q4_K · Q8_K over `x.len()` super-blocks.
 ///
 /// # Safety
@@ -154,7 +176,7 @@ pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
         return f32::NAN;
     }
     let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = (0.0f32, 0.0f32);
     for (bx, by) in x.iter().zip(y) {
         let (s, msum) = k4_prepare(&bx.scales, by);
         let q8 = by.qs.as_ptr() as *const u8;
@@ -168,12 +190,9 @@ pub unsafe fn vec_dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
         }
-        let d = by.d * h2f(bx.d);
-        let dmin = by.d * h2f(bx.dmin);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), acc);
+        k4_accumulate(sumi, msum, (by.d, h2f(bx.d), h2f(bx.dmin)), &mut acc);
     }
-    hsum_ps(acc)
+    k4_result(acc)
 }
 
 /// Q5_K · Q8_K over `x.len()` super-blocks.
@@ -187,7 +206,7 @@ pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     }
     let m4 = _mm256_set1_epi8(0x0f);
     let b4 = _mm256_set1_epi8(0x10);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = (0.0f32, 0.0f32);
     for (bx, by) in x.iter().zip(y) {
         let (s, msum) = k4_prepare(&bx.scales, by);
         let q8 = by.qs.as_ptr() as *const u8;
@@ -210,12 +229,9 @@ pub unsafe fn vec_dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
             qh = _mm256_srli_epi16::<2>(qh);
         }
-        let d = by.d * h2f(bx.d);
-        let dmin = by.d * h2f(bx.dmin);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), acc);
+        k4_accumulate(sumi, msum, (by.d, h2f(bx.d), h2f(bx.dmin)), &mut acc);
     }
-    hsum_ps(acc)
+    k4_result(acc)
 }
 
 /// Q6_K · Q8_K over `x.len()` super-blocks.
@@ -362,7 +378,7 @@ pub(super) unsafe fn k4_four_rows(
     (d, dmin, scales): (F16Le, F16Le, &[u8; 12]),
     y: [&[BlockQ8K]; 4],
     i: usize,
-    acc: &mut [__m256; 4],
+    acc: &mut [(f32, f32); 4],
 ) {
     let (dx, dminx) = (h2f(d), h2f(dmin));
     let (s, mn_pairs) = k4_scales_mins_pairs(scales);
@@ -377,10 +393,7 @@ pub(super) unsafe fn k4_four_rows(
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale8(s, 2 * j)));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale8(s, 2 * j + 1)));
         }
-        let d = by.d * dx;
-        let dmin = by.d * dminx;
-        *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-        *acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *acc);
+        k4_accumulate(sumi, msum, (by.d, dx, dminx), acc);
     }
 }
 
@@ -395,12 +408,12 @@ pub unsafe fn vec_dot4_q4_k_q8_k(x: &[BlockQ4K], y: [&[BlockQ8K]; 4]) -> [f32; 4
     if !lens4(x, &y) {
         return [f32::NAN; 4];
     }
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = [(0.0f32, 0.0f32); 4];
     for (i, bx) in x.iter().enumerate() {
         let q = unpack_q4_k(bx);
         k4_four_rows(&q, (bx.d, bx.dmin, &bx.scales), y, i, &mut acc);
     }
-    acc.map(|a| hsum_ps(a))
+    acc.map(k4_result)
 }
 
 /// [`vec_dot_q5_k_q8_k`] of one weight row with four activation rows; each result equals the
@@ -413,12 +426,12 @@ pub unsafe fn vec_dot4_q5_k_q8_k(x: &[BlockQ5K], y: [&[BlockQ8K]; 4]) -> [f32; 4
     if !lens4(x, &y) {
         return [f32::NAN; 4];
     }
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc = [(0.0f32, 0.0f32); 4];
     for (i, bx) in x.iter().enumerate() {
         let q = unpack_q5_k(bx);
         k4_four_rows(&q, (bx.d, bx.dmin, &bx.scales), y, i, &mut acc);
     }
-    acc.map(|a| hsum_ps(a))
+    acc.map(k4_result)
 }
 
 /// [`vec_dot_q6_k_q8_k`] of one weight row with four activation rows; each result equals the

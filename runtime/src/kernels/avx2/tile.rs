@@ -28,8 +28,8 @@ use flashstream_formats::blocks::{
 use flashstream_formats::GgmlType;
 
 use super::{
-    bits32, blocks_of, bsums, h2f, hsum_ps, k4_scales_mins_pairs, load256, nibbles32, scale8,
-    scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
+    bits32, blocks_of, bsums, h2f, hsum_ps, k4_accumulate, k4_result, k4_scales_mins_pairs,
+    load256, nibbles32, scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
 };
 use crate::kernels::{act_packed_layout, act_scale_tables, DotActRowsFn, PACKED_GROUP_BYTES};
 use crate::pool::SendPtr;
@@ -641,6 +641,7 @@ macro_rules! ktile_kernel {
                 $dpw
             }
             let mut acc = [_mm256_setzero_ps(); C];
+            let mut acc4 = [(0.0f32, 0.0f32); C];
             for sb in 0..p.d.len() {
                 let q = p.q.as_ptr().add(8 * sb);
                 let sv = p.sv.as_ptr().add(8 * sb);
@@ -656,15 +657,7 @@ macro_rules! ktile_kernel {
                     }
                     let msum = _mm256_madd_epi16(corr, bsums(by));
                     if WB::MINS {
-                        let d = by.d * dx;
-                        let dmin = by.d * dminx;
-                        acc[t] =
-                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
-                        acc[t] = _mm256_fnmadd_ps(
-                            _mm256_set1_ps(dmin),
-                            _mm256_cvtepi32_ps(msum),
-                            acc[t],
-                        );
+                        k4_accumulate(sumi, msum, (by.d, dx, dminx), &mut acc4[t]);
                     } else {
                         sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(msum));
                         let d = by.d * dx;
@@ -674,7 +667,11 @@ macro_rules! ktile_kernel {
                 }
             }
             for t in 0..C {
-                *out[t] = hsum_ps(acc[t]);
+                *out[t] = if WB::MINS {
+                    k4_result(acc4[t])
+                } else {
+                    hsum_ps(acc[t])
+                };
             }
         }
     };
