@@ -33,6 +33,7 @@ use crate::budget::{Budget, EngineSource};
 use crate::formats::{FormatError, GgufModel, ModelConfig};
 use crate::loader::{open_backend, BackendOptions, IoKind, LoaderError};
 use crate::runtime::chat::ChatTemplate;
+use crate::runtime::kernels::Numerics;
 use crate::runtime::memory::{metadata_heap_bytes, runtime_needs, NeedsOptions};
 use crate::runtime::model::kv::{check_kv_types, KvTypes};
 use crate::runtime::model::multi::multi_pass_extra_bytes;
@@ -104,6 +105,9 @@ pub struct EngineOptions {
     /// Storage types of the KV cache's keys and values (f16 by default; Q8_0 and Q4_0 take
     /// about 53% and 28% of its bytes), counted in the budget.
     pub kv_types: KvTypes,
+    /// How batched matmuls (prompts) round: [`Numerics::Fast`] (default) or bit-identical to
+    /// one token at a time and to llama.cpp's x86 build ([`Numerics::Llama`]).
+    pub numerics: Numerics,
     /// Told how reading the pinned weights goes; returning false cancels the load
     /// ([`SchedulerError::Cancelled`]).
     pub progress: Option<LoadProgress>,
@@ -139,6 +143,7 @@ impl Default for EngineOptions {
             expert_policy: ExpertPolicy::default(),
             sequences: 1,
             kv_types: KvTypes::default(),
+            numerics: Numerics::default(),
             progress: None,
             trace: Trace::off(),
         }
@@ -356,6 +361,7 @@ impl Engine {
                 threads: opts.threads,
                 max_batch: batch,
                 kv_types: opts.kv_types,
+                numerics: opts.numerics,
                 trace: opts.trace.clone(),
                 ..ModelOptions::default()
             },

@@ -429,17 +429,39 @@ fn many_row_dots_equal_one_row_dots_bit_for_bit() {
     );
 }
 
-/// The many-weight-row dot products equal one-row ones bit for bit; lengths that do not fit
-/// give NaN in every output.
-/// The packed-activation tile kernels, every build this CPU runs, against the one-row kernel:
-/// bit for bit, over rows with whole groups of four blocks and leftovers, tiles of four
-/// activation rows and remainders, and buffers that do not fit (NaN, as the unpacked kernel).
-#[test]
-fn tile_dots_equal_one_row_dots_bit_for_bit() {
-    use flashstream_runtime::kernels::avx2::tile::{tile_rows_fn, TileIsa};
-    if !have_avx2() {
-        return;
-    }
+/// How a tile kernel's results must relate to the one-row kernel's.
+#[derive(Clone, Copy, PartialEq)]
+enum Agreement {
+    /// Bit for bit (the llama.cpp-order tiles).
+    Exact,
+    /// Within 1e-5 of the largest result of the call (the fast tiles, which scale four
+    /// blocks at once; a wrong lane, scale or offset is off by the result's own size).
+    Close,
+}
+
+/// A tile kernel family (`rows_fn` per build and type) against the one-row kernel, every
+/// build this CPU runs: over rows with whole groups of four blocks and leftovers, tiles of
+/// four activation rows and remainders, blocks of weight rows, and buffers that do not fit
+/// (NaN, as the one-row kernel). `packed`: the activations carry the packed copy.
+fn check_tiles(
+    rows_fn: fn(
+        flashstream_runtime::kernels::avx2::tile::TileIsa,
+        GgmlType,
+    ) -> Option<flashstream_runtime::kernels::DotActRowsFn>,
+    packed: bool,
+    agreement: Agreement,
+) -> usize {
+    use flashstream_runtime::kernels::avx2::tile::TileIsa;
+    let agree = |got: f32, want: f32, scale: f32, what: &dyn Fn() -> String| match agreement {
+        Agreement::Exact => {
+            assert_eq!(got.to_bits(), want.to_bits(), "{}: {got} vs {want}", what())
+        }
+        Agreement::Close => assert!(
+            (got - want).abs() <= 1e-5 * scale,
+            "{}: {got} vs {want} (scale {scale})",
+            what()
+        ),
+    };
     let mut covered = 0;
     for isa in [TileIsa::Avx2, TileIsa::AvxVnni, TileIsa::Avx512Vnni] {
         if !isa.is_available() {
@@ -447,14 +469,14 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
             continue;
         }
         for ty in common::compute_types() {
-            let Some(rows) = tile_rows_fn(isa, ty) else {
+            let Some(rows) = rows_fn(isa, ty) else {
                 continue;
             };
             covered += 1;
             let dot = avx2::dot_fn(ty).unwrap();
             let act = ty.vec_dot_type();
             let mut kernel = dot_kernel(Isa::Avx2, ty).unwrap();
-            kernel.packed_act = true;
+            kernel.packed_act = packed;
             let lengths: &[(usize, u64)] = if ty.block_size() == 256 {
                 &[(256, 1), (768, 2), (2560, 3)]
             } else {
@@ -472,14 +494,14 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
                     matvec::quantize_rows(&kernel, &x, n, &mut a).unwrap();
                     let mut out = vec![0f32; 2 * n_tok];
                     rows(n, &w, a.as_bytes(), stride, n_tok, &mut out, 2);
+                    let wants: Vec<f32> = (0..n_tok)
+                        .map(|t| dot(n, &w, &a.as_bytes()[t * stride..t * stride + a_row]))
+                        .collect();
+                    let scale = wants.iter().fold(0f32, |m, v| m.max(v.abs()));
                     for t in 0..n_tok {
-                        let want = dot(n, &w, &a.as_bytes()[t * stride..t * stride + a_row]);
-                        assert_eq!(
-                            out[2 * t].to_bits(),
-                            want.to_bits(),
-                            "{isa:?} {ty} n={n} n_tok={n_tok} row {t}: {} vs {want}",
-                            out[2 * t]
-                        );
+                        agree(out[2 * t], wants[t], scale, &|| {
+                            format!("{isa:?} {ty} n={n} n_tok={n_tok} row {t}")
+                        });
                         assert_eq!(out[2 * t + 1], 0.0, "{ty}: wrote between outputs");
                     }
                     let short = &a.as_bytes()[..a.as_bytes().len() - stride + a_row - 1];
@@ -511,15 +533,19 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
                     let os = m + 1;
                     let mut outm = vec![0f32; os * n_tok];
                     rows(n, &wm, a.as_bytes(), stride, n_tok, &mut outm, os);
+                    let mut wantm = vec![0f32; os * n_tok];
                     for t in 0..n_tok {
                         let at = &a.as_bytes()[t * stride..t * stride + a_row];
                         for r in 0..m {
-                            let want = dot(n, &wm[r * w_row..(r + 1) * w_row], at);
-                            assert_eq!(
-                                outm[t * os + r].to_bits(),
-                                want.to_bits(),
-                                "{isa:?} {ty} n={n} n_tok={n_tok} block row {r} token {t}"
-                            );
+                            wantm[t * os + r] = dot(n, &wm[r * w_row..(r + 1) * w_row], at);
+                        }
+                    }
+                    let scale = wantm.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    for t in 0..n_tok {
+                        for r in 0..m {
+                            agree(outm[t * os + r], wantm[t * os + r], scale, &|| {
+                                format!("{isa:?} {ty} n={n} n_tok={n_tok} block row {r} token {t}")
+                            });
                         }
                         assert_eq!(outm[t * os + m], 0.0, "{ty}: wrote past the block");
                     }
@@ -527,6 +553,34 @@ fn tile_dots_equal_one_row_dots_bit_for_bit() {
             }
         }
     }
+    covered
+}
+
+/// The llama.cpp-order tile kernels (`Numerics::Llama`, and the K-quants either way) equal the
+/// one-row kernel bit for bit, with or without the packed activation copy.
+#[test]
+fn tile_dots_equal_one_row_dots_bit_for_bit() {
+    use flashstream_runtime::kernels::avx2::tile::tile_rows_fn;
+    if !have_avx2() {
+        return;
+    }
+    for packed in [false, true] {
+        let covered = check_tiles(tile_rows_fn, packed, Agreement::Exact);
+        assert!(
+            covered >= 7,
+            "the AVX2 build covers at least the 4/5-bit types and the K-quants"
+        );
+    }
+}
+
+/// The fast tile kernels (`Numerics::Fast`) agree with the one-row kernel to rounding.
+#[test]
+fn fast_tile_dots_agree_with_one_row_dots() {
+    use flashstream_runtime::kernels::avx2::tile_fast::fast_tile_rows_fn;
+    if !have_avx2() {
+        return;
+    }
+    let covered = check_tiles(fast_tile_rows_fn, true, Agreement::Close);
     assert!(
         covered >= 4,
         "the AVX2 build covers at least the four 4/5-bit types"

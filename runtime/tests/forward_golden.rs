@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use flashstream_formats::gguf::GgufModel;
 use flashstream_runtime::generate::{generate, GenerateOptions, StopReason};
+use flashstream_runtime::kernels::Numerics;
 use flashstream_runtime::model::kv::{KvType, KvTypes};
 use flashstream_runtime::model::{LogitsWanted, Model, ModelOptions};
 use flashstream_runtime::sampler::SamplerConfig;
@@ -63,7 +64,7 @@ fn model_path(name: &str) -> Option<PathBuf> {
 }
 
 fn load(path: &Path, max_batch: usize) -> (Model, Tokenizer) {
-    load_kv(path, max_batch, KvTypes::default())
+    load_kv(path, max_batch, KvTypes::default(), Numerics::Fast)
 }
 
 /// The KV-cache types a golden record was made with (its `kv_type` field; f16 without one).
@@ -79,7 +80,12 @@ fn kv_types_of(case: &Value) -> KvTypes {
     }
 }
 
-fn load_kv(path: &Path, max_batch: usize, kv_types: KvTypes) -> (Model, Tokenizer) {
+fn load_kv(
+    path: &Path,
+    max_batch: usize,
+    kv_types: KvTypes,
+    numerics: Numerics,
+) -> (Model, Tokenizer) {
     let gguf = GgufModel::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tok = Tokenizer::from_metadata(&gguf.metadata).unwrap();
     let source = ResidentSource::load(&gguf).unwrap();
@@ -87,6 +93,7 @@ fn load_kv(path: &Path, max_batch: usize, kv_types: KvTypes) -> (Model, Tokenize
         threads: 2,
         max_batch,
         kv_types,
+        numerics,
         ..ModelOptions::default()
     };
     (Model::new(&gguf, Box::new(source), &opts).unwrap(), tok)
@@ -133,13 +140,16 @@ fn judge(case: &Value, logits: &[f32], n_vocab: usize) -> Verdict {
     }
 }
 
-/// Teacher-forces every case of `file`; returns the verdicts (empty if the model is absent).
-fn run_file(file: &str) -> Vec<(String, Verdict)> {
+/// Teacher-forces every case of `file`, the matmuls of batches rounding as `numerics` says
+/// (with [`Numerics::Llama`] the whole sequence in one batch, with [`Numerics::Fast`] the
+/// prompt in one batch and then one token at a time); returns the verdicts (empty if the model
+/// is absent).
+fn run_file(file: &str, numerics: Numerics) -> Vec<(String, Verdict)> {
     let cases = golden(file);
     let Some(path) = model_path(cases[0]["model"].as_str().unwrap()) else {
         return Vec::new();
     };
-    let (model, _) = load_kv(&path, 512, kv_types_of(&cases[0]));
+    let (model, _) = load_kv(&path, 512, kv_types_of(&cases[0]), numerics);
     let n_vocab = model.config().n_vocab;
     let mut out = Vec::new();
     for c in &cases {
@@ -151,10 +161,26 @@ fn run_file(file: &str) -> Vec<(String, Verdict)> {
                 .map(|s| s["token"].as_u64().unwrap() as u32),
         );
         let mut session = model.session(seq.len()).unwrap();
-        let logits = session.eval(&seq, LogitsWanted::All).unwrap();
+        let logits = match numerics {
+            // One batch rounds as single tokens do.
+            Numerics::Llama => session.eval(&seq, LogitsWanted::All).unwrap(),
+            // The prompt in one batch, then one token at a time: as generation runs and as
+            // the goldens were made.
+            Numerics::Fast => {
+                let n_p = ids(&c["prompt_tokens"]).len();
+                let mut l = session.eval(&seq[..n_p], LogitsWanted::All).unwrap();
+                for &t in &seq[n_p..] {
+                    l.extend(session.eval(&[t], LogitsWanted::Last).unwrap());
+                }
+                l
+            }
+        };
         assert_eq!(logits.len(), seq.len() * n_vocab);
         let v = judge(c, &logits, n_vocab);
-        eprintln!("{file} {:?}: {v:?}", c["prompt"].as_str().unwrap());
+        eprintln!(
+            "{file} {numerics:?} {:?}: {v:?}",
+            c["prompt"].as_str().unwrap()
+        );
         out.push((c["prompt"].as_str().unwrap().to_string(), v));
     }
     out
@@ -163,7 +189,7 @@ fn run_file(file: &str) -> Vec<(String, Verdict)> {
 /// Random models: every case within the README's tolerance (logits within
 /// `0.1 + 0.02·|logit|`, top-1 agreement at least 75%).
 fn check_random(file: &str) {
-    let verdicts = run_file(file);
+    let verdicts = run_file(file, Numerics::Fast);
     assert!(!verdicts.is_empty());
     for (prompt, v) in verdicts {
         assert!(v.worst <= 1.0 && v.top1 >= 0.75, "{file} {prompt:?}: {v:?}");
@@ -256,10 +282,11 @@ fn llama_cpp_x86_arithmetic() -> bool {
     flashstream_runtime::kernels::Isa::Avx2.is_available()
 }
 
-/// A real model against `file`: equal to llama.cpp on x86 (logits within 1/1000 of the tolerance,
-/// every top-1 and the first 8 tokens equal); elsewhere `fallback`.
+/// A real model against `file`, with [`Numerics::Llama`]: equal to llama.cpp on x86 (logits
+/// within 1/1000 of the tolerance, every top-1 and the first 8 tokens equal); elsewhere
+/// `fallback`.
 fn check_exact_on_x86(file: &str, fallback: impl Fn(&str, Verdict)) {
-    for (prompt, v) in run_file(file) {
+    for (prompt, v) in run_file(file, Numerics::Llama) {
         if llama_cpp_x86_arithmetic() {
             assert!(
                 v.worst <= 1e-3 && v.top1 == 1.0 && v.first8,
@@ -314,7 +341,7 @@ fn golden_kv_q4_0_smollm2() {
 #[test]
 fn golden_gemma3() {
     let file = "generate.gemma-3-270m-q4_k_m.jsonl";
-    for (prompt, v) in run_file(file) {
+    for (prompt, v) in run_file(file, Numerics::Llama) {
         assert!(v.worst <= 2.5 && v.top1 >= 0.9, "{file} {prompt:?}: {v:?}");
         assert!(v.first8, "{file} {prompt:?}: {v:?}");
     }
@@ -490,4 +517,20 @@ fn generate_sampling_stops_and_limits() {
     let mut s = model.session(prompt.len() - 1).unwrap();
     let e = generate(&mut s, &tok, &prompt, &opts, |_| ControlFlow::Continue(())).unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
+}
+
+/// The default, [`Numerics::Fast`] (prompt batches scaled four blocks at a time, rounding
+/// unlike single tokens in the last bits), on the real models' f16 and Q8_0-cache goldens,
+/// generated as they were (prompt batch, then token by token): the real-model bound.
+#[test]
+fn golden_real_models_fast_numerics() {
+    for file in [
+        "generate.SmolLM2-135M-Instruct.Q4_1.jsonl",
+        "generate-kv-q8_0.SmolLM2-135M-Instruct.Q4_1.jsonl",
+        "generate.gemma-3-270m-q4_k_m.jsonl",
+    ] {
+        for (prompt, v) in run_file(file, Numerics::Fast) {
+            assert!(v.worst <= 2.5 && v.top1 >= 0.9, "{file} {prompt:?}: {v:?}");
+        }
+    }
 }

@@ -194,7 +194,7 @@ pub struct DotKernel {
     /// Dot product.
     pub dot: DotFn,
     /// Dot product with many activation rows, where the instruction set has one for the type
-    /// (used for batches; equal to calls of `dot`).
+    /// (used for batches; equal to calls of `dot`, except with [`Numerics::Fast`] tiles).
     pub dot_rows: Option<DotActRowsFn>,
     /// Dot products of a block of weight rows with many activation rows, where the
     /// instruction set has one for the type (used for batches in place of `dot_rows`).
@@ -220,10 +220,46 @@ impl std::fmt::Debug for DotKernel {
     }
 }
 
-/// The kernels for weight type `ty` on `isa`.
+/// How batched matmuls (prompts, several tokens at once) round where that is a choice: the
+/// 32-weight types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) on x86 with AVX2. Everywhere else, and
+/// for one token at a time, the kernels are the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// Tile kernels that convert and scale four blocks at once (`avx2::tile_fast`): about
+    /// twice the prompt throughput of [`Numerics::Llama`] for those types, with results that
+    /// differ from one-token evaluation in the last bits.
+    #[default]
+    Fast,
+    /// Batches round exactly as single tokens do, in llama.cpp's x86 order (one conversion and
+    /// one FMA per block): on x86 the output equals llama.cpp evaluating token by token, bit
+    /// for bit, for the types and operations whose order is matched (see `ARCHITECTURE.md`).
+    Llama,
+}
+
+impl std::str::FromStr for Numerics {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fast" => Ok(Numerics::Fast),
+            "llama" => Ok(Numerics::Llama),
+            _ => Err(format!("unknown numerics {s:?}: use fast or llama")),
+        }
+    }
+}
+
+/// The kernels for weight type `ty` on `isa`, with [`Numerics::Fast`] batches.
 ///
 /// An instruction set without its own version of a kernel uses the scalar one.
 pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
+    dot_kernel_with(isa, ty, Numerics::default())
+}
+
+/// The kernels for weight type `ty` on `isa`, batches rounding as `numerics` says.
+pub fn dot_kernel_with(
+    isa: Isa,
+    ty: GgmlType,
+    numerics: Numerics,
+) -> Result<DotKernel, KernelError> {
     if !isa.is_available() {
         return Err(KernelError::IsaUnavailable(isa));
     }
@@ -249,11 +285,19 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
     };
     let (dot_rows, dot_block, packed_act) = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => match avx2::dot_rows_packed_fn(ty) {
-            // The tile kernels take one weight row or a block of them.
-            Some(f) => (Some(f), Some(f), true),
-            None => (avx2::dot_rows_fn(ty), None, false),
-        },
+        Isa::Avx2 => {
+            let fast = match numerics {
+                Numerics::Fast => avx2::dot_rows_fast_fn(ty),
+                Numerics::Llama => None,
+            };
+            // The tile kernels take one weight row or a block of them; the fast ones read
+            // the packed activation layout.
+            match (fast, avx2::dot_rows_tile_fn(ty)) {
+                (Some(f), _) => (Some(f), Some(f), true),
+                (None, Some(f)) => (Some(f), Some(f), false),
+                (None, None) => (avx2::dot_rows_fn(ty), None, false),
+            }
+        }
         // The tile kernels take one weight row or a block of them.
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDotprod => {

@@ -28,7 +28,7 @@ use super::kv::{KvCache, KvRows, KvType};
 use super::routing::{route, RouteScratch};
 use super::{Model, Role, RuntimeError, WeightRef};
 use crate::kernels::matvec::{matmul, quantize_rows};
-use crate::kernels::{dot_kernel, scalar, ScratchBuf};
+use crate::kernels::{dot_kernel_with, scalar, ScratchBuf};
 use crate::ops;
 use crate::pool::{ChunkCounter, SendPtr};
 use crate::yarn::Yarn;
@@ -136,7 +136,7 @@ pub(super) fn linear(
     same_input: bool,
     out: &mut Vec<f32>,
 ) -> Result<(), RuntimeError> {
-    let kernel = dot_kernel(m.isa, w.ty)?;
+    let kernel = dot_kernel_with(m.isa, w.ty, m.numerics)?;
     let k = w.k();
     if x.len() != n * k {
         return Err(RuntimeError::BadTensor {

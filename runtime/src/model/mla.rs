@@ -16,7 +16,7 @@ use flashstream_formats::config::RopeScaling;
 use flashstream_scheduler::Lease;
 
 use super::{f32s, linear, Quantized, Scratch, SendPtr, Session};
-use crate::kernels::dot_kernel;
+use crate::kernels::dot_kernel_with;
 use crate::kernels::matvec::{matmul, quantize_rows};
 use crate::model::{attn, Model, Role, RuntimeError, WeightRef};
 use crate::ops;
@@ -36,7 +36,7 @@ fn head_linear(
     n: usize,
     out: &mut Vec<f32>,
 ) -> Result<(), RuntimeError> {
-    let kernel = dot_kernel(m.isa, w.ty)?;
+    let kernel = dot_kernel_with(m.isa, w.ty, m.numerics)?;
     let k = w.k();
     let rows = w.shape.get(1).copied().unwrap_or(1) as usize;
     let bad = |reason: String| RuntimeError::BadTensor {

@@ -23,7 +23,7 @@ use flashstream_formats::{Architecture, GgmlType, GgufModel, ModelConfig};
 use flashstream_scheduler::trace::ArgValue;
 use flashstream_scheduler::{Trace, Track, UnitId, WeightSource};
 
-use crate::kernels::{Isa, KernelError};
+use crate::kernels::{Isa, KernelError, Numerics};
 use crate::pool::WorkerPool;
 pub use forward::{LogitsWanted, RecurrentState, Session};
 pub use multi::{MultiPass, RowLogits, SeqInput};
@@ -137,6 +137,8 @@ pub struct ModelOptions {
     pub predict_experts: bool,
     /// Storage types of every session's KV cache (f16 by default).
     pub kv_types: kv::KvTypes,
+    /// How batched matmuls round ([`Numerics::Fast`] by default).
+    pub numerics: Numerics,
     /// Records each pass and each layer's compute (off by default; the runtime only records,
     /// the caller writes the events out).
     pub trace: Trace,
@@ -150,6 +152,7 @@ impl Default for ModelOptions {
             max_batch: 512,
             predict_experts: true,
             kv_types: kv::KvTypes::default(),
+            numerics: Numerics::default(),
             trace: Trace::off(),
         }
     }
@@ -167,6 +170,7 @@ pub struct Model {
     output_rows: Vec<WeightRef>,
     rope_freqs: Option<WeightRef>,
     isa: Isa,
+    numerics: Numerics,
     kv_types: kv::KvTypes,
     pool: WorkerPool,
     max_batch: usize,
@@ -389,6 +393,7 @@ impl Model {
             rope_freqs,
             isa,
             kv_types: opts.kv_types,
+            numerics: opts.numerics,
             max_batch: opts.max_batch,
             eval_lock: parking_lot::Mutex::new(()),
             predict_experts: AtomicBool::new(opts.predict_experts),
@@ -476,6 +481,11 @@ impl Model {
     /// The instruction set the kernels use.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// How its batched matmuls round.
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
     }
 
     /// The storage types of its sessions' KV caches.

@@ -5,6 +5,7 @@ use anyhow::Context;
 
 use super::size::parse_size;
 use flashstream::loader::IoKind;
+use flashstream::runtime::kernels::Numerics;
 use flashstream::runtime::model::kv::{KvType, KvTypes};
 use flashstream::scheduler::{sysmem, ExpertPolicy, Plan, SourceStats};
 use flashstream::{AutoBudget, Engine, EngineOptions};
@@ -83,6 +84,12 @@ pub struct MemArgs {
     /// KV-cache type of the values alone (overrides --kv-type for them).
     #[arg(long, value_parser = parse_kv_type)]
     pub kv_type_v: Option<KvType>,
+    /// How prompt batches round: fast (default; tile kernels that scale four blocks at once) or
+    /// llama (every batch rounds as single tokens do, in llama.cpp's x86 order: on x86 the
+    /// logits equal llama.cpp's evaluating token by token, at about half the prompt speed for
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL weights).
+    #[arg(long, default_value = "fast")]
+    pub numerics: Numerics,
 }
 
 impl MemArgs {
@@ -118,6 +125,7 @@ impl MemArgs {
             prefetch: self.prefetch,
             expert_policy: self.expert_policy,
             kv_types: self.kv_types(),
+            numerics: self.numerics,
             ..shape
         })
     }

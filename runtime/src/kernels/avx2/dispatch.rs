@@ -210,12 +210,18 @@ macro_rules! avx2_kernels {
     };
 }
 
-/// The batch kernel over packed activations ([`crate::kernels::act_packed_layout`]) for
-/// weight type `ty`, in the best build this CPU runs ([`tile::TileIsa::detect`]), or `None`.
-/// Same contract and results as [`dot_rows_fn`]'s kernel, bit for bit, for rows laid out by
-/// `quantize_rows` of a kernel with `packed_act`.
-pub fn dot_rows_packed_fn(ty: GgmlType) -> Option<DotActRowsFn> {
+/// The tile kernel (prompts: many activation rows) for weight type `ty` in the best build this
+/// CPU runs ([`tile::TileIsa::detect`]), or `None`. Same contract and results, bit for bit, as
+/// [`dot_rows_fn`]'s kernel for rows laid out by `quantize_rows`.
+pub fn dot_rows_tile_fn(ty: GgmlType) -> Option<DotActRowsFn> {
     tile::tile_rows_fn(tile::TileIsa::detect()?, ty)
+}
+
+/// The fast tile kernel of the 32-weight types ([`super::tile_fast`]) in the best build this
+/// CPU runs, or `None`. Same contract as [`dot_rows_fn`]'s kernel, for rows laid out by
+/// `quantize_rows` of a kernel with `packed_act`; results differ from it in the last bits.
+pub fn dot_rows_fast_fn(ty: GgmlType) -> Option<DotActRowsFn> {
+    super::tile_fast::fast_tile_rows_fn(tile::TileIsa::detect()?, ty)
 }
 
 avx2_kernels! {

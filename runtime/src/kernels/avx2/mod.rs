@@ -47,6 +47,7 @@ pub mod mxfp4;
 mod quantize;
 mod simd;
 pub mod tile;
+pub mod tile_fast;
 mod wrappers;
 
 pub use block32::*;

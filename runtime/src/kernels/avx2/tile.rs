@@ -31,7 +31,7 @@ use super::{
     bits32, blocks_of, bsums, h2f, hsum_ps, k4_accumulate, k4_result, k4_scales_mins_pairs,
     load256, nibbles32, scale8, scale_pair, split_scales16, unpack_q4_k, unpack_q5_k, unpack_q6_k,
 };
-use crate::kernels::{act_packed_layout, act_scale_tables, DotActRowsFn, PACKED_GROUP_BYTES};
+use crate::kernels::{act_scale_tables, DotActRowsFn};
 use crate::pool::SendPtr;
 
 /// Which build of the tile kernels to use.
@@ -84,7 +84,7 @@ thread_local! {
 }
 
 /// A weight block type as the tile kernels see it.
-trait TileBlock: QuantBlock {
+pub(super) trait TileBlock: QuantBlock {
     /// The paired activation block.
     type Act: QuantBlock;
     /// `log2` of the offset added to make the weights unsigned (0: none).
@@ -293,7 +293,7 @@ const ROW_BLOCK: usize = 16;
 /// weight rows, `prep(r, slot)` unpacks row `r`, then every tile of four activation rows
 /// (`tile4(slot, t, r)` for rows `t..t + 4`), and one by one the rest (`tile1`), runs against
 /// each unpacked row.
-fn blocked<P: Default>(
+pub(super) fn blocked<P: Default>(
     prepped: &'static std::thread::LocalKey<RefCell<Vec<P>>>,
     m: usize,
     n_tok: usize,
@@ -332,7 +332,7 @@ fn blocked<P: Default>(
 /// bytes, lie inside `a`, and the results of `m` weight rows (`out[t * out_stride + r]`, with
 /// `out_stride >= m` when `m > 1`) inside `out`.
 #[allow(clippy::too_many_arguments)]
-fn batch_fits(
+pub(super) fn batch_fits(
     a: &[u8],
     a_stride: usize,
     row_end: usize,
@@ -368,9 +368,10 @@ macro_rules! run_tile {
         }
     };
 }
+pub(super) use run_tile;
 
 /// Whether `w` is whole rows of `n` weights of `ty`: their number.
-fn whole_rows(ty: GgmlType, n: usize, w: &[u8]) -> Option<usize> {
+pub(super) fn whole_rows(ty: GgmlType, n: usize, w: &[u8]) -> Option<usize> {
     let row = ty.row_bytes(n as u64)? as usize;
     (n.is_multiple_of(ty.block_size()) && row > 0 && !w.is_empty() && w.len().is_multiple_of(row))
         .then(|| w.len() / row)
@@ -380,7 +381,7 @@ fn whole_rows(ty: GgmlType, n: usize, w: &[u8]) -> Option<usize> {
 /// (results as [`DotBlockFn`](crate::kernels::DotBlockFn) lays them out), or once on all of
 /// `w` when it is not whole rows (so that the kernel reports the bad length with NaN).
 #[allow(clippy::too_many_arguments)]
-fn fallback_rows(
+pub(super) fn fallback_rows(
     ty: GgmlType,
     n: usize,
     w: &[u8],
@@ -403,9 +404,9 @@ fn fallback_rows(
 }
 
 /// The [`DotBlockFn`](crate::kernels::DotBlockFn) body for weight type `WB` on `isa`: checks
-/// the buffers, falls back to the unpacked batch kernel `fallback` (same results) when the rows
-/// do not carry the packed layout, else unpacks the weight rows (a block at a time) and runs
-/// tiles of four activation rows against them. One weight row is the [`DotActRowsFn`] contract.
+/// the buffers, falls back to the one-row batch kernel `fallback` (same results) when the rows
+/// do not carry the f32 scale tables or anything does not fit, else unpacks the weight rows (a
+/// block at a time) and runs tiles of four activation rows against them. One weight row is the [`DotActRowsFn`] contract.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_with<WB: TileBlock>(
@@ -423,13 +424,12 @@ fn rows_with<WB: TileBlock>(
     let nb = n / 32;
     let layout = (|| {
         let m = whole_rows(WB::TYPE, n, w)?;
-        let (p_off, groups) = act_packed_layout(act, n)?;
         let (t_off, n_tables) = act_scale_tables(act, n)?;
-        let end = p_off + groups * PACKED_GROUP_BYTES;
-        let ok = a_stride >= end && batch_fits(a, a_stride, end, 32, n_tok, out, out_stride, m);
-        ok.then_some((m, p_off, t_off, n_tables))
+        let end = t_off + n_tables * nb * 4;
+        let ok = a_stride >= end && batch_fits(a, a_stride, end, 4, n_tok, out, out_stride, m);
+        ok.then_some((m, t_off, n_tables))
     })();
-    let Some((m, _, t_off, n_tables)) = layout else {
+    let Some((m, t_off, n_tables)) = layout else {
         return fallback_rows(
             WB::TYPE,
             n,
@@ -782,10 +782,10 @@ ktile_wrappers! {
     }
 }
 
-/// The packed-activation batch kernel for weight type `ty` in build `isa`, or `None` if this
-/// CPU lacks `isa` or the build has none for `ty`. Same contract as
-/// [`dot_rows_fn`](super::dot_rows_fn); the rows must come from `quantize_rows` of a kernel
-/// with `packed_act` (else it runs the unpacked kernel).
+/// The tile kernel for weight type `ty` in build `isa`, or `None` if this CPU lacks `isa` or
+/// the build has none for `ty`. Same contract and results, bit for bit, as
+/// [`dot_rows_fn`](super::dot_rows_fn)'s kernel; the rows come from `quantize_rows` (else it
+/// runs the one-row kernel).
 pub fn tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotActRowsFn> {
     if !isa.is_available() {
         return None;
