@@ -12,7 +12,10 @@ tolerance), for:
   llama-seq     llama.cpp here, prompt in one batch then one token at a time (as the goldens
                 were generated)
   llama-single  llama.cpp here, every token evaluated alone (no batched kernels at all)
-  flashstream   `flashstream logits` (if --flashstream is given)
+  flashstream   `flashstream logits` (if --flashstream is given): llama numerics, every batch
+                rounding as single tokens do
+  flashstream-fast  `flashstream logits --numerics fast`: the default of run/bench/serve, all
+                tokens in one batch
 
 and prints one line per case and engine. It also compares flashstream with llama.cpp-here.
 
@@ -83,9 +86,10 @@ def llama_tops(llm, np, toks, n_prompt, mode, k=40):
     return [[(int(i), float(s[i])) for i in np.argsort(-s)[:k]] for s in scores]
 
 
-def flashstream_tops(binary, model, toks, kv_type, k=40):
+def flashstream_tops(binary, model, toks, kv_type, numerics="llama", k=40):
     out = subprocess.run(
-        [binary, "logits", model, "--tokens", ",".join(map(str, toks)), "--top", str(k), "--json"]
+        [binary, "logits", model, "--tokens", ",".join(map(str, toks)), "--top", str(k), "--json",
+         "--numerics", numerics]
         + (["--kv-type", kv_type] if kv_type else []),
         capture_output=True, text=True, check=True,
     ).stdout
@@ -141,10 +145,12 @@ def main():
             runs = {m: llama_tops(llm, np, toks, n_p, m) for m in ("batch", "seq", "single")}
             if a.flashstream:
                 runs["flashstream"] = flashstream_tops(a.flashstream, model, toks, a.kv_type)
+                runs["flashstream-fast"] = flashstream_tops(a.flashstream, model, toks,
+                                                            a.kv_type, "fast")
             label = repr(case["prompt"][:24])
             for engine, tops in runs.items():
                 w, agree, n = worst_vs_golden(case, tops)
-                print(f"{name} {label} {engine if engine == 'flashstream' else 'llama-' + engine}: "
+                print(f"{name} {label} {engine if engine.startswith('flashstream') else 'llama-' + engine}: "
                       f"worst {w:.2f}x tolerance vs golden, top-1 {agree}/{n}")
             print(f"{name} {label} llama-batch vs llama-seq here: worst "
                   f"{worst_between(runs['batch'], runs['seq']):.2f}x")

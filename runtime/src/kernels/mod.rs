@@ -14,7 +14,8 @@
 //! against every activation row of a batch, lengths checked once, four-row kernels inside that
 //! unpack each weight block once), `dot_many` ([`DotWeightRowsFn`]: many weight rows against
 //! one activation row, for decode) and `dot_block` (a block of weight rows against every
-//! activation row: the tile kernels). Every result equals the one-row `dot`'s, bit for bit.
+//! activation row: the tile kernels). Every result equals the one-row `dot`'s, bit for bit,
+//! except with the x86 fast tiles ([`Numerics::Fast`], below).
 //!
 //! [`matvec::quantize_rows`] stores each activation row's Q8_0/Q8_1 block scales again as f32
 //! tables after its blocks ([`act_scale_tables`]), so the batch and decode kernels convert
@@ -24,11 +25,22 @@
 //! block's exact integer sum, followed by the negated half sums that undo the weights'
 //! unsigned offset.
 //!
-//! # Tile kernels (`avx2::tile`)
+//! # Tile kernels (`avx2::tile`, `avx2::tile_fast`)
 //! They unpack 16 weight rows at a time and run each tile of four activation rows against all
 //! of them, with `vpdpbusd`/`vpdpwssd` where the CPU has AVX-VNNI or AVX-512 VNNI and plain
 //! AVX2 otherwise (`TileIsa`, the best build detected once); for the 32-weight block types and
 //! Q4_K, Q5_K, Q6_K. `matmul` uses them for batches when present.
+//!
+//! # x86 numerics
+//! The AVX2 one-row kernels take llama.cpp's x86 float order (per 32-weight block, 8 lane sums
+//! of 4 products converted and added with one FMA of `d_x · d_y`; per Q4_K/Q5_K super-block
+//! one integer sum each for scales and mins, as its repacked `q4_K_8x8` kernels), and so do
+//! `avx2::tile`'s kernels. For the 32-weight types that costs one conversion and one FMA per
+//! block and row, which halves prompt throughput; [`Numerics::Fast`] (the default) uses
+//! `avx2::tile_fast` for them instead, one conversion and one FMA per four blocks over the
+//! packed activations, whose results differ from one-token ones in the last bits.
+//! [`Numerics::Llama`] keeps batches bit-identical to single tokens, and so (with the SiLU,
+//! RoPE and attention steps that follow llama.cpp's build) logits equal to llama.cpp's.
 //!
 //! # Tile kernels (`neon::tile`)
 //! For the 32-weight block types, one weight row against tiles of four activation rows, weight

@@ -10,8 +10,8 @@
 //!
 //! # Numerics
 //! Integer block sums are exact, exactly as in the scalar reference; the kernels differ from it
-//! only in the order in which per-block float products are accumulated (several vector lanes and
-//! accumulators, summed at the end). The quantizers equal the scalar ones bit for
+//! only in the order in which per-block float products are accumulated, which is llama.cpp's
+//! x86 order (see the `kernels` module's "x86 numerics"; `tile_fast` is the one exception). The quantizers equal the scalar ones bit for
 //! bit, which follow the quantizers of ggml's x86 build: Q8_0/Q8_1 round half to even with
 //! `id = 127/amax` (what llama.cpp's x86 build computes), Q8_K rounds half to even with
 //! `iscale = -127/max` and caps at 127; this includes infinities and blocks so tiny that the

@@ -6,7 +6,7 @@
 //! the weight row unpacked once per call and reused for a tile of four activation rows.
 //!
 //! The 32-weight types follow llama.cpp's x86 float order (that of the one-row kernels,
-//! [`blocks32!`]): per block, the 8 lane sums of 4 products are exact integers (signed weights
+//! `blocks32!`): per block, the 8 lane sums of 4 products are exact integers (signed weights
 //! as `|q| · sign(y, q)`, Q4_1/Q5_1 as unsigned quants times `y`), converted to f32 and added
 //! with one FMA of `d_x · d_y`; mins are summed block by block in a scalar. Every result equals
 //! the one-row kernel's bit for bit (tested). The K-quant tiles below unpack their 256-weight
