@@ -105,8 +105,9 @@ pub struct EngineOptions {
     /// Storage types of the KV cache's keys and values (f16 by default; Q8_0 and Q4_0 take
     /// about 53% and 28% of its bytes), counted in the budget.
     pub kv_types: KvTypes,
-    /// How batched matmuls (prompts) round: [`Numerics::Fast`] (default) or bit-identical to
-    /// one token at a time and to llama.cpp's x86 build ([`Numerics::Llama`]).
+    /// How batched matmuls (prompts) round: bit-identical to one token at a time and to
+    /// llama.cpp's x86 build ([`Numerics::Llama`], the default) or faster prompts whose last
+    /// bits depend on the batch ([`Numerics::Fast`]).
     pub numerics: Numerics,
     /// Told how reading the pinned weights goes; returning false cancels the load
     /// ([`SchedulerError::Cancelled`]).

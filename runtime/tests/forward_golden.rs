@@ -64,7 +64,7 @@ fn model_path(name: &str) -> Option<PathBuf> {
 }
 
 fn load(path: &Path, max_batch: usize) -> (Model, Tokenizer) {
-    load_kv(path, max_batch, KvTypes::default(), Numerics::Fast)
+    load_kv(path, max_batch, KvTypes::default(), Numerics::default())
 }
 
 /// The KV-cache types a golden record was made with (its `kv_type` field; f16 without one).
@@ -189,7 +189,7 @@ fn run_file(file: &str, numerics: Numerics) -> Vec<(String, Verdict)> {
 /// Random models: every case within the README's tolerance (logits within
 /// `0.1 + 0.02·|logit|`, top-1 agreement at least 75%).
 fn check_random(file: &str) {
-    let verdicts = run_file(file, Numerics::Fast);
+    let verdicts = run_file(file, Numerics::default());
     assert!(!verdicts.is_empty());
     for (prompt, v) in verdicts {
         assert!(v.worst <= 1.0 && v.top1 >= 0.75, "{file} {prompt:?}: {v:?}");
@@ -519,9 +519,9 @@ fn generate_sampling_stops_and_limits() {
     assert!(e.to_string().contains("context"), "{e}");
 }
 
-/// The default, [`Numerics::Fast`] (prompt batches scaled four blocks at a time, rounding
-/// unlike single tokens in the last bits), on the real models' f16 and Q8_0-cache goldens,
-/// generated as they were (prompt batch, then token by token): the real-model bound.
+/// [`Numerics::Fast`] (prompt batches scaled four blocks at a time, rounding unlike single
+/// tokens in the last bits) on the real models' f16 and Q8_0-cache goldens, generated as they
+/// were (prompt batch, then token by token): the real-model bound.
 #[test]
 fn golden_real_models_fast_numerics() {
     for file in [

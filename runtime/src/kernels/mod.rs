@@ -36,11 +36,11 @@
 //! of 4 products converted and added with one FMA of `d_x · d_y`; per Q4_K/Q5_K super-block
 //! one integer sum each for scales and mins, as its repacked `q4_K_8x8` kernels), and so do
 //! `avx2::tile`'s kernels. For the 32-weight types that costs one conversion and one FMA per
-//! block and row, which halves prompt throughput; [`Numerics::Fast`] (the default) uses
-//! `avx2::tile_fast` for them instead, one conversion and one FMA per four blocks over the
-//! packed activations, whose results differ from one-token ones in the last bits.
-//! [`Numerics::Llama`] keeps batches bit-identical to single tokens, and so (with the SiLU,
-//! RoPE and attention steps that follow llama.cpp's build) logits equal to llama.cpp's.
+//! block and row, which halves prompt throughput next to `avx2::tile_fast`'s one conversion
+//! and one FMA per four blocks over the packed activations. [`Numerics::Llama`] (the default)
+//! keeps batches bit-identical to single tokens, and so (with the SiLU, RoPE and attention
+//! steps that follow llama.cpp's build) logits equal to llama.cpp's; [`Numerics::Fast`] takes
+//! the fast tiles for prompts, whose results differ from one-token ones in the last bits.
 //!
 //! # Tile kernels (`neon::tile`)
 //! For the 32-weight block types, one weight row against tiles of four activation rows, weight
@@ -237,15 +237,17 @@ impl std::fmt::Debug for DotKernel {
 /// for one token at a time, the kernels are the same either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Numerics {
-    /// Tile kernels that convert and scale four blocks at once (`avx2::tile_fast`): about
-    /// twice the prompt throughput of [`Numerics::Llama`] for those types, with results that
-    /// differ from one-token evaluation in the last bits.
-    #[default]
-    Fast,
     /// Batches round exactly as single tokens do, in llama.cpp's x86 order (one conversion and
-    /// one FMA per block): on x86 the output equals llama.cpp evaluating token by token, bit
-    /// for bit, for the types and operations whose order is matched (see `ARCHITECTURE.md`).
+    /// one FMA per block): a row's result never depends on the rows it is batched with (so
+    /// speculative verification, shared server passes and chunked prompts give the tokens of
+    /// plain decoding bit for bit), and on x86 the output equals llama.cpp evaluating token by
+    /// token, bit for bit, for the types and operations whose order is matched.
+    #[default]
     Llama,
+    /// Tile kernels that convert and scale four blocks at once (`avx2::tile_fast`) for prompt
+    /// batches: about twice the prompt throughput for those types, with results that differ
+    /// from one-token evaluation in the last bits, so batching changes them.
+    Fast,
 }
 
 impl std::str::FromStr for Numerics {
@@ -259,7 +261,7 @@ impl std::str::FromStr for Numerics {
     }
 }
 
-/// The kernels for weight type `ty` on `isa`, with [`Numerics::Fast`] batches.
+/// The kernels for weight type `ty` on `isa`, with the default [`Numerics::Llama`] batches.
 ///
 /// An instruction set without its own version of a kernel uses the scalar one.
 pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {

@@ -205,7 +205,10 @@ fn ffn_biased(
         add_bias(up, ub);
     }
     match m.config.activation {
-        Activation::Swiglu => ops::swiglu(gate, up, gate_w.rows()),
+        Activation::Swiglu => {
+            let row = gate.len() / n.max(1);
+            ops::swiglu(gate, up, row)
+        }
         Activation::GegluF16Table => ops::geglu_f16_table(gate, up),
         Activation::SwigluOai { alpha, limit } => ops::swiglu_oai(gate, up, alpha, limit),
     }

@@ -137,7 +137,7 @@ pub struct ModelOptions {
     pub predict_experts: bool,
     /// Storage types of every session's KV cache (f16 by default).
     pub kv_types: kv::KvTypes,
-    /// How batched matmuls round ([`Numerics::Fast`] by default).
+    /// How batched matmuls round ([`Numerics::Llama`] by default).
     pub numerics: Numerics,
     /// Records each pass and each layer's compute (off by default; the runtime only records,
     /// the caller writes the events out).

@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 use flashstream::formats::GgufModel;
 use flashstream::formats::ModelConfig;
 use flashstream::runtime::chat::{ChatTemplate, Message};
-use flashstream::runtime::kernels::Numerics;
 use flashstream::runtime::model::ModelOptions;
 use flashstream::runtime::sampler::SamplerConfig;
 use flashstream::runtime::tokenizer::Tokenizer;
@@ -51,8 +50,6 @@ pub struct Needs {
     pub logits_rows: usize,
     /// Heap bytes already held for the model outside the plan (the tokenizer).
     pub extra_bytes: u64,
-    /// The numerics without `--numerics` (fast, except for `logits`).
-    pub numerics: Numerics,
 }
 
 /// Validates the options and loads the model under its budget (see [`Engine`]).
@@ -100,7 +97,6 @@ pub fn build_model(
         extra_bytes: needs.extra_bytes,
         count_tokenizer: false,
         trace,
-        numerics: needs.numerics,
         ..EngineOptions::default()
     })?;
     let (opts, bar) = crate::progress::loading(opts);

@@ -84,13 +84,13 @@ pub struct MemArgs {
     /// KV-cache type of the values alone (overrides --kv-type for them).
     #[arg(long, value_parser = parse_kv_type)]
     pub kv_type_v: Option<KvType>,
-    /// How prompt batches round: fast (the default, except for `logits`: tile kernels that
-    /// scale four blocks at once) or llama (every batch rounds as single tokens do, in
-    /// llama.cpp's x86 order: on x86 the logits equal llama.cpp's evaluating token by token, at
-    /// about half the prompt speed for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL weights; the
-    /// default of `logits`).
-    #[arg(long)]
-    pub numerics: Option<Numerics>,
+    /// How prompt batches round: llama (every batch rounds as single tokens do, in llama.cpp's
+    /// x86 order: on x86 the logits equal llama.cpp's evaluating token by token) or fast (x86:
+    /// about twice the prompt speed for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL weights, with
+    /// last bits that depend on the batch, so speculative decoding and shared server passes
+    /// no longer reproduce plain decoding bit for bit).
+    #[arg(long, default_value = "llama")]
+    pub numerics: Numerics,
 }
 
 impl MemArgs {
@@ -126,7 +126,7 @@ impl MemArgs {
             prefetch: self.prefetch,
             expert_policy: self.expert_policy,
             kv_types: self.kv_types(),
-            numerics: self.numerics.unwrap_or(shape.numerics),
+            numerics: self.numerics,
             ..shape
         })
     }

@@ -33,8 +33,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Needs {
             ctx: Some(n),
             logits_rows: n,
-            // Teacher forcing is for checking logits against llama.cpp: bit-identical batches.
-            numerics: flashstream::runtime::kernels::Numerics::Llama,
             ..Needs::default()
         },
         flashstream::scheduler::Trace::off(),

@@ -618,7 +618,7 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
     // What each output tensor is made of: a source tensor (copied `times` times), or a router.
     enum From {
         Copy { src: usize, times: u64 },
-        Router,
+        Router { layer: usize },
     }
     let mut plan: Vec<(String, GgmlType, Vec<u64>, From)> = Vec::new();
     for (i, t) in src.tensors.iter().enumerate() {
@@ -630,7 +630,7 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
                 format!("blk.{l}.ffn_gate_inp.weight"),
                 GgmlType::F32,
                 vec![n_embd, nx],
-                From::Router,
+                From::Router { layer: l },
             ));
         }
         let ffn = ["ffn_gate", "ffn_up", "ffn_down"]
@@ -676,12 +676,12 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(_, _, shape, from)| match from {
             From::Copy { src: i, times } => src.tensors[*i].n_bytes * times,
-            From::Router => shape.iter().product::<u64>() * 4,
+            From::Router { .. } => shape.iter().product::<u64>() * 4,
         })
         .sum();
     let bar = Bar::bytes(&format!("writing {}", a.out.display()), total);
     let mut buf = Vec::new();
-    for (layer_router, (name, _, shape, from)) in plan.iter().enumerate() {
+    for (name, _, shape, from) in &plan {
         match from {
             From::Copy { src: i, times } => {
                 let t = &src.tensors[*i];
@@ -699,8 +699,9 @@ fn upcycle(a: UpcycleArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            From::Router => {
-                let mut rng = Rng::with_stream(a.seed, layer_router as u64);
+            From::Router { layer } => {
+                // One stream per layer: the fused and per-expert layouts get the same router.
+                let mut rng = Rng::with_stream(a.seed, *layer as u64);
                 let n: u64 = shape.iter().product();
                 // Router logits of a few units: tokens spread over all experts.
                 let v: Vec<u8> = (0..n)
