@@ -272,7 +272,7 @@ pub fn dot_kernel(isa: Isa, ty: GgmlType) -> Result<DotKernel, KernelError> {
 pub fn dot_kernel_with(
     isa: Isa,
     ty: GgmlType,
-    numerics: Numerics,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] numerics: Numerics,
 ) -> Result<DotKernel, KernelError> {
     if !isa.is_available() {
         return Err(KernelError::IsaUnavailable(isa));

@@ -69,7 +69,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             wanted_ctx: Some(wanted),
             logits_rows: a.spec.logits_rows(),
             extra_bytes: tok.heap_bytes() as u64,
-            ..Needs::default()
         },
         flashstream::scheduler::Trace::off(),
     )?;

@@ -144,7 +144,6 @@ fn generate_run(a: &Args, trace: &flashstream::scheduler::Trace) -> anyhow::Resu
             wanted_ctx: Some(wanted),
             logits_rows: a.spec.logits_rows(),
             extra_bytes: tok.heap_bytes() as u64,
-            ..Needs::default()
         },
         trace.clone(),
     )?;

@@ -1,4 +1,4 @@
-//! The fast batch kernels for the 32-weight block types ([`Numerics::Fast`], the default):
+//! The fast batch kernels for the 32-weight block types ([`Numerics::Fast`], opt-in):
 //! what [`super::tile`]'s kernels compute, with fewer float steps per weight and so a different
 //! rounding.
 //!
