@@ -370,6 +370,49 @@ macro_rules! run_tile {
 }
 pub(super) use run_tile;
 
+/// A family of tile kernels from one list: for each `build { wrapper => block type, one-row
+/// dispatch module; }`, a [`DotActRowsFn`] `wrapper` that runs `$rows::<block type>` in that
+/// build with the one-row batch kernel as its fallback; and `$lookup(isa, ty)`, the wrapper for
+/// a build and weight type, or `None`.
+macro_rules! tile_family {
+    ($lookup:ident, $rows:ident, $($isa:ident { $($wrapper:ident => $wb:ty, $fb:ident;)* })*) => {
+        $($(
+            fn $wrapper(
+                n: usize,
+                w: &[u8],
+                a: &[u8],
+                a_stride: usize,
+                n_tok: usize,
+                out: &mut [f32],
+                out_stride: usize,
+            ) {
+                $rows::<$wb>(
+                    TileIsa::$isa,
+                    n,
+                    w,
+                    a,
+                    a_stride,
+                    n_tok,
+                    out,
+                    out_stride,
+                    super::dispatch::$fb::dot_rows,
+                )
+            }
+        )*)*
+
+        /// The wrapper of this family for build `isa` and weight type `ty`, or `None`.
+        fn $lookup(isa: TileIsa, ty: GgmlType) -> Option<DotActRowsFn> {
+            $($(
+                if isa == TileIsa::$isa && ty == <$wb as QuantBlock>::TYPE {
+                    return Some($wrapper);
+                }
+            )*)*
+            None
+        }
+    };
+}
+pub(super) use tile_family;
+
 /// Whether `w` is whole rows of `n` weights of `ty`: their number.
 pub(super) fn whole_rows(ty: GgmlType, n: usize, w: &[u8]) -> Option<usize> {
     let row = ty.row_bytes(n as u64)? as usize;
@@ -480,23 +523,8 @@ fn rows_with<WB: TileBlock>(
     );
 }
 
-macro_rules! tile_wrappers {
-    ($($isa:ident { $($wrapper:ident => $wb:ty, $fb:ident;)* })*) => {$($(
-        fn $wrapper(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            a_stride: usize,
-            n_tok: usize,
-            out: &mut [f32],
-            out_stride: usize,
-        ) {
-            rows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::dispatch::$fb::dot_rows)
-        }
-    )*)*};
-}
-
-tile_wrappers! {
+tile_family! {
+    tile32_lookup, rows_with,
     Avx2 {
     t2_q4_0 => BlockQ4_0, q4_0;
     t2_q4_1 => BlockQ4_1, q4_1;
@@ -748,23 +776,8 @@ fn krows_with<WB: KTileBlock>(
     );
 }
 
-macro_rules! ktile_wrappers {
-    ($($isa:ident { $($wrapper:ident => $wb:ty, $fb:ident;)* })*) => {$($(
-        fn $wrapper(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            a_stride: usize,
-            n_tok: usize,
-            out: &mut [f32],
-            out_stride: usize,
-        ) {
-            krows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::dispatch::$fb::dot_rows)
-        }
-    )*)*};
-}
-
-ktile_wrappers! {
+tile_family! {
+    ktile_lookup, krows_with,
     Avx2 {
         k2_q4_k => BlockQ4K, q4_k;
         k2_q5_k => BlockQ5K, q5_k;
@@ -790,33 +803,5 @@ pub fn tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotActRowsFn> {
     if !isa.is_available() {
         return None;
     }
-    let f: DotActRowsFn = match (isa, ty) {
-        (TileIsa::Avx2, GgmlType::Q4_0) => t2_q4_0,
-        (TileIsa::Avx2, GgmlType::Q4_1) => t2_q4_1,
-        (TileIsa::Avx2, GgmlType::Q5_0) => t2_q5_0,
-        (TileIsa::Avx2, GgmlType::Q5_1) => t2_q5_1,
-        (TileIsa::AvxVnni, GgmlType::Q4_0) => tv_q4_0,
-        (TileIsa::AvxVnni, GgmlType::Q4_1) => tv_q4_1,
-        (TileIsa::AvxVnni, GgmlType::Q5_0) => tv_q5_0,
-        (TileIsa::AvxVnni, GgmlType::Q5_1) => tv_q5_1,
-        (TileIsa::AvxVnni, GgmlType::Q8_0) => tv_q8_0,
-        (TileIsa::AvxVnni, GgmlType::IQ4_NL) => tv_iq4_nl,
-        (TileIsa::Avx512Vnni, GgmlType::Q4_0) => tz_q4_0,
-        (TileIsa::Avx512Vnni, GgmlType::Q4_1) => tz_q4_1,
-        (TileIsa::Avx512Vnni, GgmlType::Q5_0) => tz_q5_0,
-        (TileIsa::Avx512Vnni, GgmlType::Q5_1) => tz_q5_1,
-        (TileIsa::Avx512Vnni, GgmlType::Q8_0) => tz_q8_0,
-        (TileIsa::Avx512Vnni, GgmlType::IQ4_NL) => tz_iq4_nl,
-        (TileIsa::Avx2, GgmlType::Q4_K) => k2_q4_k,
-        (TileIsa::Avx2, GgmlType::Q5_K) => k2_q5_k,
-        (TileIsa::Avx2, GgmlType::Q6_K) => k2_q6_k,
-        (TileIsa::AvxVnni, GgmlType::Q4_K) => kv_q4_k,
-        (TileIsa::AvxVnni, GgmlType::Q5_K) => kv_q5_k,
-        (TileIsa::AvxVnni, GgmlType::Q6_K) => kv_q6_k,
-        (TileIsa::Avx512Vnni, GgmlType::Q4_K) => kz_q4_k,
-        (TileIsa::Avx512Vnni, GgmlType::Q5_K) => kz_q5_k,
-        (TileIsa::Avx512Vnni, GgmlType::Q6_K) => kz_q6_k,
-        _ => return None,
-    };
-    Some(f)
+    tile32_lookup(isa, ty).or_else(|| ktile_lookup(isa, ty))
 }

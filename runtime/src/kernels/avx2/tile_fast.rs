@@ -24,7 +24,9 @@ use flashstream_formats::blocks::{
 };
 use flashstream_formats::GgmlType;
 
-use super::tile::{batch_fits, blocked, fallback_rows, run_tile, whole_rows, TileBlock, TileIsa};
+use super::tile::{
+    batch_fits, blocked, fallback_rows, run_tile, tile_family, whole_rows, TileBlock, TileIsa,
+};
 use super::{blocks_of, h2f, hsum_epi32, hsum_ps};
 use crate::kernels::{act_packed_layout, act_scale_tables, DotActRowsFn, PACKED_GROUP_BYTES};
 use crate::pool::SendPtr;
@@ -293,23 +295,8 @@ fn rows_with<WB: TileBlock>(
     );
 }
 
-macro_rules! tile_wrappers {
-    ($($isa:ident { $($wrapper:ident => $wb:ty, $fb:ident;)* })*) => {$($(
-        fn $wrapper(
-            n: usize,
-            w: &[u8],
-            a: &[u8],
-            a_stride: usize,
-            n_tok: usize,
-            out: &mut [f32],
-            out_stride: usize,
-        ) {
-            rows_with::<$wb>(TileIsa::$isa, n, w, a, a_stride, n_tok, out, out_stride, super::dispatch::$fb::dot_rows)
-        }
-    )*)*};
-}
-
-tile_wrappers! {
+tile_family! {
+    fast_lookup, rows_with,
     Avx2 {
     f2_q4_0 => BlockQ4_0, q4_0;
     f2_q4_1 => BlockQ4_1, q4_1;
@@ -342,24 +329,5 @@ pub fn fast_tile_rows_fn(isa: TileIsa, ty: GgmlType) -> Option<DotActRowsFn> {
     if !isa.is_available() {
         return None;
     }
-    let f: DotActRowsFn = match (isa, ty) {
-        (TileIsa::Avx2, GgmlType::Q4_0) => f2_q4_0,
-        (TileIsa::Avx2, GgmlType::Q4_1) => f2_q4_1,
-        (TileIsa::Avx2, GgmlType::Q5_0) => f2_q5_0,
-        (TileIsa::Avx2, GgmlType::Q5_1) => f2_q5_1,
-        (TileIsa::AvxVnni, GgmlType::Q4_0) => fv_q4_0,
-        (TileIsa::AvxVnni, GgmlType::Q4_1) => fv_q4_1,
-        (TileIsa::AvxVnni, GgmlType::Q5_0) => fv_q5_0,
-        (TileIsa::AvxVnni, GgmlType::Q5_1) => fv_q5_1,
-        (TileIsa::AvxVnni, GgmlType::Q8_0) => fv_q8_0,
-        (TileIsa::AvxVnni, GgmlType::IQ4_NL) => fv_iq4_nl,
-        (TileIsa::Avx512Vnni, GgmlType::Q4_0) => fz_q4_0,
-        (TileIsa::Avx512Vnni, GgmlType::Q4_1) => fz_q4_1,
-        (TileIsa::Avx512Vnni, GgmlType::Q5_0) => fz_q5_0,
-        (TileIsa::Avx512Vnni, GgmlType::Q5_1) => fz_q5_1,
-        (TileIsa::Avx512Vnni, GgmlType::Q8_0) => fz_q8_0,
-        (TileIsa::Avx512Vnni, GgmlType::IQ4_NL) => fz_iq4_nl,
-        _ => return None,
-    };
-    Some(f)
+    fast_lookup(isa, ty)
 }
